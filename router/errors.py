@@ -1,0 +1,122 @@
+"""The router's one error taxonomy.
+
+Every error the router raises on purpose is a RouterError carrying the SQLSTATE a PostgreSQL client
+should see and a message a person understands. The session boundary turns them into ErrorResponse
+messages; the command line prints them. Nothing here knows about sockets or wire formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RouterError(Exception):
+    """Base of every deliberate router error; `sqlstate` is what a client receives."""
+
+    sqlstate = "XX000"
+    severity = "FATAL"
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config file: which file, which field (dotted path), and why."""
+
+    file: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.reason}"
+
+
+class ConfigError(RouterError):
+    """A config file is invalid; carries every problem found, not just the first."""
+
+    sqlstate = "F0000"
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems) or "invalid configuration")
+
+
+# --- client protocol -----------------------------------------------------------------------------
+
+
+class ClientProtocolError(RouterError):
+    """The client broke the wire protocol (malformed or oversized message, wrong order)."""
+
+    sqlstate = "08P01"
+
+
+class UnsupportedProtocolVersion(RouterError):
+    sqlstate = "0A000"
+
+
+class AuthenticationFailed(RouterError):
+    sqlstate = "28P01"
+
+
+class InvalidAuthorization(RouterError):
+    """Unknown user, or a user not allowed to do what it asked (e.g. switch tenant)."""
+
+    sqlstate = "28000"
+
+
+class TooManyClients(RouterError):
+    sqlstate = "53300"
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+class UnknownTenant(RouterError):
+    sqlstate = "3D000"
+
+
+class TenantSuspended(RouterError):
+    sqlstate = "08004"
+
+
+class TenantSwitchRefused(RouterError):
+    """`SET router.tenant` inside a transaction, or by a user not trusted for it."""
+
+    sqlstate = "25001"
+    severity = "ERROR"
+
+
+class NoTenant(RouterError):
+    sqlstate = "28000"
+
+
+# --- pools and backends --------------------------------------------------------------------------
+
+
+class PoolTimeout(RouterError):
+    """No server connection became free within the wait timeout."""
+
+    sqlstate = "53300"
+
+
+class BackendUnavailable(RouterError):
+    """A shard's server cannot be reached or died; the message names the shard."""
+
+    sqlstate = "08006"
+
+
+class BackendAuthFailed(RouterError):
+    """The router's own credentials towards a shard were rejected."""
+
+    sqlstate = "08006"
+
+
+class CatalogUnavailable(RouterError):
+    sqlstate = "08006"

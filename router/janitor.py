@@ -1,0 +1,44 @@
+"""The janitor: the one owner of the router's periodic housekeeping.
+
+Once a second it closes pooled server connections past their idle timeout or lifetime. Anything
+else that must run on a timer belongs here too, so timers never hide inside sessions or pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from router.app import Router
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 1.0
+
+
+class Janitor:
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            now = time.monotonic()
+            for pool in self._router.iter_pools():
+                closed = pool.reap(now)
+                if closed:
+                    log.debug("closed %d idle server connections of %s", closed, pool.key.label)

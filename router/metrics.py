@@ -1,0 +1,62 @@
+"""Every metric the router exports, defined in one place.
+
+The router keeps plain counters on its objects (no locks or label lookups on the hot path); this
+collector reads them when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from router.app import Router
+
+
+class RouterCollector(Collector):
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        router = self._router
+        clients = GaugeMetricFamily("tenant_router_clients", "Logged-in client connections")
+        clients.add_metric([], router.client_count)
+        yield clients
+        logins = CounterMetricFamily("tenant_router_client_logins", "Client logins accepted")
+        logins.add_metric([], router.connections_total)
+        yield logins
+        tenants = GaugeMetricFamily("tenant_router_catalog_tenants", "Tenants in the catalog cache")
+        tenants.add_metric([], len(router.catalog))
+        yield tenants
+        labels = ["shard", "database"]
+        servers = GaugeMetricFamily(
+            "tenant_router_server_connections", "Server connections by state", labels=[*labels, "state"]
+        )
+        waiting = GaugeMetricFamily(
+            "tenant_router_pool_waiting_clients", "Clients waiting for a server connection", labels=labels
+        )
+        transactions = CounterMetricFamily(
+            "tenant_router_transactions", "Transactions completed through the pool", labels=labels
+        )
+        timeouts = CounterMetricFamily(
+            "tenant_router_pool_wait_timeouts", "Clients that gave up waiting for a server", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "tenant_router_server_connect_failures", "Failed server connection attempts", labels=labels
+        )
+        for pool in router.iter_pools():
+            key = [pool.key.shard, pool.key.database]
+            servers.add_metric([*key, "idle"], pool.idle_count)
+            servers.add_metric([*key, "active"], pool.active_count)
+            waiting.add_metric(key, pool.waiting)
+            transactions.add_metric(key, pool.transactions)
+            timeouts.add_metric(key, pool.wait_timeouts)
+            failures.add_metric(key, pool.connect_failures)
+        yield from (servers, waiting, transactions, timeouts, failures)
+        errors = CounterMetricFamily("tenant_router_errors", "Errors the router sent to clients", labels=["sqlstate"])
+        for sqlstate, count in sorted(router.errors.items()):
+            errors.add_metric([sqlstate], count)
+        yield errors

@@ -1,0 +1,547 @@
+"""One client connection: the only place where a client and a server connection meet.
+
+Owns the client's socket, its session as the client believes it to be (tenant, settings, named
+prepared statements), and the server connection attached to it for the current transaction.
+Login (startup and authentication) lives in `login.py`; decisions about tenants and pools come from
+the `RouterContext`. Client messages are framed by length; only those that routing needs are
+decoded, and server output is forwarded by the server connection, never parsed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from router.errors import (
+    BackendUnavailable,
+    ClientProtocolError,
+    InvalidAuthorization,
+    NoTenant,
+    RouterError,
+    TenantSwitchRefused,
+)
+from router.isolation import quote_literal
+from router.net.server import ServerConnection, ServerState
+from router.protocol.pg import backend as be
+from router.protocol.pg import framing as f
+from router.protocol.pg import frontend as fe
+from router.protocol.pg import responses as r
+from router.protocol.pg.prepared import ClientStatements
+
+if TYPE_CHECKING:
+    from router.net.context import RouterContext, Target
+    from router.pool import Pool
+
+log = logging.getLogger(__name__)
+
+# `SET router.tenant = 'acme'`, `SET router.tenant TO acme`, `RESET router.tenant`, `SHOW router.tenant`.
+_TENANT_STATEMENT = re.compile(
+    r"""^\s*(?:
+        (?P<set>SET)\s+(?:SESSION\s+)?router\.tenant\s*(?:=|\bTO\b)\s*
+            (?:'(?P<quoted>(?:[^']|'')*)'|"(?P<ident>[^"]+)"|(?P<bare>[A-Za-z0-9_-]+))
+      | (?P<reset>RESET)\s+router\.tenant
+      | (?P<show>SHOW)\s+router\.tenant
+    )\s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_TENANT_MARKER = b"router.tenant"
+
+
+class SessionState(enum.Enum):
+    LOGIN = "login"  # startup and authentication (login.py drives this)
+    READY = "ready"  # logged in; messages are routed
+    CLOSED = "closed"
+
+
+class ClientSession(asyncio.Protocol):
+    """A client connection. See the module docstring."""
+
+    def __init__(self, router: RouterContext) -> None:
+        self.router = router
+        self.state = SessionState.LOGIN
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        # Identity, filled in by login.
+        self.user = ""
+        self.role = ""
+        self.tenant: str | None = None
+        self.login_tenant: str | None = None
+        self.tenant_switch_allowed = False
+        self.settings: dict[str, str] = {}  # session settings the client asked for (startup, options)
+        self.key: tuple[int, bytes] = (0, b"")
+        # Routing state.
+        self.server: ServerConnection | None = None
+        self.pool: Pool | None = None
+        self.statements = ClientStatements()
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._acquiring: asyncio.Task[None] | None = None
+        self._discarding = False  # after a refused request: drop messages up to the next Sync
+        self._login_task: asyncio.Task[None] | None = None
+        self._login_waiter: asyncio.Future[None] | None = None
+        self._handlers: dict[int, Callable[[bytes], bool]] = {
+            f.QUERY: self._on_query,
+            f.PARSE: self._on_parse,
+            f.BIND: self._on_bind,
+            f.DESCRIBE: self._on_describe,
+            f.EXECUTE: self._on_execute,
+            f.CLOSE: self._on_close,
+            f.SYNC: self._on_sync,
+            f.FLUSH: self._on_flush,
+            f.COPY_DATA: self._on_copy,
+            f.COPY_DONE: self._on_copy,
+            f.COPY_FAIL: self._on_copy,
+            f.FUNCTION_CALL: self._on_function_call,
+        }
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        from router.net.login import login  # login.py imports this module's types
+
+        self._login_task = asyncio.get_running_loop().create_task(login(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self.state is SessionState.READY:
+            self._process()
+        else:
+            waiter = self._login_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown()
+
+    def pause_writing(self) -> None:
+        # The client is slower than the server: stop reading from the server until it catches up.
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.resume_reading()
+
+    # --- Attachment (called by the server connection) ---------------------------------------------
+
+    def write_to_client(self, data: bytes | bytearray | memoryview) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def server_ready(self, server: ServerConnection) -> None:
+        """The server finished everything we sent and is idle: in transaction mode, let it go."""
+        if server is self.server and server.tx_status == be.TX_IDLE and self.router.transaction_pooling:
+            self._release_server()
+
+    def server_lost(self, server: ServerConnection, reason: str) -> None:
+        if server is not self.server:
+            return
+        self.server = None
+        if self.pool is not None:
+            self.pool.discard(server, reason)
+        self.fatal(BackendUnavailable(f"lost the server connection to {server.label}: {reason}"))
+
+    def pause_server_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.01, self._resume_client_reading)
+
+    def _resume_client_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # --- login support ----------------------------------------------------------------------------
+
+    async def wait_for_data(self) -> None:
+        self._login_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._login_waiter
+        finally:
+            self._login_waiter = None
+
+    def take_buffer(self) -> bytearray:
+        return self._buf
+
+    def start_routing(self) -> None:
+        """Login is done: route whatever the client has already sent."""
+        self.state = SessionState.READY
+        if self._buf:
+            self._process()
+
+    # --- message loop -----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        buf = self._buf
+        pos = 0
+        handlers = self._handlers
+        try:
+            while self._acquiring is None and self.state is SessionState.READY:
+                header = f.read_header(buf, pos)
+                if header is None:
+                    break
+                mtype, size = header
+                if pos + size > len(buf):
+                    break
+                msg = bytes(buf[pos : pos + size])
+                if self._discarding:
+                    if mtype in (f.SYNC, f.QUERY):
+                        self._discarding = False
+                        self.write_to_client(be.ready_for_query(self._tx_status()))
+                    pos += size
+                    continue
+                if mtype == f.TERMINATE:
+                    pos += size
+                    self._flush_out()
+                    self.close()
+                    return
+                handler = handlers.get(mtype)
+                if handler is None:
+                    raise ClientProtocolError(f"unexpected message type {chr(mtype)!r} from the client")
+                if not handler(msg):
+                    break  # waiting for a server connection; resume when it comes
+                pos += size
+        except f.FramingError as exc:
+            self.fatal(ClientProtocolError(f"invalid message from the client: {exc}"))
+            return
+        except ClientProtocolError as exc:
+            self.fatal(exc)
+            return
+        if pos:
+            del buf[:pos]
+        self._flush_out()
+
+    def _flush_out(self) -> None:
+        out = self._out
+        if out and self.server is not None:
+            self.server.send(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if self.server is not None:
+            self.server.flush_ready()
+
+    def _server(self) -> ServerConnection | None:
+        """The attached server, or None after starting to acquire one (the caller stops)."""
+        if self.server is not None:
+            return self.server
+        self._acquiring = asyncio.get_running_loop().create_task(self._acquire())
+        return None
+
+    async def _acquire(self) -> None:
+        try:
+            target = self._target()
+            conn = await target.pool.acquire()
+        except RouterError as exc:
+            self._acquiring = None
+            if self.state is SessionState.READY:
+                self._refuse(exc)
+                self._process()
+            return
+        except asyncio.CancelledError:
+            self._acquiring = None
+            raise
+        self._acquiring = None
+        if self.state is not SessionState.READY:
+            target.pool.release(conn)
+            return
+        self._attach(conn, target)
+        self._process()
+
+    def _target(self) -> Target:
+        if self.tenant is None:
+            raise NoTenant(
+                "no tenant selected for this session",
+                hint="run SET router.tenant = '<tenant id>' first",
+            )
+        return self.router.resolve_target(self.tenant)
+
+    def _attach(self, conn: ServerConnection, target: Target) -> None:
+        conn.attach(self)
+        self.server = conn
+        self.pool = target.pool
+        self._sync_session(conn, {**target.context, **self.settings})
+
+    def _sync_session(self, conn: ServerConnection, desired: dict[str, str]) -> None:
+        """Make the server session match this client, in the same write as its first message;
+        the responses are swallowed."""
+        applied = conn.applied
+        if applied == desired:
+            return
+        statements = [
+            f"SET {name} = {quote_literal(value)}" for name, value in desired.items() if applied.get(name) != value
+        ]
+        statements += [f"RESET {name}" for name in applied if name not in desired]
+        self._out.append(fe.query("; ".join(statements)))
+        conn.plan.expect(r.ENDS_SYNC, swallow=True)
+        conn.unnamed = None
+        conn.applied = dict(desired)
+
+    def _release_server(self) -> None:
+        conn, pool = self.server, self.pool
+        self.server = None
+        if conn is None or pool is None:
+            return
+        pool.transactions += 1
+        pool.release(conn)
+
+    def _tx_status(self) -> int:
+        return self.server.tx_status if self.server is not None else be.TX_IDLE
+
+    def _refuse(self, exc: RouterError) -> None:
+        """Fail the request at the head of the buffer like PostgreSQL would: an ErrorResponse, then
+        skip to the next Sync (or this Query) and answer it with ReadyForQuery."""
+        self.router.count_error(exc.sqlstate)
+        self.write_to_client(be.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
+        self._discarding = True
+
+    # --- handlers: each returns False when it needs a server connection first ---------------------
+
+    def _on_query(self, msg: bytes) -> bool:
+        if _TENANT_MARKER in msg:
+            match = _TENANT_STATEMENT.match(fe.parse_query(msg))
+            if match is not None:
+                return self._tenant_statement(match)
+        server = self._server()
+        if server is None:
+            return False
+        self._out.append(msg)
+        server.plan.expect(r.ENDS_SYNC)
+        server.synced = True
+        server.unnamed = None  # a simple query replaces the unnamed statement
+        return True
+
+    def _on_parse(self, msg: bytes) -> bool:
+        server = self._server()
+        if server is None:
+            return False
+        parse = fe.parse_parse(msg)
+        server.synced = False
+        if not parse.name:
+            message = fe.build_parse("", parse.query, parse.param_types)
+            self.statements.last_unnamed = message
+            server.unnamed = message
+            self._out.append(message)
+            server.plan.expect(r.ENDS_PARSE)
+            return True
+        statement = self.statements.define(parse.name, parse)
+        if statement.name in server.prepared:
+            server.plan.synthesize(be.PARSE_COMPLETE)
+        else:
+            self._out.append(statement.parse_message)
+            server.prepared.add(statement.name)
+            server.plan.expect(r.ENDS_PARSE, statement=statement.name)
+        return True
+
+    def _prepare_on_server(self, server: ServerConnection, client_name: str) -> str | None:
+        """Make sure the statement a client names exists on this server connection; return the
+        server's name for it (None: unknown to us, let the server report the error)."""
+        if not client_name:
+            last = self.statements.last_unnamed
+            if last is not None and server.unnamed is not last:
+                self._out.append(last)
+                server.unnamed = last
+                server.plan.expect(r.ENDS_PARSE, swallow=True)
+            return ""
+        statement = self.statements.get(client_name)
+        if statement is None:
+            return None
+        if statement.name not in server.prepared:
+            self._out.append(statement.parse_message)
+            server.prepared.add(statement.name)
+            server.plan.expect(r.ENDS_PARSE, swallow=True, statement=statement.name)
+        return statement.name
+
+    def _on_bind(self, msg: bytes) -> bool:
+        server = self._server()
+        if server is None:
+            return False
+        server.synced = False
+        portal, client_name, rest_at = fe.split_bind(msg)
+        server_name = self._prepare_on_server(server, client_name)
+        if server_name is None or server_name == client_name:
+            self._out.append(msg)
+        else:
+            self._out.append(fe.rename_bind(msg, portal, server_name, rest_at))
+        server.plan.expect(r.ENDS_BIND)
+        return True
+
+    def _on_describe(self, msg: bytes) -> bool:
+        server = self._server()
+        if server is None:
+            return False
+        server.synced = False
+        kind, name = fe.parse_target(msg)
+        if kind == ord("S"):
+            server_name = self._prepare_on_server(server, name)
+            if server_name is not None:
+                name = server_name
+        self._out.append(fe.describe(bytes((kind,)), name))
+        server.plan.expect(r.ENDS_DESCRIBE)
+        return True
+
+    def _on_execute(self, msg: bytes) -> bool:
+        server = self._server()
+        if server is None:
+            return False
+        server.synced = False
+        self._out.append(msg)
+        server.plan.expect(r.ENDS_EXECUTE)
+        return True
+
+    def _on_close(self, msg: bytes) -> bool:
+        kind, name = fe.parse_target(msg)
+        if kind == ord("S") and name:
+            # The server keeps the statement for other clients; this client forgets it.
+            self.statements.forget(name)
+            if self.server is None:
+                self.write_to_client(be.CLOSE_COMPLETE)
+            else:
+                self.server.synced = False
+                self.server.plan.synthesize(be.CLOSE_COMPLETE)
+            return True
+        server = self._server()
+        if server is None:
+            return False
+        server.synced = False
+        self._out.append(msg)
+        server.plan.expect(r.ENDS_CLOSE)
+        return True
+
+    def _on_sync(self, msg: bytes) -> bool:
+        server = self.server
+        if server is None:
+            # Nothing outstanding anywhere: answer ourselves rather than take a connection.
+            self.write_to_client(be.READY_IDLE)
+            return True
+        self._out.append(fe.SYNC)
+        server.plan.expect(r.ENDS_SYNC)
+        server.synced = True
+        return True
+
+    def _on_flush(self, msg: bytes) -> bool:
+        if self.server is not None:
+            self._out.append(fe.FLUSH)
+        return True
+
+    def _on_copy(self, msg: bytes) -> bool:
+        # COPY data only means something while a COPY runs, i.e. while a server is attached.
+        if self.server is not None:
+            self._out.append(msg)
+        return True
+
+    def _on_function_call(self, msg: bytes) -> bool:
+        server = self._server()
+        if server is None:
+            return False
+        self._out.append(msg)
+        server.plan.expect(r.ENDS_SYNC)
+        server.synced = True
+        return True
+
+    # --- tenant switching ---------------------------------------------------------------------------
+
+    def _tenant_statement(self, match: re.Match[str]) -> bool:
+        server = self.server
+        busy = server is not None and (server.tx_status != be.TX_IDLE or bool(server.plan))
+        if match.group("show"):
+            if busy:
+                assert server is not None
+                return self._forward_query(server, f'SELECT {quote_literal(self.tenant or "")} AS "router.tenant"')
+            self._answer_show(self.tenant or "")
+            return True
+        if match.group("set"):
+            raw = match.group("quoted")
+            new = raw.replace("''", "'") if raw is not None else (match.group("ident") or match.group("bare"))
+        else:
+            new = self.login_tenant
+        if busy:
+            assert server is not None
+            # Inside a transaction: let the server raise the error so the transaction is aborted
+            # exactly as PostgreSQL would abort it.
+            message = "cannot switch tenant inside a transaction; COMMIT or ROLLBACK first"
+            sql = f"DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '25001', MESSAGE = {quote_literal(message)}; END$$"
+            return self._forward_query(server, sql)
+        try:
+            if not self.tenant_switch_allowed:
+                raise InvalidAuthorization(
+                    f'user "{self.role}" is not allowed to switch tenant',
+                    hint="mark the user with tenant_switch: true in the router config",
+                )
+            if new is None:
+                raise TenantSwitchRefused("this session has no tenant to return to")
+            target = self.router.resolve_target(new)
+        except RouterError as exc:
+            self.router.count_error(exc.sqlstate)
+            self.write_to_client(
+                be.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
+                + be.ready_for_query(self._tx_status())
+            )
+            return True
+        self.tenant = new
+        if server is not None:  # session pooling keeps the server: bring it to the new tenant now
+            self._sync_session(server, {**target.context, **self.settings})
+            self._flush_out()
+        self.write_to_client(be.command_complete("RESET" if match.group("reset") else "SET") + be.READY_IDLE)
+        return True
+
+    def _forward_query(self, server: ServerConnection, sql: str) -> bool:
+        self._out.append(fe.query(sql))
+        server.plan.expect(r.ENDS_SYNC)
+        server.synced = True
+        server.unnamed = None
+        return True
+
+    def _answer_show(self, value: str) -> None:
+        name = f.cstr("router.tenant")
+        row_description = f.frame(
+            b"T",
+            f.INT16.pack(1)
+            + name
+            + bytes(6)
+            + f.UINT32.pack(25)
+            + f.INT16.pack(-1)
+            + f.INT32.pack(-1)
+            + f.INT16.pack(0),
+        )
+        encoded = value.encode()
+        data_row = f.frame(b"D", f.INT16.pack(1) + f.INT32.pack(len(encoded)) + encoded)
+        self.write_to_client(row_description + data_row + be.command_complete("SHOW") + be.READY_IDLE)
+
+    # --- ending -----------------------------------------------------------------------------------
+
+    def fatal(self, exc: RouterError) -> None:
+        """Send a FATAL error and close the connection."""
+        self.router.count_error(exc.sqlstate)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(
+                be.error_response(exc.sqlstate, exc.message, severity="FATAL", detail=exc.detail, hint=exc.hint)
+            )
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        self.state = SessionState.CLOSED
+        for task in (self._login_task, self._acquiring):
+            if task is not None and not task.done():
+                task.cancel()
+        server, pool = self.server, self.pool
+        self.server = None
+        if server is not None and pool is not None:
+            if server.is_clean and server.state is not ServerState.CLOSED:
+                self.router.end_session(server, pool)
+            else:
+                # Mid-transaction or mid-response: never hand this session state to anyone.
+                pool.discard(server, "client disconnected mid-transaction")
+        self.router.unregister_client(self)

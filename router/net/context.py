@@ -1,0 +1,63 @@
+"""The seam between client sessions and the rest of the router.
+
+A session asks the router, through this interface, who a user is, where a tenant's transactions
+go, and how to end a session cleanly. The network layer depends on this Protocol only, never on
+the composition root that implements it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from router.config import UserConfig
+    from router.net.client import ClientSession
+    from router.net.server import ServerConnection
+    from router.pool import Pool
+    from router.protocol.pg.auth import ScramVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one tenant's transactions run, and the session settings that make a server theirs."""
+
+    tenant: str
+    shard: str
+    pool: Pool
+    context: dict[str, str]
+
+
+class RouterContext(Protocol):
+    auth_method: str
+    tenant_resolution: tuple[str, ...]
+    tenant_separator: str
+    transaction_pooling: bool
+    login_timeout: float
+
+    def user(self, name: str) -> UserConfig | None: ...
+
+    def scram_verifier(self, user: UserConfig) -> ScramVerifier: ...
+
+    def resolve_target(self, tenant: str) -> Target:
+        """Raises UnknownTenant / TenantSuspended."""
+        ...
+
+    def default_target(self) -> Target:
+        """For a trusted user that logs in without a tenant: where server parameters come from."""
+        ...
+
+    def register_client(self, session: ClientSession) -> tuple[int, bytes]:
+        """Admit a logged-in client; return its cancel key. Raises TooManyClients."""
+        ...
+
+    def unregister_client(self, session: ClientSession) -> None: ...
+
+    async def cancel(self, process_id: int, secret_key: bytes) -> None: ...
+
+    def end_session(self, server: ServerConnection, pool: Pool) -> None:
+        """A client left while holding a clean server connection: give it back (session mode
+        resets it first)."""
+        ...
+
+    def count_error(self, sqlstate: str) -> None: ...

@@ -1,0 +1,227 @@
+"""Client login: startup packet, protocol negotiation, authentication, tenant resolution.
+
+Drives a `ClientSession` from its first byte until it is ready to route: answers SSL and GSSAPI
+requests with 'N', serves CancelRequests, authenticates by SCRAM-SHA-256, md5 or trust, finds the
+tenant (user name `role.tenant` or `options=-c router.tenant=...`, in the configured order), and
+reports the server's parameters as a real server would. It routes nothing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from router.errors import (
+    AuthenticationFailed,
+    ClientProtocolError,
+    InvalidAuthorization,
+    NoTenant,
+    RouterError,
+    UnsupportedProtocolVersion,
+)
+from router.isolation import quote_literal
+from router.net.client import ClientSession, SessionState
+from router.net.context import Target
+from router.net.server import ServerConnection
+from router.protocol.pg import backend as be
+from router.protocol.pg import framing as f
+from router.protocol.pg import frontend as fe
+from router.protocol.pg.auth import SCRAM, AuthError, check_md5, new_md5_salt
+from router.protocol.pg.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    parse_options,
+    parse_startup_packet,
+    startup_packet_length,
+)
+
+log = logging.getLogger(__name__)
+
+TENANT_OPTION = "router.tenant"
+# Startup parameters that describe the connection, not session settings to carry to servers.
+_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+
+
+async def login(session: ClientSession) -> None:
+    try:
+        async with asyncio.timeout(session.router.login_timeout):
+            await _login(session)
+    except TimeoutError:
+        session.fatal(ClientProtocolError("login took too long", detail="the client did not finish logging in"))
+    except f.FramingError as exc:
+        session.fatal(ClientProtocolError(f"invalid startup packet: {exc}"))
+    except RouterError as exc:
+        session.fatal(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("login of %s failed unexpectedly", session.peer)
+        session.fatal(RouterError("internal router error during login"))
+
+
+async def _read_startup(session: ClientSession) -> bytes:
+    buf = session.take_buffer()
+    while True:
+        length = startup_packet_length(buf)
+        if length is not None and len(buf) >= length:
+            packet = bytes(buf[:length])
+            del buf[:length]
+            return packet
+        await session.wait_for_data()
+
+
+async def _read_message(session: ClientSession, expected: int) -> bytes:
+    buf = session.take_buffer()
+    while True:
+        header = f.read_header(buf, 0)
+        if header is not None and len(buf) >= header[1]:
+            mtype, size = header
+            msg = bytes(buf[:size])
+            del buf[:size]
+            if mtype != expected:
+                raise ClientProtocolError(f"expected message {chr(expected)!r} during login, got {chr(mtype)!r}")
+            return msg
+        await session.wait_for_data()
+
+
+async def _login(session: ClientSession) -> None:
+    router = session.router
+    while True:
+        packet = parse_startup_packet(await _read_startup(session))
+        if isinstance(packet, SSLRequest | GSSENCRequest):
+            session.write_to_client(b"N")
+            continue
+        if isinstance(packet, CancelRequest):
+            await router.cancel(packet.process_id, packet.secret_key)
+            session.close()
+            return
+        break
+    assert isinstance(packet, StartupMessage)
+    if packet.major != 3:
+        raise UnsupportedProtocolVersion(
+            f"unsupported frontend protocol {packet.major}.{packet.minor}: the router supports 3.0"
+        )
+    if packet.minor > 0 or packet.extensions:
+        session.write_to_client(be.negotiate_protocol_version(0, packet.extensions))
+    params = packet.parameters
+    if "replication" in params and params["replication"].lower() not in ("false", "off", "no", "0"):
+        raise UnsupportedProtocolVersion("replication connections are not supported by the router")
+    user_name = params.get("user")
+    if not user_name:
+        raise ClientProtocolError("no PostgreSQL user name specified in startup packet")
+    options = parse_options(params.get("options", ""))
+    role, tenant = _identify(
+        user_name, options.pop(TENANT_OPTION, None), router.tenant_resolution, router.tenant_separator
+    )
+    user = router.user(role)
+    if user is None:
+        raise AuthenticationFailed(f'password authentication failed for user "{role}"')
+    await _authenticate(session, role, user.password)
+    session.user, session.role = user_name, role
+    session.tenant_switch_allowed = user.tenant_switch
+    if tenant is None and not user.tenant_switch:
+        raise NoTenant(
+            f'no tenant given for user "{role}"',
+            hint=f"connect as user '{role}{router.tenant_separator}<tenant>'"
+            " or with options='-c router.tenant=<tenant>'",
+        )
+    target = router.resolve_target(tenant) if tenant is not None else router.default_target()
+    session.tenant = session.login_tenant = tenant
+    session.settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS} | options
+    session.key = router.register_client(session)
+    reported = await _server_parameters(session, target)
+    out = bytearray(be.authentication_ok())
+    for name, value in reported.items():
+        out += be.parameter_status(name, value)
+    out += be.backend_key_data(*session.key)
+    out += be.READY_IDLE
+    session.write_to_client(out)
+    session.start_routing()
+
+
+def _identify(
+    user_name: str, option_tenant: str | None, resolution: tuple[str, ...], separator: str
+) -> tuple[str, str | None]:
+    """Split the login into (role, tenant) following the configured resolution order."""
+    role = user_name
+    user_tenant: str | None = None
+    if "user" in resolution and separator in user_name:
+        role, user_tenant = user_name.split(separator, 1)
+        if not role or not user_tenant:
+            raise InvalidAuthorization(f'user name "{user_name}" must be "role{separator}tenant"')
+    for source in resolution:
+        found = user_tenant if source == "user" else option_tenant
+        if found:
+            return role, found
+    return role, None
+
+
+async def _authenticate(session: ClientSession, role: str, password: str | None) -> None:
+    router = session.router
+    method = router.auth_method
+    failed = AuthenticationFailed(f'password authentication failed for user "{role}"')
+    if method == "trust":
+        return
+    if password is None:
+        raise failed
+    if method == "md5":
+        salt = new_md5_salt()
+        session.write_to_client(be.authentication_md5(salt))
+        answer = await _read_message(session, f.PASSWORD)
+        if not check_md5(role, password, salt, answer[5:]):
+            raise failed
+        return
+    user = router.user(role)
+    assert user is not None
+    exchange = router.scram_verifier(user).start()
+    session.write_to_client(be.authentication_sasl([SCRAM]))
+    mechanism, client_first = fe.parse_sasl_initial_response(await _read_message(session, f.PASSWORD))
+    if mechanism != SCRAM:
+        raise ClientProtocolError(f"unsupported SASL mechanism {mechanism!r}; the router offers {SCRAM}")
+    try:
+        session.write_to_client(be.authentication_sasl_continue(exchange.first(client_first)))
+        client_final = (await _read_message(session, f.PASSWORD))[5:]
+        session.write_to_client(be.authentication_sasl_final(exchange.final(client_final)))
+    except AuthError:
+        raise failed from None
+
+
+async def _server_parameters(session: ClientSession, target: Target) -> dict[str, str]:
+    """Check the tenant's shard answers and learn the ParameterStatus values this client must see:
+    the server's own, after applying the client's settings (so `utf8` comes back as `UTF8`)."""
+    pool = target.pool
+    conn: ServerConnection | None = await pool.acquire()
+    assert conn is not None
+    try:
+        desired = {**target.context, **session.settings}
+        reported: dict[str, str] = {}
+        if conn.applied != desired:
+            statements = [f"SET {name} = {quote_literal(value)}" for name, value in desired.items()]
+            statements += [f"RESET {name}" for name in conn.applied if name not in desired]
+            reported, error = await conn.run_internal("; ".join(statements))
+            if error is not None:
+                conn.applied = {}
+                pool.discard(conn, "failed to apply client settings")
+                conn = None
+                raise _relay(error)
+            conn.applied = desired
+        return {**conn.params, **reported}
+    finally:
+        if conn is not None:  # a failure above discarded it instead
+            pool.release(conn)
+
+
+def _relay(error: be.ServerError) -> RouterError:
+    exc = RouterError(error.message, detail=error.fields.get("D"), hint=error.fields.get("H"))
+    exc.sqlstate = error.sqlstate
+    return exc
+
+
+def new_cancel_key() -> tuple[int, bytes]:
+    return secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
+
+
+__all__ = ["SessionState", "login", "new_cancel_key"]

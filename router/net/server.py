@@ -1,0 +1,378 @@
+"""One connection from the router to a PostgreSQL server.
+
+It owns the socket to the server: connecting and authenticating (SCRAM-SHA-256, md5, cleartext or
+trust), running the router's own internal statements, and, while a client session is attached,
+forwarding the server's output to that client framed by length only. Rows are never decoded: the
+only messages looked at are those the response plan needs (completions, errors, ReadyForQuery).
+It does not decide routing or pool membership; the session attaches it and the pool owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
+
+from router.errors import BackendAuthFailed, BackendUnavailable
+from router.protocol.pg import backend as be
+from router.protocol.pg import framing as f
+from router.protocol.pg import frontend as fe
+from router.protocol.pg.auth import AuthError, ScramClientExchange, md5_password
+from router.protocol.pg.responses import ResponsePlan
+from router.protocol.pg.startup import build_cancel_request, build_startup_message
+
+if TYPE_CHECKING:
+    from router.protocol.pg.backend import ServerError
+
+log = logging.getLogger(__name__)
+
+_UNPACK_LENGTH = f.UINT32.unpack_from
+_DATA_ROW = f.DATA_ROW
+_READY = f.READY_FOR_QUERY
+
+
+class ServerState(enum.Enum):
+    CONNECTING = "connecting"  # socket open, startup and authentication under way
+    INTERNAL = "internal"  # running the router's own statement; output goes to a reader
+    IDLE = "idle"  # clean, in its pool, no client
+    ACTIVE = "active"  # attached to a client; output is forwarded to it
+    CLOSED = "closed"
+
+
+class Attachment(Protocol):
+    """What a server connection needs of the client session it serves."""
+
+    def write_to_client(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def server_ready(self, server: ServerConnection) -> None: ...
+
+    def server_lost(self, server: ServerConnection, reason: str) -> None: ...
+
+    def pause_server_reading(self) -> None: ...
+
+
+class ServerAddressInfo(Protocol):
+    host: str
+    port: int
+
+
+class ServerConnection(asyncio.Protocol):
+    """A pooled server connection. See the module docstring."""
+
+    def __init__(self, label: str, on_closed: Callable[[ServerConnection], None]) -> None:
+        self.label = label  # "shard_a/app@127.0.0.1:5433", for messages and logs
+        self.state = ServerState.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.params: dict[str, str] = {}
+        self.process_id = 0
+        self.secret_key = b""
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        # Session state the router has put on this connection.
+        self.prepared: set[str] = set()
+        self.unnamed: bytes | None = None
+        self.applied: dict[str, str] = {}
+        # Forwarding state.
+        self.client: Attachment | None = None
+        self.plan = ResponsePlan()
+        self.synced = True
+        self.tx_status = be.TX_IDLE
+        self._on_closed = on_closed
+        self._tail = b""
+        self._pass_left = 0  # bytes of a forwarded message still to come
+        self._inbox: list[tuple[int, bytes]] = []
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._lost_reason: str | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = ServerState.CLOSED
+        self._lost_reason = self._lost_reason or (
+            f"connection to server lost ({exc})" if exc else "server closed the connection"
+        )
+        self._wake_reader()
+        client = self.client
+        self.client = None
+        if client is not None and previous is ServerState.ACTIVE:
+            client.server_lost(self, self._lost_reason)
+        self._on_closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is ServerState.ACTIVE:
+            self._forward(data)
+        else:
+            self._collect(data)
+
+    def pause_writing(self) -> None:
+        # The server is not reading what the client sends (e.g. COPY IN faster than the server).
+        if self.client is not None:
+            self.client.pause_server_reading()
+
+    # --- forwarding (hot path) --------------------------------------------------------------------
+
+    def _forward(self, data: bytes) -> None:
+        """Forward complete server messages to the client, consulting the plan at control messages."""
+        client = self.client
+        assert client is not None
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        n = len(data)
+        pos = 0
+        if self._pass_left:
+            pos = min(self._pass_left, n)
+            self._pass_left -= pos
+        run_start = 0  # start of the bytes not yet written to the client
+        plan = self.plan
+        on_message = plan.on_message
+        saw_ready = False
+        while n - pos >= 5:
+            mtype = data[pos]
+            end = pos + 1 + _UNPACK_LENGTH(data, pos + 1)[0]
+            if mtype == _DATA_ROW:
+                if end > n:
+                    self._pass_left = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if end > n:
+                # Control messages are small: wait for the rest before deciding.
+                break
+            if mtype == _READY:
+                self.tx_status = data[pos + 5]
+                saw_ready = True
+            elif mtype == f.PARAMETER_STATUS:
+                name, value = be.parse_parameter_status(data[pos + 5 : end])
+                self.params[name] = value
+            if on_message(mtype):
+                pos = end
+            else:
+                if pos > run_start:
+                    client.write_to_client(memoryview(data)[run_start:pos])
+                pos = end
+                run_start = end
+            if plan.ready:
+                if pos > run_start:
+                    client.write_to_client(memoryview(data)[run_start:pos])
+                    run_start = pos
+                client.write_to_client(bytes(plan.ready))
+                plan.ready.clear()
+        if plan.failed_statements:
+            self.prepared.difference_update(plan.failed_statements)
+            plan.failed_statements.clear()
+        if pos > run_start:
+            client.write_to_client(data if run_start == 0 and pos == n else memoryview(data)[run_start:pos])
+        if pos < n:
+            self._tail = data[pos:]
+        if saw_ready and not plan and self.synced:
+            self.last_used = time.monotonic()
+            client.server_ready(self)
+
+    def send(self, data: bytes | bytearray) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def flush_ready(self) -> None:
+        """Write synthetic responses that became due while the router, not the server, was talking."""
+        if self.plan.ready and self.client is not None:
+            self.client.write_to_client(bytes(self.plan.ready))
+            self.plan.ready.clear()
+
+    def attach(self, client: Attachment) -> None:
+        self.client = client
+        self.state = ServerState.ACTIVE
+
+    def detach(self) -> None:
+        self.client = None
+        if self.state is ServerState.ACTIVE:
+            self.state = ServerState.IDLE
+
+    @property
+    def is_clean(self) -> bool:
+        """Nothing outstanding and no transaction open: safe to hand to another client."""
+        return (
+            self.state in (ServerState.IDLE, ServerState.ACTIVE)
+            and not self.plan
+            and self.synced
+            and self.tx_status == be.TX_IDLE
+            and not self._tail
+            and not self._pass_left
+        )
+
+    def close(self, reason: str = "closed by the router") -> None:
+        if self.transport is not None and self.state is not ServerState.CLOSED:
+            self._lost_reason = reason
+            try:
+                self.transport.write(fe.TERMINATE)
+            finally:
+                self.transport.close()
+
+    # --- the router's own exchanges (startup, internal statements) ---------------------------------
+
+    def _collect(self, data: bytes) -> None:
+        buf = self._tail + data if self._tail else data
+        pos = 0
+        n = len(buf)
+        try:
+            while True:
+                header = f.read_header(buf, pos)
+                if header is None or pos + header[1] > n:
+                    break
+                mtype, size = header
+                self._inbox.append((mtype, bytes(buf[pos + 5 : pos + size])))
+                pos += size
+        except f.FramingError as exc:
+            self._lost_reason = f"server sent garbage: {exc}"
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self._tail = buf[pos:]
+        if self.state is ServerState.IDLE and self._inbox:
+            self._idle_message()
+        self._wake_reader()
+
+    def _idle_message(self) -> None:
+        """A message while pooled: a notice or a FATAL before the server goes away."""
+        for mtype, body in self._inbox:
+            if mtype == f.ERROR_RESPONSE:
+                err = be.parse_error_fields(body)
+                self._lost_reason = f"server error while idle: {err.message}"
+                log.info("idle server connection %s: %s", self.label, err.message)
+        self._inbox.clear()
+
+    def _wake_reader(self) -> None:
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _read(self) -> tuple[int, bytes]:
+        while not self._inbox:
+            if self.state is ServerState.CLOSED:
+                raise BackendUnavailable(f"{self.label}: {self._lost_reason or 'connection closed'}")
+            self._inbox_waiter = asyncio.get_running_loop().create_future()
+            await self._inbox_waiter
+            self._inbox_waiter = None
+        return self._inbox.pop(0)
+
+    async def startup(self, user: str, database: str, password: str | None) -> None:
+        """Authenticate and wait for ReadyForQuery. Raises BackendAuthFailed/BackendUnavailable."""
+        self.send(build_startup_message({"user": user, "database": database}))
+        scram: ScramClientExchange | None = None
+        while True:
+            mtype, body = await self._read()
+            if mtype == f.AUTHENTICATION:
+                code, payload = be.parse_authentication(body)
+                if code == be.AUTH_OK:
+                    continue
+                if password is None:
+                    raise BackendAuthFailed(f"{self.label}: server asks for a password and none is configured")
+                try:
+                    if code == be.AUTH_CLEARTEXT:
+                        self.send(fe.password_message(password.encode() + b"\x00"))
+                    elif code == be.AUTH_MD5:
+                        self.send(fe.password_message(md5_password(user, password, payload)))
+                    elif code == be.AUTH_SASL:
+                        scram = ScramClientExchange(be.parse_sasl_mechanisms(payload), user, password)
+                        self.send(fe.sasl_initial_response("SCRAM-SHA-256", scram.first()))
+                    elif code == be.AUTH_SASL_CONTINUE and scram is not None:
+                        self.send(fe.password_message(scram.final(payload)))
+                    elif code == be.AUTH_SASL_FINAL and scram is not None:
+                        scram.verify(payload)
+                    else:
+                        raise BackendAuthFailed(f"{self.label}: unsupported authentication request {code}")
+                except AuthError as exc:
+                    raise BackendAuthFailed(f"{self.label}: {exc}") from exc
+            elif mtype == f.PARAMETER_STATUS:
+                name, value = be.parse_parameter_status(body)
+                self.params[name] = value
+            elif mtype == f.BACKEND_KEY_DATA:
+                self.process_id, self.secret_key = be.parse_backend_key_data(body)
+            elif mtype == f.ERROR_RESPONSE:
+                err = be.parse_error_fields(body)
+                raise _startup_error(self.label, err)
+            elif mtype == f.READY_FOR_QUERY:
+                self.state = ServerState.IDLE
+                return
+            # NoticeResponse and NegotiateProtocolVersion need no answer.
+
+    async def run_internal(self, sql: str) -> tuple[dict[str, str], ServerError | None]:
+        """Run one simple query of the router's own; return the ParameterStatus values it reported
+        and its error, if any. The connection must be idle and detached."""
+        assert self.state is ServerState.IDLE and self.client is None
+        self.state = ServerState.INTERNAL
+        self.unnamed = None
+        self.send(fe.query(sql))
+        reported: dict[str, str] = {}
+        error: ServerError | None = None
+        while True:
+            mtype, body = await self._read()
+            if mtype == f.PARAMETER_STATUS:
+                name, value = be.parse_parameter_status(body)
+                self.params[name] = value
+                reported[name] = value
+            elif mtype == f.ERROR_RESPONSE and error is None:
+                error = be.parse_error_fields(body)
+            elif mtype == f.READY_FOR_QUERY:
+                self.tx_status = body[0]
+                self.state = ServerState.IDLE
+                return reported, error
+
+
+def _startup_error(label: str, err: ServerError) -> Exception:
+    if err.sqlstate in ("28P01", "28000"):
+        return BackendAuthFailed(f"{label}: the server rejected the router's credentials: {err.message}")
+    return BackendUnavailable(f"{label}: {err.message}", detail=f"SQLSTATE {err.sqlstate}")
+
+
+async def open_server_connection(
+    host: str,
+    port: int,
+    database: str,
+    user: str,
+    password: str | None,
+    *,
+    label: str,
+    connect_timeout: float,
+    on_closed: Callable[[ServerConnection], None],
+) -> ServerConnection:
+    """Connect and authenticate within `connect_timeout`, or raise BackendUnavailable naming `label`."""
+    loop = asyncio.get_running_loop()
+    conn = ServerConnection(label, on_closed)
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.create_connection(lambda: conn, host, port)
+            await conn.startup(user, database, password)
+    except TimeoutError:
+        conn.close("connect timeout")
+        raise BackendUnavailable(
+            f"{label}: could not connect within {connect_timeout:g}s", hint="is the shard's server up?"
+        ) from None
+    except OSError as exc:
+        raise BackendUnavailable(f"{label}: could not connect: {exc.strerror or exc}") from None
+    except BaseException:
+        conn.close("startup failed")
+        raise
+    return conn
+
+
+async def send_cancel(host: str, port: int, process_id: int, secret_key: bytes, timeout: float) -> None:
+    """Deliver a CancelRequest to a server (fire and forget, as libpq does)."""
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
+            writer.write(build_cancel_request(process_id, secret_key))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        log.warning("could not deliver cancel to %s:%s: %s", host, port, exc)

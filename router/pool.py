@@ -1,0 +1,246 @@
+"""Server connection pools: the only code that changes which connections a pool holds.
+
+One pool per (shard, server address, database, server role). A pool is bounded; `acquire` takes an
+idle connection, opens a new one while under the bound, or waits in line (FIFO) up to the wait
+timeout, and it survives cancellation: a connection handed to a waiter that has gone away goes
+back to the pool. `release` takes back only clean connections; anything else is closed, never
+pooled. Timers (idle timeout, lifetime) are driven from outside through `reap`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from router.errors import BackendUnavailable, PoolTimeout
+from router.net.server import ServerConnection, ServerState, open_server_connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    shard: str
+    host: str
+    port: int
+    database: str
+    user: str
+
+    @property
+    def label(self) -> str:
+        return f"shard {self.shard} ({self.database}@{self.host}:{self.port})"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    size: int
+    wait_timeout: float
+    connect_timeout: float
+    idle_timeout: float
+    lifetime: float
+
+
+class Pool:
+    """A bounded pool of server connections for one PoolKey."""
+
+    def __init__(self, key: PoolKey, password: str | None, settings: PoolSettings) -> None:
+        self.key = key
+        self.settings = settings
+        self._password = password
+        self._idle: deque[ServerConnection] = deque()
+        self._all: set[ServerConnection] = set()
+        self._opening = 0
+        self._waiters: deque[asyncio.Future[ServerConnection]] = deque()
+        self.closed = False
+        # Server parameters (server_version, ...) as last reported by one of this pool's connections.
+        self.server_params: dict[str, str] = {}
+        # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
+        self.transactions = 0
+        self.wait_timeouts = 0
+        self.connect_failures = 0
+
+    # --- sizes -----------------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return len(self._all) + self._opening
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def active_count(self) -> int:
+        return len(self._all) - len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def connections(self) -> Iterator[ServerConnection]:
+        return iter(list(self._all))
+
+    # --- acquire / release ----------------------------------------------------------------------
+
+    async def acquire(self) -> ServerConnection:
+        """A clean server connection, or PoolTimeout / BackendUnavailable."""
+        if self.closed:
+            raise BackendUnavailable(f"{self.key.label} has been removed from the topology")
+        while self._idle:
+            conn = self._idle.popleft()
+            if conn.state is ServerState.IDLE and not self._expired(conn, time.monotonic()):
+                return conn
+            self._destroy(conn)
+        if self.total < self.settings.size:
+            return await self._open()
+        waiter: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        handed_over = False
+        try:
+            async with asyncio.timeout(self.settings.wait_timeout):
+                conn = await waiter
+            handed_over = True
+            return conn
+        except TimeoutError:
+            self.wait_timeouts += 1
+            raise PoolTimeout(
+                f"no server connection to {self.key.label} became free within "
+                f"{self.settings.wait_timeout:g}s (pool size {self.settings.size})",
+                hint="raise pool.size or pool.wait_timeout, or shorten transactions",
+            ) from None
+        finally:
+            if not handed_over:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    # Handed a connection as the timeout or a cancellation struck: give it back.
+                    self.release(waiter.result())
+                else:
+                    waiter.cancel()
+
+    async def _open(self) -> ServerConnection:
+        self._opening += 1
+        try:
+            conn = await open_server_connection(
+                self.key.host,
+                self.key.port,
+                self.key.database,
+                self.key.user,
+                self._password,
+                label=self.key.label,
+                connect_timeout=self.settings.connect_timeout,
+                on_closed=self._on_closed,
+            )
+        except BaseException:
+            self.connect_failures += 1
+            self._opening -= 1
+            # A slot came free for someone else, who may now try (and fail fast) on their own.
+            self._wake_one_opener()
+            raise
+        self._opening -= 1
+        self._all.add(conn)
+        self.server_params.update(conn.params)
+        if self.closed:
+            conn.close("pool removed")
+            raise BackendUnavailable(f"{self.key.label} has been removed from the topology")
+        return conn
+
+    def release(self, conn: ServerConnection) -> None:
+        """Take a connection back: pooled if clean, closed otherwise."""
+        conn.detach()
+        if self.closed or not conn.is_clean or self._expired(conn, time.monotonic()):
+            self._destroy(conn)
+            self._wake_one_opener()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def discard(self, conn: ServerConnection, reason: str = "discarded") -> None:
+        conn.detach()
+        self._destroy(conn, reason)
+        self._wake_one_opener()
+
+    def _destroy(self, conn: ServerConnection, reason: str = "not reusable") -> None:
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+        self._all.discard(conn)
+        conn.close(reason)
+
+    def _on_closed(self, conn: ServerConnection) -> None:
+        was_member = conn in self._all
+        self._all.discard(conn)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+        if was_member:
+            self._wake_one_opener()
+
+    def _wake_one_opener(self) -> None:
+        """A slot came free: let the first waiter open a connection of its own."""
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if self.total >= self.settings.size:
+                return
+            self._waiters.popleft()
+            task = asyncio.get_running_loop().create_task(self._open())
+            task.add_done_callback(functools.partial(_hand_over, self, waiter))
+            return
+
+    def _expired(self, conn: ServerConnection, now: float) -> bool:
+        lifetime = self.settings.lifetime
+        return bool(lifetime) and now - conn.created_at > lifetime
+
+    # --- housekeeping (called by the janitor) ----------------------------------------------------
+
+    def reap(self, now: float) -> int:
+        """Close idle connections past the idle timeout or their lifetime; return how many."""
+        idle_timeout = self.settings.idle_timeout
+        closed = 0
+        for conn in list(self._idle):
+            if (idle_timeout and now - conn.last_used > idle_timeout) or self._expired(conn, now):
+                self._destroy(conn, "idle timeout")
+                closed += 1
+        return closed
+
+    def close(self) -> None:
+        """Stop handing out connections; close idle ones now, active ones when released."""
+        self.closed = True
+        for conn in list(self._idle):
+            self._destroy(conn, "pool closed")
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(BackendUnavailable(f"{self.key.label} has been removed"))
+        self._waiters.clear()
+
+    def close_all_now(self) -> None:
+        self.close()
+        for conn in list(self._all):
+            self._destroy(conn, "router shutting down")
+
+
+def _hand_over(pool: Pool, waiter: asyncio.Future[ServerConnection], task: asyncio.Future[ServerConnection]) -> None:
+    """A connection opened on behalf of a waiter: give it to them, or back to the pool if they left."""
+    if task.cancelled():
+        if not waiter.done():
+            waiter.cancel()
+        return
+    exc = task.exception()
+    if exc is not None:
+        if not waiter.done():
+            waiter.set_exception(exc)
+        return
+    conn = task.result()
+    if waiter.done():
+        pool.release(conn)
+    else:
+        waiter.set_result(conn)

@@ -1,0 +1,1 @@
+"""Wire protocols, sans-IO: bytes in, values out, values in, bytes out. No sockets, no asyncio."""

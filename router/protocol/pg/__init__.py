@@ -1,0 +1,1 @@
+"""The PostgreSQL v3 frontend/backend protocol, sans-IO."""

@@ -1,0 +1,149 @@
+"""Backend messages: those a server sends, which the router also sends to its own clients.
+
+Builders produce exact bytes; parsers decode the few control messages the router must read
+(authentication requests, ParameterStatus, BackendKeyData, ErrorResponse). Rows and other
+pass-through traffic never come here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.protocol.pg.framing import INT32, UINT32, FramingError, cstr, frame, read_cstr
+
+# Authentication request codes (the int32 after the 'R' header).
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+TX_IDLE = ord("I")
+TX_IN_TRANSACTION = ord("T")
+TX_FAILED = ord("E")
+
+READY_IDLE = b"Z\x00\x00\x00\x05I"
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+BIND_COMPLETE = b"2\x00\x00\x00\x04"
+CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
+NO_DATA = b"n\x00\x00\x00\x04"
+
+
+def authentication_ok() -> bytes:
+    return frame(b"R", INT32.pack(AUTH_OK))
+
+
+def authentication_md5(salt: bytes) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_MD5) + salt)
+
+
+def authentication_cleartext() -> bytes:
+    return frame(b"R", INT32.pack(AUTH_CLEARTEXT))
+
+
+def authentication_sasl(mechanisms: list[str]) -> bytes:
+    body = INT32.pack(AUTH_SASL) + b"".join(cstr(m) for m in mechanisms) + b"\x00"
+    return frame(b"R", body)
+
+
+def authentication_sasl_continue(data: bytes) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_SASL_CONTINUE) + data)
+
+
+def authentication_sasl_final(data: bytes) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_SASL_FINAL) + data)
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return frame(b"S", cstr(name) + cstr(value))
+
+
+def backend_key_data(process_id: int, secret_key: bytes) -> bytes:
+    return frame(b"K", INT32.pack(process_id) + secret_key)
+
+
+def ready_for_query(status: int = TX_IDLE) -> bytes:
+    return frame(b"Z", bytes((status,)))
+
+
+def command_complete(tag: str) -> bytes:
+    return frame(b"C", cstr(tag))
+
+
+def negotiate_protocol_version(minor: int, unsupported: tuple[str, ...]) -> bytes:
+    body = INT32.pack(minor) + INT32.pack(len(unsupported)) + b"".join(cstr(o) for o in unsupported)
+    return frame(b"v", body)
+
+
+def error_response(
+    sqlstate: str,
+    message: str,
+    *,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    hint: str | None = None,
+    notice: bool = False,
+) -> bytes:
+    """An ErrorResponse (or NoticeResponse) with the fields clients display."""
+    fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate), b"M" + cstr(message)]
+    if detail:
+        fields.append(b"D" + cstr(detail))
+    if hint:
+        fields.append(b"H" + cstr(hint))
+    return frame(b"N" if notice else b"E", b"".join(fields) + b"\x00")
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """The fields of an ErrorResponse/NoticeResponse, by their one-letter codes."""
+
+    fields: dict[str, str]
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "XX000")
+
+    @property
+    def message(self) -> str:
+        return self.fields.get("M", "")
+
+    @property
+    def severity(self) -> str:
+        return self.fields.get("V", self.fields.get("S", "ERROR"))
+
+
+def parse_error_fields(body: bytes) -> ServerError:
+    """Decode the body (after the header) of an ErrorResponse or NoticeResponse."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        code = chr(body[pos])
+        value, pos = read_cstr(body, pos + 1)
+        fields[code] = value
+    return ServerError(fields)
+
+
+def parse_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = read_cstr(body, 0)
+    value, _ = read_cstr(body, pos)
+    return name, value
+
+
+def parse_backend_key_data(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 8:
+        raise FramingError("BackendKeyData too short")
+    (pid,) = INT32.unpack_from(body, 0)
+    return pid, bytes(body[4:])
+
+
+def parse_authentication(body: bytes) -> tuple[int, bytes]:
+    """Return (request code, payload) of an Authentication message body."""
+    if len(body) < 4:
+        raise FramingError("Authentication message too short")
+    (code,) = UINT32.unpack_from(body, 0)
+    return int(code), bytes(body[4:])
+
+
+def parse_sasl_mechanisms(payload: bytes) -> list[str]:
+    return [m.decode() for m in payload.split(b"\x00") if m]

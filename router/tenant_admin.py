@@ -1,0 +1,306 @@
+"""Tenant administration: what `tenant-router catalog init` and `tenant-router tenants ...` do.
+
+Owns: creating the catalog schema, adding tenants (catalog row, then the tenant's schema or
+database on the shard placement chooses, undoing the row if that fails), listing, showing,
+suspending, resuming and removing tenants (optionally dropping their data), and `TenantView`,
+the text those commands show.
+
+Must not: parse arguments or print (router/cli.py does both), decide placement itself (it asks
+routing.place_tenant), or be used on the router's hot path: every call opens and closes its own
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+
+from router.catalog import CatalogStore, Status, Tenant
+from router.config import RouterConfig
+from router.errors import RouterError, UnknownTenant
+from router.hashing import Ring
+from router.isolation import (
+    Isolation,
+    database_name,
+    quote_ident,
+    schema_name,
+    validate_isolation,
+    validate_tenant_id,
+)
+from router.routing import place_tenant
+from router.topology import ServerAddress, Topology
+
+log = logging.getLogger(__name__)
+
+SHARD_CONNECT_TIMEOUT: Final = 10.0
+_SHARD_APP_NAME: Final = "tenant-router-admin"
+# What can go wrong talking to a shard, as opposed to a bug in our code.
+_SHARD_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class TenantAdminError(RouterError):
+    """A tenant command could not be carried out; the message says what and where."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+
+class UnknownShard(TenantAdminError):
+    sqlstate = "42704"
+
+
+class ProvisioningFailed(TenantAdminError):
+    """The tenant's schema or database could not be created (the catalog row was removed again)."""
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """A tenant together with where it is placed now and why ("catalog pin", "shards.yaml pin", "hashed")."""
+
+    tenant: Tenant
+    shard: str
+    reason: str
+
+    def render(self) -> str:
+        """One line for `tenants list`."""
+        t = self.tenant
+        line = f"{t.id:<24} {t.isolation:<8} {t.status:<9} {self.shard} ({self.reason})"
+        if t.labels:
+            line += " " + _labels_text(t.labels)
+        return line
+
+    def describe(self) -> str:
+        """Several `field: value` lines for `tenants show`."""
+        t = self.tenant
+        rows = [
+            ("tenant", t.id),
+            ("isolation", t.isolation),
+            ("status", t.status),
+            ("shard", f"{self.shard} ({self.reason})"),
+        ]
+        if t.isolation == "schema":
+            rows.append(("schema", schema_name(t.id)))
+        elif t.isolation == "database":
+            rows.append(("database", database_name(t.id)))
+        rows += [("created_at", t.created_at.isoformat()), ("labels", _labels_text(t.labels))]
+        return "\n".join(f"{name + ':':<12}{value}" for name, value in rows)
+
+
+def _labels_text(labels: Mapping[str, Any]) -> str:
+    return json.dumps(dict(labels), sort_keys=True, separators=(", ", ": "))
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+async def init_catalog(config: RouterConfig) -> None:
+    """Create or migrate the catalog schema (idempotent)."""
+    async with _store(config) as store:
+        await store.init_schema()
+
+
+async def add_tenant(
+    config: RouterConfig,
+    topology: Topology,
+    tenant_id: str,
+    isolation: Isolation | None = None,
+    shard: str | None = None,
+    labels: Mapping[str, Any] | None = None,
+) -> TenantView:
+    """Add a tenant to the catalog, then create its schema or database on its shard.
+
+    `shard` pins the tenant in the catalog; without it placement decides. If provisioning fails
+    the catalog row is removed again and ProvisioningFailed is raised.
+    """
+    validate_tenant_id(tenant_id)
+    level = validate_isolation(isolation if isolation is not None else config.tenant.default_isolation)
+    if shard is not None and shard not in topology.shards:
+        raise UnknownShard(
+            f"cannot pin tenant {tenant_id!r} to shard {shard!r}: it is not in the topology",
+            hint=f"known shards: {', '.join(sorted(topology.shards)) or '(none)'}",
+        )
+    async with _store(config) as store:
+        tenant = await store.add(tenant_id, level, shard=shard, labels=labels)
+        view = _view(tenant, topology, Ring.from_topology(topology))
+        try:
+            await _provision(config, topology, view)
+        except BaseException as exc:
+            # Whatever stopped us (cancellation included), do not leave a tenant without its data.
+            await asyncio.shield(_forget(store, tenant_id))
+            if isinstance(exc, _SHARD_ERRORS):
+                raise ProvisioningFailed(
+                    f"could not create the {_what(tenant)} of tenant {tenant_id!r} on shard"
+                    f" {view.shard} ({_where(topology, view.shard)}): {_reason(exc)};"
+                    " the tenant was not added"
+                ) from exc
+            raise
+    return view
+
+
+async def list_tenants(config: RouterConfig, topology: Topology) -> list[TenantView]:
+    async with _store(config) as store:
+        tenants = await store.list()
+    ring = Ring.from_topology(topology)
+    return [_view(t, topology, ring) for t in tenants]
+
+
+async def show_tenant(config: RouterConfig, topology: Topology, tenant_id: str) -> TenantView:
+    async with _store(config) as store:
+        tenant = await _require(store, tenant_id)
+    return _view(tenant, topology, Ring.from_topology(topology))
+
+
+async def suspend_tenant(config: RouterConfig, topology: Topology, tenant_id: str) -> TenantView:
+    return await _set_status(config, topology, tenant_id, "suspended")
+
+
+async def resume_tenant(config: RouterConfig, topology: Topology, tenant_id: str) -> TenantView:
+    return await _set_status(config, topology, tenant_id, "active")
+
+
+async def remove_tenant(config: RouterConfig, topology: Topology, tenant_id: str, drop_data: bool = False) -> None:
+    """Remove the tenant's catalog row; with `drop_data`, first drop its schema or database.
+
+    When dropping, the tenant is suspended first and removed from the catalog only once its data
+    is gone, so a failed drop leaves a suspended tenant that the same command can retry.
+    A shared tenant's rows live in shared tables and are not touched.
+    """
+    async with _store(config) as store:
+        tenant = await _require(store, tenant_id)
+        if drop_data and tenant.isolation != "shared":
+            view = _view(tenant, topology, Ring.from_topology(topology))
+            await store.set_status(tenant_id, "suspended")
+            try:
+                await _drop(config, topology, view)
+            except _SHARD_ERRORS as exc:
+                raise TenantAdminError(
+                    f"could not drop the {_what(tenant)} of tenant {tenant_id!r} on shard {view.shard}"
+                    f" ({_where(topology, view.shard)}): {_reason(exc)}; the tenant is left suspended",
+                    hint="fix the cause and run the same command again",
+                ) from exc
+        elif drop_data:
+            log.warning("tenant %r is shared: its rows in shared tables were not deleted", tenant_id)
+        if not await store.remove(tenant_id):
+            raise UnknownTenant(f"tenant {tenant_id!r} is not in the catalog")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _store(config: RouterConfig) -> CatalogStore:
+    return CatalogStore(config.catalog.dsn, config.catalog.schema)
+
+
+async def _require(store: CatalogStore, tenant_id: str) -> Tenant:
+    tenant = await store.get(tenant_id)
+    if tenant is None:
+        raise UnknownTenant(f"tenant {tenant_id!r} is not in the catalog")
+    return tenant
+
+
+async def _set_status(config: RouterConfig, topology: Topology, tenant_id: str, status: Status) -> TenantView:
+    async with _store(config) as store:
+        await store.set_status(tenant_id, status)
+        tenant = await _require(store, tenant_id)
+    return _view(tenant, topology, Ring.from_topology(topology))
+
+
+def _view(tenant: Tenant, topology: Topology, ring: Ring) -> TenantView:
+    placement = place_tenant(tenant.id, tenant.shard, topology, ring)
+    return TenantView(tenant=tenant, shard=placement.shard, reason=placement.reason)
+
+
+async def _forget(store: CatalogStore, tenant_id: str) -> None:
+    try:
+        await store.remove(tenant_id)
+    except RouterError as exc:
+        log.error("tenant %r: provisioning failed and its catalog row could not be removed: %s", tenant_id, exc)
+
+
+def _what(tenant: Tenant) -> str:
+    if tenant.isolation == "database":
+        return f"database {database_name(tenant.id)!r}"
+    return f"schema {schema_name(tenant.id)!r}"
+
+
+def _primary(topology: Topology, tenant_id: str, shard: str) -> ServerAddress:
+    # A catalog pin may name a shard shards.yaml no longer has (routing returns it as is).
+    if shard not in topology.shards:
+        raise UnknownShard(
+            f"tenant {tenant_id!r} is placed on shard {shard!r}, which is not in the topology",
+            hint=f"known shards: {', '.join(sorted(topology.shards)) or '(none)'}",
+        )
+    return topology.shards[shard].primary
+
+
+def _where(topology: Topology, shard: str) -> str:
+    primary = topology.shards[shard].primary
+    return f"{primary.host}:{primary.port}/{primary.dbname}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {SHARD_CONNECT_TIMEOUT:g}s"
+    return str(exc) or type(exc).__name__
+
+
+async def _connect_primary(config: RouterConfig, primary: ServerAddress) -> Any:
+    return await asyncpg.connect(
+        host=primary.host,
+        port=primary.port,
+        database=primary.dbname,
+        user=config.server.user,
+        password=config.server.password,
+        timeout=SHARD_CONNECT_TIMEOUT,
+        server_settings={"application_name": _SHARD_APP_NAME},
+    )
+
+
+async def _provision(config: RouterConfig, topology: Topology, view: TenantView) -> None:
+    tenant = view.tenant
+    if tenant.isolation == "shared":
+        return
+    conn = await _connect_primary(config, _primary(topology, tenant.id, view.shard))
+    try:
+        if tenant.isolation == "schema":
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema_name(tenant.id))}")
+            return
+        name = database_name(tenant.id)
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return
+        # Without arguments asyncpg uses the simple protocol, outside any transaction block, which
+        # CREATE DATABASE requires. Losing a race to a concurrent creator still ends where we want.
+        with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+            await conn.execute(f"CREATE DATABASE {quote_ident(name)}")
+    finally:
+        await _close(conn)
+
+
+async def _drop(config: RouterConfig, topology: Topology, view: TenantView) -> None:
+    tenant = view.tenant
+    conn = await _connect_primary(config, _primary(topology, tenant.id, view.shard))
+    try:
+        if tenant.isolation == "schema":
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name(tenant.id))} CASCADE")
+        elif tenant.isolation == "database":
+            # FORCE (PostgreSQL 13+) ends sessions still connected to it, e.g. pooled router ones.
+            force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database_name(tenant.id))}{force}")
+    finally:
+        await _close(conn)
+
+
+async def _close(conn: Any) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), SHARD_CONNECT_TIMEOUT)
+    except _SHARD_ERRORS:
+        conn.terminate()

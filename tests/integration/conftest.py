@@ -1,0 +1,82 @@
+"""Router fixtures for the integration tier: one seeded deployment per session, and a factory for
+routers with their own settings (pool size, pooling mode, auth method) on the same clusters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.testing.deploy import APP_PASSWORD, APP_USER, load, seed, write_configs
+from router.testing.pgcluster import PgEnvironment
+from router.testing.routerthread import RouterThread
+
+# (tenant, isolation, catalog-pinned shard)
+TENANTS: list[tuple[str, str, str | None]] = [
+    ("acme", "shared", None),
+    ("globex", "shared", None),
+    ("initech", "schema", None),
+    ("umbrella", "database", None),
+    ("bigcorp", "shared", "shard_b"),
+    ("hooli", "shared", None),
+]
+
+
+@dataclass
+class Deployment:
+    env: PgEnvironment
+    directory: Path
+    placement: dict[str, str]  # tenant -> shard, as `tenants add` reported it
+
+    def shard_port(self, tenant: str) -> int:
+        return self.env.shards[self.placement[tenant]].port
+
+
+@pytest.fixture(scope="session")
+def deployment(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    directory = tmp_path_factory.mktemp("deployment")
+    config, topology = load(write_configs(directory, pg_env))
+    placement = asyncio.run(seed(config, topology, pg_env, TENANTS))
+    from router.tenant_admin import suspend_tenant
+
+    asyncio.run(suspend_tenant(config, topology, "hooli"))
+    return Deployment(pg_env, directory, placement)
+
+
+@pytest.fixture(scope="session")
+def router(deployment: Deployment) -> Iterator[RouterThread]:
+    """The shared router: transaction pooling, SCRAM, pool size 10."""
+    config, topology = load(deployment.directory / "router.yaml")
+    thread = RouterThread(config, topology).start()
+    yield thread
+    thread.stop()
+
+
+RouterFactory = Callable[..., RouterThread]
+
+
+@pytest.fixture
+def make_router(deployment: Deployment, tmp_path: Path) -> Iterator[RouterFactory]:
+    """Start a router with its own config (e.g. pool={"size": 1}); stopped after the test."""
+    started: list[RouterThread] = []
+
+    def factory(**overrides: Any) -> RouterThread:
+        directory = tmp_path / f"router{len(started)}"
+        config, topology = load(write_configs(directory, deployment.env, **overrides))
+        thread = RouterThread(config, topology).start()
+        started.append(thread)
+        return thread
+
+    yield factory
+    for thread in started:
+        thread.stop()
+
+
+def url(router: RouterThread, tenant: str | None, user: str = APP_USER, password: str = APP_PASSWORD) -> str:
+    """A libpq URL for `tenant` through `router` (tenant in the user name)."""
+    name = f"{user}.{tenant}" if tenant else user
+    return f"postgresql://{name}:{password}@127.0.0.1:{router.port}/app"
