@@ -202,6 +202,13 @@ async def _connect(dsn: str, timeout: float, application_name: str) -> Any:
         raise _unavailable(where, exc, timeout) from exc
 
 
+async def _close_connection(conn: Any, timeout: float) -> None:
+    """Close politely; asyncpg aborts the socket itself if that fails or takes longer than `timeout`."""
+    if conn is not None and not conn.is_closed():
+        with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError):
+            await conn.close(timeout=timeout)
+
+
 def _not_initialised(where: str, schema: str) -> CatalogError:
     return CatalogError(
         f"the tenant catalog at {where} has no schema {schema!r} yet", hint="run `tenant-router catalog init`"
@@ -273,11 +280,7 @@ class CatalogStore:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), self._timeout)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
-                conn.terminate()
+        await _close_connection(conn, self._timeout)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -424,7 +427,8 @@ class CatalogCache:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
-        self.last_full_refresh: float | None = None  # loop.time() of the last successful full load
+        self._stopping = False
+        self._last_full_refresh: float | None = None
 
     # -- reading (the router's hot path) --
 
@@ -434,9 +438,14 @@ class CatalogCache:
     def __len__(self) -> int:
         return len(self._tenants)
 
-    def snapshot(self) -> Mapping[str, Tenant]:
-        """A read-only view of the current map (it may change under you; copy it to keep it)."""
-        return types.MappingProxyType(self._tenants)
+    def snapshot(self) -> dict[str, Tenant]:
+        """A copy of the current map, for listings (not for the hot path: it is O(n))."""
+        return dict(self._tenants)
+
+    @property
+    def last_full_refresh(self) -> float | None:
+        """loop.time() of the last successful full load, or None before the first."""
+        return self._last_full_refresh
 
     @property
     def connected(self) -> bool:
@@ -452,11 +461,14 @@ class CatalogCache:
         """Load the whole catalog and start listening; raise CatalogUnavailable if it cannot be reached."""
         if self._task is not None:
             raise RuntimeError("CatalogCache already started")
+        self._stopping = False
         await self._reconnect(notify=False)
         self._task = asyncio.create_task(self._run(), name=f"catalog-cache:{self._q.schema}")
+        self._task.add_done_callback(self._report_crash)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -481,11 +493,16 @@ class CatalogCache:
         loop = asyncio.get_running_loop()
         next_full = loop.time() + self._interval
         retry_now = False
-        while True:
+        while not self._stopping:
             if not retry_now:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+                # arrives just as the event is set, and stop() would then wait forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - loop.time()))
+                    async with asyncio.timeout(max(0.0, next_full - loop.time())):
+                        await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             due = loop.time() >= next_full
             # A connection that was up and is now closed was lost just now (e.g. terminated).
             just_lost = self._conn is not None and self._conn.is_closed()
@@ -534,12 +551,7 @@ class CatalogCache:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None or conn.is_closed():
-            return
-        try:
-            await asyncio.wait_for(conn.close(), self._timeout)
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
-            conn.terminate()
+        await _close_connection(conn, self._timeout)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._pending.add(payload)
@@ -559,7 +571,7 @@ class CatalogCache:
         rows = await self._fetch(self._q.select_all)
         fresh = {t.id: t for t in map(_tenant_from_row, rows)}
         old, self._tenants = self._tenants, fresh
-        self.last_full_refresh = asyncio.get_running_loop().time()
+        self._last_full_refresh = asyncio.get_running_loop().time()
         if notify:
             for tenant_id in sorted(old.keys() | fresh.keys()):
                 if old.get(tenant_id) != fresh.get(tenant_id):
@@ -577,6 +589,11 @@ class CatalogCache:
                 self._tenants[tenant_id] = after
             if before != after:
                 self._changed(tenant_id)
+
+    def _report_crash(self, task: asyncio.Task[None]) -> None:
+        # Outages are handled inside _run; anything escaping it is a bug, and must not pass silently.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.critical("catalog cache: refresh task died; the cache is frozen from now on", exc_info=exc)
 
     def _changed(self, tenant_id: str) -> None:
         if self.on_change is None:

@@ -23,6 +23,8 @@ from router.net.server import ServerConnection, ServerState, open_server_connect
 
 log = logging.getLogger(__name__)
 
+MAX_REMEMBERED_LOGINS = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class PoolKey:
@@ -60,6 +62,11 @@ class Pool:
         self.closed = False
         # Server parameters (server_version, ...) as last reported by one of this pool's connections.
         self.server_params: dict[str, str] = {}
+        # Server statement names that parsed successfully on this pool's database: a client's Parse
+        # of one of these can be answered without taking a server connection.
+        self.valid_statements: set[str] = set()
+        # What logins with a given set of session settings must be told (ParameterStatus values).
+        self.login_parameters: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.transactions = 0
         self.wait_timeouts = 0
@@ -85,6 +92,11 @@ class Pool:
 
     def connections(self) -> Iterator[ServerConnection]:
         return iter(list(self._all))
+
+    def remember_login_parameters(self, key: frozenset[tuple[str, str]], parameters: dict[str, str]) -> None:
+        if len(self.login_parameters) >= MAX_REMEMBERED_LOGINS:
+            self.login_parameters.clear()  # bounded: a client varying its settings cannot grow it
+        self.login_parameters[key] = parameters
 
     # --- acquire / release ----------------------------------------------------------------------
 
@@ -144,6 +156,7 @@ class Pool:
         self._opening -= 1
         self._all.add(conn)
         self.server_params.update(conn.params)
+        conn.valid_statements = self.valid_statements
         if self.closed:
             conn.close("pool removed")
             raise BackendUnavailable(f"{self.key.label} has been removed from the topology")

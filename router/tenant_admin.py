@@ -300,7 +300,6 @@ async def _drop(config: RouterConfig, topology: Topology, view: TenantView) -> N
 
 
 async def _close(conn: Any) -> None:
-    try:
-        await asyncio.wait_for(conn.close(), SHARD_CONNECT_TIMEOUT)
-    except _SHARD_ERRORS:
-        conn.terminate()
+    # asyncpg aborts the socket itself when a polite close fails or times out.
+    with contextlib.suppress(*_SHARD_ERRORS):
+        await conn.close(timeout=SHARD_CONNECT_TIMEOUT)

@@ -317,19 +317,31 @@ class ClientSession(asyncio.Protocol):
         return True
 
     def _on_parse(self, msg: bytes) -> bool:
-        server = self._server()
-        if server is None:
-            return False
         parse = fe.parse_parse(msg)
-        server.synced = False
         if not parse.name:
+            server = self._server()
+            if server is None:
+                return False
+            server.synced = False
             message = fe.build_parse("", parse.query, parse.param_types)
             self.statements.last_unnamed = message
             server.unnamed = message
             self._out.append(message)
             server.plan.expect(r.ENDS_PARSE)
             return True
-        statement = self.statements.define(parse.name, parse)
+        self.statements.define(parse.name, parse)
+        server = self.server
+        if server is None:
+            if self._parse_known_valid(parse.name):
+                # Prepared lazily where it is used; no server connection needed to say so.
+                self.write_to_client(be.PARSE_COMPLETE)
+                return True
+            server = self._server()
+            if server is None:
+                return False
+        server.synced = False
+        statement = self.statements.resolve(parse.name, server.applied.get("search_path", ""))
+        assert statement is not None
         if statement.name in server.prepared:
             server.plan.synthesize(be.PARSE_COMPLETE)
         else:
@@ -337,6 +349,17 @@ class ClientSession(asyncio.Protocol):
             server.prepared.add(statement.name)
             server.plan.expect(r.ENDS_PARSE, statement=statement.name)
         return True
+
+    def _parse_known_valid(self, client_name: str) -> bool:
+        """Whether this statement already parsed on the tenant's database under the same
+        search_path, so a Parse of it can be answered before any server is involved."""
+        try:
+            target = self._target()
+        except RouterError:
+            return False  # let the acquire path report it
+        namespace = self.settings.get("search_path", target.context.get("search_path", ""))
+        statement = self.statements.resolve(client_name, namespace)
+        return statement is not None and statement.name in target.pool.valid_statements
 
     def _prepare_on_server(self, server: ServerConnection, client_name: str) -> str | None:
         """Make sure the statement a client names exists on this server connection; return the
@@ -348,7 +371,7 @@ class ClientSession(asyncio.Protocol):
                 server.unnamed = last
                 server.plan.expect(r.ENDS_PARSE, swallow=True)
             return ""
-        statement = self.statements.get(client_name)
+        statement = self.statements.resolve(client_name, server.applied.get("search_path", ""))
         if statement is None:
             return None
         if statement.name not in server.prepared:

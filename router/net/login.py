@@ -190,13 +190,19 @@ async def _authenticate(session: ClientSession, role: str, password: str | None)
 
 
 async def _server_parameters(session: ClientSession, target: Target) -> dict[str, str]:
-    """Check the tenant's shard answers and learn the ParameterStatus values this client must see:
-    the server's own, after applying the client's settings (so `utf8` comes back as `UTF8`)."""
+    """The ParameterStatus values this client must see: the server's own after applying the
+    client's settings (so `utf8` comes back as `UTF8`). Learned once per distinct set of settings
+    from a real server connection (which also proves the shard answers), then served from the
+    pool's memory, so a busy pool does not hold up logins."""
     pool = target.pool
+    desired = {**target.context, **session.settings}
+    key = frozenset(desired.items())
+    known = pool.login_parameters.get(key)
+    if known is not None:
+        return known
     conn: ServerConnection | None = await pool.acquire()
     assert conn is not None
     try:
-        desired = {**target.context, **session.settings}
         reported: dict[str, str] = {}
         if conn.applied != desired:
             statements = [f"SET {name} = {quote_literal(value)}" for name, value in desired.items()]
@@ -208,7 +214,9 @@ async def _server_parameters(session: ClientSession, target: Target) -> dict[str
                 conn = None
                 raise _relay(error)
             conn.applied = desired
-        return {**conn.params, **reported}
+        parameters = {**conn.params, **reported}
+        pool.remember_login_parameters(key, parameters)
+        return parameters
     finally:
         if conn is not None:  # a failure above discarded it instead
             pool.release(conn)

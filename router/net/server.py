@@ -75,6 +75,8 @@ class ServerConnection(asyncio.Protocol):
         self.prepared: set[str] = set()
         self.unnamed: bytes | None = None
         self.applied: dict[str, str] = {}
+        # Server statement names known to parse on this server's database (shared by its pool).
+        self.valid_statements: set[str] = set()
         # Forwarding state.
         self.client: Attachment | None = None
         self.plan = ResponsePlan()
@@ -170,6 +172,9 @@ class ServerConnection(asyncio.Protocol):
         if plan.failed_statements:
             self.prepared.difference_update(plan.failed_statements)
             plan.failed_statements.clear()
+        if plan.parsed_statements:
+            self.valid_statements.update(plan.parsed_statements)
+            plan.parsed_statements.clear()
         if pos > run_start:
             client.write_to_client(data if run_start == 0 and pos == n else memoryview(data)[run_start:pos])
         if pos < n:

@@ -58,6 +58,7 @@ def write_configs(
     pool: dict[str, Any] | None = None,
     auth_method: str = "scram-sha-256",
     pins: dict[str, str] | None = None,
+    extra_shards: dict[str, tuple[str, int]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write router.yaml and shards.yaml for `env` into `directory`; return router.yaml's path."""
@@ -69,6 +70,8 @@ def write_configs(
         }
         for name, cluster in env.shards.items()
     }
+    for name, (host, port) in (extra_shards or {}).items():
+        shards[name] = {"weight": 1, "primary": {"host": host, "port": port, "dbname": env.SHARD_DB}}
     topology: dict[str, Any] = {"ring": {"vnodes": 160}, "shards": shards}
     if pins:
         topology["pins"] = pins

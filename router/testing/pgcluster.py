@@ -154,8 +154,15 @@ def _prepare_base_dir(base_dir: Path) -> None:
     account = _server_account()
     if account is None:
         return
-    os.chown(base_dir, account.pw_uid, account.pw_gid)
-    base_dir.chmod(0o755)
+    if base_dir.stat().st_uid != account.pw_uid:
+        # Only a fresh directory changes hands: a slip like base_dir=/tmp must not chown /tmp.
+        if any(base_dir.iterdir()):
+            raise PgClusterError(
+                f"base directory {base_dir} is not empty and not owned by {SERVER_OS_USER!r}; "
+                "give each environment a fresh directory (e.g. tempfile.mkdtemp(dir='/tmp'))"
+            )
+        os.chown(base_dir, account.pw_uid, account.pw_gid)
+        base_dir.chmod(0o755)
     groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
     for parent in base_dir.parents:
         st = parent.stat()

@@ -394,9 +394,7 @@ async def cache(config: RouterConfig, initialised: None) -> AsyncIterator[tuple[
         await c.stop()
 
 
-async def test_cache_sees_changes_within_a_second(
-    store: CatalogStore, cache: tuple[CatalogCache, list[str]]
-) -> None:
+async def test_cache_sees_changes_within_a_second(store: CatalogStore, cache: tuple[CatalogCache, list[str]]) -> None:
     c, changes = cache
     tenant_id = new_id("cache")
     before = await store.add(tenant_id, "shared")

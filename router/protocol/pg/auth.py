@@ -138,11 +138,11 @@ class ScramClientExchange:
         try:
             self._client.set_server_first(server_first.decode())
             return str(self._client.get_client_final()).encode()
-        except ScramException as exc:
+        except (ScramException, UnicodeDecodeError) as exc:
             raise AuthError(str(exc)) from exc
 
     def verify(self, server_final: bytes) -> None:
         try:
             self._client.set_server_final(server_final.decode())
-        except ScramException as exc:
+        except (ScramException, UnicodeDecodeError) as exc:
             raise AuthError(f"server signature invalid: {exc}") from exc

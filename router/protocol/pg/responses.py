@@ -52,23 +52,35 @@ class Expected:
 class ResponsePlan:
     """The ordered list of responses a server connection still owes."""
 
-    __slots__ = ("_queue", "failed_statements", "ready")
+    __slots__ = ("_queue", "_skipping", "failed_statements", "parsed_statements", "ready")
 
     def __init__(self) -> None:
         self._queue: deque[Expected] = deque()
+        # An error made the server discard messages up to a Sync the router has not sent yet: until
+        # that Sync is queued, requests get no response (a pipelining client may still be sending them).
+        self._skipping = False
         # Synthetic responses whose turn has come; the caller writes them to the client.
         self.ready = bytearray()
         # Statement names whose Parse failed; the caller forgets them on the server connection.
         self.failed_statements: list[str] = []
+        # Statement names whose Parse succeeded; the caller records them as known to be valid.
+        self.parsed_statements: list[str] = []
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def expect(self, ends: frozenset[int], *, swallow: bool = False, statement: str | None = None) -> None:
+        if self._skipping and ends is not ENDS_SYNC:
+            if statement is not None:
+                self.failed_statements.append(statement)
+            return
+        self._skipping = False
         self._queue.append(Expected(ends, swallow, None, statement))
 
     def synthesize(self, response: bytes) -> None:
         """Answer a request ourselves, in its place: at once if nothing is outstanding."""
+        if self._skipping:
+            return  # the server discards the request this would answer
         if self._queue:
             self._queue.append(Expected(ENDS_NOTHING, synthetic=response))
         else:
@@ -86,6 +98,8 @@ class ResponsePlan:
             return True
         if mtype in head.ends:
             queue.popleft()
+            if head.statement is not None:
+                self.parsed_statements.append(head.statement)
             if queue and queue[0].synthetic is not None:
                 self._release_synthetic()
         return not head.swallow
@@ -97,6 +111,7 @@ class ResponsePlan:
             dropped = queue.popleft()
             if dropped.statement is not None:
                 self.failed_statements.append(dropped.statement)
+        self._skipping = not queue
 
     def _release_synthetic(self) -> None:
         queue = self._queue
@@ -107,5 +122,7 @@ class ResponsePlan:
 
     def clear(self) -> None:
         self._queue.clear()
+        self._skipping = False
         self.ready.clear()
         self.failed_statements.clear()
+        self.parsed_statements.clear()

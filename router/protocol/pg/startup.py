@@ -15,6 +15,8 @@ PROTOCOL_3_0 = 3 << 16
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
+# What separates words in `options`: the server splits on C isspace() (ASCII), not on Unicode spaces.
+_SPACES = frozenset(" \t\n\v\f\r")
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
     if not body.endswith(b"\x00"):
         raise FramingError("startup parameters are not NUL-terminated")
     parts = body[:-1].split(b"\x00")
-    if parts and parts[-1] == b"":
-        parts.pop()
+    # The list ends with an empty name, like PostgreSQL's "expected terminator as last byte".
+    if parts.pop() != b"":
+        raise FramingError("startup parameters lack their terminator")
     if len(parts) % 2:
         raise FramingError("startup parameters are not name/value pairs")
     params: dict[str, str] = {}
@@ -119,7 +122,7 @@ def parse_options(options: str) -> dict[str, str]:
             escaped = False
         elif ch == "\\":
             escaped = True
-        elif ch.isspace():
+        elif ch in _SPACES:
             if current:
                 words.append("".join(current))
                 current = []

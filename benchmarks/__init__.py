@@ -1,0 +1,1 @@
+"""Benchmarks: the router against PostgreSQL directly (and PgBouncer, when installed), with pgbench."""

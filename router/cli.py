@@ -1,0 +1,186 @@
+"""The `tenant-router` command line: parsing and wiring only, no logic.
+
+tenant-router [--config FILE] serve | check | catalog init | demo
+tenant-router [--config FILE] tenants add|list|show|suspend|resume|remove ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.config import RouterConfig, load_router_config
+from router.errors import ConfigError, ConfigProblem, RouterError
+from router.topology import Topology, load_topology
+
+DEFAULT_CONFIG = "config/router.yaml"
+
+
+def load_both(path: str) -> tuple[RouterConfig, Topology]:
+    """Load router.yaml and the shards file it names, reporting the problems of both together."""
+    problems: list[ConfigProblem] = []
+    config: RouterConfig | None = None
+    shards_file: Path | None
+    try:
+        config = load_router_config(path)
+        shards_file = config.shards_file
+    except ConfigError as exc:
+        problems += exc.problems
+        shards_file = _shards_file_named_in(Path(path))
+    topology: Topology | None = None
+    if shards_file is not None:
+        try:
+            topology = load_topology(shards_file)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems or config is None or topology is None:
+        raise ConfigError(problems)
+    return config, topology
+
+
+def _shards_file_named_in(path: Path) -> Path | None:
+    """Where an invalid router.yaml points for shards, so both files' problems show at once."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    name = raw.get("shards_file", "shards.yaml") if isinstance(raw, dict) else "shards.yaml"
+    return path.parent / str(name)
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the CLI usable without it
+        return asyncio.run(coro)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, topology = load_both(args.config)
+    print(f"{config.path}: ok")
+    print(f"{topology.source}: ok ({len(topology.shards)} shards: {', '.join(topology.shards)})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.app import serve
+
+    config, topology = load_both(args.config)
+    logging.getLogger().setLevel(config.log_level)
+    _run(serve(config, topology))
+    return 0
+
+
+def cmd_catalog_init(args: argparse.Namespace) -> int:
+    from router.tenant_admin import init_catalog
+
+    config, _topology = load_both(args.config)
+    _run(init_catalog(config))
+    print(f"catalog schema {config.catalog.schema!r} is ready")
+    return 0
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from router import tenant_admin as admin
+
+    config, topology = load_both(args.config)
+    action = args.tenants_action
+    if action == "add":
+        labels = json.loads(args.labels) if args.labels else None
+        view = _run(admin.add_tenant(config, topology, args.id, args.isolation, args.shard, labels))
+        print(view.describe())
+    elif action == "list":
+        for view in _run(admin.list_tenants(config, topology)):
+            print(view.render())
+    elif action == "show":
+        print(_run(admin.show_tenant(config, topology, args.id)).describe())
+    elif action == "suspend":
+        print(_run(admin.suspend_tenant(config, topology, args.id)).render())
+    elif action == "resume":
+        print(_run(admin.resume_tenant(config, topology, args.id)).render())
+    elif action == "remove":
+        _run(admin.remove_tenant(config, topology, args.id, drop_data=args.drop_data))
+        print(f"removed tenant {args.id}" + (" and its data" if args.drop_data else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    return run_demo(Path(args.dir), port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenant-router", description="A tenant-aware PostgreSQL router.")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("TENANT_ROUTER_CONFIG", DEFAULT_CONFIG),
+        help=f"router.yaml (default: $TENANT_ROUTER_CONFIG or {DEFAULT_CONFIG})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the router").set_defaults(func=cmd_serve)
+    commands.add_parser("check", help="validate router.yaml and shards.yaml").set_defaults(func=cmd_check)
+    catalog = commands.add_parser("catalog", help="the tenant catalog")
+    catalog_actions = catalog.add_subparsers(dest="catalog_action", required=True)
+    catalog_actions.add_parser("init", help="create or migrate the catalog schema").set_defaults(func=cmd_catalog_init)
+
+    tenants = commands.add_parser("tenants", help="manage tenants")
+    tenants.set_defaults(func=cmd_tenants)
+    actions = tenants.add_subparsers(dest="tenants_action", required=True)
+    add = actions.add_parser("add", help="register a tenant and provision its schema/database")
+    add.add_argument("id")
+    add.add_argument("--isolation", choices=["shared", "schema", "database"])
+    add.add_argument("--shard", help="pin the tenant to this shard")
+    add.add_argument("--labels", help='JSON object, e.g. \'{"region": "eu"}\'')
+    actions.add_parser("list", help="list tenants with their shard")
+    for name, text in (
+        ("show", "show one tenant"),
+        ("suspend", "refuse its connections"),
+        ("resume", "serve it again"),
+    ):
+        actions.add_parser(name, help=text).add_argument("id")
+    remove = actions.add_parser("remove", help="remove a tenant from the catalog")
+    remove.add_argument("id")
+    remove.add_argument("--drop-data", action="store_true", help="also drop its schema or database")
+
+    demo = commands.add_parser("demo", help="start local PostgreSQL shards, a catalog and the router")
+    demo.add_argument("--dir", default=".demo", help="where the demo keeps its clusters (default .demo)")
+    demo.add_argument("--port", type=int, default=6432, help="router port (default 6432)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found; nothing was started", file=sys.stderr)
+        return 2
+    except RouterError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
