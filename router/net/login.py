@@ -119,7 +119,7 @@ async def _login(session: ClientSession) -> None:
     user = router.user(role)
     if user is None:
         raise AuthenticationFailed(f'password authentication failed for user "{role}"')
-    await _authenticate(session, role, user.password)
+    await _authenticate(session, role, user_name, user.password)
     session.user, session.role = user_name, role
     session.tenant_switch_allowed = user.tenant_switch
     if tenant is None and not user.tenant_switch:
@@ -159,7 +159,7 @@ def _identify(
     return role, None
 
 
-async def _authenticate(session: ClientSession, role: str, password: str | None) -> None:
+async def _authenticate(session: ClientSession, role: str, login_name: str, password: str | None) -> None:
     router = session.router
     method = router.auth_method
     failed = AuthenticationFailed(f'password authentication failed for user "{role}"')
@@ -171,7 +171,8 @@ async def _authenticate(session: ClientSession, role: str, password: str | None)
         salt = new_md5_salt()
         session.write_to_client(be.authentication_md5(salt))
         answer = await _read_message(session, f.PASSWORD)
-        if not check_md5(role, password, salt, answer[5:]):
+        # libpq salts md5 with the user name it logged in with, i.e. `role.tenant`.
+        if not check_md5(login_name, password, salt, answer[5:]):
             raise failed
         return
     user = router.user(role)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -167,13 +168,30 @@ def test_copy_failure_leaves_session_usable(router: RouterThread) -> None:
 
 def test_cancel_reaches_the_running_query(router: RouterThread) -> None:
     with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
-        timer = threading.Timer(0.5, conn.cancel)
+        # cancel_safe, not cancel: libpq's blocking PQcancel holds the GIL, which would freeze the
+        # router running in this very process.
+        timer = threading.Timer(0.5, conn.cancel_safe)
         timer.start()
         started = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(20)")
         assert time.monotonic() - started < 5
         assert conn.execute("SELECT 42").fetchone() == (42,)
+
+
+def test_psql_ctrl_c_cancels_through_the_router(router: RouterThread) -> None:
+    psql = subprocess.Popen(
+        ["psql", url(router, "globex"), "-X", "-c", "SELECT pg_sleep(20)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    started = time.monotonic()
+    psql.send_signal(signal.SIGINT)
+    _out, err = psql.communicate(timeout=10)
+    assert time.monotonic() - started < 5
+    assert "canceling statement due to user request" in err
 
 
 async def test_asyncpg_timeout_cancels_through_the_router(router: RouterThread) -> None:

@@ -1,0 +1,115 @@
+"""A running router sees catalog changes made with the CLI within a second, without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from router.testing.routerthread import RouterThread
+
+from .conftest import Deployment, url
+
+
+def _cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router.cli", "--config", str(deployment.directory / "router.yaml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+
+
+def _within(seconds: float, condition: Callable[[], bool]) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, "condition not met in time"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def _can_connect(router: RouterThread, tenant: str) -> bool:
+    try:
+        with psycopg.connect(url(router, tenant)) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def test_cli_add_suspend_resume_remove_seen_live(router: RouterThread, deployment: Deployment) -> None:
+    tenant = "livecorp"
+    assert not _can_connect(router, tenant)
+    added = _cli(deployment, "tenants", "add", tenant, "--isolation", "shared")
+    assert added.returncode == 0, added.stderr
+    assert _within(1.0, lambda: router.router.catalog.get(tenant) is not None) < 1.0
+    assert _can_connect(router, tenant)
+
+    # `tenants show` and the router agree on the shard.
+    shown = _cli(deployment, "tenants", "show", tenant)
+    assert shown.returncode == 0, shown.stderr
+    with psycopg.connect(url(router, tenant)) as conn:
+        row = conn.execute("SELECT current_setting('port')::int").fetchone()
+    shard = next(name for name, c in deployment.env.shards.items() if row is not None and c.port == row[0])
+    assert f"{shard} (hashed)" in shown.stdout
+
+    # Suspend: an open session's next transaction fails; new logins fail.
+    session = psycopg.connect(url(router, tenant), autocommit=True)
+    try:
+        assert _cli(deployment, "tenants", "suspend", tenant).returncode == 0
+        _within(
+            1.0,
+            lambda: (
+                router.router.catalog.get(tenant) is not None
+                and router.router.catalog.get(tenant).status == "suspended"
+            ),
+        )  # type: ignore[union-attr]
+        with pytest.raises(psycopg.OperationalError) as info:
+            session.execute("SELECT 1")
+        assert "suspended" in str(info.value)
+        assert not _can_connect(router, tenant)
+        assert _cli(deployment, "tenants", "resume", tenant).returncode == 0
+        _within(1.0, lambda: _can_connect(router, tenant))
+        assert session.execute("SELECT 1").fetchone() == (1,)  # the same session carries on
+    finally:
+        session.close()
+
+    assert _cli(deployment, "tenants", "remove", tenant).returncode == 0
+    _within(1.0, lambda: router.router.catalog.get(tenant) is None)
+    assert not _can_connect(router, tenant)
+
+
+def test_pin_change_moves_new_transactions(router: RouterThread, deployment: Deployment) -> None:
+    from router.catalog import CatalogStore
+
+    tenant = "movable"
+
+    async def change(shard: str | None) -> None:
+        async with CatalogStore(deployment.env.catalog_dsn()) as store:
+            if await store.get(tenant) is None:
+                await store.add(tenant, "shared", shard=shard)
+            else:
+                await store.set_shard(tenant, shard)
+
+    ports = {name: c.port for name, c in deployment.env.shards.items()}
+    asyncio.run(change("shard_a"))
+    _within(1.0, lambda: _can_connect(router, tenant))
+    with psycopg.connect(url(router, tenant), autocommit=True) as conn:
+        assert conn.execute("SELECT current_setting('port')::int").fetchone() == (ports["shard_a"],)
+        asyncio.run(change("shard_b"))
+        _within(1.0, lambda: router.router.catalog.get(tenant).shard == "shard_b")  # type: ignore[union-attr]
+        # Routing is per transaction: the same session's next transaction goes to the new shard.
+        assert conn.execute("SELECT current_setting('port')::int").fetchone() == (ports["shard_b"],)
+
+
+def test_check_command(deployment: Deployment, tmp_path: object) -> None:
+    ok = _cli(deployment, "check")
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
