@@ -110,10 +110,14 @@ class ClientSession(asyncio.Protocol):
         self._login_task = asyncio.get_running_loop().create_task(login(self))
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
         if self.state is SessionState.READY:
-            self._process()
+            if self._buf:  # the rest of a message that arrived in pieces, or work held back
+                self._buf += data
+                self._process()
+            else:
+                self._route(data)
         else:
+            self._buf += data
             waiter = self._login_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -179,18 +183,26 @@ class ClientSession(asyncio.Protocol):
     # --- message loop -----------------------------------------------------------------------------
 
     def _process(self) -> None:
-        buf = self._buf
+        """Route what has been held back in the buffer."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._route(data)
+
+    def _route(self, data: bytes) -> None:
+        """Route the complete messages in `data`; keep the rest for later. A message that fills
+        `data` exactly is routed without being copied."""
         pos = 0
+        end = len(data)
         handlers = self._handlers
         try:
             while self._acquiring is None and self.state is SessionState.READY:
-                header = f.read_header(buf, pos)
+                header = f.read_header(data, pos)
                 if header is None:
                     break
                 mtype, size = header
-                if pos + size > len(buf):
+                if pos + size > end:
                     break
-                msg = bytes(buf[pos : pos + size])
+                msg = data if size == end else data[pos : pos + size]
                 if self._discarding:
                     if mtype in (f.SYNC, f.QUERY):
                         self._discarding = False
@@ -198,7 +210,6 @@ class ClientSession(asyncio.Protocol):
                     pos += size
                     continue
                 if mtype == f.TERMINATE:
-                    pos += size
                     self._flush_out()
                     self.close()
                     return
@@ -214,8 +225,8 @@ class ClientSession(asyncio.Protocol):
         except ClientProtocolError as exc:
             self.fatal(exc)
             return
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            self._buf += data[pos:] if pos else data
         self._flush_out()
 
     def _flush_out(self) -> None:
@@ -230,6 +241,15 @@ class ClientSession(asyncio.Protocol):
         """The attached server, or None after starting to acquire one (the caller stops)."""
         if self.server is not None:
             return self.server
+        try:
+            target = self._target()
+        except RouterError:
+            target = None  # the acquire task reports it in order
+        if target is not None and not target.pool.closed:
+            conn = target.pool.acquire_idle()
+            if conn is not None:
+                self._attach(conn, target)
+                return conn
         self._acquiring = asyncio.get_running_loop().create_task(self._acquire())
         return None
 

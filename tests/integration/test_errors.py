@@ -171,7 +171,7 @@ def test_pool_exhausted_gives_53300_then_recovers(make_router: RouterFactory) ->
     try:
         with psycopg.connect(url(router, "acme"), autocommit=True) as waiter:
             started = time.monotonic()
-            with pytest.raises(psycopg.errors.TooManyConnections, match="became free within 0.5s"):
+            with pytest.raises(psycopg.errors.TooManyConnections, match=r"became free within 0\.5s"):
                 waiter.execute("SELECT 2")
             assert time.monotonic() - started < 3
             holder.commit()

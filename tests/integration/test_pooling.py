@@ -159,10 +159,13 @@ def test_copy_out_of_a_shared_table_respects_row_level_security(router: RouterTh
 
 def test_copy_failure_leaves_session_usable(router: RouterThread) -> None:
     with psycopg.connect(url(router, "initech"), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.QueryCanceled), conn.cursor() as cur:
-            with cur.copy("COPY items (name) FROM STDIN") as copy:
-                copy.write_row(("x",))
-                raise psycopg.errors.QueryCanceled("client aborts the copy")
+        with (
+            pytest.raises(psycopg.errors.QueryCanceled),
+            conn.cursor() as cur,
+            cur.copy("COPY items (name) FROM STDIN") as copy,
+        ):
+            copy.write_row(("x",))
+            raise psycopg.errors.QueryCanceled("client aborts the copy")
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 

@@ -24,7 +24,7 @@ def _port(conn: psycopg.Connection) -> int:
 
 
 def test_tenants_reach_the_shard_the_ring_predicts(router: RouterThread, deployment: Deployment) -> None:
-    config, topology = load(deployment.directory / "router.yaml")
+    _config, topology = load(deployment.directory / "router.yaml")
     ring = Ring.from_topology(topology)
     for tenant in ("acme", "globex", "initech", "umbrella"):
         expected = place_tenant(tenant, None, topology, ring).shard

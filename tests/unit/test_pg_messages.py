@@ -159,11 +159,6 @@ def test_malformed_parse(raw: bytes) -> None:
         fe.parse_parse(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_parse decodes the query with errors='replace': a query in a non-UTF-8 client_encoding "
-    "(LATIN1...) is rewritten when the router re-builds the Parse, and distinct queries collide",
-)
 def test_parse_in_a_non_utf8_client_encoding_round_trips_byte_exactly() -> None:
     raw = frame(b"P", b"\x00SELECT 'caf\xe9'\x00\x00\x00")  # LATIN1 text, as PostgreSQL accepts it
     parse = fe.parse_parse(raw)

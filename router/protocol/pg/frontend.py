@@ -36,7 +36,12 @@ class Parse:
 
 def parse_parse(msg: bytes) -> Parse:
     name, pos = read_cstr(msg, 5)
-    text, pos = read_cstr(msg, pos)
+    # The query is in the client's encoding, which need not be UTF-8: keep its bytes exact.
+    end = msg.find(b"\x00", pos)
+    if end < 0:
+        raise FramingError("string is not NUL-terminated")
+    text = msg[pos:end].decode("utf-8", "surrogateescape")
+    pos = end + 1
     types = msg[pos:]
     if len(types) < 2:
         raise FramingError("Parse message lacks its parameter type count")
@@ -44,7 +49,8 @@ def parse_parse(msg: bytes) -> Parse:
 
 
 def build_parse(name: str, query_text: str, param_types: bytes) -> bytes:
-    return frame(b"P", cstr(name) + cstr(query_text) + param_types)
+    query_bytes = query_text.encode("utf-8", "surrogateescape")
+    return frame(b"P", cstr(name) + query_bytes + b"\x00" + param_types)
 
 
 def split_bind(msg: bytes) -> tuple[str, str, int]:

@@ -30,7 +30,7 @@ class ServerStatement:
 
 def server_statement_for(parse: Parse, namespace: str) -> ServerStatement:
     """The server statement for `parse` under `namespace` (the search_path it is parsed with)."""
-    content = b"\x00".join((parse.query.encode(), parse.param_types, namespace.encode()))
+    content = b"\x00".join((parse.query.encode("utf-8", "surrogateescape"), parse.param_types, namespace.encode()))
     name = "trs_" + hashlib.blake2b(content, digest_size=10).hexdigest()
     return ServerStatement(name, build_parse(name, parse.query, parse.param_types))
 
