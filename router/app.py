@@ -15,7 +15,9 @@ import signal
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from router.cancel_keys import new_process_id, owner_of
 from router.catalog import CatalogCache, Tenant
 from router.config import RouterConfig, UserConfig
 from router.errors import BackendUnavailable, TenantSuspended, TooManyClients, UnknownTenant
@@ -24,7 +26,7 @@ from router.isolation import database_name, schema_name
 from router.janitor import Janitor
 from router.net.client import ClientSession
 from router.net.context import Target
-from router.net.server import ServerConnection, send_cancel
+from router.net.server import ServerConnection, send_cancel, send_cancel_unix
 from router.pool import Pool, PoolKey, PoolSettings
 from router.protocol.pg.auth import ScramVerifier
 from router.routing import place_tenant
@@ -35,11 +37,34 @@ log = logging.getLogger(__name__)
 LOGIN_TIMEOUT = 30.0
 
 
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Which worker process this is, of how many, and where the workers' private sockets live."""
+
+    index: int = 0
+    count: int = 1
+    run_dir: Path | None = None
+
+    def cancel_socket(self, index: int) -> Path | None:
+        return self.run_dir / f"worker-{index}.cancel" if self.run_dir is not None else None
+
+    def metrics_socket(self, index: int) -> Path | None:
+        return self.run_dir / f"worker-{index}.metrics" if self.run_dir is not None else None
+
+    def share(self, total: int) -> int:
+        """This worker's part of an instance-wide total (at least 1)."""
+        part, extra = divmod(total, self.count)
+        return max(1, part + (1 if self.index < extra else 0))
+
+
 class Router:
     """Everything a running router instance holds. Implements router.net.context.RouterContext."""
 
-    def __init__(self, config: RouterConfig, topology: Topology) -> None:
+    def __init__(self, config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:
         self.config = config
+        self.worker = worker or WorkerIdentity()
+        self.peer_id = config.cluster.peer_id
+        self.max_clients = self.worker.share(config.pool.max_client_connections)
         self.topology = topology
         self.ring = Ring.from_topology(topology)
         self.auth_method: str = config.auth.method
@@ -47,6 +72,7 @@ class Router:
         self.tenant_separator = config.tenant.separator
         self.transaction_pooling = config.pool.mode == "transaction"
         self.login_timeout = LOGIN_TIMEOUT
+        self.refused_state: frozenset[str] = frozenset(config.pool.refuse)
         self.catalog = CatalogCache(
             config.catalog.dsn,
             config.catalog.schema,
@@ -56,7 +82,7 @@ class Router:
         )
         self.pools: dict[PoolKey, Pool] = {}
         self._pool_settings = PoolSettings(
-            size=config.pool.size,
+            size=self.worker.share(config.pool.size),
             wait_timeout=config.pool.wait_timeout,
             connect_timeout=config.pool.connect_timeout,
             idle_timeout=config.pool.idle_timeout,
@@ -124,12 +150,13 @@ class Router:
         self._targets.pop(tenant, None)
 
     def register_client(self, session: ClientSession) -> tuple[int, bytes]:
-        if len(self._clients) >= self.config.pool.max_client_connections:
+        if len(self._clients) >= self.max_clients:
             raise TooManyClients(
-                f"too many client connections (max_client_connections = {self.config.pool.max_client_connections})"
+                f"too many client connections (max_client_connections = {self.config.pool.max_client_connections}"
+                f" across {self.worker.count} worker(s))"
             )
         while True:
-            process_id = secrets.randbelow(2**31 - 2) + 1
+            process_id = new_process_id(self.peer_id, self.worker.index)
             if process_id not in self._clients:
                 break
         self._clients[process_id] = session
@@ -145,6 +172,22 @@ class Router:
         return len(self._clients)
 
     async def cancel(self, process_id: int, secret_key: bytes) -> None:
+        owner = owner_of(process_id)
+        timeout = self.config.pool.connect_timeout
+        if owner.peer_id != self.peer_id:
+            peer = next((p for p in self.config.cluster.peers if p.id == owner.peer_id), None)
+            if peer is None:
+                log.info("cancel request for unknown peer %d ignored", owner.peer_id)
+                return
+            await send_cancel(peer.host, peer.port, process_id, secret_key, timeout)
+            return
+        if owner.worker != self.worker.index:
+            path = self.worker.cancel_socket(owner.worker)
+            if path is None or owner.worker >= self.worker.count:
+                log.info("cancel request for unknown worker %d ignored", owner.worker)
+                return
+            await send_cancel_unix(str(path), process_id, secret_key, timeout)
+            return
         session = self._clients.get(process_id)
         if session is None or not secrets.compare_digest(session.key[1], secret_key):
             log.info("cancel request for an unknown client key ignored")
@@ -160,12 +203,19 @@ class Router:
             self.config.pool.connect_timeout,
         )
 
-    def end_session(self, server: ServerConnection, pool: Pool) -> None:
-        if self.transaction_pooling:
-            pool.release(server)
+    def end_session(self, server: ServerConnection, pool: Pool, reset: bool) -> None:
+        if self.transaction_pooling and not reset:
+            pool.release(server)  # the next client's first transaction wipes it (DISCARD ALL)
             return
         server.detach()
         asyncio.get_running_loop().create_task(_reset_and_release(server, pool))
+
+    def close_idle_connections(self, host: str, port: int, databases: tuple[str, ...]) -> None:
+        for pool in self.iter_pools():
+            key = pool.key
+            if key.host == host and key.port == port and key.database in databases:
+                closed = pool.close_idle()
+                log.info("closed %d idle connections to %s before a database-level command", closed, key.label)
 
     def count_error(self, sqlstate: str) -> None:
         self.errors[sqlstate] += 1
@@ -187,6 +237,7 @@ async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
     server.prepared.clear()
     server.unnamed = None
     server.applied = {}
+    server.owner = None
     pool.release(server)
 
 
@@ -217,11 +268,14 @@ class RunningRouter:
         await self._stopped.wait()
 
 
-async def start(config: RouterConfig, topology: Topology) -> RunningRouter:
-    """Start serving: catalog first (a router without its catalog cannot route), then listeners."""
+async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> RunningRouter:
+    """Start serving: catalog first (a router without its catalog cannot route), then listeners.
+    A worker of several shares the listen port (SO_REUSEPORT) and also listens on its private
+    sockets: cancels forwarded by its siblings, and metrics for the supervisor."""
     from router.http import start_http
 
-    router = Router(config, topology)
+    router = Router(config, topology, worker)
+    identity = router.worker
     await router.catalog.start()
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
@@ -230,18 +284,26 @@ async def start(config: RouterConfig, topology: Topology) -> RunningRouter:
         config.listen.port,
         backlog=4096,
         reuse_address=True,
+        reuse_port=identity.count > 1 or None,
     )
     port = listener.sockets[0].getsockname()[1]
     servers = [listener]
+    cancel_path = identity.cancel_socket(identity.index)
+    if cancel_path is not None:
+        servers.append(await loop.create_unix_server(lambda: ClientSession(router), str(cancel_path)))
     http_port = 0
-    if config.http.enabled:
+    metrics_path = identity.metrics_socket(identity.index)
+    if metrics_path is not None:
+        servers.append(await start_http(router, unix_path=str(metrics_path)))
+    elif config.http.enabled:
         http_server = await start_http(router, config.http.host, config.http.port)
         servers.append(http_server)
         http_port = http_server.sockets[0].getsockname()[1]
     janitor = Janitor(router)
     janitor.start()
     log.info(
-        "tenant-router listening on %s:%s (%s pooling, %d shards, %d tenants in the catalog)",
+        "tenant-router %slistening on %s:%s (%s pooling, %d shards, %d tenants in the catalog)",
+        f"worker {identity.index}/{identity.count} " if identity.count > 1 else "",
         config.listen.host,
         port,
         config.pool.mode,
@@ -251,9 +313,9 @@ async def start(config: RouterConfig, topology: Topology) -> RunningRouter:
     return RunningRouter(router, port, http_port, servers, janitor)
 
 
-async def serve(config: RouterConfig, topology: Topology) -> None:
+async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:
     """Run until SIGINT/SIGTERM."""
-    running = await start(config, topology)
+    running = await start(config, topology, worker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -163,8 +163,39 @@ def _migration_1(schema: str) -> builtins.list[str]:
     ]
 
 
+def _migration_2(schema: str) -> builtins.list[str]:
+    """What router instances agree on (router/cluster.py): the registry, holds and their acks."""
+    s = quote_ident(schema)
+    return [
+        f"""CREATE TABLE {s}.instances (
+            instance_id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            heartbeat_at timestamptz NOT NULL DEFAULT now(),
+            workers integer NOT NULL DEFAULT 1,
+            version text NOT NULL,
+            labels jsonb NOT NULL DEFAULT '{{}}' CHECK (jsonb_typeof(labels) = 'object')
+        )""",
+        # At most one hold per tenant; hold_id is what acknowledgements and notifications name.
+        f"""CREATE TABLE {s}.holds (
+            tenant_id text PRIMARY KEY,
+            hold_id text NOT NULL UNIQUE,
+            requested_at timestamptz NOT NULL DEFAULT now(),
+            reason text NOT NULL
+        )""",
+        # Removing a hold removes its acks; an ack for a hold that is already gone is refused.
+        f"""CREATE TABLE {s}.hold_acks (
+            hold_id text NOT NULL REFERENCES {s}.holds (hold_id) ON DELETE CASCADE,
+            instance_id text NOT NULL,
+            acked_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (hold_id, instance_id)
+        )""",
+    ]
+
+
 # Append only: version N's statements run once, in order, on catalogs below version N.
-_MIGRATIONS: Final[tuple[Callable[[str], builtins.list[str]], ...]] = (_migration_1,)
+_MIGRATIONS: Final[tuple[Callable[[str], builtins.list[str]], ...]] = (_migration_1, _migration_2)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 

@@ -2,6 +2,7 @@
 
 tenant-router [--config FILE] serve | check | catalog init | demo
 tenant-router [--config FILE] tenants add|list|show|suspend|resume|remove ...
+tenant-router [--config FILE] instances [--stale-after SECONDS]
 """
 
 from __future__ import annotations
@@ -74,12 +75,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from router.app import serve
-
     config, topology = load_both(args.config)
     logging.getLogger().setLevel(config.log_level)
-    _run(serve(config, topology))
-    return 0
+    if config.worker_count == 1:
+        from router.app import serve
+
+        _run(serve(config, topology))
+        return 0
+    from router.supervisor import Supervisor
+
+    return int(_run(Supervisor(config, config.worker_count).run()))
 
 
 def cmd_catalog_init(args: argparse.Namespace) -> int:
@@ -112,6 +117,19 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     elif action == "remove":
         _run(admin.remove_tenant(config, topology, args.id, drop_data=args.drop_data))
         print(f"removed tenant {args.id}" + (" and its data" if args.drop_data else ""))
+    return 0
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    from router.cluster import DEFAULT_STALE_AFTER, list_instances
+
+    config, _topology = load_both(args.config)
+    stale_after = DEFAULT_STALE_AFTER if args.stale_after is None else args.stale_after
+    instances = _run(list_instances(config.catalog.dsn, config.catalog.schema, stale_after=stale_after))
+    for info in instances:
+        print(info.render())
+    if not instances:
+        print("no router instances are registered")
     return 0
 
 
@@ -154,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="remove a tenant from the catalog")
     remove.add_argument("id")
     remove.add_argument("--drop-data", action="store_true", help="also drop its schema or database")
+
+    instances = commands.add_parser("instances", help="list router instances registered in the catalog, live and stale")
+    instances.add_argument(
+        "--stale-after",
+        type=float,
+        help="seconds without a heartbeat after which an instance counts as stale (default 5)",
+    )
+    instances.set_defaults(func=cmd_instances)
 
     demo = commands.add_parser("demo", help="start local PostgreSQL shards, a catalog and the router")
     demo.add_argument("--dir", default=".demo", help="where the demo keeps its clusters (default .demo)")

@@ -54,6 +54,7 @@ _SECTION: Final = ConfigDict(extra="forbid")
 Port = Annotated[int, Field(ge=0, le=65535)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+SessionStateKind = Literal["listen", "temp_table", "advisory_lock", "prepare", "hold_cursor"]
 SecondsOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 # Error kind for a value that is missing because of another field: there is no bad value to show.
@@ -180,6 +181,26 @@ class PoolConfig:
     connect_timeout: Seconds = 3.0
     idle_timeout: SecondsOrZero = 600.0
     lifetime: SecondsOrZero = 3600.0
+    # Session state that cannot travel between server connections pins the client to its server
+    # connection while it exists; kinds listed here are refused with an error instead.
+    refuse: tuple[SessionStateKind, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
+class PeerConfig:
+    """Another router instance, for forwarding CancelRequests whose key it issued."""
+
+    id: Annotated[int, Field(ge=0, le=255)]
+    host: NonEmpty
+    port: Port
+
+
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
+class ClusterConfig:
+    """This instance among its peers: `peer_id` is encoded in every cancel key it hands out."""
+
+    peer_id: Annotated[int, Field(ge=0, le=255)] = 0
+    peers: tuple[PeerConfig, ...] = ()
 
 
 _CUSTOM_SETTING: Final = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
@@ -234,6 +255,13 @@ class RouterConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     tenant: TenantConfig = field(default_factory=TenantConfig)
     log_level: str = "INFO"
+    # Worker processes sharing the listen port; None = one per core. Pool sizes are instance totals.
+    workers: int | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, kw_only=True, config=_SECTION)
@@ -249,6 +277,8 @@ class _RouterFile:
     server: ServerCredentials
     pool: PoolConfig = field(default_factory=PoolConfig)
     log_level: str = "INFO"
+    workers: Annotated[int, Field(ge=1, le=64)] | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @field_validator("auth")
     @classmethod
@@ -289,6 +319,8 @@ def load_router_config(path: str | Path) -> RouterConfig:
         pool=parsed.pool,
         tenant=parsed.tenant,
         log_level=parsed.log_level,
+        workers=parsed.workers,
+        cluster=parsed.cluster,
     )
 
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from router.app import Router
 
 
-async def start_http(router: Router, host: str, port: int) -> asyncio.Server:
+async def start_http(
+    router: Router, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
+) -> asyncio.Server:
     registry = CollectorRegistry()
     registry.register(RouterCollector(router))
 
@@ -54,4 +56,6 @@ async def start_http(router: Router, host: str, port: int) -> asyncio.Server:
         finally:
             writer.close()
 
+    if unix_path is not None:
+        return await asyncio.start_unix_server(handle, unix_path)
     return await asyncio.start_server(handle, host, port)

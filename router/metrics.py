@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -60,3 +61,31 @@ class RouterCollector(Collector):
         for sqlstate, count in sorted(router.errors.items()):
             errors.add_metric([sqlstate], count)
         yield errors
+
+
+def merge_expositions(texts: list[str]) -> str:
+    """Sum the metrics of several workers, sample by sample (same name and labels), into one
+    exposition. Every router metric is a count or a gauge of things each worker owns, so the sum
+    is the instance's exact value."""
+    families: dict[str, tuple[str, str]] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, (family.type, family.documentation))
+            samples = sums.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] = samples.get(key, 0.0) + sample.value
+    lines: list[str] = []
+    for name, (kind, documentation) in families.items():
+        header = f"{name}_total" if kind == "counter" else name  # as prometheus_client writes them
+        lines.append(f"# HELP {header} {documentation}")
+        lines.append(f"# TYPE {header} {kind}")
+        for (sample_name, labels), value in sums[name].items():
+            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(f"{sample_name}{{{rendered}}} {value!r}" if rendered else f"{sample_name} {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

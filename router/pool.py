@@ -100,9 +100,19 @@ class Pool:
 
     # --- acquire / release ----------------------------------------------------------------------
 
-    def acquire_idle(self) -> ServerConnection | None:
-        """An idle connection right now, or None: the fast path, without a task or a wait."""
+    def acquire_idle(self, preferred: ServerConnection | None = None) -> ServerConnection | None:
+        """An idle connection right now, or None: the fast path, without a task or a wait.
+        `preferred` (the client's previous connection) is taken if idle: no hand-over, no reset."""
         idle = self._idle
+        if preferred is not None and not self._waiters and preferred.state is ServerState.IDLE:
+            try:
+                idle.remove(preferred)
+            except ValueError:
+                pass
+            else:
+                if not self._expired(preferred, time.monotonic()):
+                    return preferred
+                self._destroy(preferred)
         while idle and not self._waiters:
             conn = idle.pop()  # the most recently used: its caches are warmest
             if conn.state is ServerState.IDLE and not self._expired(conn, time.monotonic()):
@@ -232,6 +242,13 @@ class Pool:
                 self._destroy(conn, "idle timeout")
                 closed += 1
         return closed
+
+    def close_idle(self) -> int:
+        """Close every idle connection now (the pool stays open); return how many."""
+        idle = list(self._idle)
+        for conn in idle:
+            self._destroy(conn, "closed for a database-level command")
+        return len(idle)
 
     def close(self) -> None:
         """Stop handing out connections; close idle ones now, active ones when released."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import re
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg import responses as r
 from router.protocol.pg.prepared import ClientStatements
+from router.statements import Effects, classify
 
 if TYPE_CHECKING:
     from router.net.context import RouterContext, Target
@@ -49,6 +51,32 @@ _TENANT_STATEMENT = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _TENANT_MARKER = b"router.tenant"
+_DISCARD_ALL = fe.query("DISCARD ALL")
+_SERIALS = itertools.count(1)
+# What the router asks a server after a transaction changed session settings: the exact values now
+# in force, so that they travel with the client to its next server connection.
+_SESSION_SETTINGS_SQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"
+
+
+def session_sync_sql(applied: dict[str, str], desired: dict[str, str]) -> str | None:
+    """The statement that turns a server session's settings from `applied` into `desired`.
+
+    set_config() takes each value as the server reported it (list values such as search_path
+    included), which SET with a quoted literal would not."""
+    changes = [
+        f"set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+        for name, value in desired.items()
+        if applied.get(name) != value
+    ]
+    resets = [f"RESET {name}" for name in applied if name not in desired]
+    statements = ([f"SELECT {', '.join(changes)}"] if changes else []) + resets
+    return "; ".join(statements) if statements else None
+
+
+def raise_sql(sqlstate: str, message: str) -> str:
+    """A statement that makes the server raise our error, inside whatever transaction is open, so
+    the transaction is aborted exactly as PostgreSQL would abort it."""
+    return f"DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {quote_literal(message)}; END$$"
 
 
 class SessionState(enum.Enum):
@@ -71,7 +99,15 @@ class ClientSession(asyncio.Protocol):
         self.tenant: str | None = None
         self.login_tenant: str | None = None
         self.tenant_switch_allowed = False
-        self.settings: dict[str, str] = {}  # session settings the client asked for (startup, options)
+        self.serial = next(_SERIALS)
+        self.settings: dict[str, str] = {}  # session settings in force for the client (startup, SET...)
+        self.startup_settings: dict[str, str] = {}  # what RESET ALL returns to
+        self.reported: dict[str, str] = {}  # ParameterStatus values the client has been told
+        self.pins: set[str] = set()  # session state kinds that keep the server connection
+        self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
+        self.last_server: ServerConnection | None = None
+        self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
+        self._desired_for: Target | None = None
         self.key: tuple[int, bytes] = (0, b"")
         # Routing state.
         self.server: ServerConnection | None = None
@@ -141,9 +177,61 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(data)
 
     def server_ready(self, server: ServerConnection) -> None:
-        """The server finished everything we sent and is idle: in transaction mode, let it go."""
-        if server is self.server and server.tx_status == be.TX_IDLE and self.router.transaction_pooling:
+        """The server finished everything we sent and is idle: learn the settings the transaction
+        changed, then, in transaction mode and unless session state pins it, let it go."""
+        if server is not self.server or server.tx_status != be.TX_IDLE:
+            return
+        if self._watched is not None:
+            self._acquiring = asyncio.get_running_loop().create_task(self._read_back_settings(server))
+        elif self.router.transaction_pooling and not self.pins:
             self._release_server()
+
+    def report_parameters(self, params: dict[str, str]) -> None:
+        out = bytearray()
+        reported = self.reported
+        for name, value in params.items():
+            if reported.get(name) != value:
+                reported[name] = value
+                out += be.parameter_status(name, value)
+        if out:
+            self.write_to_client(out)
+
+    async def _read_back_settings(self, server: ServerConnection) -> None:
+        """After a transaction that changed settings: ask the server what is now in force (exact,
+        whatever form the change took), so those settings follow the client to other servers."""
+        watched, self._watched = self._watched or set(), None
+        sql = _SESSION_SETTINGS_SQL
+        # Placeholder settings (`myapp.x`) are not in pg_settings: name all those we know of.
+        custom = sorted(name for name in watched | set(self.settings) if "." in name)
+        if custom:
+            names = ", ".join(quote_literal(n) for n in custom)
+            sql += f" UNION ALL SELECT n, current_setting(n, true) FROM unnest(ARRAY[{names}]::text[]) AS n"
+        try:
+            _reported, error, rows = await server.query_internal(sql)
+        except RouterError as exc:
+            self._acquiring = None
+            self.fatal(exc)
+            return
+        self._acquiring = None
+        if error is not None:
+            self.fatal(BackendUnavailable(f"could not read session settings back: {error.message}"))
+            return
+        in_force = {str(row[0]): str(row[1]) for row in rows if row[1]}
+        server.applied = in_force
+        context = self._context_keys()
+        self.settings = {name: value for name, value in in_force.items() if name not in context}
+        self._desired = None
+        if self.state is not SessionState.READY:
+            return
+        if self.server is server and self.router.transaction_pooling and not self.pins:
+            self._release_server()
+        self._process()
+
+    def _context_keys(self) -> frozenset[str]:
+        try:
+            return frozenset(self._target().context)
+        except RouterError:
+            return frozenset()
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         if server is not self.server:
@@ -239,14 +327,18 @@ class ClientSession(asyncio.Protocol):
 
     def _server(self) -> ServerConnection | None:
         """The attached server, or None after starting to acquire one (the caller stops)."""
-        if self.server is not None:
-            return self.server
+        server = self.server
+        if server is not None:
+            if self._desired is None and not server.plan:
+                # Settings changed under a server we keep (pinned, session mode): re-apply them.
+                self._sync_session(server, self._desired_settings(self._target()))
+            return server
         try:
             target = self._target()
         except RouterError:
             target = None  # the acquire task reports it in order
         if target is not None and not target.pool.closed:
-            conn = target.pool.acquire_idle()
+            conn = target.pool.acquire_idle(self.last_server)
             if conn is not None:
                 self._attach(conn, target)
                 return conn
@@ -285,21 +377,36 @@ class ClientSession(asyncio.Protocol):
         conn.attach(self)
         self.server = conn
         self.pool = target.pool
-        self._sync_session(conn, {**target.context, **self.settings})
+        self.last_server = conn
+        if conn.owner != self.serial:
+            if conn.owner is not None:
+                # Another client used this session: wipe everything it may have left (settings,
+                # even those changed inside functions; prepared statements; temp tables; locks).
+                self._out.append(_DISCARD_ALL)
+                conn.plan.expect(r.ENDS_SYNC, swallow=True)
+                conn.prepared.clear()
+                conn.unnamed = None
+                conn.applied = {}
+            conn.owner = self.serial
+        self._sync_session(conn, self._desired_settings(target))
+
+    def _desired_settings(self, target: Target) -> dict[str, str]:
+        desired = self._desired
+        if desired is None or self._desired_for is not target:
+            desired = self._desired = {**self.settings, **target.context}
+            self._desired_for = target
+        return desired
 
     def _sync_session(self, conn: ServerConnection, desired: dict[str, str]) -> None:
         """Make the server session match this client, in the same write as its first message;
         the responses are swallowed."""
-        applied = conn.applied
-        if applied == desired:
+        if conn.applied == desired:
             return
-        statements = [
-            f"SET {name} = {quote_literal(value)}" for name, value in desired.items() if applied.get(name) != value
-        ]
-        statements += [f"RESET {name}" for name in applied if name not in desired]
-        self._out.append(fe.query("; ".join(statements)))
-        conn.plan.expect(r.ENDS_SYNC, swallow=True)
-        conn.unnamed = None
+        sql = session_sync_sql(conn.applied, desired)
+        if sql is not None:
+            self._out.append(fe.query(sql))
+            conn.plan.expect(r.ENDS_SYNC, swallow=True)
+            conn.unnamed = None
         conn.applied = dict(desired)
 
     def _release_server(self) -> None:
@@ -330,14 +437,55 @@ class ClientSession(asyncio.Protocol):
         server = self._server()
         if server is None:
             return False
+        effects = classify(fe.parse_query(msg))
+        if not effects.empty:
+            refusal = self._session_effects(effects, server)
+            if refusal is not None:
+                msg = fe.query(refusal)
         self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
         server.synced = True
         server.unnamed = None  # a simple query replaces the unnamed statement
         return True
 
+    def _session_effects(self, effects: Effects, server: ServerConnection) -> str | None:
+        """Account for what a statement does to the session; return a statement to run instead
+        when the router refuses it."""
+        if effects.session_authorization:
+            return raise_sql("42501", "SET ROLE and SET SESSION AUTHORIZATION are not allowed through tenant-router")
+        refused = effects.pins & self.router.refused_state
+        if refused:
+            kinds = ", ".join(sorted(refused))
+            return raise_sql("0A000", f"session state ({kinds}) is refused by this router in transaction pooling")
+        if effects.pins or effects.unpins:
+            self.pins |= effects.pins
+            self.pins -= effects.unpins
+        if effects.discard_all:
+            server.prepared.clear()
+            server.unnamed = None
+        if effects.reset_all:
+            # Back to the connection-time settings; the context is re-applied before the next use.
+            self.settings = dict(self.startup_settings)
+            server.applied = {}
+            self._desired = None
+        if effects.settings or effects.unparsed:
+            watched = self._watched if self._watched is not None else set()
+            watched.update(change.name for change in effects.settings)
+            self._watched = watched
+        if effects.database_ddl and self.pool is not None:
+            self.router.close_idle_connections(self.pool.key.host, self.pool.key.port, effects.database_ddl)
+        return None
+
     def _on_parse(self, msg: bytes) -> bool:
         parse = fe.parse_parse(msg)
+        effects = classify(parse.query)
+        if not effects.empty:
+            server = self._server()
+            if server is None:
+                return False
+            refusal = self._session_effects(effects, server)
+            if refusal is not None:
+                parse = fe.Parse(parse.name, refusal, b"\x00\x00")
         if not parse.name:
             server = self._server()
             if server is None:
@@ -508,8 +656,7 @@ class ClientSession(asyncio.Protocol):
             # Inside a transaction: let the server raise the error so the transaction is aborted
             # exactly as PostgreSQL would abort it.
             message = "cannot switch tenant inside a transaction; COMMIT or ROLLBACK first"
-            sql = f"DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '25001', MESSAGE = {quote_literal(message)}; END$$"
-            return self._forward_query(server, sql)
+            return self._forward_query(server, raise_sql("25001", message))
         try:
             if not self.tenant_switch_allowed:
                 raise InvalidAuthorization(
@@ -527,8 +674,9 @@ class ClientSession(asyncio.Protocol):
             )
             return True
         self.tenant = new
-        if server is not None:  # session pooling keeps the server: bring it to the new tenant now
-            self._sync_session(server, {**target.context, **self.settings})
+        self._desired = None
+        if server is not None:  # a kept server (session mode, pins): bring it to the new tenant now
+            self._sync_session(server, self._desired_settings(target))
             self._flush_out()
         self.write_to_client(be.command_complete("RESET" if match.group("reset") else "SET") + be.READY_IDLE)
         return True
@@ -583,7 +731,7 @@ class ClientSession(asyncio.Protocol):
         self.server = None
         if server is not None and pool is not None:
             if server.is_clean and server.state is not ServerState.CLOSED:
-                self.router.end_session(server, pool)
+                self.router.end_session(server, pool, reset=bool(self.pins))
             else:
                 # Mid-transaction or mid-response: never hand this session state to anyone.
                 pool.discard(server, "client disconnected mid-transaction")

@@ -34,6 +34,7 @@ class RouterContext(Protocol):
     tenant_separator: str
     transaction_pooling: bool
     login_timeout: float
+    refused_state: frozenset[str]
 
     def user(self, name: str) -> UserConfig | None: ...
 
@@ -55,9 +56,13 @@ class RouterContext(Protocol):
 
     async def cancel(self, process_id: int, secret_key: bytes) -> None: ...
 
-    def end_session(self, server: ServerConnection, pool: Pool) -> None:
-        """A client left while holding a clean server connection: give it back (session mode
-        resets it first)."""
+    def end_session(self, server: ServerConnection, pool: Pool, reset: bool) -> None:
+        """A client left while holding a clean server connection: give it back, wiped first in
+        session mode or when `reset` (it holds session state such as locks or LISTENs)."""
+        ...
+
+    def close_idle_connections(self, host: str, port: int, databases: tuple[str, ...]) -> None:
+        """Close pooled idle connections to these databases (before DROP/ALTER DATABASE)."""
         ...
 
     def count_error(self, sqlstate: str) -> None: ...

@@ -20,8 +20,7 @@ from router.errors import (
     RouterError,
     UnsupportedProtocolVersion,
 )
-from router.isolation import quote_literal
-from router.net.client import ClientSession, SessionState
+from router.net.client import ClientSession, SessionState, session_sync_sql
 from router.net.context import Target
 from router.net.server import ServerConnection
 from router.protocol.pg import backend as be
@@ -131,11 +130,13 @@ async def _login(session: ClientSession) -> None:
     target = router.resolve_target(tenant) if tenant is not None else router.default_target()
     session.tenant = session.login_tenant = tenant
     session.settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS} | options
+    session.startup_settings = dict(session.settings)
     session.key = router.register_client(session)
     reported = await _server_parameters(session, target)
     out = bytearray(be.authentication_ok())
     for name, value in reported.items():
         out += be.parameter_status(name, value)
+    session.reported = dict(reported)
     out += be.backend_key_data(*session.key)
     out += be.READY_IDLE
     session.write_to_client(out)
@@ -205,10 +206,9 @@ async def _server_parameters(session: ClientSession, target: Target) -> dict[str
     assert conn is not None
     try:
         reported: dict[str, str] = {}
-        if conn.applied != desired:
-            statements = [f"SET {name} = {quote_literal(value)}" for name, value in desired.items()]
-            statements += [f"RESET {name}" for name in conn.applied if name not in desired]
-            reported, error = await conn.run_internal("; ".join(statements))
+        sql = session_sync_sql(conn.applied, desired)
+        if sql is not None:
+            reported, error = await conn.run_internal(sql)
             if error is not None:
                 conn.applied = {}
                 pool.discard(conn, "failed to apply client settings")

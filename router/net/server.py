@@ -53,6 +53,10 @@ class Attachment(Protocol):
 
     def pause_server_reading(self) -> None: ...
 
+    def report_parameters(self, params: dict[str, str]) -> None:
+        """Tell the client of server parameters that differ from what it was last told."""
+        ...
+
 
 class ServerAddressInfo(Protocol):
     host: str
@@ -75,6 +79,9 @@ class ServerConnection(asyncio.Protocol):
         self.prepared: set[str] = set()
         self.unnamed: bytes | None = None
         self.applied: dict[str, str] = {}
+        # Serial number of the client session that last used this connection: a different one
+        # means the session must be wiped (DISCARD ALL) before it is handed over.
+        self.owner: int | None = None
         # Server statement names known to parse on this server's database (shared by its pool).
         self.valid_statements: set[str] = set()
         # Forwarding state.
@@ -136,11 +143,13 @@ class ServerConnection(asyncio.Protocol):
         run_start = 0  # start of the bytes not yet written to the client
         plan = self.plan
         on_message = plan.on_message
+        # Rows of the router's own statements (set_config) are dropped like the rest of their response.
+        swallowing = plan.swallowing()
         saw_ready = False
         while n - pos >= 5:
             mtype = data[pos]
             end = pos + 1 + _UNPACK_LENGTH(data, pos + 1)[0]
-            if mtype == _DATA_ROW:
+            if mtype == _DATA_ROW and not swallowing:
                 if end > n:
                     self._pass_left = end - n
                     pos = n
@@ -154,8 +163,15 @@ class ServerConnection(asyncio.Protocol):
                 self.tx_status = data[pos + 5]
                 saw_ready = True
             elif mtype == f.PARAMETER_STATUS:
+                # Not forwarded as such: the client is told what differs from what it knows, which
+                # also hides the churn of the router's own resets.
                 name, value = be.parse_parameter_status(data[pos + 5 : end])
                 self.params[name] = value
+                if pos > run_start:
+                    client.write_to_client(memoryview(data)[run_start:pos])
+                pos = run_start = end
+                client.report_parameters(self.params)
+                continue
             if on_message(mtype):
                 pos = end
             else:
@@ -163,6 +179,7 @@ class ServerConnection(asyncio.Protocol):
                     client.write_to_client(memoryview(data)[run_start:pos])
                 pos = end
                 run_start = end
+            swallowing = plan.swallowing()
             if plan.ready:
                 if pos > run_start:
                     client.write_to_client(memoryview(data)[run_start:pos])
@@ -312,16 +329,26 @@ class ServerConnection(asyncio.Protocol):
 
     async def run_internal(self, sql: str) -> tuple[dict[str, str], ServerError | None]:
         """Run one simple query of the router's own; return the ParameterStatus values it reported
-        and its error, if any. The connection must be idle and detached."""
-        assert self.state is ServerState.IDLE and self.client is None
+        and its error, if any."""
+        reported, error, _rows = await self.query_internal(sql)
+        return reported, error
+
+    async def query_internal(self, sql: str) -> tuple[dict[str, str], ServerError | None, list[list[str | None]]]:
+        """Like run_internal, and also return the rows (text format). The connection must have
+        nothing outstanding; if a client is attached it stays attached but sees none of this."""
+        assert self.state in (ServerState.IDLE, ServerState.ACTIVE) and not self.plan
+        previous = self.state
         self.state = ServerState.INTERNAL
         self.unnamed = None
         self.send(fe.query(sql))
         reported: dict[str, str] = {}
         error: ServerError | None = None
+        rows: list[list[str | None]] = []
         while True:
             mtype, body = await self._read()
-            if mtype == f.PARAMETER_STATUS:
+            if mtype == f.DATA_ROW:
+                rows.append(be.parse_data_row(body))
+            elif mtype == f.PARAMETER_STATUS:
                 name, value = be.parse_parameter_status(body)
                 self.params[name] = value
                 reported[name] = value
@@ -329,8 +356,8 @@ class ServerConnection(asyncio.Protocol):
                 error = be.parse_error_fields(body)
             elif mtype == f.READY_FOR_QUERY:
                 self.tx_status = body[0]
-                self.state = ServerState.IDLE
-                return reported, error
+                self.state = previous
+                return reported, error, rows
 
 
 def _startup_error(label: str, err: ServerError) -> Exception:
@@ -368,6 +395,19 @@ async def open_server_connection(
         conn.close("startup failed")
         raise
     return conn
+
+
+async def send_cancel_unix(path: str, process_id: int, secret_key: bytes, timeout: float) -> None:
+    """Hand a CancelRequest to a sibling worker over its private unix socket."""
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(build_cancel_request(process_id, secret_key))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        log.warning("could not forward cancel to worker socket %s: %s", path, exc)
 
 
 async def send_cancel(host: str, port: int, process_id: int, secret_key: bytes, timeout: float) -> None:

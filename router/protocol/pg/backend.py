@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.protocol.pg.framing import INT32, UINT32, FramingError, cstr, frame, read_cstr
+from router.protocol.pg.framing import INT16, INT32, UINT32, FramingError, cstr, frame, read_cstr
 
 # Authentication request codes (the int32 after the 'R' header).
 AUTH_OK = 0
@@ -128,6 +128,29 @@ def parse_parameter_status(body: bytes) -> tuple[str, str]:
     name, pos = read_cstr(body, 0)
     value, _ = read_cstr(body, pos)
     return name, value
+
+
+def parse_data_row(body: bytes) -> list[str | None]:
+    """A DataRow in text format (the router's own internal queries only; client rows are never
+    decoded)."""
+    if len(body) < 2:
+        raise FramingError("DataRow too short")
+    (count,) = INT16.unpack_from(body, 0)
+    pos = 2
+    values: list[str | None] = []
+    for _ in range(count):
+        if len(body) < pos + 4:
+            raise FramingError("DataRow truncated")
+        (length,) = INT32.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+            continue
+        if len(body) < pos + length:
+            raise FramingError("DataRow truncated")
+        values.append(body[pos : pos + length].decode("utf-8", "replace"))
+        pos += length
+    return values
 
 
 def parse_backend_key_data(body: bytes) -> tuple[int, bytes]:

@@ -69,6 +69,11 @@ class ResponsePlan:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def swallowing(self) -> bool:
+        """Whether the response now arriving goes to the router, not the client."""
+        queue = self._queue
+        return bool(queue) and queue[0].swallow
+
     def expect(self, ends: frozenset[int], *, swallow: bool = False, statement: str | None = None) -> None:
         if self._skipping and ends is not ENDS_SYNC:
             if statement is not None:

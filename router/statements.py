@@ -1,0 +1,787 @@
+"""What a SQL text does to the server session, for a router that shares server connections.
+
+Owns: `classify(sql) -> Effects`, the session-level effects of a simple Query or Parse text that a
+transaction-pooling router must know about: settings changed (SET, RESET, set_config), session state
+that ties a client to its server connection (LISTEN, temporary tables, advisory locks, PREPARE,
+cursors WITH HOLD) or ends it (UNLISTEN *, DISCARD, DEALLOCATE ALL, CLOSE ALL), statements the router
+refuses (SET ROLE, SET SESSION AUTHORIZATION) or answers itself (SET/RESET/SHOW router.tenant), and
+databases that DDL needs free of connections. Pure: text in, frozen value out.
+
+Must not: do I/O, keep per-session state, or decide policy (refuse, pin, reset, re-apply): the
+caller does. It describes what the text does if it succeeds; a failed or rolled-back transaction
+undoes settings and most state, which only the caller can see. Statements inside DO blocks and
+function bodies, and whatever EXECUTE of a prepared statement runs, are invisible here.
+
+Cost: a prefilter looks for trigger words in the lower-cased text and returns the shared `EMPTY`
+without parsing when there are none (about 1 µs for a 100-character query); otherwise the text goes
+through an LRU cache keyed by the exact text (a hit is one dict lookup) to PostgreSQL's own parser
+(pglast; tens of µs for a short statement). Run `python -m router.statements` for the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+from pglast import keywords as _keywords
+from pglast import parser as _pg
+
+__all__ = [
+    "ADVISORY_LOCK",
+    "EMPTY",
+    "HOLD_CURSOR",
+    "LISTEN",
+    "PIN_KINDS",
+    "PREPARE",
+    "TEMP_TABLE",
+    "Effects",
+    "SettingChange",
+    "classify",
+]
+
+# Kinds of session state (the values of Effects.pins / Effects.unpins).
+LISTEN: Final = "listen"
+TEMP_TABLE: Final = "temp_table"  # any temporary object: table, view, sequence, function in pg_temp
+ADVISORY_LOCK: Final = "advisory_lock"
+PREPARE: Final = "prepare"
+HOLD_CURSOR: Final = "hold_cursor"
+PIN_KINDS: Final = frozenset({LISTEN, TEMP_TABLE, ADVISORY_LOCK, PREPARE, HOLD_CURSOR})
+
+
+@dataclass(frozen=True, slots=True)
+class SettingChange:
+    """One setting changed by the text.
+
+    `value` is a SQL fragment, not the setting's string: `SET {name} TO {value}` re-applies it
+    exactly (`a, "B c"` for a search_path list, `'UTC'`, `8`, `on`). None means back to the default
+    (RESET x, SET x TO DEFAULT, set_config(x, NULL, ...)). `local` means SET LOCAL or
+    set_config(..., true): it lasts until the end of the transaction. `as_sql()` builds the statement
+    with the name quoted where it needs to be."""
+
+    name: str
+    value: str | None
+    local: bool
+
+    def as_sql(self) -> str:
+        name = ".".join(_name_part(part) for part in self.name.split("."))
+        scope = "LOCAL " if self.local else ""
+        if self.value is None:
+            return f"SET {scope}{name} TO DEFAULT"
+        return f"SET {scope}{name} TO {self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """The session-level effects of one text, statements combined in order.
+
+    Apply `reset_all` (which `discard_all` implies) before `settings`: a RESET ALL or DISCARD ALL
+    drops the changes made before it, so `settings` holds only those made after the last one.
+    `pins` and `unpins` are the net result and never share a kind: a kind whose state was ended and
+    then created again is only in `pins`. `unparsed` means the text, or a part of it that matters,
+    could not be understood (syntax PostgreSQL's parser rejects, SET ... FROM CURRENT, set_config with
+    arguments that are not constants or that may run any number of times): treat the session as
+    changed in unknown ways."""
+
+    settings: tuple[SettingChange, ...] = ()
+    reset_all: bool = False
+    discard_all: bool = False
+    pins: frozenset[str] = frozenset()
+    unpins: frozenset[str] = frozenset()
+    session_authorization: bool = False
+    database_ddl: tuple[str, ...] = ()
+    tenant_statement: bool = False
+    unparsed: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.settings
+            or self.reset_all
+            or self.discard_all
+            or self.pins
+            or self.unpins
+            or self.session_authorization
+            or self.database_ddl
+            or self.tenant_statement
+            or self.unparsed
+        )
+
+
+EMPTY: Final = Effects()
+_UNPARSED: Final = Effects(unparsed=True)
+
+
+def classify(sql: str) -> Effects:
+    """The session-level effects of `sql` (one or more statements). Never raises."""
+    lowered = sql.lower()
+    for word in _TRIGGERS:
+        if word in lowered:
+            break
+    else:
+        return EMPTY
+    if len(sql) > _CACHED_TEXT_LIMIT:
+        return _analyse(sql)
+    return _analyse_cached(sql)
+
+
+# --- prefilter -------------------------------------------------------------------------------------
+
+# Every effect above needs one of these words in the text, in any letter case: SET, RESET,
+# set_config (and SET ROLE / SESSION ...); SHOW router.tenant; LISTEN, UNLISTEN; TEMP, TEMPORARY,
+# pg_temp; pg_*advisory*; PREPARE; DEALLOCATE; DECLARE; CLOSE; DISCARD; DATABASE. Keywords cannot be
+# spelt any other way, but an identifier (a function or setting name) can be written with Unicode
+# escapes, U&"pg_\0061dvisory_lock", hence "u&". A false positive only costs a parse.
+_TRIGGERS: Final = (
+    "set",
+    "show",
+    "listen",
+    "temp",
+    "advisory",
+    "prepare",
+    "deallocate",
+    "declare",
+    "close",
+    "discard",
+    "database",
+    "u&",
+)
+# A second look on a cache miss, before parsing: the same words as whole tokens where a token is
+# what they must be. A keyword or function name touching an ASCII letter would be part of a longer
+# identifier, so "offset", "dataset", "attempt" or "closed_at" are no reason to parse. ("temp" may
+# run on: TEMPORARY.)
+_TRIGGER_TOKENS: Final = re.compile(
+    r"(?<![a-z])(?:(?:re)?set|show|(?:un)?listen|prepare|deallocate|declare|close|discard|database)(?![a-z])"
+    r"|(?<![a-z])temp|advisory|u&"
+)
+# Texts longer than this are parsed every time rather than cached, so that the cache stays small
+# (at most 4096 x 8 KiB) whatever clients send.
+_CACHED_TEXT_LIMIT: Final = 8192
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+# The tree is read as libpg_query's JSON (its shape is fixed by the PostgreSQL major version pglast
+# wraps): several times faster than building pglast's node objects. JSON is untyped, so `Any` lives
+# in the private helpers below and never crosses `classify`.
+_Node = dict[str, Any]
+
+
+@lru_cache(maxsize=4096)
+def _analyse_cached(sql: str) -> Effects:
+    return _analyse(sql)
+
+
+def _analyse(sql: str) -> Effects:
+    if _TRIGGER_TOKENS.search(sql.lower()) is None:
+        return EMPTY
+    return _effects(sql)
+
+
+def _effects(sql: str) -> Effects:
+    """The effects of `sql` from its parse tree, with no prefilter (tests compare the two)."""
+    statements = _parse(sql)
+    if statements is None:
+        return _UNPARSED
+    builder = _Builder(sql)
+    for raw in statements:
+        ((kind, fields),) = raw["stmt"].items()
+        handler = _STATEMENT_HANDLERS.get(kind)
+        if handler is not None:
+            handler(builder, fields)
+        if builder.scan_calls:
+            _scan_calls(builder, kind, fields)
+    return builder.build()
+
+
+def _parse(sql: str) -> list[_Node] | None:
+    try:
+        tree: _Node = json.loads(_pg.parse_sql_json(sql))
+    except (_pg.ParseError, ValueError, RecursionError):  # ValueError: lone surrogates, bad JSON
+        return None
+    statements: list[_Node] = tree.get("stmts", [])
+    return statements
+
+
+class _Builder:
+    """Effects accumulated statement by statement, in order."""
+
+    __slots__ = (
+        "database_ddl",
+        "discard_all",
+        "pins",
+        "reset_all",
+        "scan_calls",
+        "session_authorization",
+        "settings",
+        "source",
+        "tenant_statement",
+        "unparsed",
+        "unpins",
+    )
+
+    def __init__(self, sql: str) -> None:
+        lowered = sql.lower()
+        self.source = sql.encode("utf-8")  # parse-tree locations are byte offsets
+        self.scan_calls = "set_config" in lowered or "advisory" in lowered or "u&" in lowered
+        self.settings: list[SettingChange] = []
+        self.reset_all = False
+        self.discard_all = False
+        self.pins: set[str] = set()
+        self.unpins: set[str] = set()
+        self.session_authorization = False
+        self.database_ddl: list[str] = []
+        self.tenant_statement = False
+        self.unparsed = False
+
+    def pin(self, kind: str) -> None:
+        self.pins.add(kind)
+        self.unpins.discard(kind)
+
+    def unpin(self, kind: str) -> None:
+        self.unpins.add(kind)
+        self.pins.discard(kind)
+
+    def reset_settings(self) -> None:
+        self.reset_all = True
+        self.settings.clear()
+
+    def build(self) -> Effects:
+        effects = Effects(
+            settings=tuple(self.settings),
+            reset_all=self.reset_all,
+            discard_all=self.discard_all,
+            pins=frozenset(self.pins),
+            unpins=frozenset(self.unpins),
+            session_authorization=self.session_authorization,
+            database_ddl=tuple(self.database_ddl),
+            tenant_statement=self.tenant_statement,
+            unparsed=self.unparsed,
+        )
+        return EMPTY if effects.empty else effects
+
+
+# --- statements ------------------------------------------------------------------------------------
+
+_TENANT_SETTING: Final = "router.tenant"
+_AUTHORIZATION_SETTINGS: Final = frozenset({"session_authorization", "role"})
+# SET SESSION CHARACTERISTICS AS TRANSACTION ... sets these session defaults.
+_CHARACTERISTICS: Final = {
+    "transaction_isolation": "default_transaction_isolation",
+    "transaction_read_only": "default_transaction_read_only",
+    "transaction_deferrable": "default_transaction_deferrable",
+}
+_CURSOR_OPT_HOLD: Final = 0x0020  # PostgreSQL's parsenodes.h
+
+
+class _Dynamic(Exception):
+    """A value the router cannot know from the text alone."""
+
+
+def _setting_name(node: _Node) -> str:
+    return str(node.get("name", "")).lower()
+
+
+def _on_set(b: _Builder, node: _Node) -> None:
+    kind = node["kind"]
+    if kind == "VAR_RESET_ALL":
+        b.reset_settings()
+        return
+    if kind == "VAR_SET_MULTI":
+        # "TRANSACTION" and "TRANSACTION SNAPSHOT" last only until the end of the transaction.
+        if node.get("name") == "SESSION CHARACTERISTICS":
+            _on_session_characteristics(b, node)
+        return
+    name = _setting_name(node)
+    if name == _TENANT_SETTING:
+        b.tenant_statement = True
+        return
+    if name in _AUTHORIZATION_SETTINGS:
+        b.session_authorization = True
+        return
+    local = bool(node.get("is_local", False))
+    if kind in ("VAR_SET_DEFAULT", "VAR_RESET"):
+        b.settings.append(SettingChange(name, None, local))
+    elif kind == "VAR_SET_VALUE":
+        try:
+            value = ", ".join(_render_set_arg(arg, b.source) for arg in node.get("args", []))
+        except _Dynamic:
+            b.unparsed = True
+        else:
+            b.settings.append(SettingChange(name, value, local))
+    else:  # VAR_SET_CURRENT: the value in force where the statement runs, which only the server knows
+        b.unparsed = True
+
+
+def _on_session_characteristics(b: _Builder, node: _Node) -> None:
+    local = bool(node.get("is_local", False))
+    for item in node.get("args", []):
+        option = item.get("DefElem", {})
+        name = _CHARACTERISTICS.get(option.get("defname", ""))
+        constant = option.get("arg", {}).get("A_Const", {})
+        if name is None:
+            b.unparsed = True
+        elif "sval" in constant:  # the isolation level, e.g. "read committed"
+            b.settings.append(SettingChange(name, _literal(constant["sval"].get("sval", "")), local))
+        elif "ival" in constant:  # READ ONLY / READ WRITE, [NOT] DEFERRABLE
+            b.settings.append(SettingChange(name, "on" if constant["ival"].get("ival", 0) else "off", local))
+        else:
+            b.unparsed = True
+
+
+def _on_show(b: _Builder, node: _Node) -> None:
+    if _setting_name(node) == _TENANT_SETTING:
+        b.tenant_statement = True
+
+
+def _on_listen(b: _Builder, node: _Node) -> None:
+    b.pin(LISTEN)
+
+
+def _on_unlisten(b: _Builder, node: _Node) -> None:
+    if node.get("conditionname") is None:  # UNLISTEN *; one channel could still leave others
+        b.unpin(LISTEN)
+
+
+def _is_temp(relation: _Node) -> bool:
+    return relation.get("relpersistence") == "t" or str(relation.get("schemaname", "")).lower() == "pg_temp"
+
+
+def _on_create_table(b: _Builder, node: _Node) -> None:
+    if _is_temp(node.get("relation", {})) and node.get("oncommit") != "ONCOMMIT_DROP":
+        b.pin(TEMP_TABLE)
+
+
+def _on_into(b: _Builder, into: _Node) -> None:
+    if _is_temp(into.get("rel", {})) and into.get("onCommit") != "ONCOMMIT_DROP":
+        b.pin(TEMP_TABLE)
+
+
+def _on_create_table_as(b: _Builder, node: _Node) -> None:
+    _on_into(b, node.get("into", {}))
+
+
+def _on_select(b: _Builder, node: _Node) -> None:
+    # SELECT ... INTO TEMP t; in a UNION the INTO sits on the leftmost SELECT.
+    while "larg" in node:
+        node = node["larg"]
+    if "intoClause" in node:
+        _on_into(b, node["intoClause"])
+
+
+def _on_create_view(b: _Builder, node: _Node) -> None:
+    if _is_temp(node.get("view", {})):
+        b.pin(TEMP_TABLE)
+
+
+def _on_create_sequence(b: _Builder, node: _Node) -> None:
+    if _is_temp(node.get("sequence", {})):
+        b.pin(TEMP_TABLE)
+
+
+def _on_create_function(b: _Builder, node: _Node) -> None:
+    names = _strings(node.get("funcname", []))
+    if len(names) > 1 and names[0].lower() == "pg_temp":
+        b.pin(TEMP_TABLE)
+
+
+def _on_prepare(b: _Builder, node: _Node) -> None:
+    b.pin(PREPARE)
+
+
+def _on_deallocate(b: _Builder, node: _Node) -> None:
+    if node.get("isall", False):
+        b.unpin(PREPARE)
+
+
+def _on_declare(b: _Builder, node: _Node) -> None:
+    if int(node.get("options", 0)) & _CURSOR_OPT_HOLD:
+        b.pin(HOLD_CURSOR)
+
+
+def _on_close(b: _Builder, node: _Node) -> None:
+    if node.get("portalname") is None:  # CLOSE ALL
+        b.unpin(HOLD_CURSOR)
+
+
+def _on_discard(b: _Builder, node: _Node) -> None:
+    target = node.get("target")
+    if target == "DISCARD_ALL":
+        b.discard_all = True
+        b.reset_settings()
+        for kind in PIN_KINDS:
+            b.unpin(kind)
+    elif target == "DISCARD_TEMP":
+        b.unpin(TEMP_TABLE)
+
+
+# These need the database free of other connections, pooled ones included.
+def _on_drop_database(b: _Builder, node: _Node) -> None:
+    b.database_ddl.append(str(node["dbname"]))
+
+
+def _on_rename(b: _Builder, node: _Node) -> None:
+    if node.get("renameType") == "OBJECT_DATABASE":
+        b.database_ddl.append(str(node["subname"]))
+
+
+def _on_create_database(b: _Builder, node: _Node) -> None:
+    b.database_ddl.extend(_option_names(node, "template"))
+
+
+def _on_alter_database(b: _Builder, node: _Node) -> None:
+    if _option_names(node, "tablespace"):  # ALTER DATABASE x SET TABLESPACE moves the files
+        b.database_ddl.append(str(node["dbname"]))
+
+
+def _option_names(node: _Node, option: str) -> list[str]:
+    return [
+        str(item["DefElem"]["arg"]["String"].get("sval", ""))
+        for item in node.get("options", [])
+        if item.get("DefElem", {}).get("defname") == option and "String" in item["DefElem"].get("arg", {})
+    ]
+
+
+_STATEMENT_HANDLERS: Final[dict[str, Callable[[_Builder, _Node], None]]] = {
+    "VariableSetStmt": _on_set,
+    "VariableShowStmt": _on_show,
+    "ListenStmt": _on_listen,
+    "UnlistenStmt": _on_unlisten,
+    "CreateStmt": _on_create_table,
+    "CreateTableAsStmt": _on_create_table_as,
+    "SelectStmt": _on_select,
+    "ViewStmt": _on_create_view,
+    "CreateSeqStmt": _on_create_sequence,
+    "CreateFunctionStmt": _on_create_function,
+    "PrepareStmt": _on_prepare,
+    "DeallocateStmt": _on_deallocate,
+    "DeclareCursorStmt": _on_declare,
+    "ClosePortalStmt": _on_close,
+    "DiscardStmt": _on_discard,
+    "DropdbStmt": _on_drop_database,
+    "RenameStmt": _on_rename,
+    "CreatedbStmt": _on_create_database,
+    "AlterDatabaseStmt": _on_alter_database,
+}
+
+
+# --- function calls: set_config and advisory locks -------------------------------------------------
+
+_SESSION_ADVISORY_LOCKS: Final = frozenset(
+    {"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"}
+)
+# The clauses that make a SELECT's target list run other than exactly once.
+_ROW_CLAUSES: Final = ("fromClause", "whereClause", "groupClause", "havingClause", "limitCount", "limitOffset")
+
+
+def _scan_calls(b: _Builder, kind: str, fields: _Node) -> None:
+    """set_config and the session-level advisory lock functions, anywhere in the statement.
+
+    A lock taken anywhere pins (over-pinning is safe). set_config and pg_advisory_unlock_all count
+    only where they surely run exactly once: a call that is itself an output column of a top-level
+    SELECT with no FROM, WHERE, GROUP BY, HAVING, LIMIT or OFFSET. A set_config elsewhere (in a
+    CASE, a subquery, PREPARE, a per-row expression) marks the text unparsed."""
+    certain = {id(call) for call in _certain_calls(kind, fields)}
+    locks = unlock_all = False
+    for call in _function_calls(fields):
+        name = _function_name(call)
+        if name in _SESSION_ADVISORY_LOCKS:
+            locks = True
+        elif name == "pg_advisory_unlock_all":
+            unlock_all = unlock_all or id(call) in certain
+        elif name == "set_config":
+            if id(call) in certain:
+                _on_set_config(b, call)
+            else:
+                b.unparsed = True
+    if unlock_all:
+        b.unpin(ADVISORY_LOCK)
+    if locks:  # after the unlock, whatever the order in the statement: a lock may remain
+        b.pin(ADVISORY_LOCK)
+
+
+def _certain_calls(kind: str, fields: _Node) -> Iterator[_Node]:
+    if kind != "SelectStmt" or fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return
+    if any(clause in fields for clause in _ROW_CLAUSES):
+        return
+    for target in fields.get("targetList", []):
+        call = target.get("ResTarget", {}).get("val", {}).get("FuncCall")
+        if call is not None:
+            yield call
+
+
+def _function_calls(root: Any) -> Iterator[_Node]:
+    """Every FuncCall in a parse tree, in text order; iterative, as trees can be deep."""
+    stack = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            call = item.get("FuncCall")
+            if call is not None:
+                yield call
+            stack.extend(reversed(item.values()))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+
+
+def _function_name(call: _Node) -> str | None:
+    """The name of a built-in function call: unqualified or in pg_catalog, else None."""
+    names = _strings(call.get("funcname", []))
+    if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
+        return names[-1]
+    return None
+
+
+def _on_set_config(b: _Builder, call: _Node) -> None:
+    args = call.get("args", [])
+    try:
+        if len(args) != 3:
+            raise _Dynamic
+        name = _text_constant(args[0])
+        raw = _text_constant(args[1])
+        local = _bool_constant(args[2])
+        if name is None:
+            raise _Dynamic
+        name = name.lower()
+        if name == _TENANT_SETTING:  # the router keeps the tenant; the server would only store a string
+            raise _Dynamic
+        value = None if raw is None else _render_config_value(name, raw)
+    except _Dynamic:
+        b.unparsed = True
+        return
+    if name in _AUTHORIZATION_SETTINGS:
+        b.session_authorization = True
+    else:
+        b.settings.append(SettingChange(name, value, local))
+
+
+def _text_constant(node: _Node) -> str | None:
+    """A text argument: 'x', 'x'::text, NULL; else _Dynamic."""
+    if "TypeCast" in node:
+        cast = node["TypeCast"]
+        type_name = cast.get("typeName", {})
+        if _type_name(type_name) not in ("text", "varchar") or "typmods" in type_name:
+            raise _Dynamic
+        return _text_constant(cast.get("arg", {}))
+    constant = node.get("A_Const")
+    if constant is None:
+        raise _Dynamic
+    if constant.get("isnull", False):
+        return None
+    if "sval" not in constant:
+        raise _Dynamic
+    return str(constant["sval"].get("sval", ""))
+
+
+def _bool_constant(node: _Node) -> bool:
+    """A boolean argument: true, 'on', 'yes'::bool, 1::boolean, NULL (false); else _Dynamic."""
+    cast = node.get("TypeCast")
+    if cast is not None:
+        if _type_name(cast.get("typeName", {})) != "bool":
+            raise _Dynamic
+        inner = cast.get("arg", {}).get("A_Const", {})
+        if "ival" in inner:  # 1::boolean
+            return bool(inner["ival"].get("ival", 0))
+        return _bool_constant(cast.get("arg", {}))
+    constant = node.get("A_Const")
+    if constant is None:
+        raise _Dynamic
+    if constant.get("isnull", False):
+        return False
+    if "boolval" in constant:
+        return bool(constant["boolval"].get("boolval", False))
+    if "sval" in constant:
+        return _parse_bool(str(constant["sval"].get("sval", "")))
+    raise _Dynamic
+
+
+def _type_name(type_name: _Node) -> str:
+    names = _strings(type_name.get("names", []))
+    if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
+        return names[-1]
+    return ""
+
+
+def _strings(items: list[_Node]) -> list[str]:
+    return [str(item.get("String", {}).get("sval", "")) for item in items]
+
+
+# The spellings PostgreSQL's boolin accepts (any case, surrounded by white space).
+_TRUE_WORDS: Final = frozenset({"t", "tr", "tru", "true", "y", "ye", "yes", "on", "1"})
+_FALSE_WORDS: Final = frozenset({"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"})
+_SCANNER_SPACE: Final = " \t\n\r\v\f"
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip(_SCANNER_SPACE).lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise _Dynamic  # the call fails; whether the router should care is not ours to say
+
+
+# --- rendering values back to SQL ------------------------------------------------------------------
+
+# Settings whose SET arguments the server quotes as identifiers and joins into one list.
+_IDENTIFIER_LIST_SETTINGS: Final = frozenset(
+    {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
+)
+_BARE_WORD: Final = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
+# In a SET value, any identifier or keyword but the reserved ones, which are words too: ON, TRUE, FALSE.
+_RESERVED_IN_VALUE: Final = frozenset(_keywords.RESERVED_KEYWORDS) - {"on", "true", "false"}
+# In a setting name (ColId), reserved and type-or-function keywords need quotes.
+_RESERVED_IN_NAME: Final = frozenset(_keywords.RESERVED_KEYWORDS | _keywords.TYPE_FUNC_NAME_KEYWORDS)
+_NAMEDATALEN: Final = 64
+
+
+def _render_set_arg(node: _Node, source: bytes) -> str:
+    """One argument of SET as the text had it: the parser turns `x`, `"x"` and `'x'` alike into the
+    string x, and the server does not tell them apart either, but an identifier is cut to 63 bytes
+    and cannot be empty, so each is rendered in the form it was written in."""
+    constant = node.get("A_Const")
+    if constant is None:  # SET TIME ZONE INTERVAL '...' HOUR TO MINUTE: normalised by the server
+        raise _Dynamic
+    if "ival" in constant:
+        return str(int(constant["ival"].get("ival", 0)))
+    if "fval" in constant:
+        return str(constant["fval"]["fval"])
+    if "sval" in constant:
+        text = str(constant["sval"].get("sval", ""))
+        if _written_as_string(source, int(constant.get("location", -1))):
+            return _literal(text)
+        return _identifier(text)
+    raise _Dynamic
+
+
+def _written_as_string(source: bytes, location: int) -> bool:
+    if not 0 <= location < len(source):
+        return True  # unknown: a literal is right for any text
+    head = source[location : location + 3].lower()
+    return head[:1] in (b"'", b"$") or head[:2] == b"e'" or head == b"u&'"
+
+
+def _render_config_value(name: str, raw: str) -> str:
+    """The SET fragment for a value given to set_config as a plain string. For search_path and its
+    kind, SET would quote a single string as one identifier, so the list is split the server's way
+    and each element rendered as an identifier."""
+    if name not in _IDENTIFIER_LIST_SETTINGS:
+        return _literal(raw)
+    elements = _split_identifiers(raw)
+    if elements is None:  # the server rejects it and the call fails
+        raise _Dynamic
+    if not elements:
+        return "''"
+    return ", ".join(_identifier(element) if element else "''" for element in elements)
+
+
+def _split_identifiers(raw: str) -> list[str] | None:
+    """PostgreSQL's SplitIdentifierString(raw, ','): unquoted names are lower-cased (ASCII only),
+    "quoted" ones keep their case with "" for a quote, all are cut to 63 bytes; None if invalid."""
+    names: list[str] = []
+    end = len(raw)
+    i = _skip_space(raw, 0)
+    if i == end:
+        return names
+    while True:
+        if raw[i] == '"':
+            parts: list[str] = []
+            start = i + 1
+            while True:
+                close = raw.find('"', start)
+                if close < 0:
+                    return None
+                if raw.startswith('"', close + 1):
+                    parts.append(raw[start : close + 1])
+                    start = close + 2
+                    continue
+                parts.append(raw[start:close])
+                i = close + 1
+                break
+            name = "".join(parts)
+        else:
+            start = i
+            while i < end and raw[i] != "," and raw[i] not in _SCANNER_SPACE:
+                i += 1
+            if i == start:
+                return None
+            name = _ascii_lower(raw[start:i])
+        names.append(_truncate_identifier(name))
+        i = _skip_space(raw, i)
+        if i == end:
+            return names
+        if raw[i] != ",":
+            return None
+        i = _skip_space(raw, i + 1)
+        if i == end:
+            return None
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _SCANNER_SPACE:
+        i += 1
+    return i
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _truncate_identifier(name: str) -> str:
+    encoded = name.encode("utf-8")
+    if len(encoded) < _NAMEDATALEN:
+        return name
+    return encoded[: _NAMEDATALEN - 1].decode("utf-8", errors="ignore")  # never splits a character
+
+
+def _identifier(text: str) -> str:
+    """`text` as an identifier in a SET value (not empty, at most 63 bytes: the caller's guarantee)."""
+    if _BARE_WORD.fullmatch(text) and text not in _RESERVED_IN_VALUE:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _name_part(text: str) -> str:
+    if _BARE_WORD.fullmatch(text) and text not in _RESERVED_IN_NAME:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """A string literal whatever standard_conforming_strings is: E'' when there are backslashes."""
+    quoted = text.replace("'", "''")
+    if "\\" in text:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
+
+
+# --- measurement -----------------------------------------------------------------------------------
+
+
+def _benchmark() -> None:
+    import timeit
+
+    def per_call(function: Callable[[str], Effects], sql: str, number: int) -> float:
+        function(sql)
+        return min(timeit.repeat(lambda: function(sql), number=number, repeat=5)) / number
+
+    select = "SELECT id, name, email, created_at FROM customers WHERE tenant_id = $1 AND status = 'active' LIMIT 50"
+    set_path = "SET search_path TO tenant_acme, public"
+    update = "UPDATE accounts SET balance = balance - 100, updated_at = now() WHERE id = 42"
+    offset = "SELECT id FROM t ORDER BY id LIMIT 10 OFFSET 20"
+    print(f"prefilter, no trigger word ({len(select)} chars)  {per_call(classify, select, 200_000) * 1e9:7.0f} ns")
+    print(f"cache hit, SET search_path               {per_call(classify, set_path, 200_000) * 1e9:7.0f} ns")
+    print(f"cache miss, SET search_path              {per_call(_analyse, set_path, 20_000) * 1e6:7.1f} µs")
+    print(f"cache miss, UPDATE ... SET ({len(update)} chars)   {per_call(_analyse, update, 20_000) * 1e6:7.1f} µs")
+    print(f"cache miss, ... OFFSET (token check only) {per_call(_analyse, offset, 20_000) * 1e6:7.1f} µs")
+
+
+if __name__ == "__main__":
+    _benchmark()

@@ -1,0 +1,178 @@
+"""The supervisor: runs the router as N worker processes that share the listen port.
+
+It starts the workers (spawned, so each is a clean interpreter), restarts one that dies, passes
+SIGHUP on, stops them all on SIGINT/SIGTERM, and serves the HTTP endpoint with every worker's
+metrics summed (it asks each worker over a private unix socket: exact, not sampled). It holds no
+routing logic and opens no database connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from router.config import RouterConfig
+from router.metrics import merge_expositions
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY = 0.5
+
+
+def worker_main(config_path: str, index: int, count: int, run_dir: str, log_level: str) -> None:
+    """Entry point of one worker process."""
+    import uvloop
+
+    from router.app import WorkerIdentity, serve
+    from router.cli import load_both
+
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
+    config, topology = load_both(config_path)
+    parent = os.getppid()
+
+    async def main() -> None:
+        serving = asyncio.get_running_loop().create_task(
+            serve(config, topology, WorkerIdentity(index, count, Path(run_dir)))
+        )
+        # Leave with the supervisor, whatever killed it.
+        while not serving.done():
+            await asyncio.sleep(1.0)
+            if os.getppid() != parent:
+                log.warning("supervisor is gone; worker %d exits", index)
+                os.kill(os.getpid(), signal.SIGTERM)
+        await serving
+
+    uvloop.run(main())
+
+
+class Supervisor:
+    def __init__(self, config: RouterConfig, count: int) -> None:
+        self.config = config
+        self.count = count
+        self.run_dir = Path(tempfile.mkdtemp(prefix="tenant-router-"))
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, BaseProcess] = {}
+        self._stopping = asyncio.Event()
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> None:
+        for suffix in ("cancel", "metrics"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / f"worker-{index}.{suffix}").unlink()
+        process = self._context.Process(
+            target=worker_main,
+            args=(str(self.config.path), index, self.count, str(self.run_dir), self.config.log_level),
+            name=f"tenant-router-worker-{index}",
+            daemon=False,
+        )
+        process.start()
+        self._workers[index] = process
+        log.info("started worker %d (pid %s)", index, process.pid)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
+        for index in range(self.count):
+            self._spawn(index)
+        http = None
+        if self.config.http.enabled:
+            http = await asyncio.start_server(self._handle_http, self.config.http.host, self.config.http.port)
+        try:
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=RESTART_DELAY)
+                for index, process in list(self._workers.items()):
+                    if not process.is_alive() and not self._stopping.is_set():
+                        log.error(
+                            "worker %d (pid %s) died with exit code %s; restarting it",
+                            index,
+                            process.pid,
+                            process.exitcode,
+                        )
+                        self.restarts += 1
+                        self._spawn(index)
+        finally:
+            if http is not None:
+                http.close()
+            await self._stop_workers()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return 0
+
+    def _forward_hup(self) -> None:
+        for process in self._workers.values():
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
+
+    async def _stop_workers(self) -> None:
+        for process in self._workers.values():
+            if process.is_alive():
+                process.terminate()
+        deadline = asyncio.get_running_loop().time() + 10
+        for process in self._workers.values():
+            while process.is_alive() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            if process.is_alive():
+                process.kill()
+            process.join(1)
+
+    async def _worker_text(self, index: int) -> str | None:
+        path = self.run_dir / f"worker-{index}.metrics"
+        try:
+            async with asyncio.timeout(2):
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\n\r\n")
+                await writer.drain()
+                raw = await reader.read()
+                writer.close()
+        except (OSError, TimeoutError):
+            return None
+        _head, _, body = raw.partition(b"\r\n\r\n")
+        return body.decode()
+
+    async def _handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            parts = request.split(b" ", 2)
+            path = parts[1].decode(errors="replace") if len(parts) > 1 else "/"
+            texts = await asyncio.gather(*(self._worker_text(i) for i in range(self.count)))
+            answered = [t for t in texts if t is not None]
+            if path == "/metrics":
+                body = merge_expositions(answered).encode()
+                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+            elif path in ("/health", "/healthz"):
+                healthy = len(answered) == self.count
+                payload = {
+                    "status": "ok" if healthy else "degraded",
+                    "workers": self.count,
+                    "workers_answering": len(answered),
+                    "worker_restarts": self.restarts,
+                }
+                status = "200 OK" if healthy else "503 Service Unavailable"
+                ctype, body = "application/json", json.dumps(payload).encode() + b"\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /health or /metrics\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def worker_pids(self) -> dict[int, int | None]:
+        return {index: process.pid for index, process in self._workers.items()}

@@ -1,0 +1,359 @@
+"""Router instances agreeing through the real catalog: registry, holds, acknowledgements, `instances`.
+
+Registry: instances register and show as live, leave when stopped, turn stale when their heartbeat
+stops (by the catalog's clock), and keep beating across a lost connection. Holds: every live
+instance acknowledges before `request_hold` returns; an instance that never acknowledges (its
+participant stopped mid-hold, or its heartbeat gone stale while we wait) makes the request fail
+with HoldNotAcknowledged naming it, and leaves no hold behind; releasing calls on_release
+everywhere. The CLI lists live and stale instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from router.catalog import CatalogError
+from router.cluster import (
+    HoldCoordinator,
+    HoldNotAcknowledged,
+    HoldParticipant,
+    InstanceInfo,
+    InstanceRegistry,
+    TenantAlreadyHeld,
+    default_instance_id,
+    list_instances,
+)
+from router.config import RouterConfig
+from router.tenant_admin import init_catalog
+from router.testing.deploy import load, write_configs
+from router.testing.pgcluster import CATALOG_DB, PgEnvironment
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+# A schema of our own, so other modules sharing the catalog cluster cannot disturb us (nor we them).
+SCHEMA = "cluster_it"
+HEARTBEAT = 0.2  # seconds
+STALE = 1.0  # seconds
+POLL = 0.2  # seconds; the participants' fallback poll
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def config_path(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    catalog = {"dsn": pg_env.catalog_dsn(), "schema": SCHEMA, "refresh_interval": 5.0}
+    return write_configs(tmp_path_factory.mktemp("cluster"), pg_env, extra={"catalog": catalog})
+
+
+@pytest.fixture(scope="module")
+async def config(config_path: Path) -> RouterConfig:
+    config, _topology = load(config_path)
+    await init_catalog(config)
+    return config
+
+
+@pytest.fixture
+async def dsn(config: RouterConfig) -> AsyncIterator[str]:
+    """The catalog DSN, with no instance or hold left over from an earlier test."""
+    conn = await asyncpg.connect(config.catalog.dsn)
+    try:
+        await conn.execute(f"DELETE FROM {SCHEMA}.instances; DELETE FROM {SCHEMA}.holds")
+    finally:
+        await conn.close()
+    yield config.catalog.dsn
+
+
+@dataclass
+class Node:
+    """One simulated router instance: a registry row and a hold participant with recording callbacks."""
+
+    instance_id: str
+    registry: InstanceRegistry
+    participant: HoldParticipant | None = None
+    events: list[tuple[str, str]] = field(default_factory=list)
+    block: asyncio.Event | None = None  # when given, on_hold waits for it
+    entered: asyncio.Event = field(default_factory=asyncio.Event)  # on_hold was called
+
+    async def on_hold(self, tenant_id: str) -> None:
+        self.events.append(("hold", tenant_id))
+        self.entered.set()
+        if self.block is not None:
+            await self.block.wait()
+
+    async def on_release(self, tenant_id: str) -> None:
+        self.events.append(("release", tenant_id))
+
+
+@pytest.fixture
+async def nodes(dsn: str) -> AsyncIterator[Callable[..., Node]]:
+    """Make nodes (started with `start`); every one is stopped after the test."""
+    made: list[Node] = []
+
+    def make(instance_id: str, *, participant: bool = True, block: bool = False) -> Node:
+        registry = InstanceRegistry(dsn, SCHEMA, instance_id, heartbeat_interval=HEARTBEAT, stale_after=STALE)
+        node = Node(instance_id, registry, block=asyncio.Event() if block else None)
+        if participant:
+            node.participant = HoldParticipant(
+                dsn, SCHEMA, instance_id, node.on_hold, node.on_release, poll_interval=POLL
+            )
+        made.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in reversed(made):
+            if node.participant is not None:
+                await node.participant.stop()
+            await node.registry.stop()
+
+
+async def start(*nodes: Node) -> None:
+    for node in nodes:
+        await node.registry.start()
+        if node.participant is not None:
+            await node.participant.start()
+
+
+async def eventually(check: Callable[[], object], within: float, what: str) -> float:
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > within:
+            raise AssertionError(f"{what}: not within {within}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - began
+
+
+async def ids(infos: Awaitable[list[InstanceInfo]]) -> set[str]:
+    return {info.instance_id for info in await infos}
+
+
+async def stop_heartbeat(registry: InstanceRegistry) -> None:
+    """What a hung or dead process looks like from outside: no more beats, the row stays."""
+    task = registry.heartbeat_task
+    assert task is not None
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def wait_until_stale(registry: InstanceRegistry) -> None:
+    began = time.monotonic()
+    while registry.instance_id in await ids(registry.live_instances()):
+        assert time.monotonic() - began < STALE * 3, f"{registry.instance_id} did not turn stale"
+        await asyncio.sleep(0.05)
+
+
+async def hold_rows(dsn: str, tenant_id: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {SCHEMA}.holds WHERE tenant_id = $1", tenant_id))
+    finally:
+        await conn.close()
+
+
+def terminate_backends(env: PgEnvironment, application_name: str) -> None:
+    env.catalog.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        f" WHERE application_name = '{application_name}' AND datname = '{CATALOG_DB}'"
+    )
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+
+def test_default_instance_id() -> None:
+    assert default_instance_id("router-7", 6432) == "router-7:6432"
+    assert default_instance_id(None, 6432) == f"{socket.gethostname()}:6432"
+    with pytest.raises(ValueError, match="bound port"):
+        default_instance_id("router-7", 0)
+
+
+async def test_instances_register_live_and_leave_when_stopped(nodes: Callable[..., Node]) -> None:
+    a, b = nodes("alpha:6432", participant=False), nodes("beta:6432", participant=False)
+    await start(a, b)
+    live = {info.instance_id: info for info in await a.registry.live_instances()}
+    assert set(live) == {"alpha:6432", "beta:6432"}
+    info = live["alpha:6432"]
+    assert (info.host, info.pid, info.workers, info.live) == (socket.gethostname(), os.getpid(), 1, True)
+    assert info.heartbeat_age < STALE
+
+    # The heartbeat moves heartbeat_at forward.
+    first = info.heartbeat_at
+    await asyncio.sleep(HEARTBEAT * 3)
+    again = {i.instance_id: i for i in await b.registry.live_instances()}["alpha:6432"]
+    assert again.heartbeat_at > first and again.started_at == info.started_at
+
+    await a.registry.stop()
+    assert await ids(b.registry.all_instances()) == {"beta:6432"}
+
+
+async def test_instance_whose_heartbeat_stops_turns_stale(nodes: Callable[..., Node]) -> None:
+    a, b = nodes("alpha:6432", participant=False), nodes("beta:6432", participant=False)
+    await start(a, b)
+    await stop_heartbeat(a.registry)
+    assert "alpha:6432" in await ids(b.registry.live_instances())  # not at once: stale_after must pass
+    began = time.monotonic()
+    await wait_until_stale(a.registry)
+    assert time.monotonic() - began > STALE - 2 * HEARTBEAT
+    everyone = {info.instance_id: info for info in await b.registry.all_instances()}
+    assert not everyone["alpha:6432"].live and everyone["alpha:6432"].heartbeat_age >= STALE
+    assert everyone["beta:6432"].live
+
+
+async def test_heartbeat_survives_a_lost_connection(nodes: Callable[..., Node], pg_env: PgEnvironment) -> None:
+    a = nodes("alpha:6432", participant=False)
+    await start(a)
+    for _ in range(3):
+        terminate_backends(pg_env, "tenant-router-cluster-registry")
+        await asyncio.sleep(STALE / 2)
+    await asyncio.sleep(STALE)
+    (info,) = await a.registry.all_instances()
+    assert info.live and info.heartbeat_age < STALE
+
+
+async def test_registry_on_uninitialised_schema_says_so(pg_env: PgEnvironment) -> None:
+    registry = InstanceRegistry(pg_env.catalog_dsn(), "no_such_schema", "alpha:6432")
+    with pytest.raises(CatalogError, match="catalog init"):
+        await registry.start()
+
+
+# --- holds ---------------------------------------------------------------------------------------
+
+
+async def test_hold_acknowledged_by_every_live_instance_then_released(dsn: str, nodes: Callable[..., Node]) -> None:
+    a, b = nodes("alpha:6432"), nodes("beta:6432")
+    stale = nodes("gamma:6432", participant=False)  # stale before the hold: not asked
+    await start(a, b, stale)
+    await stop_heartbeat(stale.registry)
+    await wait_until_stale(stale.registry)
+
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    hold = await coordinator.request_hold("acme", "rebalance to shard_b", timeout=5.0)
+    assert hold.tenant_id == "acme" and hold.reason == "rebalance to shard_b"
+    assert hold.acknowledged_by == ("alpha:6432", "beta:6432")
+    assert a.events == [("hold", "acme")] and b.events == [("hold", "acme")]
+    assert a.participant is not None and a.participant.held_tenants == {"acme"}
+    with pytest.raises(TenantAlreadyHeld):
+        await coordinator.request_hold("acme", "again", timeout=1.0)
+
+    assert await coordinator.release_hold(hold.hold_id)
+    assert not await coordinator.release_hold(hold.hold_id)
+    await eventually(lambda: ("release", "acme") in a.events and ("release", "acme") in b.events, 2.0, "released")
+    assert a.events == [("hold", "acme"), ("release", "acme")]
+    assert await hold_rows(dsn, "acme") == 0
+    await eventually(lambda: a.participant is not None and not a.participant.held_tenants, 1.0, "forgotten")
+
+
+async def test_participant_stopped_mid_hold_aborts_the_hold_cleanly(dsn: str, nodes: Callable[..., Node]) -> None:
+    a, b = nodes("alpha:6432"), nodes("beta:6432", block=True)
+    await start(a, b)
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    request = asyncio.create_task(coordinator.request_hold("acme", "migration", timeout=1.5))
+    await asyncio.wait_for(b.entered.wait(), 2.0)
+    assert b.participant is not None
+    await b.participant.stop()  # before acknowledging; its registry row stays fresh
+
+    with pytest.raises(HoldNotAcknowledged) as info:
+        await request
+    error = info.value
+    assert error.sqlstate == "55P03" and error.missing == ("beta:6432",)
+    assert "beta:6432 (live)" in error.message and "alpha:6432" not in error.message
+    assert await hold_rows(dsn, "acme") == 0  # removed before the error was raised
+    assert "beta:6432" in await ids(b.registry.live_instances())
+    # The instance that did acknowledge sees the hold go and lets the tenant through again.
+    await eventually(lambda: ("release", "acme") in a.events, 2.0, "alpha released")
+    assert b.events == [("hold", "acme")]
+
+
+async def test_instance_going_stale_while_we_wait_is_not_acknowledged(dsn: str, nodes: Callable[..., Node]) -> None:
+    a = nodes("alpha:6432")
+    silent = nodes("delta:6432", participant=False)  # live when the hold is requested, never acks
+    await start(a, silent)
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    request = asyncio.create_task(coordinator.request_hold("acme", "migration", timeout=STALE * 2))
+    await asyncio.sleep(0.1)
+    await stop_heartbeat(silent.registry)
+    with pytest.raises(HoldNotAcknowledged, match=r"delta:6432 \(stale\)") as info:
+        await request
+    assert info.value.missing == ("delta:6432",)
+    assert await hold_rows(dsn, "acme") == 0
+
+
+async def test_participant_started_during_a_hold_enters_it_before_start_returns(
+    dsn: str, nodes: Callable[..., Node]
+) -> None:
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    hold = await coordinator.request_hold("globex", "cutover", timeout=1.0)  # nobody to ask yet
+    assert hold.acknowledged_by == ()
+    a = nodes("alpha:6432")
+    await start(a)
+    assert a.events == [("hold", "globex")]
+    conn = await asyncpg.connect(dsn)
+    try:
+        acks = await conn.fetch(f"SELECT instance_id FROM {SCHEMA}.hold_acks WHERE hold_id = $1", hold.hold_id)
+    finally:
+        await conn.close()
+    assert [r["instance_id"] for r in acks] == ["alpha:6432"]
+    await coordinator.release_hold(hold.hold_id)
+    await eventually(lambda: ("release", "globex") in a.events, 2.0, "released")
+
+
+async def test_participant_reconnects_and_still_acknowledges(
+    dsn: str, nodes: Callable[..., Node], pg_env: PgEnvironment
+) -> None:
+    a, b = nodes("alpha:6432"), nodes("beta:6432")
+    await start(a, b)
+    terminate_backends(pg_env, "tenant-router-cluster-participant")
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    hold = await coordinator.request_hold("initech", "cutover", timeout=5.0)
+    assert hold.acknowledged_by == ("alpha:6432", "beta:6432")
+    await coordinator.release_hold(hold.hold_id)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+async def test_cli_lists_live_and_stale_instances(config_path: Path, nodes: Callable[..., Node]) -> None:
+    a, b = nodes("alpha:6432", participant=False), nodes("beta:6432", participant=False)
+    await start(a, b)
+    await stop_heartbeat(b.registry)
+    await wait_until_stale(b.registry)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "router.cli",
+        "--config",
+        str(config_path),
+        "instances",
+        "--stale-after",
+        str(STALE),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, stderr.decode()
+    lines = stdout.decode().splitlines()
+    assert len(lines) == 2, lines
+    alpha, beta = lines
+    assert alpha.startswith("alpha:6432") and alpha.endswith(" live")
+    assert beta.startswith("beta:6432") and beta.endswith(" stale")
+    for line in lines:
+        assert f"host={socket.gethostname()}" in line and f"pid={os.getpid()}" in line and "workers=1" in line
+        assert "started=" in line and "s ago" in line
+
+
+async def test_list_instances_when_none_registered(dsn: str) -> None:
+    assert await list_instances(dsn, SCHEMA) == []

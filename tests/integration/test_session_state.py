@@ -1,0 +1,260 @@
+"""Transaction pooling without leaks: on a pool of ONE server connection shared by several clients
+(so every transaction is a hand-over), each client keeps its own session and sees nothing of the
+others'."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import asyncpg
+import psycopg
+import pytest
+import sqlalchemy
+
+from router.tenant_admin import add_tenant, remove_tenant
+from router.testing.deploy import load
+from router.testing.routerthread import RouterThread
+
+from .conftest import Deployment, RouterFactory, url
+
+
+@pytest.fixture
+def one_server(make_router: RouterFactory) -> RouterThread:
+    return make_router(pool={"size": 1, "wait_timeout": 3.0})
+
+
+def _value(conn: psycopg.Connection, sql: str) -> object:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _pair(router: RouterThread, tenant: str = "acme") -> tuple[psycopg.Connection, psycopg.Connection]:
+    return (
+        psycopg.connect(url(router, tenant), autocommit=True),
+        psycopg.connect(url(router, tenant), autocommit=True),
+    )
+
+
+def test_one_server_connection_really_is_shared(one_server: RouterThread) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        assert _value(a, "SELECT pg_backend_pid()") == _value(b, "SELECT pg_backend_pid()")
+
+
+def test_set_travels_with_its_client_only(one_server: RouterThread) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        default = _value(b, "SHOW search_path")
+        a.execute("SET search_path = pg_catalog, public")
+        a.execute("SET statement_timeout = '7s'")
+        for _ in range(2):
+            assert _value(b, "SHOW search_path") == default
+            assert _value(b, "SHOW statement_timeout") == "0"
+            assert _value(a, "SHOW search_path") == "pg_catalog, public"
+            assert _value(a, "SHOW statement_timeout") == "7s"
+        a.execute("RESET statement_timeout")
+        assert _value(a, "SHOW statement_timeout") == "0"
+        a.execute("SET search_path TO DEFAULT")
+        assert _value(a, "SHOW search_path") == default
+
+
+def test_set_config_travels_and_custom_settings_too(one_server: RouterThread) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        a.execute("SELECT set_config('myapp.user_id', '42', false)")
+        a.execute("SET myapp.locale = 'fr'")
+        assert _value(b, "SELECT current_setting('myapp.user_id', true)") in (None, "")
+        assert _value(a, "SELECT current_setting('myapp.user_id')") == "42"
+        assert _value(a, "SELECT current_setting('myapp.locale')") == "fr"
+        assert _value(a, "SELECT current_setting('app.tenant_id')") == "acme"
+
+
+def test_settings_the_router_cannot_see_do_not_leak(one_server: RouterThread) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        # Changed inside a function: invisible to any statement parser.
+        a.execute("DO $$BEGIN PERFORM set_config('work_mem', '77MB', false); END$$")
+        assert _value(a, "SHOW work_mem") == "77MB"  # same connection, same client: still there
+        assert _value(b, "SHOW work_mem") != "77MB"
+
+
+def test_set_local_and_rolled_back_set_do_not_persist(one_server: RouterThread) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        with a.transaction():
+            a.execute("SET LOCAL statement_timeout = '3s'")
+            assert _value(a, "SHOW statement_timeout") == "3s"
+        assert _value(b, "SELECT 1") == 1
+        assert _value(a, "SHOW statement_timeout") == "0"
+        a.autocommit = False
+        a.execute("SET statement_timeout = '9s'")
+        a.rollback()
+        a.autocommit = True
+        assert _value(b, "SELECT 1") == 1
+        assert _value(a, "SHOW statement_timeout") == "0"
+
+
+def test_reset_all_keeps_startup_settings_and_tenant(one_server: RouterThread) -> None:
+    a = psycopg.connect(url(one_server, "initech"), autocommit=True, application_name="startup-name")
+    b = psycopg.connect(url(one_server, "acme"), autocommit=True)
+    with a, b:
+        a.execute("SET application_name = 'changed'")
+        a.execute("RESET ALL")
+        assert _value(b, "SELECT 1") == 1
+        assert _value(a, "SHOW application_name") == "startup-name"
+        assert _value(a, "SELECT current_setting('app.tenant_id')") == "initech"
+        assert _value(a, "SELECT current_schema()") == "tenant_initech"
+
+
+def test_parameter_status_is_the_servers_truth(one_server: RouterThread) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        a.execute("SET application_name = 'client-a'")
+        assert a.info.parameter_status("application_name") == "client-a"
+        b.execute("SET application_name = 'client-b'")
+        assert _value(a, "SELECT 1") == 1  # a's next transaction: another hand-over
+        assert a.info.parameter_status("application_name") == "client-a"
+        assert _value(a, "SHOW application_name") == "client-a"
+        a.execute("SET client_encoding = 'utf-8'")
+        assert a.info.parameter_status("client_encoding") == "UTF8"
+
+
+def test_prepared_statements_stay_private(one_server: RouterThread) -> None:
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    b = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    with a, b:
+        for i in range(3):
+            assert a.execute("SELECT %s::int + 100 AS secret_query_of_a", (i,)).fetchone() == (i + 100,)
+        texts = [r[0] for r in b.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+        assert not any("secret_query_of_a" in t for t in texts)
+        # And both can use the same driver-chosen names for different statements.
+        assert b.execute("SELECT %s::text || '-b'", ("x",)).fetchone() == ("x-b",)
+        assert a.execute("SELECT %s::int + 100 AS secret_query_of_a", (5,)).fetchone() == (105,)
+
+
+async def test_asyncpg_clients_with_statement_caches_share_one_server(one_server: RouterThread) -> None:
+    conns = [await asyncpg.connect(url(one_server, t)) for t in ("acme", "globex", "acme", "initech")]
+    try:
+        for i in range(4):
+            values = await asyncio.gather(*(c.fetchval("SELECT $1::int * 3", i) for c in conns))
+            assert values == [i * 3] * 4
+            names = await asyncio.gather(*(c.fetchval("SELECT current_setting('app.tenant_id')") for c in conns))
+            assert names == ["acme", "globex", "acme", "initech"]
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+def test_sql_prepare_pins_and_is_private(one_server: RouterThread, make_router: RouterFactory) -> None:
+    router = make_router(pool={"size": 2})
+    a, b = _pair(router)
+    with a, b:
+        a.execute("PREPARE mine(int) AS SELECT $1 * 2")
+        assert _value(a, "EXECUTE mine(21)") == 42
+        assert _value(b, "SELECT count(*) FROM pg_prepared_statements WHERE name = 'mine'") == 0
+        assert _value(a, "EXECUTE mine(5)") == 10
+
+
+def test_temp_table_pins_and_is_cleaned_when_the_client_leaves(one_server: RouterThread) -> None:
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True)
+    a.execute("CREATE TEMP TABLE scratch (x int)")
+    a.execute("INSERT INTO scratch VALUES (1)")
+    assert _value(a, "SELECT count(*) FROM scratch") == 1
+    a.close()  # pinned until now; the one server connection comes back wiped
+    with psycopg.connect(url(one_server, "acme"), autocommit=True) as b:
+        assert _value(b, "SELECT count(*) FROM pg_class WHERE relname = 'scratch'") == 0
+
+
+def test_advisory_lock_is_released_when_the_client_leaves(one_server: RouterThread) -> None:
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True)
+    assert _value(a, "SELECT pg_advisory_lock(4242) IS NOT NULL") is True
+    assert _value(a, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242") == 1
+    a.close()
+    with psycopg.connect(url(one_server, "acme"), autocommit=True) as b:
+        assert _value(b, "SELECT pg_try_advisory_lock(4242)") is True
+        b.execute("SELECT pg_advisory_unlock_all()")
+
+
+def test_listen_notify_in_transaction_mode(make_router: RouterFactory) -> None:
+    router = make_router(pool={"size": 2})
+    listener = psycopg.connect(url(router, "acme"), autocommit=True)
+    sender = psycopg.connect(url(router, "acme"), autocommit=True)
+    with listener, sender:
+        listener.execute("LISTEN jobs")
+        sender_pid = _value(sender, "SELECT pg_backend_pid()")
+        got: list[psycopg.Notify] = []
+
+        def receive() -> None:
+            for notify in listener.notifies(timeout=5, stop_after=1):
+                got.append(notify)
+
+        thread = threading.Thread(target=receive)
+        thread.start()
+        time.sleep(0.3)
+        sender.execute("NOTIFY jobs, 'hello'")
+        thread.join(10)
+        assert [(n.channel, n.payload, n.pid) for n in got] == [("jobs", "hello", sender_pid)]
+
+
+def test_refused_session_state(make_router: RouterFactory) -> None:
+    router = make_router(pool={"size": 1, "refuse": ["listen", "advisory_lock"]})
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="listen"):
+            conn.execute("LISTEN nope")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="advisory_lock"):
+            conn.execute("SELECT pg_advisory_lock(1)")
+        assert _value(conn, "SELECT 1") == 1
+
+
+def test_set_role_is_refused(router: RouterThread) -> None:
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="SET ROLE"):
+            conn.execute("SET ROLE postgres")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET SESSION AUTHORIZATION postgres")
+        assert _value(conn, "SELECT current_user") == "tenant_router"
+
+
+def test_drop_database_is_not_blocked_by_idle_pooled_connections(router: RouterThread, deployment: Deployment) -> None:
+    config, topology = load(deployment.directory / "router.yaml")
+    shard = deployment.placement["acme"]
+    asyncio.run(add_tenant(config, topology, "dropme", "database", shard))
+    deadline = time.monotonic() + 5
+    while router.router.catalog.get("dropme") is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with psycopg.connect(url(router, "dropme"), autocommit=True) as conn:
+        assert _value(conn, "SELECT current_database()") == "tenant_dropme"
+    # The router now holds an idle pooled connection to tenant_dropme.
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        started = time.monotonic()
+        conn.execute("DROP DATABASE tenant_dropme")
+        assert time.monotonic() - started < 4
+    asyncio.run(remove_tenant(config, topology, "dropme"))
+
+
+def test_sqlalchemy_search_path_in_a_connect_event(one_server: RouterThread) -> None:
+    engine = sqlalchemy.create_engine(
+        url(one_server, "acme").replace("postgresql://", "postgresql+psycopg://"), pool_size=3
+    )
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def set_search_path(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET search_path TO pg_catalog, public")
+        cursor.close()
+        dbapi_connection.commit()
+
+    other = psycopg.connect(url(one_server, "acme"), autocommit=True)
+    try:
+        with engine.connect() as conn:
+            for _ in range(3):
+                assert conn.execute(sqlalchemy.text("SHOW search_path")).scalar() == "pg_catalog, public"
+                conn.commit()
+                assert _value(other, "SHOW search_path") != "pg_catalog, public"
+    finally:
+        other.close()
+        engine.dispose()
