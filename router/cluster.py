@@ -58,8 +58,16 @@ DEFAULT_HOLD_POLL_INTERVAL: Final = 1.0
 DEFAULT_ACK_POLL_INTERVAL: Final = 0.25
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 _APP_NAME: Final = "tenant-router-cluster"
-# What a background task survives by dropping its connection and trying again later.
-_OUTAGES: Final = (CatalogUnavailable, CatalogError, *_CONNECTION_ERRORS, asyncpg.PostgresError)
+# What a background task survives by dropping its connection and trying again later. asyncpg can
+# raise InternalClientError ("cannot switch to state ...") on a connection the server just
+# terminated (MagicStack/asyncpg#1069); a fresh connection is the cure for that too.
+_OUTAGES: Final = (
+    CatalogUnavailable,
+    CatalogError,
+    *_CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -532,11 +540,13 @@ class HoldCoordinator:
             try:
                 async with conn.transaction():
                     try:
-                        requested_at = await conn.fetchval(sql.insert_hold, tenant_id, hold_id, reason)
+                        requested_at = await conn.fetchval(
+                            sql.insert_hold, tenant_id, hold_id, reason, timeout=self._timeout
+                        )
                     except asyncpg.UniqueViolationError as exc:
                         raise TenantAlreadyHeld(f"tenant {tenant_id!r} is already held") from exc
                     live = await conn.fetch(sql.live_ids, self.stale_after, timeout=self._timeout)
-                    await conn.execute(sql.notify, sql.holds_channel, hold_id)
+                    await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
                 required = {row["instance_id"] for row in live}
                 log.info("hold %s on tenant %r (%s): waiting for %d instance(s)", hold_id, tenant_id, reason, len(live))
                 acked = await self._await_acks(conn, tenant_id, hold_id, required, deadline, wake, timeout)
@@ -553,9 +563,9 @@ class HoldCoordinator:
         """Remove the hold; False if it did not exist (any more)."""
         sql = self._sql
         async with _connection(self._dsn, sql.schema, self._timeout, "coordinator") as conn, conn.transaction():
-            tenant_id = await conn.fetchval(sql.delete_hold, hold_id)
+            tenant_id = await conn.fetchval(sql.delete_hold, hold_id, timeout=self._timeout)
             if tenant_id is not None:
-                await conn.execute(sql.notify, sql.holds_channel, hold_id)
+                await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
         if tenant_id is not None:
             log.info("hold %s on tenant %r released", hold_id, tenant_id)
         return tenant_id is not None

@@ -15,10 +15,10 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from router.errors import BackendUnavailable, PoolTimeout
+from router.errors import BackendUnavailable, PoolTimeout, RouterError
 from router.net.server import ServerConnection, ServerState, open_server_connection
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,40 @@ class PoolKey:
     @property
     def label(self) -> str:
         return f"shard {self.shard} ({self.database}@{self.host}:{self.port})"
+
+
+class Waiter:
+    """A client waiting in line for a server connection: called back with one, or with an error
+    when the wait times out. Callbacks, not futures, so a hand-over costs no task wake-up."""
+
+    __slots__ = ("_fail", "_grant", "done", "timer")
+
+    def __init__(self, grant: Callable[[ServerConnection], None], fail: Callable[[RouterError], None]) -> None:
+        self._grant = grant
+        self._fail = fail
+        self.done = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def give(self, conn: ServerConnection) -> bool:
+        if self.done:
+            return False
+        self._finish()
+        self._grant(conn)
+        return True
+
+    def refuse(self, exc: RouterError) -> None:
+        if not self.done:
+            self._finish()
+            self._fail(exc)
+
+    def cancel(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +92,7 @@ class Pool:
         self._idle: deque[ServerConnection] = deque()
         self._all: set[ServerConnection] = set()
         self._opening = 0
-        self._waiters: deque[asyncio.Future[ServerConnection]] = deque()
+        self._waiters: deque[Waiter] = deque()
         self.closed = False
         # Server parameters (server_version, ...) as last reported by one of this pool's connections.
         self.server_params: dict[str, str] = {}
@@ -88,7 +122,7 @@ class Pool:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for w in self._waiters if not w.done)
 
     def connections(self) -> Iterator[ServerConnection]:
         return iter(list(self._all))
@@ -120,37 +154,59 @@ class Pool:
             self._destroy(conn)
         return None
 
-    async def acquire(self) -> ServerConnection:
-        """A clean server connection, or PoolTimeout / BackendUnavailable."""
+    def checkout(
+        self,
+        grant: Callable[[ServerConnection], None],
+        fail: Callable[[RouterError], None],
+        preferred: ServerConnection | None = None,
+    ) -> ServerConnection | Waiter:
+        """A connection now, or a Waiter in line that will be granted one (an idle connection, or
+        a new one while the pool is under its size) or failed with PoolTimeout/BackendUnavailable."""
         if self.closed:
             raise BackendUnavailable(f"{self.key.label} has been removed from the topology")
-        conn = self.acquire_idle()
+        conn = self.acquire_idle(preferred)
         if conn is not None:
             return conn
-        if self.total < self.settings.size:
-            return await self._open()
-        waiter: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(grant, fail)
         self._waiters.append(waiter)
-        handed_over = False
-        try:
-            async with asyncio.timeout(self.settings.wait_timeout):
-                conn = await waiter
-            handed_over = True
-            return conn
-        except TimeoutError:
-            self.wait_timeouts += 1
-            raise PoolTimeout(
+        waiter.timer = asyncio.get_running_loop().call_later(self.settings.wait_timeout, self._time_out, waiter)
+        self._wake_one_opener()
+        return waiter
+
+    def _time_out(self, waiter: Waiter) -> None:
+        if waiter.done:
+            return
+        self.wait_timeouts += 1
+        waiter.refuse(
+            PoolTimeout(
                 f"no server connection to {self.key.label} became free within "
                 f"{self.settings.wait_timeout:g}s (pool size {self.settings.size})",
                 hint="raise pool.size or pool.wait_timeout, or shorten transactions",
-            ) from None
-        finally:
-            if not handed_over:
-                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    # Handed a connection as the timeout or a cancellation struck: give it back.
-                    self.release(waiter.result())
-                else:
-                    waiter.cancel()
+            )
+        )
+
+    async def acquire(self) -> ServerConnection:
+        """A clean server connection, or PoolTimeout / BackendUnavailable."""
+        future: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+
+        def grant(conn: ServerConnection) -> None:
+            if future.done():
+                self.release(conn)  # the caller left (cancelled): give it back
+            else:
+                future.set_result(conn)
+
+        def fail(exc: RouterError) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        result = self.checkout(grant, fail)
+        if isinstance(result, ServerConnection):
+            return result
+        try:
+            return await future
+        except asyncio.CancelledError:
+            result.cancel()
+            raise
 
     async def _open(self) -> ServerConnection:
         self._opening += 1
@@ -187,10 +243,9 @@ class Pool:
             self._destroy(conn)
             self._wake_one_opener()
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
+        waiters = self._waiters
+        while waiters:
+            if waiters.popleft().give(conn):
                 return
         self._idle.append(conn)
 
@@ -217,7 +272,7 @@ class Pool:
         """A slot came free: let the first waiter open a connection of its own."""
         while self._waiters:
             waiter = self._waiters[0]
-            if waiter.done():
+            if waiter.done:
                 self._waiters.popleft()
                 continue
             if self.total >= self.settings.size:
@@ -256,8 +311,7 @@ class Pool:
         for conn in list(self._idle):
             self._destroy(conn, "pool closed")
         for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(BackendUnavailable(f"{self.key.label} has been removed"))
+            waiter.refuse(BackendUnavailable(f"{self.key.label} has been removed"))
         self._waiters.clear()
 
     def close_all_now(self) -> None:
@@ -266,19 +320,15 @@ class Pool:
             self._destroy(conn, "router shutting down")
 
 
-def _hand_over(pool: Pool, waiter: asyncio.Future[ServerConnection], task: asyncio.Future[ServerConnection]) -> None:
+def _hand_over(pool: Pool, waiter: Waiter, task: asyncio.Future[ServerConnection]) -> None:
     """A connection opened on behalf of a waiter: give it to them, or back to the pool if they left."""
     if task.cancelled():
-        if not waiter.done():
-            waiter.cancel()
+        waiter.refuse(BackendUnavailable(f"opening a connection to {pool.key.label} was cancelled"))
         return
     exc = task.exception()
     if exc is not None:
-        if not waiter.done():
-            waiter.set_exception(exc)
+        waiter.refuse(exc if isinstance(exc, RouterError) else BackendUnavailable(f"{pool.key.label}: {exc}"))
         return
     conn = task.result()
-    if waiter.done():
+    if not waiter.give(conn):
         pool.release(conn)
-    else:
-        waiter.set_result(conn)

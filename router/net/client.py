@@ -36,7 +36,7 @@ from router.statements import Effects, classify
 
 if TYPE_CHECKING:
     from router.net.context import RouterContext, Target
-    from router.pool import Pool
+    from router.pool import Pool, Waiter
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ _TENANT_STATEMENT = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _TENANT_MARKER = b"router.tenant"
-_DISCARD_ALL = fe.query("DISCARD ALL")
+# What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own).
+# Session state that RESET ALL does not cover (LISTEN, temp tables, advisory locks, cursors WITH
+# HOLD, SQL PREPARE) pins its client, and a pinned connection is wiped with DISCARD ALL on release.
+_HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES"
+_HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DEALLOCATE ALL"
 _SERIALS = itertools.count(1)
 # What the router asks a server after a transaction changed session settings: the exact values now
 # in force, so that they travel with the client to its next server connection.
@@ -115,7 +119,9 @@ class ClientSession(asyncio.Protocol):
         self.statements = ClientStatements()
         self._buf = bytearray()
         self._out: list[bytes] = []
-        self._acquiring: asyncio.Task[None] | None = None
+        # What holds the message loop: a place in a pool's line, or reading settings back.
+        self._acquiring: Waiter | asyncio.Task[None] | None = None
+        self._waiting_for: Target | None = None
         self._discarding = False  # after a refused request: drop messages up to the next Sync
         self._login_task: asyncio.Task[None] | None = None
         self._login_waiter: asyncio.Future[None] | None = None
@@ -305,7 +311,9 @@ class ClientSession(asyncio.Protocol):
                 if handler is None:
                     raise ClientProtocolError(f"unexpected message type {chr(mtype)!r} from the client")
                 if not handler(msg):
-                    break  # waiting for a server connection; resume when it comes
+                    if self._discarding:
+                        continue  # refused: the message is discarded on the next pass
+                    break  # in line for a server connection; resume when it comes
                 pos += size
         except f.FramingError as exc:
             self.fatal(ClientProtocolError(f"invalid message from the client: {exc}"))
@@ -326,7 +334,8 @@ class ClientSession(asyncio.Protocol):
             self.server.flush_ready()
 
     def _server(self) -> ServerConnection | None:
-        """The attached server, or None after starting to acquire one (the caller stops)."""
+        """The attached server, or None: then either the client is in line for one (the caller
+        stops until it comes) or the request was refused (the caller's message is discarded)."""
         server = self.server
         if server is not None:
             if self._desired is None and not server.plan:
@@ -335,35 +344,36 @@ class ClientSession(asyncio.Protocol):
             return server
         try:
             target = self._target()
-        except RouterError:
-            target = None  # the acquire task reports it in order
-        if target is not None and not target.pool.closed:
-            conn = target.pool.acquire_idle(self.last_server)
-            if conn is not None:
-                self._attach(conn, target)
-                return conn
-        self._acquiring = asyncio.get_running_loop().create_task(self._acquire())
+            result = target.pool.checkout(self._granted, self._refused, self.last_server)
+        except RouterError as exc:
+            self._refuse(exc)
+            return None
+        if isinstance(result, ServerConnection):
+            self._attach(result, target)
+            return result
+        self._acquiring = result
+        self._waiting_for = target
         return None
 
-    async def _acquire(self) -> None:
-        try:
-            target = self._target()
-            conn = await target.pool.acquire()
-        except RouterError as exc:
-            self._acquiring = None
-            if self.state is SessionState.READY:
-                self._refuse(exc)
-                self._process()
-            return
-        except asyncio.CancelledError:
-            self._acquiring = None
-            raise
+    def _granted(self, conn: ServerConnection) -> None:
         self._acquiring = None
+        target = self._waiting_for
+        self._waiting_for = None
+        if target is None:
+            conn.close()
+            return
         if self.state is not SessionState.READY:
             target.pool.release(conn)
             return
         self._attach(conn, target)
         self._process()
+
+    def _refused(self, exc: RouterError) -> None:
+        self._acquiring = None
+        self._waiting_for = None
+        if self.state is SessionState.READY:
+            self._refuse(exc)
+            self._process()
 
     def _target(self) -> Target:
         if self.tenant is None:
@@ -378,17 +388,17 @@ class ClientSession(asyncio.Protocol):
         self.server = conn
         self.pool = target.pool
         self.last_server = conn
+        reset: str | None = None
         if conn.owner != self.serial:
             if conn.owner is not None:
-                # Another client used this session: wipe everything it may have left (settings,
-                # even those changed inside functions; prepared statements; temp tables; locks).
-                self._out.append(_DISCARD_ALL)
-                conn.plan.expect(r.ENDS_SYNC, swallow=True)
+                # Another client used this session: wipe what it may have left, settings changed
+                # inside functions included, and its prepared statements (they are private).
+                reset = _HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else _HANDOVER_RESET
                 conn.prepared.clear()
                 conn.unnamed = None
                 conn.applied = {}
             conn.owner = self.serial
-        self._sync_session(conn, self._desired_settings(target))
+        self._sync_session(conn, self._desired_settings(target), reset)
 
     def _desired_settings(self, target: Target) -> dict[str, str]:
         desired = self._desired
@@ -397,12 +407,14 @@ class ClientSession(asyncio.Protocol):
             self._desired_for = target
         return desired
 
-    def _sync_session(self, conn: ServerConnection, desired: dict[str, str]) -> None:
-        """Make the server session match this client, in the same write as its first message;
-        the responses are swallowed."""
-        if conn.applied == desired:
+    def _sync_session(self, conn: ServerConnection, desired: dict[str, str], reset: str | None = None) -> None:
+        """Make the server session match this client, in the same write as its first message and
+        as one statement list; the responses are swallowed."""
+        if conn.applied == desired and reset is None:
             return
         sql = session_sync_sql(conn.applied, desired)
+        if reset is not None:
+            sql = f"{reset}; {sql}" if sql else reset
         if sql is not None:
             self._out.append(fe.query(sql))
             conn.plan.expect(r.ENDS_SYNC, swallow=True)
@@ -724,9 +736,13 @@ class ClientSession(asyncio.Protocol):
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        for task in (self._login_task, self._acquiring):
-            if task is not None and not task.done():
-                task.cancel()
+        holder = self._acquiring
+        if isinstance(holder, asyncio.Task):
+            holder.cancel()
+        elif holder is not None:
+            holder.cancel()  # leave the pool's line
+        if self._login_task is not None and not self._login_task.done():
+            self._login_task.cancel()
         server, pool = self.server, self.pool
         self.server = None
         if server is not None and pool is not None:

@@ -163,10 +163,13 @@ async def hold_rows(dsn: str, tenant_id: str) -> int:
         await conn.close()
 
 
-def terminate_backends(env: PgEnvironment, application_name: str) -> None:
-    env.catalog.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        f" WHERE application_name = '{application_name}' AND datname = '{CATALOG_DB}'"
+def terminate_backends(env: PgEnvironment, application_name: str) -> int:
+    """Kill the catalog sessions of `application_name`; return how many there were."""
+    return int(
+        env.catalog.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            f" WHERE application_name = '{application_name}' AND datname = '{CATALOG_DB}'"
+        )
     )
 
 
@@ -215,9 +218,11 @@ async def test_instance_whose_heartbeat_stops_turns_stale(nodes: Callable[..., N
 async def test_heartbeat_survives_a_lost_connection(nodes: Callable[..., Node], pg_env: PgEnvironment) -> None:
     a = nodes("alpha:6432", participant=False)
     await start(a)
+    killed = 0
     for _ in range(3):
-        terminate_backends(pg_env, "tenant-router-cluster-registry")
+        killed += terminate_backends(pg_env, "tenant-router-cluster-registry")
         await asyncio.sleep(STALE / 2)
+    assert killed >= 2
     await asyncio.sleep(STALE)
     (info,) = await a.registry.all_instances()
     assert info.live and info.heartbeat_age < STALE
@@ -225,8 +230,10 @@ async def test_heartbeat_survives_a_lost_connection(nodes: Callable[..., Node], 
 
 async def test_registry_on_uninitialised_schema_says_so(pg_env: PgEnvironment) -> None:
     registry = InstanceRegistry(pg_env.catalog_dsn(), "no_such_schema", "alpha:6432")
-    with pytest.raises(CatalogError, match="catalog init"):
+    with pytest.raises(CatalogError, match="no cluster tables in schema 'no_such_schema'") as info:
         await registry.start()
+    assert info.value.hint is not None and "catalog init" in info.value.hint
+    assert registry.heartbeat_task is None
 
 
 # --- holds ---------------------------------------------------------------------------------------
@@ -315,7 +322,7 @@ async def test_participant_reconnects_and_still_acknowledges(
 ) -> None:
     a, b = nodes("alpha:6432"), nodes("beta:6432")
     await start(a, b)
-    terminate_backends(pg_env, "tenant-router-cluster-participant")
+    assert terminate_backends(pg_env, "tenant-router-cluster-participant") == 2
     coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
     hold = await coordinator.request_hold("initech", "cutover", timeout=5.0)
     assert hold.acknowledged_by == ("alpha:6432", "beta:6432")
