@@ -13,14 +13,22 @@ import logging
 import secrets
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from router.cancel_keys import new_process_id, owner_of
 from router.catalog import CatalogCache, Tenant
 from router.config import RouterConfig, UserConfig
-from router.errors import BackendUnavailable, TenantSuspended, TooManyClients, UnknownTenant
+from router.errors import (
+    BackendUnavailable,
+    RouterError,
+    TenantHeld,
+    TenantSuspended,
+    TooManyClients,
+    UnknownTenant,
+)
 from router.hashing import Ring
 from router.isolation import database_name, schema_name
 from router.janitor import Janitor
@@ -93,6 +101,8 @@ class Router:
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
         self.connections_total = 0
+        # Tenants held by a coordinator (rebalance cutover, migration): their new transactions wait.
+        self.held: dict[str, list[HoldTicket]] = {}
 
     # --- RouterContext ----------------------------------------------------------------------------
 
@@ -217,11 +227,73 @@ class Router:
                 closed = pool.close_idle()
                 log.info("closed %d idle connections to %s before a database-level command", closed, key.label)
 
+    # --- holds (see router.cluster) ----------------------------------------------------------------
+
+    async def hold_tenant(self, tenant: str) -> None:
+        """Stop starting transactions for `tenant` and wait until those running have finished: then
+        this worker can acknowledge the hold."""
+        self.held.setdefault(tenant, [])
+        deadline = asyncio.get_running_loop().time() + self.config.pool.wait_timeout
+        while any(s.tenant == tenant and s.server is not None for s in list(self._clients.values())):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"transactions of tenant {tenant} did not finish in time")
+            await asyncio.sleep(0.01)
+        log.info("tenant %s held: new transactions wait", tenant)
+
+    async def release_tenant(self, tenant: str) -> None:
+        tickets = self.held.pop(tenant, [])
+        log.info("tenant %s released: %d waiting session(s) resume", tenant, len(tickets))
+        for ticket in tickets:
+            ticket.resume()
+
+    def wait_for_release(
+        self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]
+    ) -> HoldTicket | None:
+        """If `tenant` is held, queue `resume` for its release (failing after the wait timeout)."""
+        tickets = self.held.get(tenant)
+        if tickets is None:
+            return None
+        ticket = HoldTicket(resume, fail)
+        ticket.timer = asyncio.get_running_loop().call_later(
+            self.config.pool.wait_timeout,
+            ticket.expire,
+            TenantHeld(f'tenant "{tenant}" is being moved and did not become available in time', hint="retry"),
+        )
+        tickets.append(ticket)
+        return ticket
+
     def count_error(self, sqlstate: str) -> None:
         self.errors[sqlstate] += 1
 
     def iter_pools(self) -> Iterator[Pool]:
         return iter(list(self.pools.values()))
+
+
+class HoldTicket:
+    """A session waiting for its tenant's hold to be released."""
+
+    __slots__ = ("_fail", "_resume", "done", "timer")
+
+    def __init__(self, resume: Callable[[], None], fail: Callable[[RouterError], None]) -> None:
+        self._resume = resume
+        self._fail = fail
+        self.done = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def resume(self) -> None:
+        if not self.done:
+            self.cancel()
+            self._resume()
+
+    def expire(self, exc: RouterError) -> None:
+        if not self.done:
+            self.cancel()
+            self._fail(exc)
+
+    def cancel(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
@@ -250,6 +322,7 @@ class RunningRouter:
     http_port: int
     _servers: list[asyncio.Server] = field(default_factory=list)
     _janitor: Janitor | None = None
+    _cluster: list[Any] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -257,6 +330,9 @@ class RunningRouter:
             server.close()
         for session in list(self.router._clients.values()):
             session.close()
+        for member in self._cluster:  # deregister: from now on this instance need not acknowledge
+            with contextlib.suppress(Exception):
+                await member.stop()
         if self._janitor is not None:
             await self._janitor.stop()
         for pool in self.router.iter_pools():
@@ -301,6 +377,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         http_port = http_server.sockets[0].getsockname()[1]
     janitor = Janitor(router)
     janitor.start()
+    cluster = await _join_cluster(router, port)
     log.info(
         "tenant-router %slistening on %s:%s (%s pooling, %d shards, %d tenants in the catalog)",
         f"worker {identity.index}/{identity.count} " if identity.count > 1 else "",
@@ -310,7 +387,31 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         len(topology.shards),
         len(router.catalog),
     )
-    return RunningRouter(router, port, http_port, servers, janitor)
+    return RunningRouter(router, port, http_port, servers, janitor, cluster)
+
+
+async def _join_cluster(router: Router, port: int) -> list[Any]:
+    """Register this worker among the router instances and take part in holds. Each worker is its
+    own participant, so a hold is acknowledged only once every process has drained the tenant.
+    Without it (catalog not migrated, unreachable) the router still serves, and holds simply cannot
+    be acknowledged, which makes cutovers abort: the safe side."""
+    from router.cluster import HoldParticipant, InstanceRegistry, default_instance_id
+
+    config, identity = router.config, router.worker
+    instance_id = default_instance_id(None, port)
+    if identity.count > 1:
+        instance_id += f"/w{identity.index}"
+    registry = InstanceRegistry(config.catalog.dsn, config.catalog.schema, instance_id, workers=identity.count)
+    participant = HoldParticipant(
+        config.catalog.dsn, config.catalog.schema, instance_id, router.hold_tenant, router.release_tenant
+    )
+    try:
+        await registry.start()
+        await participant.start()
+    except RouterError as exc:
+        log.error("not registered among router instances (%s); holds cannot be acknowledged", exc.message)
+        return []
+    return [participant, registry]
 
 
 async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:

@@ -93,6 +93,13 @@ class TenantSwitchRefused(RouterError):
     severity = "ERROR"
 
 
+class TenantHeld(RouterError):
+    """The tenant is held (being moved or migrated) longer than a client may wait."""
+
+    sqlstate = "55P03"
+    severity = "ERROR"
+
+
 class NoTenant(RouterError):
     sqlstate = "28000"
 

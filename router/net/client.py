@@ -35,7 +35,7 @@ from router.protocol.pg.prepared import ClientStatements
 from router.statements import Effects, classify
 
 if TYPE_CHECKING:
-    from router.net.context import RouterContext, Target
+    from router.net.context import Cancellable, RouterContext, Target
     from router.pool import Pool, Waiter
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,39 @@ class SessionState(enum.Enum):
 class ClientSession(asyncio.Protocol):
     """A client connection. See the module docstring."""
 
+    # Slots: ten thousand idle clients must stay cheap (no per-instance __dict__).
+    __slots__ = (
+        "_acquiring",
+        "_buf",
+        "_desired",
+        "_desired_for",
+        "_discarding",
+        "_login_task",
+        "_login_waiter",
+        "_out",
+        "_waiting_for",
+        "_watched",
+        "key",
+        "last_server",
+        "login_tenant",
+        "peer",
+        "pins",
+        "pool",
+        "reported",
+        "role",
+        "router",
+        "serial",
+        "server",
+        "settings",
+        "startup_settings",
+        "state",
+        "statements",
+        "tenant",
+        "tenant_switch_allowed",
+        "transport",
+        "user",
+    )
+
     def __init__(self, router: RouterContext) -> None:
         self.router = router
         self.state = SessionState.LOGIN
@@ -120,25 +153,11 @@ class ClientSession(asyncio.Protocol):
         self._buf = bytearray()
         self._out: list[bytes] = []
         # What holds the message loop: a place in a pool's line, or reading settings back.
-        self._acquiring: Waiter | asyncio.Task[None] | None = None
+        self._acquiring: Waiter | Cancellable | asyncio.Task[None] | None = None
         self._waiting_for: Target | None = None
         self._discarding = False  # after a refused request: drop messages up to the next Sync
         self._login_task: asyncio.Task[None] | None = None
         self._login_waiter: asyncio.Future[None] | None = None
-        self._handlers: dict[int, Callable[[bytes], bool]] = {
-            f.QUERY: self._on_query,
-            f.PARSE: self._on_parse,
-            f.BIND: self._on_bind,
-            f.DESCRIBE: self._on_describe,
-            f.EXECUTE: self._on_execute,
-            f.CLOSE: self._on_close,
-            f.SYNC: self._on_sync,
-            f.FLUSH: self._on_flush,
-            f.COPY_DATA: self._on_copy,
-            f.COPY_DONE: self._on_copy,
-            f.COPY_FAIL: self._on_copy,
-            f.FUNCTION_CALL: self._on_function_call,
-        }
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -287,7 +306,7 @@ class ClientSession(asyncio.Protocol):
         `data` exactly is routed without being copied."""
         pos = 0
         end = len(data)
-        handlers = self._handlers
+        handlers = _HANDLERS
         try:
             while self._acquiring is None and self.state is SessionState.READY:
                 header = f.read_header(data, pos)
@@ -310,7 +329,7 @@ class ClientSession(asyncio.Protocol):
                 handler = handlers.get(mtype)
                 if handler is None:
                     raise ClientProtocolError(f"unexpected message type {chr(mtype)!r} from the client")
-                if not handler(msg):
+                if not handler(self, msg):
                     if self._discarding:
                         continue  # refused: the message is discarded on the next pass
                     break  # in line for a server connection; resume when it comes
@@ -342,6 +361,12 @@ class ClientSession(asyncio.Protocol):
                 # Settings changed under a server we keep (pinned, session mode): re-apply them.
                 self._sync_session(server, self._desired_settings(self._target()))
             return server
+        tenant = self.tenant
+        if tenant is not None and tenant in self.router.held:
+            ticket = self.router.wait_for_release(tenant, self._hold_released, self._refused)
+            if ticket is not None:
+                self._acquiring = ticket
+                return None
         try:
             target = self._target()
             result = target.pool.checkout(self._granted, self._refused, self.last_server)
@@ -354,6 +379,11 @@ class ClientSession(asyncio.Protocol):
         self._acquiring = result
         self._waiting_for = target
         return None
+
+    def _hold_released(self) -> None:
+        self._acquiring = None
+        if self.state is SessionState.READY:
+            self._process()
 
     def _granted(self, conn: ServerConnection) -> None:
         self._acquiring = None
@@ -752,3 +782,20 @@ class ClientSession(asyncio.Protocol):
                 # Mid-transaction or mid-response: never hand this session state to anyone.
                 pool.discard(server, "client disconnected mid-transaction")
         self.router.unregister_client(self)
+
+
+# Message type -> handler; each returns False when it needs a server connection first.
+_HANDLERS: dict[int, Callable[[ClientSession, bytes], bool]] = {
+    f.QUERY: ClientSession._on_query,
+    f.PARSE: ClientSession._on_parse,
+    f.BIND: ClientSession._on_bind,
+    f.DESCRIBE: ClientSession._on_describe,
+    f.EXECUTE: ClientSession._on_execute,
+    f.CLOSE: ClientSession._on_close,
+    f.SYNC: ClientSession._on_sync,
+    f.FLUSH: ClientSession._on_flush,
+    f.COPY_DATA: ClientSession._on_copy,
+    f.COPY_DONE: ClientSession._on_copy,
+    f.COPY_FAIL: ClientSession._on_copy,
+    f.FUNCTION_CALL: ClientSession._on_function_call,
+}

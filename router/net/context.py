@@ -7,11 +7,13 @@ the composition root that implements it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from router.config import UserConfig
+    from router.errors import RouterError
     from router.net.client import ClientSession
     from router.net.server import ServerConnection
     from router.pool import Pool
@@ -35,6 +37,7 @@ class RouterContext(Protocol):
     transaction_pooling: bool
     login_timeout: float
     refused_state: frozenset[str]
+    held: dict[str, list[Any]]
 
     def user(self, name: str) -> UserConfig | None: ...
 
@@ -66,3 +69,13 @@ class RouterContext(Protocol):
         ...
 
     def count_error(self, sqlstate: str) -> None: ...
+
+    def wait_for_release(
+        self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]
+    ) -> Cancellable | None:
+        """If the tenant is held, queue `resume` for when it is released and return the ticket."""
+        ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...

@@ -1,0 +1,521 @@
+"""What every benchmark shares: child processes, targets, pgbench, the router and PgBouncer, the machine.
+
+Owns: starting and stopping the long-running children (router, PgBouncer) in their own sessions,
+reading their CPU time and memory from /proc (a router with workers is a process tree: the
+supervisor and its workers), running pgbench against a target, the PgBouncer configuration, and the
+description of the machine and its load printed next to every figure.
+
+Must not: run the router in the benchmark's own process (it has to compete for the machine's cores
+as it would in production), touch anything outside the temp dir it is given, or decide what is
+measured (run.py, idle_clients.py and catalog_scale.py do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from router.testing import deploy
+from router.testing.pgcluster import (
+    HOST,
+    PgEnvironment,
+    find_pg_bin_dir,
+    free_port,
+    start_environment,
+    stop_clusters_under,
+)
+
+SERVER_OS_USER: Final = "postgres"  # pgbouncer, like PostgreSQL, refuses to run as root
+READY_TIMEOUT: Final = 30.0
+STOP_TIMEOUT: Final = 10.0
+ERROR_LINES: Final = 6
+TENANT: Final = "bench"
+QUIET_LOAD: Final = 1.5  # 1-minute load average under which the machine counts as quiet
+PGBENCH_GRACE: Final = 60.0  # beyond -T: connecting, finishing; past it a run counts as hung
+
+TPS_LINE: Final = re.compile(
+    r"^tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)", re.M
+)
+LATENCY_LINE: Final = re.compile(r"^latency average = ([\d.]+) ms", re.M)
+CONNECT_LINE: Final = re.compile(r"^initial connection time = ([\d.]+) ms", re.M)
+FAILED_LINE: Final = re.compile(r"^number of failed transactions: (\d+)", re.M)
+PROCESSED_LINE: Final = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+
+
+class BenchError(RuntimeError):
+    """Setup failed (a server did not start, pgbench -i failed...): the run cannot go on."""
+
+
+class ServiceDied(RuntimeError):
+    """The router or PgBouncer exited mid-run: report what was measured so far, then stop."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Somewhere pgbench can connect: PostgreSQL itself, a router, or PgBouncer."""
+
+    name: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def _server_account() -> pwd.struct_passwd | None:
+    return pwd.getpwnam(SERVER_OS_USER) if os.geteuid() == 0 else None
+
+
+def _chown_for_server(*paths: Path) -> None:
+    account = _server_account()
+    if account is not None:
+        for path in paths:
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc/<pid>/task/*/children (threads can fork too)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    todo += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of one process in KiB, or None once it is gone."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process so far, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+class Service:
+    """A long-running child in its own session (so Ctrl-C reaches us, and we stop it in order)."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path, *, as_server_account: bool = False) -> None:
+        self.name = name
+        self.log_path = log_path
+        account = _server_account() if as_server_account else None
+        self._log = log_path.open("ab")
+        extra: dict[str, Any] = {}
+        if account is not None:
+            extra = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        self.process = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(log_path.parent),
+            env=client_env(),
+            **extra,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def pids(self) -> list[int]:
+        """The process and its descendants (a router's supervisor and workers)."""
+        return process_tree(self.process.pid) if self.alive() else []
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of the whole process tree so far, or None once the top process is gone.
+
+        A worker that exited mid-run takes its CPU time with it: the figure is a lower bound then.
+        """
+        times = [cpu_seconds(pid) for pid in self.pids()]
+        return sum(t for t in times if t is not None) if times and times[0] is not None else None
+
+    def rss_kib(self) -> dict[int, int]:
+        """VmRSS (KiB) of every process in the tree, by pid."""
+        sizes = {pid: rss_kib(pid) for pid in self.pids()}
+        return {pid: size for pid, size in sizes.items() if size is not None}
+
+    def wait_ready(self, port: int, timeout: float = READY_TIMEOUT) -> None:
+        """Until `port` accepts TCP connections; raises if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BenchError(f"{self.name} exited with code {self.process.returncode}:\n{self.tail()}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+                return
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} did not accept connections on port {port} within {timeout:g}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return f"(no log at {self.log_path})"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
+
+    def stop(self) -> None:
+        """SIGTERM to its whole process group, SIGKILL after a grace period; never raises."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.alive():
+                os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(STOP_TIMEOUT)
+        # Workers are in the same process group; a SIGKILLed supervisor can leave them behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def check_alive(services: Sequence[Service]) -> None:
+    for service in services:
+        if not service.alive():
+            raise ServiceDied(
+                f"{service.name} exited (code {service.process.returncode}); last lines of its log:\n{service.tail()}"
+            )
+
+
+def client_env(password: str | None = None) -> dict[str, str]:
+    # Stray PG* variables (PGHOST, PGSSLMODE...) would silently change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(LC_ALL="C", LANG="C")
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit (inherited by the children it starts); return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if new_soft > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        return new_soft
+    return soft
+
+
+# --- the router ----------------------------------------------------------------------------------
+
+
+def router_command(config_path: Path) -> list[str]:
+    beside_python = Path(sys.executable).parent / "tenant-router"
+    found = str(beside_python) if beside_python.exists() else shutil.which("tenant-router")
+    prefix = [found] if found else [sys.executable, "-m", "router.cli"]
+    return [*prefix, "--config", str(config_path), "serve"]
+
+
+def write_router_config(
+    directory: Path, env: PgEnvironment, *, workers: int, pool: dict[str, Any], auth_method: str
+) -> tuple[Path, int]:
+    """router.yaml for `workers` processes on a free port; `pool` sizes are instance totals."""
+    port = free_port()
+    path = deploy.write_configs(
+        directory,
+        env,
+        listen_port=port,
+        http_port=0,
+        pool=pool,
+        auth_method=auth_method,
+        extra={"workers": workers},
+    )
+    return path, port
+
+
+async def seed_catalog(config_path: Path, env: PgEnvironment) -> None:
+    """The catalog schema and the one `shared` tenant every router target serves."""
+    config, topology = deploy.load(config_path)
+    shard = next(iter(env.shards))
+    await deploy.seed(config, topology, env, [(TENANT, "shared", shard)])
+
+
+def start_router(
+    name: str,
+    directory: Path,
+    env: PgEnvironment,
+    *,
+    workers: int,
+    pool: dict[str, Any],
+    auth_method: str = "scram-sha-256",
+    seed: bool = False,
+) -> tuple[Service, Target]:
+    """A router process (a supervisor and `workers` workers when workers > 1) for tenant `bench`."""
+    config_path, port = write_router_config(directory, env, workers=workers, pool=pool, auth_method=auth_method)
+    if seed:
+        asyncio.run(seed_catalog(config_path, env))
+    service = Service(name, router_command(config_path), directory / "router.log")
+    try:
+        service.wait_ready(port)
+    except BaseException:
+        service.stop()
+        raise
+    return service, Target(name, port, f"{deploy.APP_USER}.{TENANT}", deploy.APP_PASSWORD, env.SHARD_DB)
+
+
+# --- PgBouncer -----------------------------------------------------------------------------------
+
+
+def find_pgbouncer() -> str | None:
+    found = shutil.which("pgbouncer")
+    if found is None and os.access("/usr/sbin/pgbouncer", os.X_OK):
+        found = "/usr/sbin/pgbouncer"
+    return found
+
+
+def start_pgbouncer(binary: str, workdir: Path, env: PgEnvironment, pool_size: int) -> tuple[Service, Target]:
+    """PgBouncer in transaction mode, SCRAM for clients, `pool_size` server connections to the shard."""
+    directory = workdir / "pgbouncer"
+    directory.mkdir(mode=0o755)
+    shard = next(iter(env.shards.values()))
+    port = free_port()
+    ini = directory / "pgbouncer.ini"
+    userlist = directory / "userlist.txt"
+    ini.write_text(
+        f"""\
+[databases]
+{env.SHARD_DB} = host={shard.host} port={shard.port} dbname={env.SHARD_DB}
+
+[pgbouncer]
+listen_addr = {HOST}
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {userlist}
+pool_mode = transaction
+default_pool_size = {pool_size}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 1000
+logfile = {directory / "pgbouncer.log"}
+pidfile = {directory / "pgbouncer.pid"}
+log_connections = 0
+log_disconnections = 0
+ignore_startup_parameters = extra_float_digits
+"""
+    )
+    # Plain text, so PgBouncer can answer the shard's SCRAM challenge with the same password.
+    userlist.write_text(f'"{env.ROUTER_ROLE}" "{env.ROUTER_PASSWORD}"\n')
+    for path in (ini, userlist):
+        path.chmod(0o600)
+    _chown_for_server(directory, ini, userlist)
+    service = Service("pgbouncer", [binary, str(ini)], directory / "stdout.log", as_server_account=True)
+    service.wait_ready(port)
+    return service, Target("pgbouncer", port, env.ROUTER_ROLE, env.ROUTER_PASSWORD, env.SHARD_DB)
+
+
+# --- pgbench -------------------------------------------------------------------------------------
+
+
+def pgbench_binary() -> str:
+    candidate = find_pg_bin_dir() / "pgbench"
+    found = str(candidate) if candidate.exists() else shutil.which("pgbench")
+    if found is None:
+        raise BenchError("pgbench not found (apt-get install postgresql-client)")
+    return found
+
+
+def pgbench(target: Target, args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run pgbench against `target`; a run past `timeout` is killed and reported as exit code -1."""
+    cmd = [pgbench_binary(), "-h", HOST, "-p", str(target.port), "-U", target.user, *args, target.dbname]
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=client_env(target.password), cwd="/"
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        err = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
+        err = f"benchmark: pgbench hung: no result {timeout:g}s after it started; killed\n{err}"
+        return subprocess.CompletedProcess(cmd, -1, out, err)
+
+
+def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """pgbench's distinct error lines, at most ERROR_LINES of them."""
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    interesting = [line for line in lines if re.search(r"error|fatal|abort|hung|could not|failed", line, re.I)]
+    if proc.returncode != 0 and not interesting:
+        interesting = lines or [f"pgbench exited with code {proc.returncode} and printed nothing on stderr"]
+    counts = Counter(interesting)  # one line per distinct message: 16 aborting clients print the same one
+    return [line if counts[line] == 1 else f"{line}  (x{counts[line]})" for line in counts][:ERROR_LINES]
+
+
+def number(pattern: re.Pattern[str], text: str) -> float | None:
+    match = pattern.search(text)
+    return float(match.group(1)) if match else None
+
+
+def init_pgbench(target: Target, scale: int) -> None:
+    proc = pgbench(target, ["-i", "-q", "-s", str(scale)], timeout=600)
+    if proc.returncode != 0:
+        raise BenchError(f"pgbench -i -s {scale} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+
+
+# --- the workspace -------------------------------------------------------------------------------
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class Workspace:
+    """A temp dir holding the clusters, configs and logs of one run, and every child to stop at the end."""
+
+    def __init__(self, *, keep: bool = False) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_interrupt)
+        self.keep = keep
+        self.dir = Path(tempfile.mkdtemp(prefix="tenant-router-bench-"))
+        self.dir.chmod(0o755)  # the postgres OS user must reach the clusters and pgbouncer's files inside
+        self.services: list[Service] = []
+        self.env: PgEnvironment | None = None
+
+    def start_environment(self) -> PgEnvironment:
+        """A catalog cluster and one shard (max_connections 300, fsync off)."""
+        self.env = start_environment(self.dir / "pg", shard_count=1)
+        return self.env
+
+    def direct_target(self) -> Target:
+        assert self.env is not None
+        shard = next(iter(self.env.shards.values()))
+        return Target("direct", shard.port, self.env.ROUTER_ROLE, self.env.ROUTER_PASSWORD, self.env.SHARD_DB)
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service)
+        return service
+
+    def stop(self, service: Service) -> None:
+        service.stop()
+        with contextlib.suppress(ValueError):
+            self.services.remove(service)
+
+    def dump_logs(self) -> None:
+        for service in self.services:
+            print(
+                f"--- last lines of the {service.name} log ({service.log_path}) ---\n{service.tail()}", file=sys.stderr
+            )
+
+    def close(self) -> int:
+        """Stop everything in reverse order of start; a second Ctrl-C must not cut this short."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = 0
+        try:
+            for service in reversed(self.services):
+                service.stop()
+            self.services.clear()
+            if self.env is not None:
+                try:
+                    self.env.stop()
+                except Exception as exc:
+                    print(f"warning: {exc}", file=sys.stderr)
+                    code = 1
+            stop_clusters_under(self.dir / "pg")
+            if self.keep:
+                print(f"kept {self.dir}")
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return code
+
+
+# --- the machine ---------------------------------------------------------------------------------
+
+
+def _first_line(cmd: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    text = (proc.stdout or proc.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _proc_field(path: str, key: str) -> str:
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    return "unknown"
+
+
+def machine_info(pgbouncer: str | None) -> dict[str, str]:
+    mem = _proc_field("/proc/meminfo", "MemTotal")
+    with contextlib.suppress(ValueError):
+        mem = f"{int(mem.split()[0]) / 1024 / 1024:.1f} GiB"
+    return {
+        "cores": str(len(os.sched_getaffinity(0))),
+        "cpu": _proc_field("/proc/cpuinfo", "model name"),
+        "ram": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": _first_line([str(find_pg_bin_dir() / "postgres"), "--version"]),
+        "pgbench": _first_line([pgbench_binary(), "--version"]),
+        "pgbouncer": _first_line([pgbouncer, "--version"]) if pgbouncer else "not installed",
+        "load average at start": load_average(),
+    }
+
+
+def load_average() -> str:
+    # Anything else busy on a 2-core machine skews every figure: record it next to them.
+    with contextlib.suppress(OSError), open("/proc/loadavg", encoding="utf-8") as fh:
+        return " ".join(fh.read().split()[:3])
+    return "unknown"
+
+
+def wait_until_quiet(limit: float, max_wait: float) -> str:
+    """Wait (up to `max_wait` s) for the 1-minute load average to drop under `limit`; return what it was."""
+    deadline = time.monotonic() + max_wait
+    announced = False
+    while True:
+        load = load_average()
+        try:
+            one_minute = float(load.split()[0])
+        except (ValueError, IndexError):
+            return load
+        if one_minute < limit or time.monotonic() >= deadline:
+            if announced:
+                print(f"load average now {load}", flush=True)
+            return load
+        if not announced:
+            print(f"load average {load}: waiting up to {max_wait:g}s for it to fall below {limit:g}", flush=True)
+            announced = True
+        time.sleep(5)

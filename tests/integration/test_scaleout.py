@@ -1,0 +1,792 @@
+"""Scale-out with the real command: `tenant-router serve` as a subprocess, with several worker
+processes sharing the listen port (SO_REUSEPORT), and several router instances forwarding cancels
+to each other.
+
+Which worker serves a connection is read from the kernel, not guessed: a TCP socket belongs to the
+process that holds its inode among its file descriptors (/proc/<pid>/fd -> "socket:[inode]"), and
+/proc/net/tcp gives that inode's ports. The worker holding the established socket whose local port
+is the listen port and whose remote port is the client's port is the worker that accepted the
+client. The same tables count a worker's server connections (remote port = the shard's port).
+
+Cancels are delivered through a small TCP forwarder owned by the test, because libpq sends a
+CancelRequest to the address its connection used: the forwarder reads the BackendKeyData the
+router hands out, and decides where each new connection goes. In front of a multi-worker router it
+reconnects until the cancel connection lands on the worker the test wants (the kernel picks the
+worker by a hash of the 4-tuple, so a few tries with fresh source ports suffice); in front of two
+instances it switches its target after the login, so the cancel reaches the instance that did not
+issue the key.
+
+Every router is stopped in the fixture's teardown (SIGTERM, then SIGKILL), and every worker pid
+seen during the test must be gone afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.cancel_keys import owner_of
+from router.testing.deploy import APP_PASSWORD, APP_USER, write_configs
+from router.testing.pgcluster import free_port
+
+from .conftest import Deployment
+
+pytestmark = pytest.mark.integration
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+CANCEL_CODE = 80877102
+TCP_ESTABLISHED = "01"
+
+
+def _url(port: int, tenant: str) -> str:
+    # No SSL or GSS negotiation: the forwarder below reads the first packet as a startup or cancel.
+    return (
+        f"postgresql://{APP_USER}.{tenant}:{APP_PASSWORD}@127.0.0.1:{port}/app"
+        "?sslmode=disable&gssencmode=disable&connect_timeout=5"
+    )
+
+
+# --- which process owns which TCP connection ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    local_port: int
+    remote_port: int
+    state: str
+    inode: int
+
+
+def _tcp_sockets() -> dict[int, TcpSocket]:
+    """Every TCP socket of this network namespace that has an inode, by inode."""
+    found: dict[int, TcpSocket] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                inode = int(fields[9])
+                if inode:
+                    local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                    found[inode] = TcpSocket(int(local, 16), int(remote, 16), fields[3], inode)
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # the process is gone
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def established(pid: int) -> list[TcpSocket]:
+    """The established TCP connections whose socket `pid` holds."""
+    table = _tcp_sockets()
+    return [table[i] for i in _socket_inodes(pid) if i in table and table[i].state == TCP_ESTABLISHED]
+
+
+def owner_of_connection(pids: list[int], listen_port: int, client_port: int, timeout: float = 3.0) -> int | None:
+    """The pid among `pids` that accepted the connection from `client_port` to `listen_port` (None
+    if none did within `timeout`: until a worker accepts it, the socket has no inode)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in pids:
+            if any(s.local_port == listen_port and s.remote_port == client_port for s in established(pid)):
+                return pid
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+def local_port(conn: psycopg.Connection[Any]) -> int:
+    """The client-side port of a psycopg connection."""
+    sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            children += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited; whoever adopted it may just not have reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# --- the router as a subprocess --------------------------------------------------------------------
+
+
+class RouterProcess:
+    """`python -m router.cli --config FILE serve`, its stderr in a log file."""
+
+    def __init__(self, config_path: Path, listen_port: int, http_port: int, workers: int) -> None:
+        self.config_path = config_path
+        self.port = listen_port
+        self.http_port = http_port
+        self.workers = workers
+        self.log_path = config_path.parent / "router.log"
+        self.seen: set[int] = set()  # every worker pid observed: none may outlive the test
+        self._log: IO[str] = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "--config", str(config_path), "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def failure(self, what: str) -> str:
+        return f"{what}\n--- {self.log_path} ---\n{self.log()[-6000:]}"
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes: the supervisor's children started by multiprocessing's spawn (its
+        resource tracker is a child too); with one worker, the serving process itself."""
+        if self.workers == 1:
+            pids = [self.proc.pid] if _alive(self.proc.pid) else []
+        else:
+            pids = sorted(c for c in _children(self.proc.pid) if "spawn_main" in _cmdline(c) and _alive(c))
+        self.seen.update(pids)
+        return pids
+
+    def worker_indexes(self) -> dict[int, int]:
+        """pid -> worker index, as the supervisor logged them when starting each."""
+        return {int(pid): int(index) for index, pid in re.findall(r"started worker (\d+) \(pid (\d+)\)", self.log())}
+
+    def get(self, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def health(self) -> dict[str, Any]:
+        _status, body = self.get("/health")
+        payload: dict[str, Any] = json.loads(body)
+        return payload
+
+    def metric(self, name: str) -> float:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == name and not sample.labels:
+                    return float(sample.value)
+        raise AssertionError(f"no sample {name} in /metrics:\n{body}")
+
+    def _accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def _all_workers_answer(self) -> bool:
+        try:
+            status, body = self.get("/health")
+        except OSError:
+            return False
+        payload = json.loads(body)
+        if "workers" in payload:
+            return bool(payload["workers_answering"] == self.workers)
+        return status == 200
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> RouterProcess:
+        """Until the port accepts connections and /health has every worker answering."""
+        deadline = time.monotonic() + timeout
+        while not (self._accepts() and self._all_workers_answer()):
+            if self.proc.poll() is not None:
+                pytest.fail(self.failure(f"the router exited with {self.proc.returncode} before it was ready"))
+            if time.monotonic() > deadline:
+                pytest.fail(self.failure(f"the router was not ready within {timeout:g}s"))
+            time.sleep(0.1)
+        pids = self.worker_pids()
+        assert len(pids) == self.workers, self.failure(f"expected {self.workers} workers, found {pids}")
+        return self
+
+    def stop(self) -> tuple[int | None, list[int]]:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT; return the exit status and the worker pids that
+        were still running afterwards (killed here, by pid, so that nothing outlives the test)."""
+        if self.proc.poll() is None:
+            self.worker_pids()
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        # Workers left without their supervisor exit within a second (they poll their parent).
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in self.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftovers = sorted(pid for pid in self.seen if _alive(pid))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        return self.proc.returncode, leftovers
+
+
+Launch = Callable[..., RouterProcess]
+
+
+@pytest.fixture
+def launch(deployment: Deployment, tmp_path: Path) -> Iterator[Launch]:
+    """Start `tenant-router serve` on the deployment's clusters: launch(workers=2, pool={...},
+    listen_port=..., cluster={...}). Every router is stopped at teardown, where a worker left
+    running or an unclean exit fails the test."""
+    started: list[RouterProcess] = []
+
+    def factory(
+        *, workers: int, listen_port: int | None = None, pool: dict[str, Any] | None = None, **extra: Any
+    ) -> RouterProcess:
+        directory = tmp_path / f"router{len(started)}"
+        port = listen_port if listen_port is not None else free_port()
+        http_port = free_port()
+        path = write_configs(
+            directory,
+            deployment.env,
+            listen_port=port,
+            http_port=http_port,
+            pool=pool,
+            extra={"workers": workers, **extra},
+        )
+        router = RouterProcess(path, port, http_port, workers)
+        started.append(router)
+        return router.wait_ready()
+
+    yield factory
+    problems: list[str] = []
+    for router in started:
+        status, leftovers = router.stop()
+        print(f"--- {router.log_path} ---\n{router.log()[-6000:]}")
+        if leftovers:
+            problems.append(f"{router.config_path}: worker processes {leftovers} outlived the router")
+        if status != 0:
+            problems.append(f"{router.config_path}: the router exited with {status} on SIGTERM")
+    assert not problems, "\n".join(problems)
+
+
+# --- a TCP forwarder that reads cancel keys and steers connections -------------------------------
+
+
+@dataclass
+class Link:
+    """One connection through the forwarder."""
+
+    kind: str  # "startup" or "cancel"
+    target: int = 0  # the upstream port it was forwarded to
+    upstream_port: int = 0  # the forwarder's own port on the upstream connection
+    key: tuple[int, bytes] | None = None  # the BackendKeyData the router sent (startups)
+    worker: int | None = None  # set by a steering function that looked it up
+    attempts: int = 0
+
+
+Steer = Callable[[Link, socket.socket], bool]
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed during the first packet")
+        data += chunk
+    return data
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already shut down, or never connected
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class Forwarder:
+    """Forwards each accepted connection to 127.0.0.1:`target_port` (read when the connection
+    arrives). `steer(link, upstream)` may refuse an upstream connection; the forwarder then closes
+    it and connects again, from a new source port."""
+
+    MAX_ATTEMPTS = 64
+
+    def __init__(self, target_port: int, steer: Steer | None = None) -> None:
+        self.target_port = target_port
+        self.steer = steer
+        self.links: list[Link] = []
+        self.errors: list[str] = []
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._spawn(self._accept_loop)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            self._spawn(self._serve, client)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        try:
+            head = _recv_exactly(client, 8)
+            length, code = struct.unpack("!ii", head)
+            first = head + _recv_exactly(client, length - 8)
+            link = Link("cancel" if code == CANCEL_CODE else "startup")
+            while upstream is None:
+                link.attempts += 1
+                link.target = self.target_port
+                candidate = socket.create_connection(("127.0.0.1", link.target), timeout=5)
+                candidate.settimeout(None)
+                link.upstream_port = candidate.getsockname()[1]
+                if self.steer is None or self.steer(link, candidate):
+                    upstream = candidate
+                elif link.attempts >= self.MAX_ATTEMPTS:
+                    candidate.close()
+                    raise ConnectionError(f"could not steer a {link.kind} connection in {link.attempts} tries")
+                else:
+                    candidate.close()
+            self._sockets.append(upstream)
+            self.links.append(link)
+            upstream.sendall(first)
+            self._spawn(self._pump, client, upstream)
+            self._pump_reading_key(upstream, client, link)
+        except (OSError, struct.error) as exc:
+            self.errors.append(repr(exc))
+        finally:
+            _shutdown(client)
+            if upstream is not None:
+                _shutdown(upstream)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _shutdown(source)
+            _shutdown(sink)
+
+    @staticmethod
+    def _pump_reading_key(source: socket.socket, sink: socket.socket, link: Link) -> None:
+        """Server to client, reading messages until ReadyForQuery to find BackendKeyData."""
+        buffer = b""
+        in_login = link.kind == "startup"
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                if not in_login:
+                    continue
+                buffer += data
+                while len(buffer) >= 5:
+                    mtype, size = buffer[:1], struct.unpack("!i", buffer[1:5])[0]
+                    if len(buffer) < 1 + size:
+                        break
+                    body, buffer = buffer[5 : 1 + size], buffer[1 + size :]
+                    if mtype == b"K":
+                        link.key = (struct.unpack("!i", body[:4])[0], body[4:])
+                    elif mtype in (b"Z", b"E"):
+                        in_login = False
+                        buffer = b""
+                        break
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        _shutdown(self._listener)
+        self._listener.close()
+        for sock in self._sockets:
+            _shutdown(sock)
+        for thread in self._threads:
+            thread.join(5)
+        for sock in self._sockets:
+            sock.close()
+
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _startup_link(forwarder: Forwarder, before: int) -> Link:
+    links = [link for link in forwarder.links[before:] if link.kind == "startup"]
+    assert len(links) == 1, links
+    return links[0]
+
+
+def _cancel_and_expect_query_canceled(conn: psycopg.Connection[Any], delay: float = 0.5) -> float:
+    """Run pg_sleep(30) and cancel it from another thread with libpq's cancel (a new connection to
+    the address `conn` used); return how long the query ran."""
+    timer = threading.Timer(delay, conn.cancel_safe)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+    finally:
+        timer.cancel()
+        timer.join()
+    return time.monotonic() - started
+
+
+# --- the tests --------------------------------------------------------------------------------------
+
+
+def test_workers_share_the_port_and_metrics_sum_their_clients(launch: Launch) -> None:
+    router = launch(workers=2)
+    workers = router.worker_pids()
+    conns = [psycopg.connect(_url(router.port, ("acme", "globex")[n % 2]), autocommit=True) for n in range(40)]
+    try:
+
+        def work(n: int) -> tuple[int, str]:
+            row = conns[n].execute("SELECT %s::int * 2, current_setting('app.tenant_id')", (n,)).fetchone()
+            assert row is not None
+            return row
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            rows = list(pool.map(work, range(40)))
+        assert rows == [(n * 2, ("acme", "globex")[n % 2]) for n in range(40)]
+
+        # Which worker accepted each client: the one holding the other end of its TCP connection.
+        served_by = Counter(owner_of_connection(workers, router.port, local_port(conn)) for conn in conns)
+        assert None not in served_by, served_by
+        assert sum(served_by.values()) == 40
+        # Each client lands on either worker with probability 1/2: all 40 on one has odds 2**-39.
+        assert set(served_by) == set(workers), served_by
+        # Between them, the workers hold exactly these 40 client connections and no others.
+        clients_held = sum(1 for pid in workers for s in established(pid) if s.local_port == router.port)
+        assert clients_held == 40
+
+        assert router.metric("tenant_router_clients") == 40
+        assert router.metric("tenant_router_client_logins_total") == 40
+        assert router.health() == {"status": "ok", "workers": 2, "workers_answering": 2, "worker_restarts": 0}
+    finally:
+        for conn in conns:
+            conn.close()
+    deadline = time.monotonic() + 5
+    while router.metric("tenant_router_clients") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert router.metric("tenant_router_clients") == 0
+
+
+def test_cancel_reaches_the_query_whichever_worker_receives_it(launch: Launch) -> None:
+    """Six clients, each cancelled through libpq from a new connection: three cancels steered to the
+    worker serving the client, three to the other worker (which forwards over the private socket)."""
+    router = launch(workers=2)
+    workers = router.worker_pids()
+    index_of = router.worker_indexes()
+    assert sorted(index_of) == workers, router.failure(f"worker pids {workers}, logged {index_of}")
+    destination: dict[str, int] = {}
+
+    def steer(link: Link, upstream: socket.socket) -> bool:
+        link.worker = owner_of_connection(workers, router.port, link.upstream_port)
+        return link.kind != "cancel" or link.worker == destination["cancel"]
+
+    with Forwarder(router.port, steer) as forwarder:
+        for attempt, path in enumerate(["same", "other"] * 3):
+            before = len(forwarder.links)
+            with psycopg.connect(_url(forwarder.port, "acme"), autocommit=True) as conn:
+                login = _startup_link(forwarder, before)
+                assert login.worker in workers and login.key is not None
+                # The key the router handed out names the worker that accepted the client.
+                assert login.key[0] == conn.info.backend_pid
+                assert owner_of(login.key[0]).worker == index_of[login.worker]
+                assert owner_of(login.key[0]).peer_id == 0
+                other = next(pid for pid in workers if pid != login.worker)
+                destination["cancel"] = login.worker if path == "same" else other
+
+                elapsed = _cancel_and_expect_query_canceled(conn)
+                assert elapsed < 5, router.failure(f"try {attempt} ({path} worker): cancelled after {elapsed:.1f}s")
+                cancels = [link for link in forwarder.links[before:] if link.kind == "cancel"]
+                assert [link.worker for link in cancels] == [destination["cancel"]]
+                assert conn.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("acme",)
+        assert not forwarder.errors, forwarder.errors
+    assert "could not forward cancel" not in router.log()
+
+
+def test_cancel_at_another_instance_is_forwarded_to_the_owner(launch: Launch) -> None:
+    """Two instances (peer ids 0 and 1, one worker each) that list each other. libpq sends the cancel
+    to the address it logged in at; the forwarder points that address at the other instance after
+    the login, so the CancelRequest arrives at the instance that did not issue the key."""
+    ports = [free_port(), free_port()]
+    instances = [
+        launch(
+            workers=1,
+            listen_port=ports[peer],
+            cluster={"peer_id": peer, "peers": [{"id": 1 - peer, "host": "127.0.0.1", "port": ports[1 - peer]}]},
+        )
+        for peer in (0, 1)
+    ]
+    for owner in (0, 1):
+        elsewhere = 1 - owner
+        with Forwarder(ports[owner]) as forwarder:
+            with psycopg.connect(_url(forwarder.port, "globex"), autocommit=True) as conn:
+                login = _startup_link(forwarder, 0)
+                assert login.target == ports[owner] and login.key is not None
+                assert owner_of(login.key[0]).peer_id == owner
+                forwarder.target_port = ports[elsewhere]
+
+                elapsed = _cancel_and_expect_query_canceled(conn)
+                assert elapsed < 5, instances[elsewhere].failure(f"peer {owner}'s query cancelled after {elapsed:.1f}s")
+                cancels = [link for link in forwarder.links if link.kind == "cancel"]
+                assert [link.target for link in cancels] == [ports[elsewhere]]
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert not forwarder.errors, forwarder.errors
+    for instance in instances:
+        assert "could not deliver cancel" not in instance.log()
+
+
+@dataclass
+class Probe:
+    """A psycopg client running SELECT 1 in a loop until told to stop or its connection fails."""
+
+    conn: psycopg.Connection[Any]
+    worker: int
+    done: list[float] = field(default_factory=list)  # when each query completed
+    error: BaseException | None = None
+    failed_at: float | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.conn.execute("SELECT 1").fetchone()
+            except psycopg.Error as exc:
+                self.error, self.failed_at = exc, time.monotonic()
+                return
+            self.done.append(time.monotonic())
+            time.sleep(0.005)
+
+
+def _pgbench_on_shard(deployment: Deployment, tenant: str) -> None:
+    """pgbench's tables in the application database of the tenant's shard, as the router's role."""
+    env = deployment.env
+    server = ["-h", "127.0.0.1", "-p", str(deployment.shard_port(tenant)), "-U", env.ROUTER_ROLE, env.SHARD_DB]
+    result = subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q", "-I", "dtgp", *server],
+        env={**os.environ, "PGPASSWORD": env.ROUTER_PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(launch: Launch, deployment: Deployment) -> None:
+    _pgbench_on_shard(deployment, "bigcorp")
+    router = launch(workers=2)
+    workers = router.worker_pids()
+
+    # psycopg probes on both workers (a new connection lands on either with probability 1/2).
+    probes: list[Probe] = []
+    while len({p.worker for p in probes}) < 2 or len(probes) < 4:
+        assert len(probes) < 40, "the kernel never put a connection on one of the workers"
+        conn = psycopg.connect(_url(router.port, "bigcorp"), autocommit=True)
+        worker = owner_of_connection(workers, router.port, local_port(conn))
+        assert worker is not None
+        probes.append(Probe(conn, worker))
+    stop = threading.Event()
+    threads = [threading.Thread(target=probe.run, args=(stop,), daemon=True) for probe in probes]
+    for thread in threads:
+        thread.start()
+
+    through_router = ["-h", "127.0.0.1", "-p", str(router.port), "-U", f"{APP_USER}.bigcorp", "app"]
+    bench = subprocess.Popen(
+        ["pgbench", "-S", "-n", "-c", "8", "-j", "2", "-T", "8", "-P", "1", *through_router],
+        env={**os.environ, "PGPASSWORD": APP_PASSWORD},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+        bench_ports = {s.local_port for s in established(bench.pid)}
+        bench_on = {pid: sum(s.remote_port in bench_ports for s in established(pid)) for pid in workers}
+        assert sum(bench_on.values()) == 8, bench_on
+        survivor = max(workers, key=lambda pid: bench_on[pid])  # so that some of pgbench lives on
+        victim = next(pid for pid in workers if pid != survivor)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, err = bench.communicate(timeout=30)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        for probe in probes:
+            probe.conn.close()
+
+    # Clients of the killed worker lost their connection; the others never noticed.
+    for probe in probes:
+        if probe.worker == victim:
+            assert isinstance(probe.error, psycopg.OperationalError), probe
+        else:
+            assert probe.error is None, router.failure(f"a client of the surviving worker failed: {probe.error!r}")
+            assert any(t > killed_at + 1 for t in probe.done), "a client of the surviving worker stalled"
+
+    # pgbench: the clients on the killed worker abort, those on the other run to the end.
+    aborted = len(re.findall(r"client \d+ .*aborted", err))
+    assert aborted == bench_on[victim], f"{bench_on}\n{out}\n{err}"
+    processed = re.search(r"number of transactions actually processed: (\d+)", out)
+    assert processed is not None and int(processed.group(1)) > 0, out + err
+    late = [float(m[1]) for m in re.finditer(r"progress: (\d+\.\d) s, (\d+\.\d) tps", err) if float(m[1]) >= 5]
+    assert late and all(tps > 0 for tps in late), err
+
+    # The supervisor restarted the worker: both answer, once restarted, and the new one serves.
+    deadline = time.monotonic() + 10
+    while (health := router.health())["workers_answering"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert health == {"status": "ok", "workers": 2, "workers_answering": 2, "worker_restarts": 1}, router.failure(
+        str(health)
+    )
+    assert re.search(rf"worker \d \(pid {victim}\) died with exit code -9; restarting it", router.log())
+    now = router.worker_pids()
+    assert len(now) == 2 and survivor in now and victim not in now, (workers, now)
+    replacement = next(pid for pid in now if pid != survivor)
+    for _ in range(40):
+        with psycopg.connect(_url(router.port, "bigcorp"), autocommit=True) as conn:
+            assert conn.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("bigcorp",)
+            if owner_of_connection(now, router.port, local_port(conn)) == replacement:
+                break
+    else:
+        pytest.fail("40 new connections and none went to the restarted worker")
+
+
+def _watch_shard(
+    deployment: Deployment, shard: str, workers: list[int], stop: threading.Event, peaks: dict[str, int]
+) -> None:
+    """Sample the router's connections to `shard` until `stop`: as PostgreSQL sees them (backends of
+    the router's role, other than those there before the router started) and as the workers hold
+    them (established TCP connections to the shard's port)."""
+    cluster = deployment.env.shards[shard]
+    with psycopg.connect(cluster.dsn(), autocommit=True) as monitor:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'"
+            " AND NOT pid = ANY(%s)"
+        )
+        before = [
+            row[0]
+            for row in monitor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s", (deployment.env.ROUTER_ROLE,)
+            )
+        ]
+        peaks["ready"] = 1
+        while not stop.is_set():
+            row = monitor.execute(query, (deployment.env.ROUTER_ROLE, before)).fetchone()
+            assert row is not None
+            held = sum(1 for pid in workers for s in established(pid) if s.remote_port == cluster.port)
+            peaks["pg_stat_activity"] = max(peaks.get("pg_stat_activity", 0), int(row[0]))
+            peaks["sockets"] = max(peaks.get("sockets", 0), held)
+            time.sleep(0.01)
+
+
+def _pool_cap_under_load(launch: Launch, deployment: Deployment, tenants: list[str]) -> dict[str, int]:
+    """Three workers, pool size 5; 30 clients of `tenants` (all on one shard) running transactions
+    at once. Returns the peak number of server connections to that shard."""
+    shards = {deployment.placement[t] for t in tenants}
+    assert len(shards) == 1, shards
+    router = launch(workers=3, pool={"size": 5, "wait_timeout": 20.0})
+    workers = router.worker_pids()
+    conns = [psycopg.connect(_url(router.port, tenants[n % len(tenants)])) for n in range(30)]
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_shard, args=(deployment, shards.pop(), workers, stop, peaks))
+    watcher.start()
+    try:
+        while not peaks and watcher.is_alive():
+            time.sleep(0.01)
+
+        def work(n: int) -> None:
+            conn = conns[n]
+            for i in range(8):
+                with conn.transaction():
+                    row = conn.execute("SELECT %s::int, current_setting('app.tenant_id'), pg_sleep(0.03)", (i,))
+                    assert row.fetchone() == (i, tenants[n % len(tenants)], "")
+
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            list(pool.map(work, range(30)))
+    finally:
+        stop.set()
+        watcher.join(10)
+        for conn in conns:
+            conn.close()
+    return peaks
+
+
+def test_workers_share_the_pool_size(launch: Launch, deployment: Deployment) -> None:
+    """Pool sizes are instance totals: three workers with `size: 5` open at most 5 connections to
+    the shard between them, however many clients wait."""
+    shard = deployment.placement["acme"]
+    tenants = [t for t in ("acme", "globex", "bigcorp", "initech") if deployment.placement[t] == shard]
+    peaks = _pool_cap_under_load(launch, deployment, tenants)
+    assert 3 <= peaks["pg_stat_activity"] <= 5, peaks
+    assert 3 <= peaks["sockets"] <= 5, peaks
