@@ -1,0 +1,130 @@
+"""Holds through the catalog: every live router instance must acknowledge before a cutover may
+proceed; a held tenant's new transactions wait and resume on release; an instance that cannot
+acknowledge (stopped mid-hold) makes the cutover abort cleanly, losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from router.cluster import HoldCoordinator, HoldNotAcknowledged, list_instances
+from router.testing.deploy import write_configs
+from router.testing.pgcluster import free_port
+from router.testing.routerthread import RouterThread
+
+from .conftest import Deployment, RouterFactory, url
+
+
+def _live_ids(deployment: Deployment) -> set[str]:
+    infos = asyncio.run(list_instances(deployment.env.catalog_dsn(), "tenant_router", stale_after=5.0))
+    return {i.instance_id for i in infos if i.live}
+
+
+def test_routers_register_as_instances(router: RouterThread, deployment: Deployment) -> None:
+    assert any(i.endswith(f":{router.port}") for i in _live_ids(deployment))
+
+
+def test_hold_waits_for_running_transactions_and_blocks_new_ones(router: RouterThread, deployment: Deployment) -> None:
+    coordinator = HoldCoordinator(deployment.env.catalog_dsn(), "tenant_router")
+    busy = psycopg.connect(url(router, "globex"))
+    busy.execute("SELECT 1")  # a transaction is open on globex
+    result: dict[str, object] = {}
+
+    def hold() -> None:
+        started = time.monotonic()
+        result["hold"] = asyncio.run(coordinator.request_hold("globex", "test cutover", timeout=10))
+        result["waited"] = time.monotonic() - started
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.8)
+    assert "hold" not in result  # not acknowledged while globex's transaction runs
+    busy.commit()  # the transaction ends: the router drains and acknowledges
+    holder.join(10)
+    assert "hold" in result and float(result["waited"]) >= 0.8  # type: ignore[arg-type]
+    # While held, a new globex transaction waits; other tenants are not affected.
+    with psycopg.connect(url(router, "acme"), autocommit=True) as other:
+        assert other.execute("SELECT 1").fetchone() == (1,)
+    waiter_done: dict[str, float] = {}
+
+    def query() -> None:
+        started = time.monotonic()
+        assert busy.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("globex",)
+        waiter_done["after"] = time.monotonic() - started
+
+    thread = threading.Thread(target=query)
+    thread.start()
+    time.sleep(0.5)
+    assert "after" not in waiter_done
+    hold_obj = result["hold"]
+    asyncio.run(coordinator.release_hold(hold_obj.hold_id))  # type: ignore[attr-defined]
+    thread.join(5)
+    assert waiter_done["after"] >= 0.5
+    busy.close()
+
+
+@pytest.fixture
+def stoppable_router(deployment: Deployment, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    port = free_port()
+    config = write_configs(tmp_path / "stoppable", deployment.env, listen_port=port, extra={"workers": 1})
+    log = (tmp_path / "stoppable.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "--config", str(config), "serve"], stderr=log)
+    deadline = time.monotonic() + 20
+    while not any(i.endswith(f":{port}") for i in _live_ids(deployment)):
+        assert proc.poll() is None, (tmp_path / "stoppable.log").read_text()
+        assert time.monotonic() < deadline, "router never registered"
+        time.sleep(0.1)
+    proc.port = port  # type: ignore[attr-defined]
+    yield proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+    log.close()
+
+
+def test_instance_stopped_mid_hold_aborts_the_cutover_cleanly(
+    router: RouterThread, deployment: Deployment, stoppable_router: subprocess.Popen[bytes]
+) -> None:
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        conn.execute("INSERT INTO items (name) VALUES ('survives-the-abort')")
+        before = conn.execute("SELECT count(*) FROM items").fetchone()
+    os.kill(stoppable_router.pid, signal.SIGSTOP)  # alive as far as its heartbeat says, but mute
+    coordinator = HoldCoordinator(deployment.env.catalog_dsn(), "tenant_router", stale_after=30)
+    try:
+        with pytest.raises(HoldNotAcknowledged) as info:
+            asyncio.run(coordinator.request_hold("acme", "cutover", timeout=2.0))
+        assert any(m.endswith(f":{stoppable_router.port}") for m in info.value.missing)  # type: ignore[attr-defined]
+    finally:
+        os.kill(stoppable_router.pid, signal.SIGCONT)
+    # Aborted cleanly: no hold remains, acme is served at once, nothing was lost.
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        started = time.monotonic()
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == before
+        assert time.monotonic() - started < 1.0
+    assert "acme" not in router.router.held
+
+
+def test_two_instances_both_acknowledge(make_router: RouterFactory, deployment: Deployment) -> None:
+    first, second = make_router(), make_router()
+    coordinator = HoldCoordinator(deployment.env.catalog_dsn(), "tenant_router")
+    hold = asyncio.run(coordinator.request_hold("initech", "cutover", timeout=10))
+    acked = set(hold.acknowledged_by)
+    assert any(a.endswith(f":{first.port}") for a in acked)
+    assert any(a.endswith(f":{second.port}") for a in acked)
+    assert "initech" in first.router.held and "initech" in second.router.held
+    asyncio.run(coordinator.release_hold(hold.hold_id))
+    deadline = time.monotonic() + 5
+    while "initech" in first.router.held or "initech" in second.router.held:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
