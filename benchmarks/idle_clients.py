@@ -88,6 +88,10 @@ class IdleResult:
     probes: int = 0
     probe_errors: list[str] = field(default_factory=list)
     router_alive: bool = True
+    # Kernel TCP buffer memory (/proc/net/sockstat "mem", system-wide, both ends of every socket):
+    # not part of any process's RSS, so reported beside it.
+    tcp_mem_before_kib: int | None = None
+    tcp_mem_idle_kib: int | None = None
 
     @property
     def per_client_kib(self) -> float | None:
@@ -201,6 +205,19 @@ async def probe(sockets: list[socket.socket]) -> tuple[int, list[str]]:
     return ok, [f"{text}  (x{n})" for text, n in errors.most_common(3)]
 
 
+def tcp_memory_kib() -> int | None:
+    """The kernel's TCP buffer memory in KiB (system-wide), from /proc/net/sockstat."""
+    try:
+        with open("/proc/net/sockstat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("mem") + 1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 # --- one router configuration --------------------------------------------------------------------
 
 
@@ -229,6 +246,7 @@ def measure(ws: Workspace, workers: int, clients: int, duration: float, pool_siz
         result.baseline_tps = _pgbench_tps(target, duration, result)
         time.sleep(1)
         result.rss_before_kib = service.rss_kib()
+        result.tcp_mem_before_kib = tcp_memory_kib()
         sockets, result.login_errors, result.login_seconds = asyncio.run(open_clients(target, clients))
         result.opened = len(sockets)
         print(
@@ -237,6 +255,7 @@ def measure(ws: Workspace, workers: int, clients: int, duration: float, pool_siz
         )
         time.sleep(SETTLE)
         result.rss_idle_kib = service.rss_kib()
+        result.tcp_mem_idle_kib = tcp_memory_kib()
         result.loaded_tps = _pgbench_tps(target, duration, result)
         result.rss_loaded_kib = service.rss_kib()
         result.still_open = count_open(sockets)
@@ -263,6 +282,10 @@ def _mib(sizes: dict[int, int]) -> str:
     return f"{sum(sizes.values()) / 1024:,.1f}" if sizes else "-"
 
 
+def _delta(before: int | None, after: int | None) -> str:
+    return "-" if before is None or after is None else f"{after - before:+,}"
+
+
 def _tps(value: float | None) -> str:
     return f"{value:,.0f}" if value is not None else "FAILED"
 
@@ -282,6 +305,7 @@ def table(results: list[IdleResult]) -> str:
             "pgbench tps with",
             "still open",
             "probe SELECT 1",
+            "kernel TCP KiB",
         ]
     ]
     for r in results:
@@ -301,6 +325,7 @@ def table(results: list[IdleResult]) -> str:
                 _tps(r.loaded_tps),
                 "-" if r.still_open is None else f"{r.still_open:,}",
                 "-" if r.probes_ok is None else f"{r.probes_ok}/{r.probes}",
+                _delta(r.tcp_mem_before_kib, r.tcp_mem_idle_kib),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -99,6 +99,7 @@ class ClientSession(asyncio.Protocol):
         "_desired",
         "_desired_for",
         "_discarding",
+        "_effects",
         "_login_task",
         "_login_waiter",
         "_out",
@@ -143,6 +144,7 @@ class ClientSession(asyncio.Protocol):
         self.pins: set[str] = set()  # session state kinds that keep the server connection
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
         self.last_server: ServerConnection | None = None
+        self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
         self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
         self._desired_for: Target | None = None
         self.key: tuple[int, bytes] = (0, b"")
@@ -244,7 +246,8 @@ class ClientSession(asyncio.Protocol):
         in_force = {str(row[0]): str(row[1]) for row in rows if row[1]}
         server.applied = in_force
         context = self._context_keys()
-        self.settings = {name: value for name, value in in_force.items() if name not in context}
+        # What is not set in this session falls back to the startup value, as RESET does on a server.
+        self.settings = {**self.startup_settings, **{k: v for k, v in in_force.items() if k not in context}}
         self._desired = None
         if self.state is not SessionState.READY:
             return
@@ -490,15 +493,22 @@ class ClientSession(asyncio.Protocol):
         server.unnamed = None  # a simple query replaces the unnamed statement
         return True
 
-    def _session_effects(self, effects: Effects, server: ServerConnection) -> str | None:
-        """Account for what a statement does to the session; return a statement to run instead
-        when the router refuses it."""
+    def _refusal(self, effects: Effects) -> str | None:
+        """A statement to run instead of one the router refuses, or None."""
         if effects.session_authorization:
             return raise_sql("42501", "SET ROLE and SET SESSION AUTHORIZATION are not allowed through tenant-router")
         refused = effects.pins & self.router.refused_state
         if refused:
             kinds = ", ".join(sorted(refused))
             return raise_sql("0A000", f"session state ({kinds}) is refused by this router in transaction pooling")
+        return None
+
+    def _session_effects(self, effects: Effects, server: ServerConnection) -> str | None:
+        """Account for what a statement does to the session; return a statement to run instead
+        when the router refuses it."""
+        refusal = self._refusal(effects)
+        if refusal is not None:
+            return refusal
         if effects.pins or effects.unpins:
             self.pins |= effects.pins
             self.pins -= effects.unpins
@@ -522,12 +532,16 @@ class ClientSession(asyncio.Protocol):
         parse = fe.parse_parse(msg)
         effects = classify(parse.query)
         if not effects.empty:
-            server = self._server()
-            if server is None:
-                return False
-            refusal = self._session_effects(effects, server)
+            # Refused statements are never prepared; the others take effect when executed (Bind).
+            refusal = self._refusal(effects)
             if refusal is not None:
                 parse = fe.Parse(parse.name, refusal, b"\x00\x00")
+            else:
+                if self._effects is None:
+                    self._effects = {}
+                self._effects[parse.name] = effects
+        elif self._effects is not None:
+            self._effects.pop(parse.name, None)
         if not parse.name:
             server = self._server()
             if server is None:
@@ -596,6 +610,10 @@ class ClientSession(asyncio.Protocol):
             return False
         server.synced = False
         portal, client_name, rest_at = fe.split_bind(msg)
+        if self._effects is not None:
+            effects = self._effects.get(client_name)
+            if effects is not None:
+                self._session_effects(effects, server)
         server_name = self._prepare_on_server(server, client_name)
         if server_name is None or server_name == client_name:
             self._out.append(msg)

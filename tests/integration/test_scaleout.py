@@ -482,19 +482,20 @@ def _startup_link(forwarder: Forwarder, before: int) -> Link:
     return links[0]
 
 
-def _cancel_and_expect_query_canceled(conn: psycopg.Connection[Any], delay: float = 0.5) -> float:
-    """Run pg_sleep(30) and cancel it from another thread with libpq's cancel (a new connection to
+def _cancel_and_expect_query_canceled(conn: psycopg.Connection[Any], what: str, delay: float = 0.5) -> float:
+    """Run pg_sleep(15) and cancel it from another thread with libpq's cancel (a new connection to
     the address `conn` used); return how long the query ran."""
     timer = threading.Timer(delay, conn.cancel_safe)
     timer.start()
     started = time.monotonic()
     try:
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("SELECT pg_sleep(30)")
+        conn.execute("SELECT pg_sleep(15)")
+    except psycopg.errors.QueryCanceled:
+        return time.monotonic() - started
     finally:
         timer.cancel()
         timer.join()
-    return time.monotonic() - started
+    pytest.fail(f"{what}: pg_sleep(15) ran to its end ({time.monotonic() - started:.1f}s), the cancel was lost")
 
 
 # --- the tests --------------------------------------------------------------------------------------
@@ -563,8 +564,9 @@ def test_cancel_reaches_the_query_whichever_worker_receives_it(launch: Launch) -
                 other = next(pid for pid in workers if pid != login.worker)
                 destination["cancel"] = login.worker if path == "same" else other
 
-                elapsed = _cancel_and_expect_query_canceled(conn)
-                assert elapsed < 5, router.failure(f"try {attempt} ({path} worker): cancelled after {elapsed:.1f}s")
+                what = f"try {attempt}: client on worker {index_of[login.worker]}, cancel to the {path} worker"
+                elapsed = _cancel_and_expect_query_canceled(conn, what)
+                assert elapsed < 5, router.failure(f"{what}: cancelled after {elapsed:.1f}s")
                 cancels = [link for link in forwarder.links[before:] if link.kind == "cancel"]
                 assert [link.worker for link in cancels] == [destination["cancel"]]
                 assert conn.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("acme",)
@@ -594,8 +596,9 @@ def test_cancel_at_another_instance_is_forwarded_to_the_owner(launch: Launch) ->
                 assert owner_of(login.key[0]).peer_id == owner
                 forwarder.target_port = ports[elsewhere]
 
-                elapsed = _cancel_and_expect_query_canceled(conn)
-                assert elapsed < 5, instances[elsewhere].failure(f"peer {owner}'s query cancelled after {elapsed:.1f}s")
+                what = f"a query on peer {owner}, its cancel sent to peer {elsewhere}"
+                elapsed = _cancel_and_expect_query_canceled(conn, what)
+                assert elapsed < 5, instances[elsewhere].failure(f"{what}: cancelled after {elapsed:.1f}s")
                 cancels = [link for link in forwarder.links if link.kind == "cancel"]
                 assert [link.target for link in cancels] == [ports[elsewhere]]
                 assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -721,72 +724,96 @@ def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(launch: Launch
         pytest.fail("40 new connections and none went to the restarted worker")
 
 
-def _watch_shard(
-    deployment: Deployment, shard: str, workers: list[int], stop: threading.Event, peaks: dict[str, int]
-) -> None:
-    """Sample the router's connections to `shard` until `stop`: as PostgreSQL sees them (backends of
-    the router's role, other than those there before the router started) and as the workers hold
-    them (established TCP connections to the shard's port)."""
-    cluster = deployment.env.shards[shard]
-    with psycopg.connect(cluster.dsn(), autocommit=True) as monitor:
-        query = (
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'"
-            " AND NOT pid = ANY(%s)"
-        )
-        before = [
-            row[0]
-            for row in monitor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE usename = %s", (deployment.env.ROUTER_ROLE,)
-            )
-        ]
-        peaks["ready"] = 1
-        while not stop.is_set():
-            row = monitor.execute(query, (deployment.env.ROUTER_ROLE, before)).fetchone()
+class ShardWatch:
+    """Samples the router's connections to one shard from a thread, at 100 Hz: as PostgreSQL sees
+    them (backends of the router's role that were not there when the watch was created) and as
+    the workers hold them (established TCP connections to the shard's port)."""
+
+    def __init__(self, deployment: Deployment, shard: str) -> None:
+        self.cluster = deployment.env.shards[shard]
+        self.role = deployment.env.ROUTER_ROLE
+        self.workers: list[int] = []
+        self.peak_backends = 0
+        self.peak_sockets = 0
+        self._stop = threading.Event()
+        self._monitor = psycopg.connect(self.cluster.dsn(), autocommit=True)
+        self._before = [row[0] for row in self._monitor.execute(self._BACKENDS.format("pid"), (self.role, []))]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    _BACKENDS = (
+        "SELECT {} FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend' AND NOT pid = ANY(%s)"
+    )
+
+    def start(self, workers: list[int]) -> None:
+        self.workers = workers
+        self._thread.start()
+
+    def _run(self) -> None:
+        query = self._BACKENDS.format("count(*)")
+        while not self._stop.is_set():
+            row = self._monitor.execute(query, (self.role, self._before)).fetchone()
             assert row is not None
-            held = sum(1 for pid in workers for s in established(pid) if s.remote_port == cluster.port)
-            peaks["pg_stat_activity"] = max(peaks.get("pg_stat_activity", 0), int(row[0]))
-            peaks["sockets"] = max(peaks.get("sockets", 0), held)
+            held = sum(1 for pid in self.workers for s in established(pid) if s.remote_port == self.cluster.port)
+            self.peak_backends = max(self.peak_backends, int(row[0]))
+            self.peak_sockets = max(self.peak_sockets, held)
             time.sleep(0.01)
 
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self._monitor.close()
 
-def _pool_cap_under_load(launch: Launch, deployment: Deployment, tenants: list[str]) -> dict[str, int]:
-    """Three workers, pool size 5; 30 clients of `tenants` (all on one shard) running transactions
-    at once. Returns the peak number of server connections to that shard."""
-    shards = {deployment.placement[t] for t in tenants}
-    assert len(shards) == 1, shards
-    router = launch(workers=3, pool={"size": 5, "wait_timeout": 20.0})
-    workers = router.worker_pids()
-    conns = [psycopg.connect(_url(router.port, tenants[n % len(tenants)])) for n in range(30)]
-    peaks: dict[str, int] = {}
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_shard, args=(deployment, shards.pop(), workers, stop, peaks))
-    watcher.start()
+
+def _run_transactions(port: int, tenants: list[str], clients: int, transactions: int) -> None:
+    """`clients` connections, all at once, each running `transactions` short transactions."""
+    conns = [psycopg.connect(_url(port, tenants[n % len(tenants)])) for n in range(clients)]
     try:
-        while not peaks and watcher.is_alive():
-            time.sleep(0.01)
 
         def work(n: int) -> None:
-            conn = conns[n]
-            for i in range(8):
+            conn, tenant = conns[n], tenants[n % len(tenants)]
+            for i in range(transactions):
                 with conn.transaction():
-                    row = conn.execute("SELECT %s::int, current_setting('app.tenant_id'), pg_sleep(0.03)", (i,))
-                    assert row.fetchone() == (i, tenants[n % len(tenants)], "")
+                    cur = conn.execute("SELECT %s::int, current_setting('app.tenant_id'), pg_sleep(0.03)::text", (i,))
+                    assert cur.fetchone() == (i, tenant, "")
 
-        with ThreadPoolExecutor(max_workers=30) as pool:
-            list(pool.map(work, range(30)))
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(work, range(clients)))
     finally:
-        stop.set()
-        watcher.join(10)
         for conn in conns:
             conn.close()
-    return peaks
+
+
+def _peak_connections_to_shard(launch: Launch, deployment: Deployment, tenants: list[str]) -> ShardWatch:
+    """Three workers with pool size 5; 30 clients of `tenants` (all on one shard) running
+    transactions at once; the watch of that shard, stopped."""
+    (shard,) = {deployment.placement[t] for t in tenants}
+    watch = ShardWatch(deployment, shard)
+    try:
+        router = launch(workers=3, pool={"size": 5, "wait_timeout": 30.0})
+        watch.start(router.worker_pids())
+        _run_transactions(router.port, tenants, clients=30, transactions=8)
+    finally:
+        watch.stop()
+    return watch
 
 
 def test_workers_share_the_pool_size(launch: Launch, deployment: Deployment) -> None:
-    """Pool sizes are instance totals: three workers with `size: 5` open at most 5 connections to
-    the shard between them, however many clients wait."""
+    """Pool sizes are instance totals: three workers with `size: 5` (shares 2, 2, 1) open at most 5
+    connections to the shard between them, however many clients are waiting."""
     shard = deployment.placement["acme"]
     tenants = [t for t in ("acme", "globex", "bigcorp", "initech") if deployment.placement[t] == shard]
-    peaks = _pool_cap_under_load(launch, deployment, tenants)
-    assert 3 <= peaks["pg_stat_activity"] <= 5, peaks
-    assert 3 <= peaks["sockets"] <= 5, peaks
+    watch = _peak_connections_to_shard(launch, deployment, tenants)
+    assert 3 <= watch.peak_backends <= 5, (watch.peak_backends, watch.peak_sockets)
+    assert 3 <= watch.peak_sockets <= 5, (watch.peak_backends, watch.peak_sockets)
+
+
+def test_pool_size_caps_the_shard_with_a_database_tenant_on_it(launch: Launch, deployment: Deployment) -> None:
+    """`pool.size` is documented as server connections per shard (config/router.yaml, PoolConfig):
+    a tenant with a database of its own on the same shard must not raise the shard's total."""
+    shard = deployment.placement["umbrella"]
+    tenants = [t for t in ("umbrella", "acme", "globex", "bigcorp", "initech") if deployment.placement[t] == shard]
+    assert len(tenants) >= 2, deployment.placement
+    watch = _peak_connections_to_shard(launch, deployment, tenants)
+    assert watch.peak_backends <= 5, (watch.peak_backends, watch.peak_sockets)
+    assert watch.peak_sockets <= 5, (watch.peak_backends, watch.peak_sockets)
