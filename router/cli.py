@@ -17,45 +17,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from router.config import RouterConfig, load_router_config
-from router.errors import ConfigError, ConfigProblem, RouterError
-from router.topology import Topology, load_topology
+from router.errors import ConfigError, RouterError
+from router.topology import load_both
 
 DEFAULT_CONFIG = "config/router.yaml"
-
-
-def load_both(path: str) -> tuple[RouterConfig, Topology]:
-    """Load router.yaml and the shards file it names, reporting the problems of both together."""
-    problems: list[ConfigProblem] = []
-    config: RouterConfig | None = None
-    shards_file: Path | None
-    try:
-        config = load_router_config(path)
-        shards_file = config.shards_file
-    except ConfigError as exc:
-        problems += exc.problems
-        shards_file = _shards_file_named_in(Path(path))
-    topology: Topology | None = None
-    if shards_file is not None:
-        try:
-            topology = load_topology(shards_file)
-        except ConfigError as exc:
-            problems += exc.problems
-    if problems or config is None or topology is None:
-        raise ConfigError(problems)
-    return config, topology
-
-
-def _shards_file_named_in(path: Path) -> Path | None:
-    """Where an invalid router.yaml points for shards, so both files' problems show at once."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    name = raw.get("shards_file", "shards.yaml") if isinstance(raw, dict) else "shards.yaml"
-    return path.parent / str(name)
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -33,7 +33,7 @@ def worker_main(config_path: str, index: int, count: int, run_dir: str, log_leve
     import uvloop
 
     from router.app import WorkerIdentity, serve
-    from router.cli import load_both
+    from router.topology import load_both
 
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
     config, topology = load_both(config_path)

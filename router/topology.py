@@ -17,11 +17,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Final
 
+import yaml
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic import dataclasses as pydantic_dataclasses
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from router.config import load_document
+from router.config import RouterConfig, load_document, load_router_config
+from router.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "RingConfig",
@@ -243,3 +245,35 @@ def diff_topologies(old: Topology, new: Topology) -> TopologyDiff:
         ),
         vnodes=None if old.ring == new.ring else (old.ring.vnodes, new.ring.vnodes),
     )
+
+
+def load_both(path: str | Path) -> tuple[RouterConfig, Topology]:
+    """Load router.yaml and the shards file it names, reporting the problems of both together."""
+    problems: list[ConfigProblem] = []
+    config: RouterConfig | None = None
+    shards_file: Path | None
+    try:
+        config = load_router_config(path)
+        shards_file = config.shards_file
+    except ConfigError as exc:
+        problems += exc.problems
+        shards_file = _shards_file_named_in(Path(path))
+    topology: Topology | None = None
+    if shards_file is not None:
+        try:
+            topology = load_topology(shards_file)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems or config is None or topology is None:
+        raise ConfigError(problems)
+    return config, topology
+
+
+def _shards_file_named_in(path: Path) -> Path | None:
+    """Where an invalid router.yaml points for shards, so both files' problems show at once."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    name = raw.get("shards_file", "shards.yaml") if isinstance(raw, dict) else "shards.yaml"
+    return path.parent / str(name)
