@@ -27,6 +27,13 @@ from router.errors import (
 )
 from router.isolation import quote_literal
 from router.net.server import ServerConnection, ServerState
+from router.net.session_sql import (
+    HANDOVER_RESET,
+    HANDOVER_RESET_PREPARED,
+    raise_sql,
+    session_sync_sql,
+    settings_in_force_sql,
+)
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
@@ -51,36 +58,7 @@ _TENANT_STATEMENT = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _TENANT_MARKER = b"router.tenant"
-# What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own).
-# Session state that RESET ALL does not cover (LISTEN, temp tables, advisory locks, cursors WITH
-# HOLD, SQL PREPARE) pins its client, and a pinned connection is wiped with DISCARD ALL on release.
-_HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES"
-_HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DEALLOCATE ALL"
 _SERIALS = itertools.count(1)
-# What the router asks a server after a transaction changed session settings: the exact values now
-# in force, so that they travel with the client to its next server connection.
-_SESSION_SETTINGS_SQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"
-
-
-def session_sync_sql(applied: dict[str, str], desired: dict[str, str]) -> str | None:
-    """The statement that turns a server session's settings from `applied` into `desired`.
-
-    set_config() takes each value as the server reported it (list values such as search_path
-    included), which SET with a quoted literal would not."""
-    changes = [
-        f"set_config({quote_literal(name)}, {quote_literal(value)}, false)"
-        for name, value in desired.items()
-        if applied.get(name) != value
-    ]
-    resets = [f"RESET {name}" for name in applied if name not in desired]
-    statements = ([f"SELECT {', '.join(changes)}"] if changes else []) + resets
-    return "; ".join(statements) if statements else None
-
-
-def raise_sql(sqlstate: str, message: str) -> str:
-    """A statement that makes the server raise our error, inside whatever transaction is open, so
-    the transaction is aborted exactly as PostgreSQL would abort it."""
-    return f"DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {quote_literal(message)}; END$$"
 
 
 class SessionState(enum.Enum):
@@ -227,12 +205,7 @@ class ClientSession(asyncio.Protocol):
         """After a transaction that changed settings: ask the server what is now in force (exact,
         whatever form the change took), so those settings follow the client to other servers."""
         watched, self._watched = self._watched or set(), None
-        sql = _SESSION_SETTINGS_SQL
-        # Placeholder settings (`myapp.x`) are not in pg_settings: name all those we know of.
-        custom = sorted(name for name in watched | set(self.settings) if "." in name)
-        if custom:
-            names = ", ".join(quote_literal(n) for n in custom)
-            sql += f" UNION ALL SELECT n, current_setting(n, true) FROM unnest(ARRAY[{names}]::text[]) AS n"
+        sql = settings_in_force_sql(watched | set(self.settings))
         try:
             _reported, error, rows = await server.query_internal(sql)
         except RouterError as exc:
@@ -426,7 +399,7 @@ class ClientSession(asyncio.Protocol):
             if conn.owner is not None:
                 # Another client used this session: wipe what it may have left, settings changed
                 # inside functions included, and its prepared statements (they are private).
-                reset = _HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else _HANDOVER_RESET
+                reset = HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else HANDOVER_RESET
                 conn.prepared.clear()
                 conn.unnamed = None
                 conn.applied = {}

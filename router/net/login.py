@@ -20,9 +20,10 @@ from router.errors import (
     RouterError,
     UnsupportedProtocolVersion,
 )
-from router.net.client import ClientSession, SessionState, session_sync_sql
+from router.net.client import ClientSession, SessionState
 from router.net.context import Target
 from router.net.server import ServerConnection
+from router.net.session_sql import session_sync_sql
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
