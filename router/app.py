@@ -35,7 +35,7 @@ from router.janitor import Janitor
 from router.net.client import ClientSession
 from router.net.context import Target
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
-from router.pool import Pool, PoolKey, PoolSettings
+from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
 from router.protocol.pg.auth import ScramVerifier
 from router.routing import place_tenant
 from router.topology import Shard, Topology
@@ -97,6 +97,7 @@ class Router:
             lifetime=config.pool.lifetime,
         )
         self._targets: dict[str, Target] = {}
+        self._capacities: dict[str, ShardCapacity] = {}
         self._clients: dict[int, ClientSession] = {}
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
@@ -153,7 +154,10 @@ class Router:
         key = PoolKey(shard.name, shard.primary.host, shard.primary.port, database, self.config.server.user)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = Pool(key, self.config.server.password, self._pool_settings)
+            capacity = self._capacities.get(shard.name)
+            if capacity is None:
+                capacity = self._capacities[shard.name] = ShardCapacity(self._pool_settings.size)
+            pool = self.pools[key] = Pool(key, self.config.server.password, self._pool_settings, capacity)
         return pool
 
     def _tenant_changed(self, tenant: str) -> None:

@@ -39,6 +39,37 @@ class PoolKey:
         return f"shard {self.shard} ({self.database}@{self.host}:{self.port})"
 
 
+class ShardCapacity:
+    """The server connections one shard may have, shared by all its pools (the shard's own
+    database and every database-per-tenant database on it): `pool.size` is per shard."""
+
+    __slots__ = ("pools", "size", "used")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0  # connections open or being opened, across the shard's pools
+        self.pools: list[Pool] = []
+
+    def reserve(self, requester: Pool) -> bool:
+        """Take a slot for a new connection, closing an idle one of a sibling pool if that makes room."""
+        if self.used < self.size:
+            self.used += 1
+            return True
+        # The evicted connection's slot passes straight to the requester (`used` is unchanged).
+        return any(pool is not requester and pool.evict_idle() for pool in self.pools)
+
+    def sibling_waiting(self, pool: Pool) -> bool:
+        return self.used >= self.size and any(p is not pool and p.has_waiters for p in self.pools)
+
+    def give_back(self, releaser: Pool) -> None:
+        self.used -= 1
+        # Someone of another pool on this shard may be waiting for exactly this slot.
+        for pool in self.pools:
+            if pool is not releaser and pool.has_waiters:
+                pool.wake_one_opener()
+                return
+
+
 class Waiter:
     """A client waiting in line for a server connection: called back with one, or with an error
     when the wait times out. Callbacks, not futures, so a hand-over costs no task wake-up."""
@@ -85,8 +116,12 @@ class PoolSettings:
 class Pool:
     """A bounded pool of server connections for one PoolKey."""
 
-    def __init__(self, key: PoolKey, password: str | None, settings: PoolSettings) -> None:
+    def __init__(
+        self, key: PoolKey, password: str | None, settings: PoolSettings, capacity: ShardCapacity | None = None
+    ) -> None:
         self.key = key
+        self.capacity = capacity if capacity is not None else ShardCapacity(settings.size)
+        self.capacity.pools.append(self)
         self.settings = settings
         self._password = password
         self._idle: deque[ServerConnection] = deque()
@@ -170,7 +205,7 @@ class Pool:
         waiter = Waiter(grant, fail)
         self._waiters.append(waiter)
         waiter.timer = asyncio.get_running_loop().call_later(self.settings.wait_timeout, self._time_out, waiter)
-        self._wake_one_opener()
+        self.wake_one_opener()
         return waiter
 
     def _time_out(self, waiter: Waiter) -> None:
@@ -209,7 +244,7 @@ class Pool:
             raise
 
     async def _open(self) -> ServerConnection:
-        self._opening += 1
+        """Open a connection in a slot already reserved (counted in `_opening` and the capacity)."""
         try:
             conn = await open_server_connection(
                 self.key.host,
@@ -224,8 +259,9 @@ class Pool:
         except BaseException:
             self.connect_failures += 1
             self._opening -= 1
+            self.capacity.give_back(self)
             # A slot came free for someone else, who may now try (and fail fast) on their own.
-            self._wake_one_opener()
+            self.wake_one_opener()
             raise
         self._opening -= 1
         self._all.add(conn)
@@ -241,43 +277,68 @@ class Pool:
         conn.detach()
         if self.closed or not conn.is_clean or self._expired(conn, time.monotonic()):
             self._destroy(conn)
-            self._wake_one_opener()
+            self.wake_one_opener()
             return
         waiters = self._waiters
         while waiters:
             if waiters.popleft().give(conn):
                 return
+        if self.capacity.sibling_waiting(self):
+            # Another database on this shard is waiting for a slot: this connection makes room.
+            self._destroy(conn, "making room for another database on the shard")
+            return
         self._idle.append(conn)
 
     def discard(self, conn: ServerConnection, reason: str = "discarded") -> None:
         conn.detach()
         self._destroy(conn, reason)
-        self._wake_one_opener()
+        self.wake_one_opener()
 
     def _destroy(self, conn: ServerConnection, reason: str = "not reusable") -> None:
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        self._all.discard(conn)
+        self._forget(conn)
         conn.close(reason)
 
     def _on_closed(self, conn: ServerConnection) -> None:
-        was_member = conn in self._all
-        self._all.discard(conn)
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        if was_member:
-            self._wake_one_opener()
+        if self._forget(conn):
+            self.wake_one_opener()
 
-    def _wake_one_opener(self) -> None:
-        """A slot came free: let the first waiter open a connection of its own."""
+    def _forget(self, conn: ServerConnection) -> bool:
+        """Drop a connection from the pool's members, returning its slot exactly once."""
+        if conn not in self._all:
+            return False
+        self._all.discard(conn)
+        self.capacity.give_back(self)
+        return True
+
+    def evict_idle(self) -> bool:
+        """Close one idle connection whose slot a sibling pool on the shard takes over."""
+        if not self._idle:
+            return False
+        conn = self._idle.popleft()
+        self._all.discard(conn)  # not _forget: the slot is handed over, not given back
+        conn.close("making room for another database on the shard")
+        return True
+
+    @property
+    def has_waiters(self) -> bool:
+        return any(not w.done for w in self._waiters)
+
+    def wake_one_opener(self) -> None:
+        """A slot came free: let the first waiter open a connection of its own. The slot is
+        reserved here, before the task runs, so one turn of the loop cannot overshoot the size."""
         while self._waiters:
             waiter = self._waiters[0]
             if waiter.done:
                 self._waiters.popleft()
                 continue
-            if self.total >= self.settings.size:
+            if not self.capacity.reserve(self):
                 return
             self._waiters.popleft()
+            self._opening += 1
             task = asyncio.get_running_loop().create_task(self._open())
             task.add_done_callback(functools.partial(_hand_over, self, waiter))
             return

@@ -95,7 +95,8 @@ async def _login(session: ClientSession) -> None:
             session.write_to_client(b"N")
             continue
         if isinstance(packet, CancelRequest):
-            await router.cancel(packet.process_id, packet.secret_key)
+            # Shielded: the sender may hang up at once, which must not abort delivering the cancel.
+            await asyncio.shield(router.cancel(packet.process_id, packet.secret_key))
             session.close()
             return
         break

@@ -401,9 +401,11 @@ async def send_cancel_unix(path: str, process_id: int, secret_key: bytes, timeou
     """Hand a CancelRequest to a sibling worker over its private unix socket."""
     try:
         async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_unix_connection(path)
+            reader, writer = await asyncio.open_unix_connection(path)
             writer.write(build_cancel_request(process_id, secret_key))
             await writer.drain()
+            # Like libpq: wait for the other side to hang up, which it does once it has acted.
+            await reader.read()
             writer.close()
             await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
@@ -414,9 +416,11 @@ async def send_cancel(host: str, port: int, process_id: int, secret_key: bytes, 
     """Deliver a CancelRequest to a server (fire and forget, as libpq does)."""
     try:
         async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port)
             writer.write(build_cancel_request(process_id, secret_key))
             await writer.drain()
+            # Like libpq: wait for the other side to hang up, which it does once it has acted.
+            await reader.read()
             writer.close()
             await writer.wait_closed()
     except (OSError, TimeoutError) as exc:

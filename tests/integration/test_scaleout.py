@@ -16,12 +16,16 @@ worker by a hash of the 4-tuple, so a few tries with fresh source ports suffice)
 instances it switches its target after the login, so the cancel reaches the instance that did not
 issue the key.
 
+Pool bounds are watched from both ends at 100 Hz while clients log in and run transactions in
+bursts: the backends of the router's role in pg_stat_activity, and the workers' sockets to the shard.
+
 Every router is stopped in the fixture's teardown (SIGTERM, then SIGKILL), and every worker pid
 seen during the test must be gone afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import asyncpg
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -180,6 +185,7 @@ class RouterProcess:
         self.workers = workers
         self.log_path = config_path.parent / "router.log"
         self.seen: set[int] = set()  # every worker pid observed: none may outlive the test
+        self.ready = False
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "--config", str(config_path), "serve"],
@@ -262,11 +268,13 @@ class RouterProcess:
             time.sleep(0.1)
         pids = self.worker_pids()
         assert len(pids) == self.workers, self.failure(f"expected {self.workers} workers, found {pids}")
+        self.ready = True
         return self
 
-    def stop(self) -> tuple[int | None, list[int]]:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT; return the exit status and the worker pids that
-        were still running afterwards (killed here, by pid, so that nothing outlives the test)."""
+    def stop(self) -> list[str]:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT; kill (by pid) any worker still running after
+        that. Returns what went wrong: an unclean exit, workers that outlived the router."""
+        problems: list[str] = []
         if self.proc.poll() is None:
             self.worker_pids()
             self.proc.terminate()
@@ -275,6 +283,10 @@ class RouterProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+            if self.proc.returncode != 0:
+                problems.append(f"the router exited with {self.proc.returncode} on SIGTERM")
+        elif self.ready:
+            problems.append(f"the router exited by itself with {self.proc.returncode}")
         # Workers left without their supervisor exit within a second (they poll their parent).
         deadline = time.monotonic() + 5
         while any(_alive(pid) for pid in self.seen) and time.monotonic() < deadline:
@@ -282,8 +294,10 @@ class RouterProcess:
         leftovers = sorted(pid for pid in self.seen if _alive(pid))
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            problems.append(f"worker processes {leftovers} outlived the router")
         self._log.close()
-        return self.proc.returncode, leftovers
+        return [f"{self.config_path}: {problem}" for problem in problems]
 
 
 Launch = Callable[..., RouterProcess]
@@ -297,7 +311,12 @@ def launch(deployment: Deployment, tmp_path: Path) -> Iterator[Launch]:
     started: list[RouterProcess] = []
 
     def factory(
-        *, workers: int, listen_port: int | None = None, pool: dict[str, Any] | None = None, **extra: Any
+        *,
+        workers: int,
+        listen_port: int | None = None,
+        pool: dict[str, Any] | None = None,
+        auth_method: str = "scram-sha-256",
+        **extra: Any,
     ) -> RouterProcess:
         directory = tmp_path / f"router{len(started)}"
         port = listen_port if listen_port is not None else free_port()
@@ -308,6 +327,7 @@ def launch(deployment: Deployment, tmp_path: Path) -> Iterator[Launch]:
             listen_port=port,
             http_port=http_port,
             pool=pool,
+            auth_method=auth_method,
             extra={"workers": workers, **extra},
         )
         router = RouterProcess(path, port, http_port, workers)
@@ -317,12 +337,8 @@ def launch(deployment: Deployment, tmp_path: Path) -> Iterator[Launch]:
     yield factory
     problems: list[str] = []
     for router in started:
-        status, leftovers = router.stop()
+        problems += router.stop()
         print(f"--- {router.log_path} ---\n{router.log()[-6000:]}")
-        if leftovers:
-            problems.append(f"{router.config_path}: worker processes {leftovers} outlived the router")
-        if status != 0:
-            problems.append(f"{router.config_path}: the router exited with {status} on SIGTERM")
     assert not problems, "\n".join(problems)
 
 
@@ -733,6 +749,7 @@ class ShardWatch:
         self.cluster = deployment.env.shards[shard]
         self.role = deployment.env.ROUTER_ROLE
         self.workers: list[int] = []
+        self.backends = 0
         self.peak_backends = 0
         self.peak_sockets = 0
         self._stop = threading.Event()
@@ -754,9 +771,16 @@ class ShardWatch:
             row = self._monitor.execute(query, (self.role, self._before)).fetchone()
             assert row is not None
             held = sum(1 for pid in self.workers for s in established(pid) if s.remote_port == self.cluster.port)
-            self.peak_backends = max(self.peak_backends, int(row[0]))
+            self.backends = int(row[0])
+            self.peak_backends = max(self.peak_backends, self.backends)
             self.peak_sockets = max(self.peak_sockets, held)
             time.sleep(0.01)
+
+    def report(self) -> str:
+        return (
+            f"pool size 5: at most {self.peak_backends} router backends at once on port {self.cluster.port}"
+            f" (pg_stat_activity), at most {self.peak_sockets} connections to it held by the workers"
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -766,33 +790,46 @@ class ShardWatch:
 
 
 def _run_transactions(port: int, tenants: list[str], clients: int, transactions: int) -> None:
-    """`clients` connections, all at once, each running `transactions` short transactions."""
-    conns = [psycopg.connect(_url(port, tenants[n % len(tenants)])) for n in range(clients)]
-    try:
+    """`clients` connections logging in at once, then each running `transactions` short
+    transactions, all at once: asyncpg in one event loop, so that the router's pools see bursts
+    of checkouts."""
 
-        def work(n: int) -> None:
-            conn, tenant = conns[n], tenants[n % len(tenants)]
+    async def client(n: int) -> None:
+        tenant = tenants[n % len(tenants)]
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=port, user=f"{APP_USER}.{tenant}", password=APP_PASSWORD, database="app", ssl=False
+        )
+        try:
             for i in range(transactions):
-                with conn.transaction():
-                    cur = conn.execute("SELECT %s::int, current_setting('app.tenant_id'), pg_sleep(0.03)::text", (i,))
-                    assert cur.fetchone() == (i, tenant, "")
+                async with conn.transaction():
+                    row = await conn.fetchrow("SELECT $1::int, current_setting('app.tenant_id'), pg_sleep(0.03)", i)
+                    assert tuple(row) == (i, tenant, None)
+        finally:
+            await conn.close()
 
-        with ThreadPoolExecutor(max_workers=clients) as pool:
-            list(pool.map(work, range(clients)))
-    finally:
-        for conn in conns:
-            conn.close()
+    async def main() -> None:
+        await asyncio.gather(*(client(n) for n in range(clients)))
+
+    asyncio.run(main())
 
 
 def _peak_connections_to_shard(launch: Launch, deployment: Deployment, tenants: list[str]) -> ShardWatch:
-    """Three workers with pool size 5; 30 clients of `tenants` (all on one shard) running
-    transactions at once; the watch of that shard, stopped."""
+    """Three workers with pool size 5; three rounds of 30 clients of `tenants` (all on one shard)
+    logging in and running transactions at once, each round starting from empty pools (the idle
+    timeout closes every connection in between); the watch of that shard, stopped.
+
+    Trust authentication keeps each login to one round trip, so that logins arrive in bursts too."""
     (shard,) = {deployment.placement[t] for t in tenants}
     watch = ShardWatch(deployment, shard)
     try:
-        router = launch(workers=3, pool={"size": 5, "wait_timeout": 30.0})
+        router = launch(workers=3, pool={"size": 5, "wait_timeout": 30.0, "idle_timeout": 0.5}, auth_method="trust")
         watch.start(router.worker_pids())
-        _run_transactions(router.port, tenants, clients=30, transactions=8)
+        for _round in range(3):
+            deadline = time.monotonic() + 10
+            while watch.backends and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert watch.backends == 0, "the idle timeout did not empty the pools"
+            _run_transactions(router.port, tenants, clients=30, transactions=8)
     finally:
         watch.stop()
     return watch
@@ -804,8 +841,8 @@ def test_workers_share_the_pool_size(launch: Launch, deployment: Deployment) -> 
     shard = deployment.placement["acme"]
     tenants = [t for t in ("acme", "globex", "bigcorp", "initech") if deployment.placement[t] == shard]
     watch = _peak_connections_to_shard(launch, deployment, tenants)
-    assert 3 <= watch.peak_backends <= 5, (watch.peak_backends, watch.peak_sockets)
-    assert 3 <= watch.peak_sockets <= 5, (watch.peak_backends, watch.peak_sockets)
+    assert 3 <= watch.peak_backends <= 5, watch.report()
+    assert 3 <= watch.peak_sockets <= 5, watch.report()
 
 
 def test_pool_size_caps_the_shard_with_a_database_tenant_on_it(launch: Launch, deployment: Deployment) -> None:
@@ -815,5 +852,5 @@ def test_pool_size_caps_the_shard_with_a_database_tenant_on_it(launch: Launch, d
     tenants = [t for t in ("umbrella", "acme", "globex", "bigcorp", "initech") if deployment.placement[t] == shard]
     assert len(tenants) >= 2, deployment.placement
     watch = _peak_connections_to_shard(launch, deployment, tenants)
-    assert watch.peak_backends <= 5, (watch.peak_backends, watch.peak_sockets)
-    assert watch.peak_sockets <= 5, (watch.peak_backends, watch.peak_sockets)
+    assert watch.peak_backends <= 5, watch.report()
+    assert watch.peak_sockets <= 5, watch.report()
