@@ -113,3 +113,31 @@ def test_check_command(deployment: Deployment, tmp_path: object) -> None:
     ok = _cli(deployment, "check")
     assert ok.returncode == 0, ok.stderr
     assert "ok" in ok.stdout
+
+
+def test_a_catalog_change_reaches_every_instance_within_a_second(make_router: object, deployment: Deployment) -> None:
+    from router.catalog import CatalogStore
+
+    first, second = make_router(), make_router()  # type: ignore[operator]
+    tenant = "fanout"
+
+    async def change(status: str | None) -> None:
+        async with CatalogStore(deployment.env.catalog_dsn()) as store:
+            if status is None:
+                await store.remove(tenant)
+            elif await store.get(tenant) is None:
+                await store.add(tenant, "shared")
+            else:
+                await store.set_status(tenant, status)  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(change("active"))
+        for instance in (first, second):
+            assert _within(1.0, lambda i=instance: i.router.catalog.get(tenant) is not None) < 1.0
+        asyncio.run(change("suspended"))
+        for instance in (first, second):
+            _within(1.0, lambda i=instance: i.router.catalog.get(tenant).status == "suspended")
+    finally:
+        asyncio.run(change(None))
+    for instance in (first, second):
+        _within(1.0, lambda i=instance: i.router.catalog.get(tenant) is None)
