@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,11 +19,12 @@ if TYPE_CHECKING:
     from router.app import Router
 
 
-async def start_http(
-    router: Router, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
-) -> asyncio.Server:
-    registry = CollectorRegistry()
-    registry.register(RouterCollector(router))
+Response = tuple[str, str, bytes]  # status line, content type, body
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def get_only(route: Callable[[str], Awaitable[Response]]) -> Handler:
+    """A connection handler answering one GET with `route(path)`, then closing."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -31,20 +33,8 @@ async def start_http(
             path = parts[1].decode(errors="replace") if len(parts) > 1 else "/"
             if parts[0] != b"GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
-            elif path in ("/health", "/healthz"):
-                healthy = router.catalog.connected
-                payload = {
-                    "status": "ok" if healthy else "degraded",
-                    "catalog_connected": healthy,
-                    "tenants": len(router.catalog),
-                    "clients": router.client_count,
-                }
-                status = "200 OK" if healthy else "503 Service Unavailable"
-                ctype, body = "application/json", json.dumps(payload).encode() + b"\n"
             else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /health or /metrics\n"
+                status, ctype, body = await route(path)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -56,6 +46,39 @@ async def start_http(
         finally:
             writer.close()
 
+    return handle
+
+
+NOT_FOUND: Response = ("404 Not Found", "text/plain", b"try /health or /metrics\n")
+
+
+def json_response(healthy: bool, payload: dict[str, object]) -> Response:
+    status = "200 OK" if healthy else "503 Service Unavailable"
+    return status, "application/json", json.dumps(payload).encode() + b"\n"
+
+
+async def start_http(
+    router: Router, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
+) -> asyncio.Server:
+    registry = CollectorRegistry()
+    registry.register(RouterCollector(router))
+
+    async def route(path: str) -> Response:
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
+        if path in ("/health", "/healthz"):
+            healthy = router.catalog.connected
+            return json_response(
+                healthy,
+                {
+                    "status": "ok" if healthy else "degraded",
+                    "catalog_connected": healthy,
+                    "tenants": len(router.catalog),
+                    "clients": router.client_count,
+                },
+            )
+        return NOT_FOUND
+
     if unix_path is not None:
-        return await asyncio.start_unix_server(handle, unix_path)
-    return await asyncio.start_server(handle, host, port)
+        return await asyncio.start_unix_server(get_only(route), unix_path)
+    return await asyncio.start_server(get_only(route), host, port)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from router.config import RouterConfig
+from router.http import NOT_FOUND, Response, get_only, json_response
 from router.metrics import merge_expositions
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Supervisor:
             self._spawn(index)
         http = None
         if self.config.http.enabled:
-            http = await asyncio.start_server(self._handle_http, self.config.http.host, self.config.http.port)
+            http = await asyncio.start_server(get_only(self._route), self.config.http.host, self.config.http.port)
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -140,38 +140,23 @@ class Supervisor:
         _head, _, body = raw.partition(b"\r\n\r\n")
         return body.decode()
 
-    async def _handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            parts = request.split(b" ", 2)
-            path = parts[1].decode(errors="replace") if len(parts) > 1 else "/"
-            texts = await asyncio.gather(*(self._worker_text(i) for i in range(self.count)))
-            answered = [t for t in texts if t is not None]
-            if path == "/metrics":
-                body = merge_expositions(answered).encode()
-                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
-            elif path in ("/health", "/healthz"):
-                healthy = len(answered) == self.count
-                payload = {
+    async def _route(self, path: str) -> Response:
+        texts = await asyncio.gather(*(self._worker_text(i) for i in range(self.count)))
+        answered = [t for t in texts if t is not None]
+        if path == "/metrics":
+            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", merge_expositions(answered).encode()
+        if path in ("/health", "/healthz"):
+            healthy = len(answered) == self.count
+            return json_response(
+                healthy,
+                {
                     "status": "ok" if healthy else "degraded",
                     "workers": self.count,
                     "workers_answering": len(answered),
                     "worker_restarts": self.restarts,
-                }
-                status = "200 OK" if healthy else "503 Service Unavailable"
-                ctype, body = "application/json", json.dumps(payload).encode() + b"\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /health or /metrics\n"
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                },
             )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        return NOT_FOUND
 
     @property
     def worker_pids(self) -> dict[int, int | None]:

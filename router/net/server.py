@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from router.errors import BackendAuthFailed, BackendUnavailable
@@ -399,24 +399,24 @@ async def open_server_connection(
 
 async def send_cancel_unix(path: str, process_id: int, secret_key: bytes, timeout: float) -> None:
     """Hand a CancelRequest to a sibling worker over its private unix socket."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(path)
-            writer.write(build_cancel_request(process_id, secret_key))
-            await writer.drain()
-            # Like libpq: wait for the other side to hang up, which it does once it has acted.
-            await reader.read()
-            writer.close()
-            await writer.wait_closed()
-    except (OSError, TimeoutError) as exc:
-        log.warning("could not forward cancel to worker socket %s: %s", path, exc)
+    await _deliver_cancel(asyncio.open_unix_connection(path), path, process_id, secret_key, timeout)
 
 
 async def send_cancel(host: str, port: int, process_id: int, secret_key: bytes, timeout: float) -> None:
-    """Deliver a CancelRequest to a server (fire and forget, as libpq does)."""
+    """Deliver a CancelRequest to a server or a peer router."""
+    await _deliver_cancel(asyncio.open_connection(host, port), f"{host}:{port}", process_id, secret_key, timeout)
+
+
+async def _deliver_cancel(
+    opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    where: str,
+    process_id: int,
+    secret_key: bytes,
+    timeout: float,
+) -> None:
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await opening
             writer.write(build_cancel_request(process_id, secret_key))
             await writer.drain()
             # Like libpq: wait for the other side to hang up, which it does once it has acted.
@@ -424,4 +424,4 @@ async def send_cancel(host: str, port: int, process_id: int, secret_key: bytes, 
             writer.close()
             await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
-        log.warning("could not deliver cancel to %s:%s: %s", host, port, exc)
+        log.warning("could not deliver a cancel request to %s: %s", where, exc)
