@@ -81,6 +81,7 @@ class Router:
         self.transaction_pooling = config.pool.mode == "transaction"
         self.login_timeout = LOGIN_TIMEOUT
         self.refused_state: frozenset[str] = frozenset(config.pool.refuse)
+        self.exact_handover = config.pool.handover == "exact"
         self.catalog = CatalogCache(
             config.catalog.dsn,
             config.catalog.schema,

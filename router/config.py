@@ -184,6 +184,11 @@ class PoolConfig:
     # Session state that cannot travel between server connections pins the client to its server
     # connection while it exists; kinds listed here are refused with an error instead.
     refuse: tuple[SessionStateKind, ...] = ()
+    # What a server connection goes through when it passes to another client in transaction mode:
+    # "exact" wipes it (RESET ALL, DEALLOCATE ALL...), so nothing a client did reaches the next one,
+    # even changes made inside functions; "tracked" only undoes the changes the router saw (as
+    # PgBouncer's parameter tracking does): cheaper, but not exact.
+    handover: Literal["exact", "tracked"] = "exact"
 
 
 @dataclass(frozen=True, kw_only=True, config=_SECTION)

@@ -396,7 +396,7 @@ class ClientSession(asyncio.Protocol):
         self.last_server = conn
         reset: str | None = None
         if conn.owner != self.serial:
-            if conn.owner is not None:
+            if conn.owner is not None and self.router.exact_handover:
                 # Another client used this session: wipe what it may have left, settings changed
                 # inside functions included, and its prepared statements (they are private).
                 reset = HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else HANDOVER_RESET

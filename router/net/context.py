@@ -37,6 +37,7 @@ class RouterContext(Protocol):
     transaction_pooling: bool
     login_timeout: float
     refused_state: frozenset[str]
+    exact_handover: bool
     held: dict[str, list[Any]]
 
     def user(self, name: str) -> UserConfig | None: ...

@@ -258,3 +258,20 @@ def test_sqlalchemy_search_path_in_a_connect_event(one_server: RouterThread) -> 
     finally:
         other.close()
         engine.dispose()
+
+
+def test_tracked_handover_undoes_what_the_router_saw(make_router: RouterFactory) -> None:
+    """The cheaper `pool.handover: tracked` mode: visible settings still travel and do not leak;
+    changes made inside functions are not covered (which is why `exact` is the default)."""
+    router = make_router(pool={"size": 1, "handover": "tracked"})
+    a, b = _pair(router)
+    with a, b:
+        default = _value(b, "SHOW search_path")
+        a.execute("SET search_path = pg_catalog, public")
+        a.execute("SELECT set_config('myapp.flag', 'on', false)")
+        for _ in range(2):
+            assert _value(b, "SHOW search_path") == default
+            assert _value(b, "SELECT current_setting('myapp.flag', true)") in (None, "")
+            assert _value(a, "SHOW search_path") == "pg_catalog, public"
+            assert _value(a, "SELECT current_setting('myapp.flag')") == "on"
+            assert _value(b, "SELECT current_setting('app.tenant_id')") == "acme"
