@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import pwd
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -380,6 +381,20 @@ def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
 def number(pattern: re.Pattern[str], text: str) -> float | None:
     match = pattern.search(text)
     return float(match.group(1)) if match else None
+
+
+def transaction_latencies(prefix: Path) -> Iterator[int]:
+    """Per-transaction latencies (µs, the third field) from pgbench -l files `prefix.<pid>[.<thread>]`."""
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():  # "failed"/"skipped" carry no latency
+                    yield int(fields[2])
+
+
+def percentile(ordered: Sequence[int], q: float) -> float:
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
 
 
 def init_pgbench(target: Target, scale: int) -> None:

@@ -31,7 +31,6 @@ if __package__ in (None, ""):  # `python benchmarks/idle_clients.py`: make the r
 
 from benchmarks.harness import (
     FAILED_LINE,
-    HOST,
     PGBENCH_GRACE,
     QUIET_LOAD,
     TPS_LINE,
@@ -54,6 +53,7 @@ from benchmarks.harness import (
 from router.protocol.pg.framing import read_header
 from router.protocol.pg.frontend import query
 from router.protocol.pg.startup import build_startup_message
+from router.testing.pgcluster import HOST
 
 BAR_KIB: Final = 20.0
 LOGIN_TIMEOUT: Final = 30.0
