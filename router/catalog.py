@@ -43,6 +43,8 @@ _SCHEMA_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,54}")
 # A notification payload no tenant id can take: "reload everything" (sent on TRUNCATE).
 RELOAD_ALL: Final = "*"
 _APP_NAME: Final = "tenant-router-catalog"
+# Tenants built (or compared) between two yields to the event loop during a full reload.
+_RELOAD_SLICE: Final = 2000
 # More changed tenants than this in one wake-up are cheaper to reload all at once.
 _MAX_BATCH: Final = 500
 
@@ -600,13 +602,20 @@ class CatalogCache:
 
     async def _load_all(self, *, notify: bool) -> None:
         rows = await self._fetch(self._q.select_all)
-        fresh = {t.id: t for t in map(_tenant_from_row, rows)}
+        # Built in slices that yield to the event loop: with 100 000 tenants a full reload must not
+        # stall every client of this worker for most of a second.
+        fresh: dict[str, Tenant] = {}
+        for start in range(0, len(rows), _RELOAD_SLICE):
+            fresh.update((t.id, t) for t in map(_tenant_from_row, rows[start : start + _RELOAD_SLICE]))
+            await asyncio.sleep(0)
         old, self._tenants = self._tenants, fresh
         self._last_full_refresh = asyncio.get_running_loop().time()
         if notify:
-            for tenant_id in sorted(old.keys() | fresh.keys()):
+            for count, tenant_id in enumerate(old.keys() | fresh.keys(), 1):
                 if old.get(tenant_id) != fresh.get(tenant_id):
                     self._changed(tenant_id)
+                if count % _RELOAD_SLICE == 0:
+                    await asyncio.sleep(0)
 
     async def _load_some(self, tenant_ids: builtins.list[str]) -> None:
         rows = await self._fetch(self._q.select_many, tenant_ids)
