@@ -276,6 +276,8 @@ class _Queries:
         self.schema = schema
         self.channel = channel_name(schema)
         self.select_all = f"SELECT {cols} FROM {s}.tenants ORDER BY id"
+        # Keyset pages (by the primary key's own order) for the running cache's full reload.
+        self.select_page = f"SELECT {cols} FROM {s}.tenants WHERE id > $1 ORDER BY id LIMIT $2"
         self.select_one = f"SELECT {cols} FROM {s}.tenants WHERE id = $1"
         self.select_many = f"SELECT {cols} FROM {s}.tenants WHERE id = ANY($1::text[])"
         self.insert = (
@@ -601,13 +603,17 @@ class CatalogCache:
             raise _not_initialised(self._where, self._q.schema) from exc
 
     async def _load_all(self, *, notify: bool) -> None:
-        rows = await self._fetch(self._q.select_all)
-        # Built in slices that yield to the event loop: with 100 000 tenants a full reload must not
-        # stall every client of this worker for most of a second.
+        # Read and built in pages that yield to the event loop: with 100 000 tenants a full reload
+        # must not stall every client of this worker. A change racing the pages is also notified,
+        # and notifications are applied after the reload.
         fresh: dict[str, Tenant] = {}
-        for start in range(0, len(rows), _RELOAD_SLICE):
-            fresh.update((t.id, t) for t in map(_tenant_from_row, rows[start : start + _RELOAD_SLICE]))
-            await asyncio.sleep(0)
+        last = ""
+        while True:
+            rows = await self._fetch(self._q.select_page, last, _RELOAD_SLICE)
+            fresh.update((t.id, t) for t in map(_tenant_from_row, rows))
+            if len(rows) < _RELOAD_SLICE:
+                break
+            last = rows[-1]["id"]
         old, self._tenants = self._tenants, fresh
         self._last_full_refresh = asyncio.get_running_loop().time()
         if notify:
