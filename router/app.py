@@ -103,6 +103,10 @@ class Router:
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
         self.connections_total = 0
+        # Per-tenant connection limits: the live router processes the global limit is shared by.
+        self.live_members = 1
+        self.registry: Any = None
+        self._tenant_clients: Counter[str] = Counter()
         # Tenants held by a coordinator (rebalance cutover, migration): their new transactions wait.
         self.held: dict[str, list[HoldTicket]] = {}
 
@@ -170,6 +174,7 @@ class Router:
                 f"too many client connections (max_client_connections = {self.config.pool.max_client_connections}"
                 f" across {self.worker.count} worker(s))"
             )
+        self.move_client(None, session.tenant)
         while True:
             process_id = new_process_id(self.peer_id, self.worker.index)
             if process_id not in self._clients:
@@ -181,6 +186,39 @@ class Router:
     def unregister_client(self, session: ClientSession) -> None:
         if self._clients.get(session.key[0]) is session:
             del self._clients[session.key[0]]
+            self._count_out(session.tenant)
+
+    def tenant_share(self) -> int | None:
+        """This process's share of the per-tenant connection limit, or None without a limit."""
+        limit = self.config.tenant.max_connections
+        return None if limit is None else max(1, limit // max(1, self.live_members))
+
+    def move_client(self, old: str | None, new: str | None) -> None:
+        """Count a client under `new` instead of `old`; TooManyClients if `new` is at its share."""
+        share = self.tenant_share()
+        if new is not None and new != old and share is not None and self._tenant_clients[new] >= share:
+            raise TooManyClients(
+                f'tenant "{new}" has reached its connection limit ({self.config.tenant.max_connections}'
+                f" across {self.live_members} router process(es), {share} here)"
+            )
+        self._count_out(old)
+        if new is not None:
+            self._tenant_clients[new] += 1
+
+    def _count_out(self, tenant: str | None) -> None:
+        if tenant is not None:
+            self._tenant_clients[tenant] -= 1
+            if self._tenant_clients[tenant] <= 0:
+                del self._tenant_clients[tenant]
+
+    async def refresh_membership(self) -> None:
+        """How many router processes are live (from the catalog's registry)."""
+        if self.registry is None:
+            return
+        try:
+            self.live_members = max(1, len(await self.registry.live_instances()))
+        except RouterError as exc:
+            log.warning("could not count live router instances: %s", exc.message)
 
     @property
     def client_count(self) -> int:
@@ -416,6 +454,8 @@ async def _join_cluster(router: Router, port: int) -> list[Any]:
     except RouterError as exc:
         log.error("not registered among router instances (%s); holds cannot be acknowledged", exc.message)
         return []
+    router.registry = registry
+    await router.refresh_membership()
     return [participant, registry]
 
 

@@ -220,6 +220,9 @@ class TenantConfig:
     setting: str = "app.tenant_id"
     separator: str = "."
     default_isolation: Literal["shared", "schema", "database"] = "shared"
+    # Client connections one tenant may hold across ALL router instances and workers; each worker
+    # enforces its share (the limit divided by the live workers registered in the catalog).
+    max_connections: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("resolution")
     @classmethod

@@ -1,6 +1,7 @@
 """The janitor: the one owner of the router's periodic housekeeping.
 
-Once a second it closes pooled server connections past their idle timeout or lifetime. Anything
+Once a second it closes pooled server connections past their idle timeout or lifetime; every
+other second it counts the live router processes (per-tenant limits are shared among them). Anything
 else that must run on a timer belongs here too, so timers never hide inside sessions or pools.
 """
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTERVAL = 1.0
+MEMBERSHIP_EVERY = 2  # ticks between counts of live router processes
 
 
 class Janitor:
@@ -35,8 +37,12 @@ class Janitor:
                 await self._task
 
     async def _run(self) -> None:
+        tick = 0
         while True:
             await asyncio.sleep(INTERVAL)
+            tick += 1
+            if tick % MEMBERSHIP_EVERY == 0:
+                await self._router.refresh_membership()
             now = time.monotonic()
             for pool in self._router.iter_pools():
                 closed = pool.reap(now)

@@ -699,6 +699,7 @@ class ClientSession(asyncio.Protocol):
             if new is None:
                 raise TenantSwitchRefused("this session has no tenant to return to")
             target = self.router.resolve_target(new)
+            self.router.move_client(self.tenant, new)
         except RouterError as exc:
             self.router.count_error(exc.sqlstate)
             self.write_to_client(

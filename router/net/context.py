@@ -71,6 +71,10 @@ class RouterContext(Protocol):
 
     def count_error(self, sqlstate: str) -> None: ...
 
+    def move_client(self, old: str | None, new: str | None) -> None:
+        """Count a logged-in client under another tenant; raises TooManyClients at its limit."""
+        ...
+
     def wait_for_release(
         self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]
     ) -> Cancellable | None:
