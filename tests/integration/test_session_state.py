@@ -275,3 +275,22 @@ def test_tracked_handover_undoes_what_the_router_saw(make_router: RouterFactory)
             assert _value(a, "SHOW search_path") == "pg_catalog, public"
             assert _value(a, "SELECT current_setting('myapp.flag')") == "on"
             assert _value(b, "SELECT current_setting('app.tenant_id')") == "acme"
+
+
+def test_hold_cursor_pins_and_is_gone_for_the_next_client(one_server: RouterThread) -> None:
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True)
+    a.execute("DECLARE kept CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g")
+    assert _value(a, "FETCH 1 FROM kept") == 1
+    assert _value(a, "FETCH 1 FROM kept") == 2  # a later transaction, same cursor
+    a.close()
+    with psycopg.connect(url(one_server, "acme"), autocommit=True) as b:
+        assert _value(b, "SELECT count(*) FROM pg_cursors") == 0
+
+
+def test_listen_is_gone_for_the_next_client(one_server: RouterThread) -> None:
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True)
+    a.execute("LISTEN private_channel")
+    assert _value(a, "SELECT count(*) FROM pg_listening_channels()") == 1
+    a.close()
+    with psycopg.connect(url(one_server, "acme"), autocommit=True) as b:
+        assert _value(b, "SELECT count(*) FROM pg_listening_channels()") == 0
