@@ -554,7 +554,7 @@ class ClientSession(asyncio.Protocol):
             target = self._target()
         except RouterError:
             return False  # let the acquire path report it
-        namespace = self.settings.get("search_path", target.context.get("search_path", ""))
+        namespace = self._desired_settings(target).get("search_path", "")
         statement = self.statements.resolve(client_name, namespace)
         return statement is not None and statement.name in target.pool.valid_statements
 
