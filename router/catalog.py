@@ -205,6 +205,8 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 # --- connections ---------------------------------------------------------------------------------
 
 # Errors that mean "the catalog connection is gone or unusable", as opposed to a SQL error.
+# asyncpg can raise InternalClientError ("cannot switch to state ...") on a connection the server
+# just terminated (MagicStack/asyncpg#1069): a lost connection too.
 _CONNECTION_ERRORS: Final = (
     OSError,
     TimeoutError,
@@ -212,6 +214,7 @@ _CONNECTION_ERRORS: Final = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 

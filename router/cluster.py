@@ -58,15 +58,13 @@ DEFAULT_HOLD_POLL_INTERVAL: Final = 1.0
 DEFAULT_ACK_POLL_INTERVAL: Final = 0.25
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 _APP_NAME: Final = "tenant-router-cluster"
-# What a background task survives by dropping its connection and trying again later. asyncpg can
-# raise InternalClientError ("cannot switch to state ...") on a connection the server just
-# terminated (MagicStack/asyncpg#1069); a fresh connection is the cure for that too.
+# What a background task survives by dropping its connection and trying again later (the
+# connection errors include asyncpg's InternalClientError after a terminated backend).
 _OUTAGES: Final = (
     CatalogUnavailable,
     CatalogError,
     *_CONNECTION_ERRORS,
     asyncpg.PostgresError,
-    asyncpg.exceptions.InternalClientError,
 )
 
 
