@@ -460,11 +460,7 @@ class ClientSession(asyncio.Protocol):
             refusal = self._session_effects(effects, server)
             if refusal is not None:
                 msg = fe.query(refusal)
-        self._out.append(msg)
-        server.plan.expect(r.ENDS_SYNC)
-        server.synced = True
-        server.unnamed = None  # a simple query replaces the unnamed statement
-        return True
+        return self._send_query(server, msg)
 
     def _refusal(self, effects: Effects) -> str | None:
         """A statement to run instead of one the router refuses, or None."""
@@ -716,10 +712,14 @@ class ClientSession(asyncio.Protocol):
         return True
 
     def _forward_query(self, server: ServerConnection, sql: str) -> bool:
-        self._out.append(fe.query(sql))
+        return self._send_query(server, fe.query(sql))
+
+    def _send_query(self, server: ServerConnection, msg: bytes) -> bool:
+        """A simple Query to the server: its response ends with ReadyForQuery."""
+        self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
         server.synced = True
-        server.unnamed = None
+        server.unnamed = None  # a simple query replaces the unnamed statement
         return True
 
     def _answer_show(self, value: str) -> None:

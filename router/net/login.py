@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 
 from router.errors import (
     AuthenticationFailed,
@@ -20,7 +19,7 @@ from router.errors import (
     RouterError,
     UnsupportedProtocolVersion,
 )
-from router.net.client import ClientSession, SessionState
+from router.net.client import ClientSession
 from router.net.context import Target
 from router.net.server import ServerConnection
 from router.net.session_sql import session_sync_sql
@@ -229,10 +228,3 @@ def _relay(error: be.ServerError) -> RouterError:
     exc = RouterError(error.message, detail=error.fields.get("D"), hint=error.fields.get("H"))
     exc.sqlstate = error.sqlstate
     return exc
-
-
-def new_cancel_key() -> tuple[int, bytes]:
-    return secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
-
-
-__all__ = ["SessionState", "login", "new_cancel_key"]

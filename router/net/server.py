@@ -58,11 +58,6 @@ class Attachment(Protocol):
         ...
 
 
-class ServerAddressInfo(Protocol):
-    host: str
-    port: int
-
-
 class ServerConnection(asyncio.Protocol):
     """A pooled server connection. See the module docstring."""
 

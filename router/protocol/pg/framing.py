@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 
-HEADER = struct.Struct("!cI")
 INT32 = struct.Struct("!i")
 UINT32 = struct.Struct("!I")
 INT16 = struct.Struct("!h")
