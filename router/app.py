@@ -23,6 +23,7 @@ from router.catalog import CatalogCache, Tenant
 from router.config import RouterConfig, UserConfig
 from router.errors import (
     BackendUnavailable,
+    ConfigError,
     RouterError,
     TenantHeld,
     TenantSuspended,
@@ -30,6 +31,7 @@ from router.errors import (
     UnknownTenant,
 )
 from router.hashing import Ring
+from router.health import HealthMonitor, ServerKey
 from router.isolation import database_name, schema_name
 from router.janitor import Janitor
 from router.net.client import ClientSession
@@ -37,8 +39,10 @@ from router.net.context import Target
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
 from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
 from router.protocol.pg.auth import ScramVerifier
+from router.read_statements import ReadClassifier
+from router.replicas import LagBounds, ReplicaMember, choose_replica
 from router.routing import place_tenant
-from router.topology import Shard, Topology
+from router.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,16 @@ class Router:
             lifetime=config.pool.lifetime,
         )
         self._targets: dict[str, Target] = {}
-        self._capacities: dict[str, ShardCapacity] = {}
+        self._capacities: dict[tuple[str, int], ShardCapacity] = {}
+        # Read/write splitting over replicas (router.replicas), with lag and health from the monitor.
+        self.read_mode: str = config.reads.mode
+        self.read_classifier = ReadClassifier(config.reads.volatile_functions)
+        self.read_your_writes: str = config.reads.read_your_writes
+        self.read_bounds = LagBounds(config.reads.max_lag_bytes, config.reads.max_lag_seconds)
+        self._tenant_positions: dict[str, int] = {}
+        self.health = HealthMonitor(
+            topology, config.server, config.health, on_down=self._server_down, on_up=self._server_up
+        )
         self._clients: dict[int, ClientSession] = {}
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
@@ -109,6 +122,7 @@ class Router:
         self._tenant_clients: Counter[str] = Counter()
         # Tenants held by a coordinator (rebalance cutover, migration): their new transactions wait.
         self.held: dict[str, list[HoldTicket]] = {}
+        self._reload_lock = asyncio.Lock()
 
     # --- RouterContext ----------------------------------------------------------------------------
 
@@ -145,28 +159,121 @@ class Router:
         return target
 
     def _target_for(self, record: Tenant, shard: Shard) -> Target:
-        database = database_name(record.id) if record.isolation == "database" else shard.primary.dbname
+        own_database = database_name(record.id) if record.isolation == "database" else None
         context = {self.config.tenant.setting: record.id}
         if record.isolation == "schema":
             context["search_path"] = schema_name(record.id)
-        return Target(record.id, shard.name, self._pool(shard, database), context)
+        replicas = tuple(
+            ReplicaMember(
+                ServerKey(shard.name, replica.host, replica.port, "replica"),
+                replica.weight,
+                self._pool(shard.name, replica, own_database or replica.dbname),
+            )
+            for replica in shard.replicas
+        )
+        primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname)
+        return Target(record.id, shard.name, primary, context, replicas)
 
     def default_target(self) -> Target:
         shard = next(iter(self.topology.shards.values()))
-        return Target("", shard.name, self._pool(shard, shard.primary.dbname), {})
+        return Target("", shard.name, self._pool(shard.name, shard.primary, shard.primary.dbname), {})
 
-    def _pool(self, shard: Shard, database: str) -> Pool:
-        key = PoolKey(shard.name, shard.primary.host, shard.primary.port, database, self.config.server.user)
+    def _pool(self, shard: str, server: ServerAddress, database: str) -> Pool:
+        key = PoolKey(shard, server.host, server.port, database, self.config.server.user)
         pool = self.pools.get(key)
         if pool is None:
-            capacity = self._capacities.get(shard.name)
+            # `pool.size` bounds each server, shared by all the databases on it.
+            capacity = self._capacities.get((server.host, server.port))
             if capacity is None:
-                capacity = self._capacities[shard.name] = ShardCapacity(self._pool_settings.size)
+                capacity = self._capacities[(server.host, server.port)] = ShardCapacity(self._pool_settings.size)
             pool = self.pools[key] = Pool(key, self.config.server.password, self._pool_settings, capacity)
         return pool
 
+    # --- replicas ----------------------------------------------------------------------------------
+
+    def read_pool(self, target: Target, min_lsn: int | None) -> Pool | None:
+        member = choose_replica(target.replicas, self.health, self.read_bounds, min_lsn)
+        return member.pool if member is not None else None
+
+    def replica_failed(self, pool: Pool, exc: RouterError) -> None:
+        key = ServerKey(pool.key.shard, pool.key.host, pool.key.port, "replica")
+        self.health.report_failure(key, exc.message)
+
+    def note_commit(self, tenant: str, lsn: int) -> None:
+        if self.read_your_writes == "tenant" and lsn > self._tenant_positions.get(tenant, -1):
+            self._tenant_positions[tenant] = lsn
+
+    def tenant_commit_position(self, tenant: str) -> int | None:
+        return self._tenant_positions.get(tenant)
+
+    def _server_down(self, key: ServerKey, reason: str) -> None:
+        """A server failed its health check: its idle connections are dead weight, drop them."""
+        for pool in self.iter_pools():
+            if pool.key.host == key.host and pool.key.port == key.port:
+                pool.close_idle(f"server down: {reason}")
+
+    def _server_up(self, key: ServerKey) -> None:
+        pass  # pools open connections on demand again; nothing is held back
+
+    # --- live reload --------------------------------------------------------------------------------
+
+    def apply_topology(self, topology: Topology) -> None:
+        """Switch to a new topology without dropping clients: new servers get pools on first use,
+        removed servers' pools drain (transactions in flight finish, then their connections close),
+        and weights and replicas take effect for the next transaction."""
+        diff = diff_topologies(self.topology, topology)
+        self.topology = topology
+        self.ring = Ring.from_topology(topology)
+        self._targets.clear()
+        live = {
+            (name, server.host, server.port)
+            for name, shard in topology.shards.items()
+            for server in (shard.primary, *shard.replicas)
+        }
+        for key, pool in list(self.pools.items()):
+            if (key.shard, key.host, key.port) not in live:
+                del self.pools[key]
+                pool.close()
+                log.info("draining %s: no longer in the topology", key.label)
+        self.health.set_topology(topology)
+        log.debug("topology applied: %s", diff)
+
+    async def reload(self) -> bool:
+        """Re-read shards.yaml and apply it (SIGHUP, `tenant-router reload`, the file watcher).
+
+        An invalid file is rejected with the messages of `tenant-router check`, and so is one that
+        removes a shard still holding tenants; the running topology then stays as it was. Tenants
+        that would hash to another shard are first pinned to their old shard in the catalog (their
+        data has not moved), so a reload never sends a tenant to a shard that lacks its data."""
+        from router.reload import moved_tenants, pin_moved_tenants, reload_problems, summarize
+
+        async with self._reload_lock:
+            try:
+                _config, topology = load_both(self.config.path)
+            except ConfigError as exc:
+                log.error("reload rejected, the running topology is unchanged:\n%s", exc)
+                return False
+            tenants = [(t.id, t.shard) for t in self.catalog.snapshot().values()]
+            problems = reload_problems(self.topology, topology, tenants)
+            if problems:
+                log.error("reload rejected, the running topology is unchanged:\n%s", "\n".join(problems))
+                return False
+            moves = moved_tenants(tenants, self.topology, topology)
+            if moves:
+                try:
+                    await pin_moved_tenants(self.config, moves)
+                except RouterError as exc:
+                    log.error("reload rejected: could not pin the tenants it would move: %s", exc.message)
+                    return False
+                self.catalog.pin_locally({move.tenant: move.old_shard for move in moves})
+            old = self.topology
+            self.apply_topology(topology)
+            log.info("%s", summarize(diff_topologies(old, topology), moves, old=old, new=topology))
+            return True
+
     def _tenant_changed(self, tenant: str) -> None:
         self._targets.pop(tenant, None)
+        self._tenant_positions.pop(tenant, None)
 
     def register_client(self, session: ClientSession) -> tuple[int, bytes]:
         if len(self._clients) >= self.max_clients:
@@ -366,6 +473,7 @@ class RunningRouter:
     _servers: list[asyncio.Server] = field(default_factory=list)
     _janitor: Janitor | None = None
     _cluster: list[Any] = field(default_factory=list)
+    _watcher: Any = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -378,6 +486,9 @@ class RunningRouter:
                 await member.stop()
         if self._janitor is not None:
             await self._janitor.stop()
+        if self._watcher is not None:
+            await self._watcher.stop()
+        await self.router.health.stop()
         for pool in self.router.iter_pools():
             pool.close_all_now()
         await self.router.catalog.stop()
@@ -420,6 +531,16 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         http_port = http_server.sockets[0].getsockname()[1]
     janitor = Janitor(router)
     janitor.start()
+    await router.health.start()
+    watcher = None
+    if config.reload.watch:
+        from router.reload import FileWatcher
+
+        loop = asyncio.get_running_loop()
+        watcher = FileWatcher(
+            [config.shards_file], config.reload.watch_interval, lambda: loop.create_task(router.reload()) and None
+        )
+        watcher.start()
     cluster = await _join_cluster(router, port)
     log.info(
         "tenant-router %slistening on %s:%s (%s pooling, %d shards, %d tenants in the catalog)",
@@ -430,7 +551,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         len(topology.shards),
         len(router.catalog),
     )
-    return RunningRouter(router, port, http_port, servers, janitor, cluster)
+    return RunningRouter(router, port, http_port, servers, janitor, cluster, watcher)
 
 
 async def _join_cluster(router: Router, port: int) -> list[Any]:
@@ -461,12 +582,24 @@ async def _join_cluster(router: Router, port: int) -> list[Any]:
 
 async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:
     """Run until SIGINT/SIGTERM."""
+    from router.reload import pid_file_path, remove_pid_file, write_pid_file
+
     running = await start(config, topology, worker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(running.router.reload()) and None)
+    # A lone process is the one `tenant-router reload` signals; workers hear from their supervisor.
+    pid_file = pid_file_path(config) if worker is None or worker.count == 1 else None
+    if pid_file is not None:
+        write_pid_file(pid_file)
+    try:
+        await stop.wait()
+    finally:
+        if pid_file is not None:
+            remove_pid_file(pid_file)
     log.info("shutting down")
     await running.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -476,6 +477,15 @@ class CatalogCache:
 
     def __len__(self) -> int:
         return len(self._tenants)
+
+    def pin_locally(self, pins: Mapping[str, str]) -> None:
+        """Apply catalog pins this process has just written, without waiting for their NOTIFY
+        (a reload must not route a moved tenant before its pin is in force here)."""
+        for tenant_id, shard in pins.items():
+            tenant = self._tenants.get(tenant_id)
+            if tenant is not None and tenant.shard is None:
+                self._tenants[tenant_id] = dataclasses.replace(tenant, shard=shard)
+                self._changed(tenant_id)
 
     def snapshot(self) -> dict[str, Tenant]:
         """A copy of the current map, for listings (not for the hot path: it is O(n))."""

@@ -1,6 +1,6 @@
 """The `tenant-router` command line: parsing and wiring only, no logic.
 
-tenant-router [--config FILE] serve | check | catalog init | demo
+tenant-router [--config FILE] serve | check | reload | catalog init | demo
 tenant-router [--config FILE] tenants add|list|show|suspend|resume|remove ...
 tenant-router [--config FILE] instances [--stale-after SECONDS]
 """
@@ -17,8 +17,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from router.config import RouterConfig
 from router.errors import ConfigError, RouterError
-from router.topology import load_both
+from router.topology import Topology, load_both
 
 DEFAULT_CONFIG = "config/router.yaml"
 
@@ -32,10 +33,29 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(coro)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> tuple[RouterConfig, Topology]:
+    """Validate router.yaml and shards.yaml and say so; a ConfigError lists every problem (exit 2)."""
     config, topology = load_both(args.config)
     print(f"{config.path}: ok")
     print(f"{topology.source}: ok ({len(topology.shards)} shards: {', '.join(topology.shards)})")
+    return config, topology
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _check(args)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from router.reload import ReloadSignalError, signal_reload
+
+    config, _topology = _check(args)
+    try:
+        pid = signal_reload(config)
+    except ReloadSignalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"reload signalled to pid {pid}")
     return 0
 
 
@@ -115,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the router").set_defaults(func=cmd_serve)
     commands.add_parser("check", help="validate router.yaml and shards.yaml").set_defaults(func=cmd_check)
+    commands.add_parser(
+        "reload", help="validate, then make the running router re-read shards.yaml (SIGHUP)"
+    ).set_defaults(func=cmd_reload)
     catalog = commands.add_parser("catalog", help="the tenant catalog")
     catalog_actions = catalog.add_subparsers(dest="catalog_action", required=True)
     catalog_actions.add_parser("init", help="create or migrate the catalog schema").set_defaults(func=cmd_catalog_init)

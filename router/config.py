@@ -127,6 +127,10 @@ class UserConfig:
     name: NonEmpty
     password: str | None = field(default=None, repr=False)
     tenant_switch: bool = False
+    # Read/write splitting for this user's sessions; None = the global `reads.mode`.
+    reads: ReadMode | None = None
+    # Every session of this user is read-only: its transactions go to replicas (in explicit and auto).
+    read_only: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, config=_SECTION)
@@ -208,6 +212,45 @@ class ClusterConfig:
     peers: tuple[PeerConfig, ...] = ()
 
 
+ReadMode = Literal["off", "explicit", "auto"]
+
+
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
+class ReadsConfig:
+    """Read/write splitting over each shard's replicas.
+
+    `mode`: off (all to the primary); explicit (read-only sessions and BEGIN READ ONLY go to a
+    replica); auto (also plain reads outside a transaction). A replica whose replay lag exceeds
+    `max_lag_bytes` or `max_lag_seconds` gets no reads. `read_your_writes`: after a client commits a
+    write, its reads (per session, or per tenant for all its sessions in this process) go only to
+    replicas that have replayed that commit, else to the primary.
+    """
+
+    mode: ReadMode = "off"
+    volatile_functions: tuple[NonEmpty, ...] = ()  # functions whose calls must run on the primary
+    max_lag_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    max_lag_seconds: Seconds = 10.0
+    read_your_writes: Literal["off", "session", "tenant"] = "session"
+
+
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
+class HealthConfig:
+    """Background health checks of every server: a failing server is marked down, its idle
+    connections dropped, and it is retried with exponential backoff up to `max_backoff`."""
+
+    interval: Seconds = 1.0  # between checks (and lag measurements) of a healthy server
+    timeout: Seconds = 2.0  # for one check, connecting included
+    max_backoff: Seconds = 30.0
+
+
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
+class ReloadConfig:
+    """Live reload of shards.yaml: SIGHUP, `tenant-router reload`, or the file watcher."""
+
+    watch: bool = True
+    watch_interval: Seconds = 1.0
+
+
 _CUSTOM_SETTING: Final = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
 
 
@@ -266,6 +309,9 @@ class RouterConfig:
     # Worker processes sharing the listen port; None = one per core. Pool sizes are instance totals.
     workers: int | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    reads: ReadsConfig = field(default_factory=ReadsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
 
     @property
     def worker_count(self) -> int:
@@ -287,6 +333,9 @@ class _RouterFile:
     log_level: str = "INFO"
     workers: Annotated[int, Field(ge=1, le=64)] | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    reads: ReadsConfig = field(default_factory=ReadsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
 
     @field_validator("auth")
     @classmethod
@@ -329,6 +378,9 @@ def load_router_config(path: str | Path) -> RouterConfig:
         log_level=parsed.log_level,
         workers=parsed.workers,
         cluster=parsed.cluster,
+        reads=parsed.reads,
+        health=parsed.health,
+        reload=parsed.reload,
     )
 
 

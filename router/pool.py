@@ -359,11 +359,11 @@ class Pool:
                 closed += 1
         return closed
 
-    def close_idle(self) -> int:
+    def close_idle(self, reason: str = "closed for a database-level command") -> int:
         """Close every idle connection now (the pool stays open); return how many."""
         idle = list(self._idle)
         for conn in idle:
-            self._destroy(conn, "closed for a database-level command")
+            self._destroy(conn, reason)
         return len(idle)
 
     def close(self) -> None:

@@ -85,6 +85,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         for index in range(self.count):
             self._spawn(index)
+        from router.reload import pid_file_path, remove_pid_file, write_pid_file
+
+        pid_file = pid_file_path(self.config)  # the process `tenant-router reload` signals
+        write_pid_file(pid_file)
         http = None
         if self.config.http.enabled:
             http = await asyncio.start_server(get_only(self._route), self.config.http.host, self.config.http.port)
@@ -106,6 +110,7 @@ class Supervisor:
             if http is not None:
                 http.close()
             await self._stop_workers()
+            remove_pid_file(pid_file)
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return 0
 

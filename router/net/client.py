@@ -25,7 +25,9 @@ from router.errors import (
     RouterError,
     TenantSwitchRefused,
 )
+from router.health import parse_lsn
 from router.isolation import quote_literal
+from router.net.read_intent import ReadPolicy, request_reads
 from router.net.server import ServerConnection, ServerState
 from router.net.session_sql import (
     HANDOVER_RESET,
@@ -81,14 +83,18 @@ class ClientSession(asyncio.Protocol):
         "_login_task",
         "_login_waiter",
         "_out",
+        "_read_next",
+        "_track_writes",
         "_waiting_for",
         "_watched",
         "key",
         "last_server",
         "login_tenant",
+        "min_lsn",
         "peer",
         "pins",
         "pool",
+        "read_policy",
         "reported",
         "role",
         "router",
@@ -130,11 +136,17 @@ class ClientSession(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.pool: Pool | None = None
         self.statements = ClientStatements()
+        # Read/write splitting (None: every transaction goes to the primary).
+        self.read_policy: ReadPolicy | None = None
+        self._read_next = False  # the request about to take a server may run on a replica
+        self._track_writes = False  # the attached primary may commit a write: note its WAL position
+        # Read-your-writes: per shard, the WAL position of this session's last write there.
+        self.min_lsn: dict[str, int] | None = None
         self._buf = bytearray()
         self._out: list[bytes] = []
         # What holds the message loop: a place in a pool's line, or reading settings back.
         self._acquiring: Waiter | Cancellable | asyncio.Task[None] | None = None
-        self._waiting_for: Target | None = None
+        self._waiting_for: tuple[Target, Pool] | None = None
         self._discarding = False  # after a refused request: drop messages up to the next Sync
         self._login_task: asyncio.Task[None] | None = None
         self._login_waiter: asyncio.Future[None] | None = None
@@ -186,8 +198,8 @@ class ClientSession(asyncio.Protocol):
         changed, then, in transaction mode and unless session state pins it, let it go."""
         if server is not self.server or server.tx_status != be.TX_IDLE:
             return
-        if self._watched is not None:
-            self._acquiring = asyncio.get_running_loop().create_task(self._read_back_settings(server))
+        if self._watched is not None or self._track_writes:
+            self._acquiring = asyncio.get_running_loop().create_task(self._after_transaction(server))
         elif self.router.transaction_pooling and not self.pins:
             self._release_server()
 
@@ -201,7 +213,44 @@ class ClientSession(asyncio.Protocol):
         if out:
             self.write_to_client(out)
 
-    async def _read_back_settings(self, server: ServerConnection) -> None:
+    async def _after_transaction(self, server: ServerConnection) -> None:
+        """Bookkeeping on the server before it is let go: settings the transaction changed, and
+        the WAL position a write reached (for read-your-writes)."""
+        if self._watched is not None and not await self._read_back_settings(server):
+            return
+        if self._track_writes and not await self._note_commit_position(server):
+            return
+        self._acquiring = None
+        if self.state is not SessionState.READY:
+            return
+        if self.server is server and self.router.transaction_pooling and not self.pins:
+            self._release_server()
+        self._process()
+
+    async def _note_commit_position(self, server: ServerConnection) -> bool:
+        """The primary's WAL insert position now, after the commit: any replica that has replayed
+        up to it has the commit, so this session's (or tenant's) next reads go only to those."""
+        self._track_writes = False
+        try:
+            _reported, error, rows = await server.query_internal("SELECT pg_current_wal_insert_lsn()")
+        except RouterError as exc:
+            self._acquiring = None
+            self.fatal(exc)
+            return False
+        if error is not None or not rows:
+            self._acquiring = None
+            self.fatal(BackendUnavailable(f"could not read the WAL position: {error.message if error else 'no row'}"))
+            return False
+        lsn = parse_lsn(str(rows[0][0]))
+        if self.min_lsn is None:
+            self.min_lsn = {}
+        shard = self.pool.key.shard if self.pool is not None else ""
+        self.min_lsn[shard] = max(lsn, self.min_lsn.get(shard, lsn))
+        if self.tenant is not None:
+            self.router.note_commit(self.tenant, lsn)
+        return True
+
+    async def _read_back_settings(self, server: ServerConnection) -> bool:
         """After a transaction that changed settings: ask the server what is now in force (exact,
         whatever form the change took), so those settings follow the client to other servers."""
         watched, self._watched = self._watched or set(), None
@@ -211,22 +260,18 @@ class ClientSession(asyncio.Protocol):
         except RouterError as exc:
             self._acquiring = None
             self.fatal(exc)
-            return
-        self._acquiring = None
+            return False
         if error is not None:
+            self._acquiring = None
             self.fatal(BackendUnavailable(f"could not read session settings back: {error.message}"))
-            return
+            return False
         in_force = {str(row[0]): str(row[1]) for row in rows if row[1]}
         server.applied = in_force
         context = self._context_keys()
         # What is not set in this session falls back to the startup value, as RESET does on a server.
         self.settings = {**self.startup_settings, **{k: v for k, v in in_force.items() if k not in context}}
         self._desired = None
-        if self.state is not SessionState.READY:
-            return
-        if self.server is server and self.router.transaction_pooling and not self.pins:
-            self._release_server()
-        self._process()
+        return True
 
     def _context_keys(self) -> frozenset[str]:
         try:
@@ -302,6 +347,8 @@ class ClientSession(asyncio.Protocol):
                     self._flush_out()
                     self.close()
                     return
+                if self.server is None and self.read_policy is not None:
+                    self._read_next = request_reads(self.read_policy, data, pos, self.statements)
                 handler = handlers.get(mtype)
                 if handler is None:
                     raise ClientProtocolError(f"unexpected message type {chr(mtype)!r} from the client")
@@ -345,16 +392,41 @@ class ClientSession(asyncio.Protocol):
                 return None
         try:
             target = self._target()
-            result = target.pool.checkout(self._granted, self._refused, self.last_server)
+            pool = target.pool
+            read = self._read_next
+            if read and target.replicas:
+                pool = self.router.read_pool(target, self._read_position(target)) or pool
+            try:
+                result = pool.checkout(self._granted, self._refused, self.last_server)
+            except BackendUnavailable as exc:
+                if pool is target.pool:
+                    raise
+                self.router.replica_failed(pool, exc)  # the read has not started: the primary serves it
+                pool = target.pool
+                result = pool.checkout(self._granted, self._refused, self.last_server)
         except RouterError as exc:
             self._refuse(exc)
             return None
+        self._track_writes = not read and bool(target.replicas) and self._tracks_writes()
         if isinstance(result, ServerConnection):
-            self._attach(result, target)
+            self._attach(result, target, pool)
             return result
         self._acquiring = result
-        self._waiting_for = target
+        self._waiting_for = (target, pool)
         return None
+
+    def _read_position(self, target: Target) -> int | None:
+        """The WAL position a replica must have replayed to serve this session's reads."""
+        mode = self.router.read_your_writes
+        if mode == "tenant":
+            return self.router.tenant_commit_position(target.tenant)
+        if mode == "session" and self.min_lsn is not None:
+            return self.min_lsn.get(target.shard)
+        return None
+
+    def _tracks_writes(self) -> bool:
+        mode = self.router.read_your_writes
+        return mode == "tenant" or (mode == "session" and self.read_policy is not None)
 
     def _hold_released(self) -> None:
         self._acquiring = None
@@ -363,20 +435,29 @@ class ClientSession(asyncio.Protocol):
 
     def _granted(self, conn: ServerConnection) -> None:
         self._acquiring = None
-        target = self._waiting_for
+        waiting = self._waiting_for
         self._waiting_for = None
-        if target is None:
+        if waiting is None:
             conn.close()
             return
+        target, pool = waiting
         if self.state is not SessionState.READY:
-            target.pool.release(conn)
+            pool.release(conn)
             return
-        self._attach(conn, target)
+        self._attach(conn, target, pool)
         self._process()
 
     def _refused(self, exc: RouterError) -> None:
         self._acquiring = None
+        waiting = self._waiting_for
         self._waiting_for = None
+        if waiting is not None and waiting[1] is not waiting[0].pool and isinstance(exc, BackendUnavailable):
+            # A replica could not be reached before the read started: mark it, and try again,
+            # which sends the read to another replica or to the primary, without an error.
+            self.router.replica_failed(waiting[1], exc)
+            if self.state is SessionState.READY:
+                self._process()
+            return
         if self.state is SessionState.READY:
             self._refuse(exc)
             self._process()
@@ -389,10 +470,10 @@ class ClientSession(asyncio.Protocol):
             )
         return self.router.resolve_target(self.tenant)
 
-    def _attach(self, conn: ServerConnection, target: Target) -> None:
+    def _attach(self, conn: ServerConnection, target: Target, pool: Pool) -> None:
         conn.attach(self)
         self.server = conn
-        self.pool = target.pool
+        self.pool = pool
         self.last_server = conn
         reset: str | None = None
         if conn.owner != self.serial:
@@ -433,6 +514,7 @@ class ClientSession(asyncio.Protocol):
         if conn is None or pool is None:
             return
         pool.transactions += 1
+        self._track_writes = False
         pool.release(conn)
 
     def _tx_status(self) -> int:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from router.net.server import ServerConnection
     from router.pool import Pool
     from router.protocol.pg.auth import ScramVerifier
+    from router.read_statements import ReadClassifier
+    from router.replicas import ReplicaMember
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +28,9 @@ class Target:
 
     tenant: str
     shard: str
-    pool: Pool
+    pool: Pool  # the primary's
     context: dict[str, str]
+    replicas: tuple[ReplicaMember, ...] = ()
 
 
 class RouterContext(Protocol):
@@ -39,6 +42,9 @@ class RouterContext(Protocol):
     refused_state: frozenset[str]
     exact_handover: bool
     held: dict[str, list[Any]]
+    read_mode: str  # off | explicit | auto: the default for users that do not set their own
+    read_classifier: ReadClassifier
+    read_your_writes: str  # off | session | tenant
 
     def user(self, name: str) -> UserConfig | None: ...
 
@@ -74,6 +80,20 @@ class RouterContext(Protocol):
     def move_client(self, old: str | None, new: str | None) -> None:
         """Count a logged-in client under another tenant; raises TooManyClients at its limit."""
         ...
+
+    def read_pool(self, target: Target, min_lsn: int | None) -> Pool | None:
+        """The pool of the replica a read should use (replayed at least `min_lsn`), or None: the primary."""
+        ...
+
+    def replica_failed(self, pool: Pool, exc: RouterError) -> None:
+        """A replica could not serve a read: stop choosing it until its health check passes."""
+        ...
+
+    def note_commit(self, tenant: str, lsn: int) -> None:
+        """A write of `tenant` committed at WAL position `lsn` (read-your-writes per tenant)."""
+        ...
+
+    def tenant_commit_position(self, tenant: str) -> int | None: ...
 
     def wait_for_release(
         self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]

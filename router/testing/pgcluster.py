@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
 import string
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,6 +380,26 @@ logging_collector = off
                 f"{result.stderr.strip()}\n--- SQL ---\n{shown}"
             )
         return result.stdout.removesuffix("\n")
+
+    def set_setting(self, name: str, value: str, timeout: float = 10) -> None:
+        """ALTER SYSTEM SET name = value, reload, and wait until new sessions see it (or `timeout`).
+
+        Only for settings a reload applies (not postmaster-level ones such as `port`); works on
+        replicas too (e.g. recovery_min_apply_delay).
+        """
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", name):
+            raise ValueError(f"invalid setting name {name!r}")
+        show = f"SELECT current_setting({_literal(name)})"
+        before = self.execute(show)
+        self.execute(f"ALTER SYSTEM SET {name} = {_literal(value)};\nSELECT pg_reload_conf();")
+        # The reload is asynchronous; a value shown differently than written (3000ms -> 3s) and
+        # already in effect only costs the timeout.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.execute(show)
+            if now == value or now != before:
+                return
+            time.sleep(0.02)
 
     def make_replica(self, name: str) -> PgCluster:
         """A started streaming replica of this (running) cluster, in `base_dir/name` on its own port."""

@@ -757,9 +757,12 @@ class ShardWatch:
         self._before = [row[0] for row in self._monitor.execute(self._BACKENDS.format("pid"), (self.role, []))]
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    # Pooled backends only: the health monitor's own connection (one per worker) is not in a pool.
     _BACKENDS = (
         "SELECT {} FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend' AND NOT pid = ANY(%s)"
+        " AND application_name IS DISTINCT FROM 'tenant-router-health'"
     )
+    _HEALTH_PORTS = "SELECT client_port FROM pg_stat_activity WHERE application_name = 'tenant-router-health'"
 
     def start(self, workers: list[int]) -> None:
         self.workers = workers
@@ -770,7 +773,13 @@ class ShardWatch:
         while not self._stop.is_set():
             row = self._monitor.execute(query, (self.role, self._before)).fetchone()
             assert row is not None
-            held = sum(1 for pid in self.workers for s in established(pid) if s.remote_port == self.cluster.port)
+            health = {r[0] for r in self._monitor.execute(self._HEALTH_PORTS).fetchall()}
+            held = sum(
+                1
+                for pid in self.workers
+                for s in established(pid)
+                if s.remote_port == self.cluster.port and s.local_port not in health
+            )
             self.backends = int(row[0])
             self.peak_backends = max(self.peak_backends, self.backends)
             self.peak_sockets = max(self.peak_sockets, held)

@@ -63,6 +63,11 @@ class ClientStatements:
             statement = self._resolved[key] = server_statement_for(parse, namespace)
         return statement
 
+    def query_of(self, client_name: str) -> str | None:
+        """The SQL text of a client's named statement, or None if it is unknown."""
+        parse = self._by_name.get(client_name)
+        return parse.query if parse is not None else None
+
     def forget(self, client_name: str) -> None:
         if self._by_name.pop(client_name, None) is not None:
             self._resolved = {k: v for k, v in self._resolved.items() if k[0] != client_name}
