@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _UNPACK_LENGTH = f.UINT32.unpack_from
 _DATA_ROW = f.DATA_ROW
 _READY = f.READY_FOR_QUERY
+_ERROR = f.ERROR_RESPONSE
 
 
 class ServerState(enum.Enum):
@@ -157,6 +158,18 @@ class ServerConnection(asyncio.Protocol):
             if mtype == _READY:
                 self.tx_status = data[pos + 5]
                 saw_ready = True
+            elif mtype == _ERROR and be.is_fatal_error(data[pos:end]):
+                # The server is ending the session (shutdown, terminated backend): say which one.
+                if pos > run_start:
+                    client.write_to_client(memoryview(data)[run_start:pos])
+                if on_message(mtype):
+                    client.write_to_client(be.naming_server(data[pos:end], self.label))
+                pos = run_start = end
+                swallowing = plan.swallowing()
+                if plan.ready:
+                    client.write_to_client(bytes(plan.ready))
+                    plan.ready.clear()
+                continue
             elif mtype == f.PARAMETER_STATUS:
                 # Not forwarded as such: the client is told what differs from what it knows, which
                 # also hides the churn of the router's own resets.

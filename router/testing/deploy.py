@@ -60,8 +60,10 @@ def write_configs(
     pins: dict[str, str] | None = None,
     extra_shards: dict[str, tuple[str, int]] | None = None,
     extra: dict[str, Any] | None = None,
+    replicas: dict[str, list[tuple[str, int]]] | None = None,
 ) -> Path:
-    """Write router.yaml and shards.yaml for `env` into `directory`; return router.yaml's path."""
+    """Write router.yaml and shards.yaml for `env` into `directory`; return router.yaml's path.
+    `replicas` lists (host, port) read replicas per shard name."""
     directory.mkdir(parents=True, exist_ok=True)
     shards: dict[str, Any] = {
         name: {
@@ -72,6 +74,8 @@ def write_configs(
     }
     for name, (host, port) in (extra_shards or {}).items():
         shards[name] = {"weight": 1, "primary": {"host": host, "port": port, "dbname": env.SHARD_DB}}
+    for name, servers in (replicas or {}).items():
+        shards[name]["replicas"] = [{"host": host, "port": port} for host, port in servers]
     topology: dict[str, Any] = {"ring": {"vnodes": 160}, "shards": shards}
     if pins:
         topology["pins"] = pins

@@ -124,6 +124,22 @@ def parse_error_fields(body: bytes) -> ServerError:
     return ServerError(fields)
 
 
+def is_fatal_error(msg: bytes | memoryview) -> bool:
+    """Whether an ErrorResponse (whole message) has severity FATAL or PANIC: the server is ending
+    the session. The non-localized severity field (V) is checked when present, else S."""
+    fields = parse_error_fields(bytes(msg[5:])).fields
+    return fields.get("V", fields.get("S", "")) in ("FATAL", "PANIC")
+
+
+def naming_server(msg: bytes | memoryview, server: str) -> bytes:
+    """An ErrorResponse (whole message) with `server` appended to its message text, every other
+    field kept: a client of the router cannot otherwise tell which server ended its session."""
+    fields = parse_error_fields(bytes(msg[5:])).fields
+    fields["M"] = f"{fields.get('M', '')} ({server})"
+    body = b"".join(code.encode() + cstr(value) for code, value in fields.items())
+    return frame(b"E", body + b"\x00")
+
+
 def parse_parameter_status(body: bytes) -> tuple[str, str]:
     name, pos = read_cstr(body, 0)
     value, _ = read_cstr(body, pos)
