@@ -175,6 +175,16 @@ class ServerCredentials:
 
 
 @dataclass(frozen=True, kw_only=True, config=_SECTION)
+class AdminCredentials:
+    """A role with the rights to provision on every shard (CREATE ROLE, CREATE DATABASE, owning the
+    row-level security key): used by `tenant-router rls enable` and `tenants add/erase`, never by
+    client traffic. Usually a superuser; the router's own `server.user` must not be one."""
+
+    user: NonEmpty
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
 class PoolConfig:
     """Server connection pooling; `size` is per shard. A timeout of 0 for idle/lifetime disables it."""
 
@@ -266,6 +276,9 @@ class TenantConfig:
     # Client connections one tenant may hold across ALL router instances and workers; each worker
     # enforces its share (the limit divided by the live workers registered in the catalog).
     max_connections: Annotated[int, Field(ge=1)] | None = None
+    # Signs the tenant context (HMAC-SHA256) so a client cannot forge it, and derives the passwords
+    # of per-tenant roles. Shared with the shards' verifying function by `tenant-router rls enable`.
+    context_secret: str | None = field(default=None, repr=False)
 
     @field_validator("resolution")
     @classmethod
@@ -312,6 +325,7 @@ class RouterConfig:
     reads: ReadsConfig = field(default_factory=ReadsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    admin: AdminCredentials | None = None
 
     @property
     def worker_count(self) -> int:
@@ -336,6 +350,7 @@ class _RouterFile:
     reads: ReadsConfig = field(default_factory=ReadsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    admin: AdminCredentials | None = None
 
     @field_validator("auth")
     @classmethod
@@ -381,6 +396,7 @@ def load_router_config(path: str | Path) -> RouterConfig:
         reads=parsed.reads,
         health=parsed.health,
         reload=parsed.reload,
+        admin=parsed.admin,
     )
 
 
@@ -390,7 +406,7 @@ T = TypeVar("T")
 Loc = tuple[str | int, ...]
 WHOLE_FILE: Final = "(file)"
 
-_SECRET_FIELDS: Final = frozenset({"password", "dsn"})
+_SECRET_FIELDS: Final = frozenset({"password", "dsn", "context_secret"})
 # `$${` escapes a literal `${`; otherwise ${NAME} or ${NAME:-default} (default used if unset or empty).
 _REFERENCE: Final = re.compile(r"\$(\$\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

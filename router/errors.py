@@ -119,6 +119,11 @@ class BackendUnavailable(RouterError):
     sqlstate = "08006"
 
 
+class PoolRetired(BackendUnavailable):
+    """A pool was removed by a topology reload while a client waited for it or reached for it:
+    the client retries with the new topology, it never sees this."""
+
+
 class BackendAuthFailed(RouterError):
     """The router's own credentials towards a shard were rejected."""
 

@@ -1,7 +1,8 @@
 """Tenant isolation levels and the names and quoting they imply.
 
-Owns: the `Isolation` vocabulary, the rule for what a tenant id may look like, the schema or
-database name a tenant gets, and PostgreSQL identifier/literal quoting for building DDL.
+Owns: the `Isolation` vocabulary, the rule for what a tenant id may look like, the schema,
+database and role names a tenant gets, the signature of its context and the derived password of
+its role, and PostgreSQL identifier/literal quoting for building DDL.
 
 Must not: do I/O, import asyncio or a driver, or know about the catalog, shards or routing.
 Everything here is pure; values in, values out.
@@ -9,6 +10,8 @@ Everything here is pure; values in, values out.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from typing import Final, Literal, get_args
 
@@ -59,6 +62,24 @@ def database_name(tenant_id: str) -> str:
     """The (unquoted) database a `database`-isolated tenant lives in."""
     validate_tenant_id(tenant_id)
     return _PREFIX + tenant_id
+
+
+def tenant_role(tenant_id: str) -> str:
+    """The (unquoted) login role a `schema` or `database` tenant's server connections act as: it
+    owns the tenant's schema or database and is granted nothing of any other tenant."""
+    validate_tenant_id(tenant_id)
+    return _PREFIX + tenant_id
+
+
+def tenant_role_password(secret: str, tenant_id: str) -> str:
+    """The password of a tenant's role, derived from the context secret: stored nowhere."""
+    return hmac.new(secret.encode(), b"role:" + tenant_id.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_tenant(secret: str, tenant_id: str) -> str:
+    """The signature the router sets beside the tenant id (`<setting>_sig`): hex HMAC-SHA256 of
+    the id under the context secret, which the shard's verifying function recomputes."""
+    return hmac.new(secret.encode(), tenant_id.encode(), hashlib.sha256).hexdigest()
 
 
 def quote_ident(name: str) -> str:

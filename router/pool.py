@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from router.errors import BackendUnavailable, PoolTimeout, RouterError
+from router.errors import BackendUnavailable, PoolRetired, PoolTimeout, RouterError
 from router.net.server import ServerConnection, ServerState, open_server_connection
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class Pool:
         """A connection now, or a Waiter in line that will be granted one (an idle connection, or
         a new one while the pool is under its size) or failed with PoolTimeout/BackendUnavailable."""
         if self.closed:
-            raise BackendUnavailable(f"{self.key.label} has been removed from the topology")
+            raise PoolRetired(f"{self.key.label} has been removed from the topology")
         conn = self.acquire_idle(preferred)
         if conn is not None:
             return conn
@@ -269,7 +269,7 @@ class Pool:
         conn.valid_statements = self.valid_statements
         if self.closed:
             conn.close("pool removed")
-            raise BackendUnavailable(f"{self.key.label} has been removed from the topology")
+            raise PoolRetired(f"{self.key.label} has been removed from the topology")
         return conn
 
     def release(self, conn: ServerConnection) -> None:
@@ -372,7 +372,7 @@ class Pool:
         for conn in list(self._idle):
             self._destroy(conn, "pool closed")
         for waiter in self._waiters:
-            waiter.refuse(BackendUnavailable(f"{self.key.label} has been removed"))
+            waiter.refuse(PoolRetired(f"{self.key.label} has been removed from the topology"))
         self._waiters.clear()
 
     def close_all_now(self) -> None:

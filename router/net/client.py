@@ -22,6 +22,7 @@ from router.errors import (
     ClientProtocolError,
     InvalidAuthorization,
     NoTenant,
+    PoolRetired,
     RouterError,
     TenantSwitchRefused,
 )
@@ -398,6 +399,11 @@ class ClientSession(asyncio.Protocol):
                 pool = self.router.read_pool(target, self._read_position(target)) or pool
             try:
                 result = pool.checkout(self._granted, self._refused, self.last_server)
+            except PoolRetired:
+                # A reload removed the server just now: the current topology has the answer.
+                target = self._target()
+                pool = target.pool
+                result = pool.checkout(self._granted, self._refused, self.last_server)
             except BackendUnavailable as exc:
                 if pool is target.pool:
                     raise
@@ -451,6 +457,11 @@ class ClientSession(asyncio.Protocol):
         self._acquiring = None
         waiting = self._waiting_for
         self._waiting_for = None
+        if isinstance(exc, PoolRetired):
+            # The pool was removed by a reload while we waited: ask again under the new topology.
+            if self.state is SessionState.READY:
+                self._process()
+            return
         if waiting is not None and waiting[1] is not waiting[0].pool and isinstance(exc, BackendUnavailable):
             # A replica could not be reached before the read started: mark it, and try again,
             # which sends the read to another replica or to the primary, without an error.
