@@ -7,7 +7,7 @@ description of the machine and its load printed next to every figure.
 
 Must not: run the router in the benchmark's own process (it has to compete for the machine's cores
 as it would in production), touch anything outside the temp dir it is given, or decide what is
-measured (run.py, idle_clients.py and catalog_scale.py do).
+measured (run.py, idle_clients.py, catalog_scale.py and read_scaling.py do).
 """
 
 from __future__ import annotations
@@ -246,9 +246,20 @@ def router_command(config_path: Path) -> list[str]:
 
 
 def write_router_config(
-    directory: Path, env: PgEnvironment, *, workers: int, pool: dict[str, Any], auth_method: str
+    directory: Path,
+    env: PgEnvironment,
+    *,
+    workers: int,
+    pool: dict[str, Any],
+    auth_method: str,
+    replicas: dict[str, list[tuple[str, int]]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Path, int]:
-    """router.yaml for `workers` processes on a free port; `pool` sizes are instance totals."""
+    """router.yaml for `workers` processes on a free port; `pool` sizes are instance totals.
+
+    `replicas`: (host, port) read replicas per shard name, written to shards.yaml. `extra`: more
+    top-level router.yaml sections (e.g. `{"reads": {"mode": "auto"}}`).
+    """
     port = free_port()
     path = deploy.write_configs(
         directory,
@@ -257,7 +268,8 @@ def write_router_config(
         http_port=0,
         pool=pool,
         auth_method=auth_method,
-        extra={"workers": workers},
+        extra={"workers": workers, **(extra or {})},
+        replicas=replicas,
     )
     return path, port
 
@@ -278,9 +290,14 @@ def start_router(
     pool: dict[str, Any],
     auth_method: str = "scram-sha-256",
     seed: bool = False,
+    replicas: dict[str, list[tuple[str, int]]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Service, Target]:
-    """A router process (a supervisor and `workers` workers when workers > 1) for tenant `bench`."""
-    config_path, port = write_router_config(directory, env, workers=workers, pool=pool, auth_method=auth_method)
+    """A router process (a supervisor and `workers` workers when workers > 1) for tenant `bench`;
+    `replicas` and `extra` as in write_router_config."""
+    config_path, port = write_router_config(
+        directory, env, workers=workers, pool=pool, auth_method=auth_method, replicas=replicas, extra=extra
+    )
     if seed:
         asyncio.run(seed_catalog(config_path, env))
     service = Service(name, router_command(config_path), directory / "router.log")

@@ -1,20 +1,22 @@
 """The whole benchmark in one command: pgbench select-only through every target side by side, added
-latency, idle clients and the catalog at scale, each printed with its ratios and the issue's bars.
+latency, idle clients, the catalog at scale and read scaling over a replica, each printed with its
+ratios and the issue's bars.
 
 Owns one run: a throwaway PostgreSQL environment (catalog + one shard, max_connections 300) in a temp
 dir, pgbench tables on the shard, one `shared` tenant, PgBouncer (Debian package, transaction mode,
 configured here) and two router processes started from the YAML an operator would write: one with
 1 worker and one with N workers (N = cores by default), both with the same instance pool size as
 PgBouncer. pgbench runs one target at a time, the order rotated per cell. Then idle_clients.py
-(10 000 idle logins on a router while pgbench runs through it) and catalog_scale.py (100 000
-tenants) run on the same environment.
+(10 000 idle logins on a router while pgbench runs through it), catalog_scale.py (100 000
+tenants) and read_scaling.py (routers with `reads: auto` and 0 or 1 streaming replicas of the
+shard) run on the same environment.
 
 Must not: run a router in this process, change anything outside its temp dir, or leave a process
 behind: routers, PgBouncer and every cluster are stopped on any exit, Ctrl-C included.
 
     python -m benchmarks.run [--duration 10] [--clients 16,100] [--modes simple,extended,prepared]
                              [--workers N] [--idle-clients 10000] [--catalog-tenants 100000]
-                             [--quick] [--json FILE] [--no-added-latency] [--keep]
+                             [--[no-]read-scaling] [--quick] [--json FILE] [--no-added-latency] [--keep]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Final
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import catalog_scale, idle_clients
+from benchmarks import catalog_scale, idle_clients, read_scaling
 from benchmarks.harness import (
     CONNECT_LINE,
     FAILED_LINE,
@@ -309,6 +311,7 @@ class Plan:
     handover: str | None  # the routers' pool.handover; None: the router's default
     idle_clients: int  # 0: no idle-clients section
     catalog_tenants: int  # 0: no catalog section
+    read_scaling: bool  # the read-scaling section (a replica, routers with reads: auto)
     wait_quiet: bool
 
 
@@ -450,6 +453,19 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
         report["catalog"] = catalog_scale.as_json(catalog)
         reload = catalog_scale.router_under_reload(ws, plan.catalog_tenants, plan.duration)
         report["router_under_reload"] = asdict(reload)
+    reads: list[read_scaling.ReadResult] = []
+    if plan.read_scaling:  # last: its replica would otherwise replay alongside the other sections
+        report["load average before read scaling"] = load_average()
+        reads = read_scaling.run(
+            ws,
+            modes=list(read_scaling.DEFAULT_MODES),
+            clients=list(read_scaling.DEFAULT_CLIENTS),
+            duration=plan.duration,
+            workers=plan.workers,
+            pool_size=plan.pool_size,
+            warmup=plan.warmup,
+        )
+        report["read_scaling"] = [r.as_json() for r in reads]
 
     print("\n## Throughput: pgbench -S (tps excluding connection time)\n")
     print(throughput_table(results, names))
@@ -468,6 +484,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
         catalog_scale.report(catalog)
     if reload is not None:
         catalog_scale.report_reload(reload)
+    read_scaling.report(reads)
 
     report["machine"]["load average at end"] = load_average()
     print(f"\nload average: {info['load average at start']} at start, {load_average()} at end")
@@ -475,6 +492,8 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     bars += idle_clients.verdicts(idle)
     if catalog is not None:
         bars.append(catalog_scale.verdict(catalog))
+    if plan.read_scaling:
+        bars += read_scaling.verdicts(reads)
     report["bars"] = [{"holds": holds, "verdict": line} for holds, line in bars]
     print()
     for _holds, line in bars:
@@ -484,6 +503,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     broken |= any(not r.router_alive or r.loaded_tps is None for r in idle)
     broken |= catalog is not None and any(s.errors for s in catalog.sizes)
     broken |= reload is not None and bool(reload.small.errors or reload.large.errors)
+    broken |= any(not r.ok for r in reads)
     return 1 if broken else 0
 
 
@@ -558,6 +578,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         handover=args.handover,
         idle_clients=idle,
         catalog_tenants=tenants,
+        read_scaling=args.read_scaling if args.read_scaling is not None else not args.quick,
         wait_quiet=args.wait_quiet,
     )
 
@@ -574,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default=",".join(MODES), help="pgbench -M modes (default %(default)s)")
     parser.add_argument("--workers", type=int, help="worker processes of the second router (default: cores)")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 3 s runs, scale 1, no idle-clients or catalog section"
+        "--quick",
+        action="store_true",
+        help="a smoke run: 3 s runs, scale 1, no idle-clients, catalog or read-scaling section",
     )
     parser.add_argument("--json", metavar="FILE", help="also write every figure and the machine to FILE")
     parser.add_argument(
@@ -589,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--catalog-tenants", type=int, metavar="N", help="tenants in the catalog section, 0 = off (100000; 0 --quick)"
+    )
+    parser.add_argument(
+        "--read-scaling",
+        action=argparse.BooleanOptionalAction,
+        help="pgbench -S -c 16 through routers with reads: auto and 0 or 1 replicas (default on; off with --quick)",
     )
     parser.add_argument(
         "--handover",

@@ -32,7 +32,7 @@ from router.errors import (
 )
 from router.hashing import Ring
 from router.health import HealthMonitor, ServerKey
-from router.isolation import database_name, schema_name
+from router.isolation import database_name, schema_name, sign_tenant, tenant_role, tenant_role_password
 from router.janitor import Janitor
 from router.net.client import ClientSession
 from router.net.context import Target
@@ -47,6 +47,8 @@ from router.topology import ServerAddress, Shard, Topology, diff_topologies, loa
 log = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT = 30.0
+# A WAL position no replica has replayed: reads that must see a commit not located yet.
+_UNKNOWN_POSITION = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class Router:
         self.read_your_writes: str = config.reads.read_your_writes
         self.read_bounds = LagBounds(config.reads.max_lag_bytes, config.reads.max_lag_seconds)
         self._tenant_positions: dict[str, int] = {}
+        # Tenants with a write just committed whose WAL position is still being read: their reads
+        # go to the primary meanwhile (read-your-writes per tenant).
+        self._tenant_pending: Counter[str] = Counter()
         self.health = HealthMonitor(
             topology, config.server, config.health, on_down=self._server_down, on_up=self._server_up
         )
@@ -160,33 +165,44 @@ class Router:
 
     def _target_for(self, record: Tenant, shard: Shard) -> Target:
         own_database = database_name(record.id) if record.isolation == "database" else None
-        context = {self.config.tenant.setting: record.id}
+        setting, secret = self.config.tenant.setting, self.config.tenant.context_secret
+        context = {setting: record.id}
+        user, password = self.config.server.user, self.config.server.password
+        if secret is not None:
+            # Unforgeable context: the shard's router.current_tenant() checks this signature; and
+            # schema/database tenants act as their own role, which can reach nothing of others.
+            context[setting + "_sig"] = sign_tenant(secret, record.id)
+            if record.isolation != "shared":
+                user, password = tenant_role(record.id), tenant_role_password(secret, record.id)
         if record.isolation == "schema":
             context["search_path"] = schema_name(record.id)
         replicas = tuple(
             ReplicaMember(
                 ServerKey(shard.name, replica.host, replica.port, "replica"),
                 replica.weight,
-                self._pool(shard.name, replica, own_database or replica.dbname),
+                self._pool(shard.name, replica, own_database or replica.dbname, user, password),
             )
             for replica in shard.replicas
         )
-        primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname)
+        primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname, user, password)
         return Target(record.id, shard.name, primary, context, replicas)
 
     def default_target(self) -> Target:
         shard = next(iter(self.topology.shards.values()))
-        return Target("", shard.name, self._pool(shard.name, shard.primary, shard.primary.dbname), {})
+        pool = self._pool(
+            shard.name, shard.primary, shard.primary.dbname, self.config.server.user, self.config.server.password
+        )
+        return Target("", shard.name, pool, {})
 
-    def _pool(self, shard: str, server: ServerAddress, database: str) -> Pool:
-        key = PoolKey(shard, server.host, server.port, database, self.config.server.user)
+    def _pool(self, shard: str, server: ServerAddress, database: str, user: str, password: str | None) -> Pool:
+        key = PoolKey(shard, server.host, server.port, database, user)
         pool = self.pools.get(key)
         if pool is None:
-            # `pool.size` bounds each server, shared by all the databases on it.
+            # `pool.size` bounds each server, shared by all the databases and roles on it.
             capacity = self._capacities.get((server.host, server.port))
             if capacity is None:
                 capacity = self._capacities[(server.host, server.port)] = ShardCapacity(self._pool_settings.size)
-            pool = self.pools[key] = Pool(key, self.config.server.password, self._pool_settings, capacity)
+            pool = self.pools[key] = Pool(key, password, self._pool_settings, capacity)
         return pool
 
     # --- replicas ----------------------------------------------------------------------------------
@@ -203,7 +219,19 @@ class Router:
         if self.read_your_writes == "tenant" and lsn > self._tenant_positions.get(tenant, -1):
             self._tenant_positions[tenant] = lsn
 
+    def commit_pending(self, tenant: str) -> None:
+        if self.read_your_writes == "tenant":
+            self._tenant_pending[tenant] += 1
+
+    def commit_settled(self, tenant: str) -> None:
+        if self._tenant_pending[tenant] <= 1:
+            del self._tenant_pending[tenant]
+        else:
+            self._tenant_pending[tenant] -= 1
+
     def tenant_commit_position(self, tenant: str) -> int | None:
+        if tenant in self._tenant_pending:
+            return _UNKNOWN_POSITION
         return self._tenant_positions.get(tenant)
 
     def _server_down(self, key: ServerKey, reason: str) -> None:
@@ -592,6 +620,8 @@ async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(running.router.reload()) and None)
+        # A worker starts with SIGHUP blocked (router.supervisor): one sent meanwhile reloads now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     # A lone process is the one `tenant-router reload` signals; workers hear from their supervisor.
     pid_file = pid_file_path(config) if worker is None or worker.count == 1 else None
     if pid_file is not None:

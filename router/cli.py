@@ -2,6 +2,8 @@
 
 tenant-router [--config FILE] serve | check | reload | catalog init | demo
 tenant-router [--config FILE] tenants add|list|show|suspend|resume|remove ...
+tenant-router [--config FILE] rls enable TABLE [--column COLUMN]
+tenant-router [--config FILE] tenants export ID -o FILE | import ID FILE [--replace] | erase ID --confirm ID
 tenant-router [--config FILE] instances [--stale-after SECONDS]
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from router.config import RouterConfig
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, ConfigProblem, RouterError
 from router.topology import Topology, load_both
 
 DEFAULT_CONFIG = "config/router.yaml"
@@ -33,16 +35,37 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(coro)
 
 
-def _check(args: argparse.Namespace) -> tuple[RouterConfig, Topology]:
-    """Validate router.yaml and shards.yaml and say so; a ConfigError lists every problem (exit 2)."""
+def _check(args: argparse.Namespace, *, server_role: bool = False) -> tuple[RouterConfig, Topology]:
+    """Validate router.yaml and shards.yaml and say so; a ConfigError lists every problem (exit 2).
+
+    With `server_role`, then connect to every shard primary as server.user: a role row-level
+    security does not apply to (superuser, BYPASSRLS) is a problem too; an unreachable shard or a
+    weaker spot is a warning on stderr, so the check still works offline."""
     config, topology = load_both(args.config)
     print(f"{config.path}: ok")
     print(f"{topology.source}: ok ({len(topology.shards)} shards: {', '.join(topology.shards)})")
+    if server_role:
+        _check_server_role(config, topology)
     return config, topology
 
 
+def _check_server_role(config: RouterConfig, topology: Topology) -> None:
+    from router.provisioning import audit_server_role, describe
+
+    problems = []
+    for audit in _run(audit_server_role(config, topology)):
+        where = f"shard {audit.shard} ({describe(audit.address)})"
+        for warning in audit.warnings:
+            print(f"warning: {where}: {warning}", file=sys.stderr)
+        problems += [ConfigProblem(str(config.path), "server.user", f"{where}: {p}") for p in audit.problems]
+        if not audit.problems and not any(w.startswith("could not connect") for w in audit.warnings):
+            print(f"{where}: server role {config.server.user}: ok (subject to row-level security)")
+    if problems:
+        raise ConfigError(problems)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    _check(args)
+    _check(args, server_role=True)
     return 0
 
 
@@ -102,6 +125,35 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     elif action == "remove":
         _run(admin.remove_tenant(config, topology, args.id, drop_data=args.drop_data))
         print(f"removed tenant {args.id}" + (" and its data" if args.drop_data else ""))
+    elif action in ("export", "import", "erase"):
+        return _tenants_lifecycle(args, config, topology)
+    return 0
+
+
+def _tenants_lifecycle(args: argparse.Namespace, config: RouterConfig, topology: Topology) -> int:
+    from router import tenant_lifecycle as lifecycle
+
+    if args.tenants_action == "export":
+        manifest = _run(lifecycle.export_tenant(config, topology, args.id, Path(args.output)))
+        print("\n".join(manifest.summary()))
+        print(f"written to {args.output}")
+    elif args.tenants_action == "import":
+        manifest = _run(lifecycle.import_tenant(config, topology, args.id, Path(args.file), replace=args.replace))
+        print("\n".join(manifest.summary()))
+        print(f"imported tenant {args.id}: row counts and checksums verified")
+    else:
+        deleted = _run(lifecycle.erase_tenant(config, topology, args.id, args.confirm))
+        print("\n".join(lifecycle.erase_summary(args.id, deleted)))
+    return 0
+
+
+def cmd_rls(args: argparse.Namespace) -> int:
+    from router.provisioning import enable_rls
+
+    config, topology = load_both(args.config)
+    if args.rls_action == "enable":
+        for report in _run(enable_rls(config, topology, args.table, args.column)):
+            print(report)
     return 0
 
 
@@ -134,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the router").set_defaults(func=cmd_serve)
-    commands.add_parser("check", help="validate router.yaml and shards.yaml").set_defaults(func=cmd_check)
+    commands.add_parser(
+        "check", help="validate router.yaml and shards.yaml, and that row-level security applies to server.user"
+    ).set_defaults(func=cmd_check)
     commands.add_parser(
         "reload", help="validate, then make the running router re-read shards.yaml (SIGHUP)"
     ).set_defaults(func=cmd_reload)
@@ -160,6 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="remove a tenant from the catalog")
     remove.add_argument("id")
     remove.add_argument("--drop-data", action="store_true", help="also drop its schema or database")
+    export = actions.add_parser("export", help="write all of a tenant's rows to one archive (tar.gz)")
+    export.add_argument("id")
+    export.add_argument("-o", "--output", required=True, help="the archive to write")
+    restore = actions.add_parser("import", help="load an export archive onto the tenant's shard, verified")
+    restore.add_argument("id")
+    restore.add_argument("file", help="an archive written by `tenants export`")
+    restore.add_argument("--replace", action="store_true", help="delete the tenant's existing rows first")
+    erase = actions.add_parser("erase", help="delete all of a tenant's data and its catalog entry, for good")
+    erase.add_argument("id")
+    erase.add_argument("--confirm", required=True, metavar="ID", help="the tenant id again")
+
+    rls = commands.add_parser("rls", help="row-level security on shared tables")
+    rls.set_defaults(func=cmd_rls)
+    rls_actions = rls.add_subparsers(dest="rls_action", required=True)
+    enable = rls_actions.add_parser(
+        "enable", help="protect TABLE on every shard: only the signed tenant context's rows (uses admin)"
+    )
+    enable.add_argument("table", help="the shared table, optionally schema-qualified")
+    enable.add_argument("--column", default="tenant_id", help="its tenant id column (default tenant_id)")
 
     instances = commands.add_parser("instances", help="list router instances registered in the catalog, live and stale")
     instances.add_argument(

@@ -279,6 +279,9 @@ class TenantConfig:
     # Signs the tenant context (HMAC-SHA256) so a client cannot forge it, and derives the passwords
     # of per-tenant roles. Shared with the shards' verifying function by `tenant-router rls enable`.
     context_secret: str | None = field(default=None, repr=False)
+    # The application's schema for a new `schema` or `database` tenant: one .sql file, or a folder of
+    # them applied in name order (relative to router.yaml), run as the tenant's role in its namespace.
+    schema_sql: str | None = None
 
     @field_validator("resolution")
     @classmethod

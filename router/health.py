@@ -42,6 +42,7 @@ __all__ = [
     "compute_lag",
     "format_lsn",
     "parse_lsn",
+    "record_end",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ _PROBE_SQL: Final = (
     " now() AS now"
 )
 _LSN_RE: Final = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+# Sizes of WAL page headers (SizeOfXLogShortPHD, SizeOfXLogLongPHD on 64-bit platforms).
+_SHORT_PAGE_HEADER: Final = 24
+_LONG_PAGE_HEADER: Final = 40
 # A server whose next check is this close is due now (timers may fire a hair early).
 _DUE_SLACK: Final = 1e-3
 
@@ -132,6 +136,18 @@ def parse_lsn(text: str) -> int:
     if match is None:
         raise ValueError(f"invalid LSN {text!r}: expected two hexadecimal numbers like 16/B374D848")
     return (int(match[1], 16) << 32) | int(match[2], 16)
+
+
+def record_end(insert_lsn: int, segment_offset: int, block_size: int) -> int:
+    """The end of the last WAL record, from pg_current_wal_insert_lsn() and its offset in its WAL
+    segment (pg_walfile_name_offset). At a page boundary that function points past the new page's
+    header, where no record ends: a replica that has replayed everything reports the boundary
+    itself (pg_last_wal_replay_lsn()), and would never seem to reach the insert position."""
+    if segment_offset == _LONG_PAGE_HEADER:  # the first page of a segment
+        return insert_lsn - _LONG_PAGE_HEADER
+    if segment_offset % block_size == _SHORT_PAGE_HEADER:
+        return insert_lsn - _SHORT_PAGE_HEADER
+    return insert_lsn
 
 
 def format_lsn(lsn: int) -> str:

@@ -74,7 +74,13 @@ class Supervisor:
             name=f"tenant-router-worker-{index}",
             daemon=False,
         )
-        process.start()
+        # The worker is born with SIGHUP blocked (the mask survives spawn's exec): a reload forwarded
+        # before its handler is in place stays pending, for serve() to unblock, instead of killing it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._workers[index] = process
         log.info("started worker %d (pid %s)", index, process.pid)
 

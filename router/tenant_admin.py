@@ -1,26 +1,23 @@
 """Tenant administration: what `tenant-router catalog init` and `tenant-router tenants ...` do.
 
-Owns: creating the catalog schema, adding tenants (catalog row, then the tenant's schema or
-database on the shard placement chooses, undoing the row if that fails), listing, showing,
-suspending, resuming and removing tenants (optionally dropping their data), and `TenantView`,
-the text those commands show.
+Owns: creating the catalog schema, adding tenants (catalog row, then the tenant's role and schema
+or database on the shard placement chooses, undoing the row if that fails), listing, showing,
+suspending, resuming and removing tenants (optionally dropping their data and role), and
+`TenantView`, the text those commands show.
 
 Must not: parse arguments or print (router/cli.py does both), decide placement itself (it asks
-routing.place_tenant), or be used on the router's hot path: every call opens and closes its own
-connections.
+routing.place_tenant), talk to shards itself (router/provisioning.py does, as the admin role), or be
+used on the router's hot path: every call opens and closes its own connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
-
-import asyncpg
+from typing import Any
 
 from router.catalog import CatalogStore, Status, Tenant
 from router.config import RouterConfig
@@ -29,20 +26,44 @@ from router.hashing import Ring
 from router.isolation import (
     Isolation,
     database_name,
-    quote_ident,
     schema_name,
     validate_isolation,
     validate_tenant_id,
 )
+from router.provisioning import (
+    SHARD_CONNECT_TIMEOUT,
+    SHARD_ERRORS,
+    Login,
+    ProvisioningError,
+    UnknownShard,
+    check_can_provision,
+    close,
+    connect,
+    describe,
+    drop_tenant,
+    provision_tenant,
+    reason,
+    shard_primary,
+)
 from router.routing import place_tenant
 from router.topology import ServerAddress, Topology
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "SHARD_CONNECT_TIMEOUT",
+    "ProvisioningFailed",
+    "TenantAdminError",
+    "TenantView",
+    "UnknownShard",
+    "add_tenant",
+    "init_catalog",
+    "list_tenants",
+    "remove_tenant",
+    "resume_tenant",
+    "show_tenant",
+    "suspend_tenant",
+]
 
-SHARD_CONNECT_TIMEOUT: Final = 10.0
-_SHARD_APP_NAME: Final = "tenant-router-admin"
-# What can go wrong talking to a shard, as opposed to a bug in our code.
-_SHARD_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+log = logging.getLogger(__name__)
 
 
 class TenantAdminError(RouterError):
@@ -50,10 +71,6 @@ class TenantAdminError(RouterError):
 
     sqlstate = "55000"
     severity = "ERROR"
-
-
-class UnknownShard(TenantAdminError):
-    sqlstate = "42704"
 
 
 class ProvisioningFailed(TenantAdminError):
@@ -114,7 +131,8 @@ async def add_tenant(
     shard: str | None = None,
     labels: Mapping[str, Any] | None = None,
 ) -> TenantView:
-    """Add a tenant to the catalog, then create its schema or database on its shard.
+    """Add a tenant to the catalog, then provision it on its shard (provisioning.provision_tenant:
+    with a context secret, its own role and schema or database, and the application schema).
 
     `shard` pins the tenant in the catalog; without it placement decides. If provisioning fails
     the catalog row is removed again and ProvisioningFailed is raised.
@@ -126,20 +144,23 @@ async def add_tenant(
             f"cannot pin tenant {tenant_id!r} to shard {shard!r}: it is not in the topology",
             hint=f"known shards: {', '.join(sorted(topology.shards)) or '(none)'}",
         )
+    check_can_provision(config, tenant_id, level)  # before the row: a missing admin or schema file
     async with _store(config) as store:
         tenant = await store.add(tenant_id, level, shard=shard, labels=labels)
         view = _view(tenant, topology, Ring.from_topology(topology))
         try:
-            await _provision(config, topology, view)
+            await provision_tenant(config, topology, tenant.id, tenant.isolation, view.shard)
         except BaseException as exc:
             # Whatever stopped us (cancellation included), do not leave a tenant without its data.
             await asyncio.shield(_forget(store, tenant_id))
-            if isinstance(exc, _SHARD_ERRORS):
+            if isinstance(exc, SHARD_ERRORS):
                 raise ProvisioningFailed(
                     f"could not create the {_what(tenant)} of tenant {tenant_id!r} on shard"
-                    f" {view.shard} ({_where(topology, view.shard)}): {_reason(exc)};"
+                    f" {view.shard} ({_where(topology, view.shard)}): {reason(exc)};"
                     " the tenant was not added"
                 ) from exc
+            if isinstance(exc, ProvisioningError) and not isinstance(exc, UnknownShard):
+                raise ProvisioningFailed(f"{exc.message}; the tenant was not added", hint=exc.hint) from exc
             raise
     return view
 
@@ -166,7 +187,8 @@ async def resume_tenant(config: RouterConfig, topology: Topology, tenant_id: str
 
 
 async def remove_tenant(config: RouterConfig, topology: Topology, tenant_id: str, drop_data: bool = False) -> None:
-    """Remove the tenant's catalog row; with `drop_data`, first drop its schema or database.
+    """Remove the tenant's catalog row; with `drop_data`, first drop its schema or database, and
+    its role where it has one.
 
     When dropping, the tenant is suspended first and removed from the catalog only once its data
     is gone, so a failed drop leaves a suspended tenant that the same command can retry.
@@ -178,11 +200,11 @@ async def remove_tenant(config: RouterConfig, topology: Topology, tenant_id: str
             view = _view(tenant, topology, Ring.from_topology(topology))
             await store.set_status(tenant_id, "suspended")
             try:
-                await _drop(config, topology, view)
-            except _SHARD_ERRORS as exc:
+                await drop_tenant(config, topology, tenant.id, tenant.isolation, view.shard)
+            except SHARD_ERRORS as exc:
                 raise TenantAdminError(
                     f"could not drop the {_what(tenant)} of tenant {tenant_id!r} on shard {view.shard}"
-                    f" ({_where(topology, view.shard)}): {_reason(exc)}; the tenant is left suspended",
+                    f" ({_where(topology, view.shard)}): {reason(exc)}; the tenant is left suspended",
                     hint="fix the cause and run the same command again",
                 ) from exc
         elif drop_data:
@@ -230,76 +252,25 @@ def _what(tenant: Tenant) -> str:
     return f"schema {schema_name(tenant.id)!r}"
 
 
-def _primary(topology: Topology, tenant_id: str, shard: str) -> ServerAddress:
-    # A catalog pin may name a shard shards.yaml no longer has (routing returns it as is).
-    if shard not in topology.shards:
-        raise UnknownShard(
-            f"tenant {tenant_id!r} is placed on shard {shard!r}, which is not in the topology",
-            hint=f"known shards: {', '.join(sorted(topology.shards)) or '(none)'}",
-        )
-    return topology.shards[shard].primary
-
-
 def _where(topology: Topology, shard: str) -> str:
-    primary = topology.shards[shard].primary
-    return f"{primary.host}:{primary.port}/{primary.dbname}"
+    return describe(shard_primary(topology, shard))
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {SHARD_CONNECT_TIMEOUT:g}s"
-    return str(exc) or type(exc).__name__
+# --- shard helpers, kept under their old names for router/tenant_lifecycle.py --------------------
+
+_SHARD_ERRORS = SHARD_ERRORS
+_reason = reason
+_close = close
+
+
+def _primary(topology: Topology, tenant_id: str, shard: str) -> ServerAddress:
+    return shard_primary(topology, shard, tenant_id)
 
 
 async def _connect_primary(config: RouterConfig, primary: ServerAddress) -> Any:
-    return await asyncpg.connect(
-        host=primary.host,
-        port=primary.port,
-        database=primary.dbname,
-        user=config.server.user,
-        password=config.server.password,
-        timeout=SHARD_CONNECT_TIMEOUT,
-        server_settings={"application_name": _SHARD_APP_NAME},
-    )
-
-
-async def _provision(config: RouterConfig, topology: Topology, view: TenantView) -> None:
-    tenant = view.tenant
-    if tenant.isolation == "shared":
-        return
-    conn = await _connect_primary(config, _primary(topology, tenant.id, view.shard))
-    try:
-        if tenant.isolation == "schema":
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema_name(tenant.id))}")
-            return
-        name = database_name(tenant.id)
-        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            return
-        # Without arguments asyncpg uses the simple protocol, outside any transaction block, which
-        # CREATE DATABASE requires. Losing a race to a concurrent creator still ends where we want.
-        with contextlib.suppress(asyncpg.DuplicateDatabaseError):
-            await conn.execute(f"CREATE DATABASE {quote_ident(name)}")
-    finally:
-        await _close(conn)
+    """A connection to `primary` as `config.server` (pass a config whose server is the admin)."""
+    return await connect(primary, Login(config.server.user, config.server.password))
 
 
 async def _drop(config: RouterConfig, topology: Topology, view: TenantView) -> None:
-    tenant = view.tenant
-    conn = await _connect_primary(config, _primary(topology, tenant.id, view.shard))
-    try:
-        if tenant.isolation == "schema":
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name(tenant.id))} CASCADE")
-        elif tenant.isolation == "database":
-            # FORCE (PostgreSQL 13+) ends sessions still connected to it, e.g. pooled router ones.
-            force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database_name(tenant.id))}{force}")
-    finally:
-        await _close(conn)
-
-
-async def _close(conn: Any) -> None:
-    # asyncpg aborts the socket itself when a polite close fails or times out.
-    with contextlib.suppress(*_SHARD_ERRORS):
-        await conn.close(timeout=SHARD_CONNECT_TIMEOUT)
+    await drop_tenant(config, topology, view.tenant.id, view.tenant.isolation, view.shard)

@@ -10,6 +10,7 @@ decoded, and server output is forwarded by the server connection, never parsed h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import itertools
 import logging
@@ -26,9 +27,9 @@ from router.errors import (
     RouterError,
     TenantSwitchRefused,
 )
-from router.health import parse_lsn
+from router.health import parse_lsn, record_end
 from router.isolation import quote_literal
-from router.net.read_intent import ReadPolicy, request_reads
+from router.net.read_intent import ReadPolicy, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
 from router.net.session_sql import (
     HANDOVER_RESET,
@@ -62,6 +63,11 @@ _TENANT_STATEMENT = re.compile(
 )
 _TENANT_MARKER = b"router.tenant"
 _SERIALS = itertools.count(1)
+# Where the last WAL record ends on the primary, for read-your-writes (see record_end).
+_COMMIT_POSITION_SQL = (
+    "SELECT w.lsn, (pg_walfile_name_offset(w.lsn)).file_offset, current_setting('wal_block_size')"
+    " FROM (SELECT pg_current_wal_insert_lsn() AS lsn) AS w"
+)
 
 
 class SessionState(enum.Enum):
@@ -200,7 +206,14 @@ class ClientSession(asyncio.Protocol):
         if server is not self.server or server.tx_status != be.TX_IDLE:
             return
         if self._watched is not None or self._track_writes:
-            self._acquiring = asyncio.get_running_loop().create_task(self._after_transaction(server))
+            task = asyncio.get_running_loop().create_task(self._after_transaction(server))
+            self._acquiring = task
+            tenant = self.tenant
+            if self._track_writes and tenant is not None:
+                # The client has its answer already: the tenant's other sessions, which may read
+                # before the commit's position is known, must not read from a replica meanwhile.
+                self.router.commit_pending(tenant)
+                task.add_done_callback(lambda _task: self.router.commit_settled(tenant))
         elif self.router.transaction_pooling and not self.pins:
             self._release_server()
 
@@ -229,11 +242,11 @@ class ClientSession(asyncio.Protocol):
         self._process()
 
     async def _note_commit_position(self, server: ServerConnection) -> bool:
-        """The primary's WAL insert position now, after the commit: any replica that has replayed
+        """The end of the primary's WAL now, after the commit: any replica that has replayed
         up to it has the commit, so this session's (or tenant's) next reads go only to those."""
         self._track_writes = False
         try:
-            _reported, error, rows = await server.query_internal("SELECT pg_current_wal_insert_lsn()")
+            _reported, error, rows = await server.query_internal(_COMMIT_POSITION_SQL)
         except RouterError as exc:
             self._acquiring = None
             self.fatal(exc)
@@ -242,7 +255,7 @@ class ClientSession(asyncio.Protocol):
             self._acquiring = None
             self.fatal(BackendUnavailable(f"could not read the WAL position: {error.message if error else 'no row'}"))
             return False
-        lsn = parse_lsn(str(rows[0][0]))
+        lsn = record_end(parse_lsn(str(rows[0][0])), int(str(rows[0][1])), int(str(rows[0][2])))
         if self.min_lsn is None:
             self.min_lsn = {}
         shard = self.pool.key.shard if self.pool is not None else ""
@@ -272,7 +285,18 @@ class ClientSession(asyncio.Protocol):
         # What is not set in this session falls back to the startup value, as RESET does on a server.
         self.settings = {**self.startup_settings, **{k: v for k, v in in_force.items() if k not in context}}
         self._desired = None
+        self._follow_read_only()
         return True
+
+    def _follow_read_only(self) -> None:
+        """The session's settings changed: a session that is read-only no more (SET
+        default_transaction_read_only = off) sends its transactions to the primary again."""
+        policy = self.read_policy
+        if policy is not None:
+            user = self.router.user(self.role)
+            read_only = read_only_session(user is not None and user.read_only, self.settings)
+            if read_only != policy.read_only:
+                self.read_policy = dataclasses.replace(policy, read_only=read_only)
 
     def _context_keys(self) -> frozenset[str]:
         try:
@@ -582,6 +606,7 @@ class ClientSession(asyncio.Protocol):
             self.settings = dict(self.startup_settings)
             server.applied = {}
             self._desired = None
+            self._follow_read_only()
         if effects.settings or effects.unparsed:
             watched = self._watched if self._watched is not None else set()
             watched.update(change.name for change in effects.settings)

@@ -93,6 +93,15 @@ class RouterContext(Protocol):
         """A write of `tenant` committed at WAL position `lsn` (read-your-writes per tenant)."""
         ...
 
+    def commit_pending(self, tenant: str) -> None:
+        """A write of `tenant` has just committed at a position not read yet: until `commit_settled`,
+        the tenant's reads (read-your-writes per tenant) go to the primary."""
+        ...
+
+    def commit_settled(self, tenant: str) -> None:
+        """The position of a pending commit is noted (`note_commit`), or will never be."""
+        ...
+
     def tenant_commit_position(self, tenant: str) -> int | None: ...
 
     def wait_for_release(

@@ -21,7 +21,7 @@ from router.errors import (
 )
 from router.net.client import ClientSession
 from router.net.context import Target
-from router.net.read_intent import ReadPolicy
+from router.net.read_intent import ReadPolicy, read_only_session
 from router.net.server import ServerConnection
 from router.net.session_sql import session_sync_sql
 from router.protocol.pg import backend as be
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 TENANT_OPTION = "router.tenant"
 # Startup parameters that describe the connection, not session settings to carry to servers.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
-# How PostgreSQL spells "on" for a boolean setting (default_transaction_read_only at login).
-_ON = frozenset({"on", "true", "yes", "1", "t", "y"})
 
 
 async def login(session: ClientSession) -> None:
@@ -134,10 +132,13 @@ async def _login(session: ClientSession) -> None:
     target = router.resolve_target(tenant) if tenant is not None else router.default_target()
     session.tenant = session.login_tenant = tenant
     session.settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS} | options
+    if user.read_only:
+        # Read-only on the primary too, where its transactions go when no replica can serve them.
+        session.settings["default_transaction_read_only"] = "on"
     session.startup_settings = dict(session.settings)
     mode = user.reads or router.read_mode
     if mode != "off":
-        read_only = user.read_only or session.settings.get("default_transaction_read_only", "").lower() in _ON
+        read_only = read_only_session(user.read_only, session.settings)
         session.read_policy = ReadPolicy(mode, read_only, router.read_classifier)
     session.key = router.register_client(session)
     reported = await _server_parameters(session, target)

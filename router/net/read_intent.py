@@ -11,6 +11,7 @@ state between requests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router.protocol.pg import framing as f
@@ -21,6 +22,8 @@ from router.read_statements import ReadClassifier, begins_read_only
 # Messages of an extended-protocol batch that neither add a statement nor end the batch.
 _NEUTRAL = frozenset({f.DESCRIBE, f.EXECUTE, f.CLOSE, f.FLUSH})
 _EXTENDED_START = frozenset({f.PARSE, f.BIND, f.DESCRIBE, f.EXECUTE})
+# How PostgreSQL spells "on" for a boolean setting.
+_ON = frozenset({"on", "true", "yes", "1", "t", "y"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,12 @@ class ReadPolicy:
         if self.read_only or begins_read_only(sql):
             return True
         return self.mode == "auto" and self.classifier.is_plain_read(sql)
+
+
+def read_only_session(user_read_only: bool, settings: Mapping[str, str]) -> bool:
+    """Whether a session is read-only: its user is, or its default_transaction_read_only is on (at
+    login, or SET since)."""
+    return user_read_only or settings.get("default_transaction_read_only", "").lower() in _ON
 
 
 def request_reads(policy: ReadPolicy, data: bytes, pos: int, statements: ClientStatements) -> bool:

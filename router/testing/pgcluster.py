@@ -525,6 +525,20 @@ def _bring_up(cluster: PgCluster, dbname: str) -> None:
     cluster.execute(_setup_sql(dbname))
 
 
+def start_cluster(base_dir: Path, name: str, dbname: str = SHARD_DB) -> PgCluster:
+    """One more cluster `base_dir/name`, set up like a shard of `start_environment` (the router's
+    role owning `dbname`) and started: for a test that must stop a primary without touching the
+    shared environment. The caller stops it (`stop_clusters_under(base_dir)` also does)."""
+    cluster = PgCluster(base_dir, name)
+    try:
+        _bring_up(cluster, dbname)
+    except BaseException:
+        with contextlib.suppress(PgClusterError):
+            cluster.kill()
+        raise
+    return cluster
+
+
 def start_environment(base_dir: Path, shard_count: int = 2) -> PgEnvironment:
     """initdb, configure and start a catalog cluster and `shard_count` shards, all in parallel.
 

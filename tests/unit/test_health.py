@@ -19,6 +19,7 @@ from router.health import (
     compute_lag,
     format_lsn,
     parse_lsn,
+    record_end,
 )
 from router.topology import RingConfig, ServerAddress, Shard, Topology
 
@@ -125,6 +126,19 @@ def test_parse_lsn(text: str, value: int) -> None:
 def test_format_lsn_matches_postgres() -> None:
     assert format_lsn(0x16_B374D848) == "16/B374D848"
     assert format_lsn(0x3000060) == "0/3000060"
+
+
+@pytest.mark.parametrize(
+    ("insert_lsn", "segment_offset", "end"),
+    [
+        (0x3000028, 0x28, 0x3000000),  # first page of a segment: past its long header
+        (0x3002018, 0x2018, 0x3002000),  # any other page: past its short header
+        (0x3002028, 0x2028, 0x3002028),  # a record ending 40 bytes into a page that is not a segment's first
+        (0x30020F0, 0x20F0, 0x30020F0),
+    ],
+)
+def test_record_end_is_where_a_caught_up_replica_stops(insert_lsn: int, segment_offset: int, end: int) -> None:
+    assert record_end(insert_lsn, segment_offset, 8192) == end
 
 
 @pytest.mark.parametrize("text", ["", "16", "16/", "/B3", "16/B374D848/1", "G/0", "123456789/0", "-1/0"])

@@ -1,0 +1,315 @@
+"""The SQL of shard-side isolation: the signed tenant context, row-level security, tenant roles.
+
+Owns: the names of the security objects every shard gets (`tenant_router_rls`, schema `router`,
+`router.context_key`, `router.rls_tables`, `router.current_tenant()`, policy `tenant_isolation`),
+the HMAC key pads stored for the verifying function, the statements that create and protect them,
+and the DDL that gives a `schema` or `database` tenant its own role and namespace.
+
+Must not: do I/O, import a driver, or decide anything about shards, the catalog or credentials
+(router/provisioning.py runs these statements with the admin role). Values in, SQL text out; the
+key pads are always sent as bind parameters, never spliced into SQL text, so they cannot appear in
+pg_stat_activity or a statement log.
+
+How the signature is checked without pgcrypto: HMAC-SHA256(key, msg) is
+sha256(outer_pad || sha256(inner_pad || msg)) where the pads are the key, padded to the 64-byte
+block, XOR 0x5c and 0x36. Python precomputes both pads from `tenant.context_secret`; the shard only
+needs the builtin sha256(bytea) (PostgreSQL 11+).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Final
+
+from router.isolation import quote_ident, quote_literal, tenant_role
+from router.protocol.pg.auth import ScramVerifier
+
+__all__ = [
+    "CURRENT_TENANT",
+    "POLICY",
+    "RECORD_TABLE_SQL",
+    "RLS_ROLE",
+    "RLS_SCHEMA",
+    "STORE_KEY_SQL",
+    "QualifiedName",
+    "context_key_pads",
+    "create_database_sql",
+    "create_schema_sql",
+    "drop_database_sql",
+    "drop_role_sql",
+    "drop_schema_sql",
+    "ensure_rls_role_sql",
+    "ensure_tenant_role_sql",
+    "hmac_from_pads",
+    "lock_down_database_sql",
+    "lock_down_public_schema_sql",
+    "protect_table_sql",
+    "rls_schema_sql",
+    "schema_sql_statements",
+    "scram_verifier",
+    "security_objects_sql",
+    "signature_setting",
+]
+
+RLS_ROLE: Final = "tenant_router_rls"
+RLS_SCHEMA: Final = "router"
+POLICY: Final = "tenant_isolation"
+CURRENT_TENANT: Final = f"{RLS_SCHEMA}.current_tenant()"
+KEY_TABLE: Final = f"{RLS_SCHEMA}.context_key"
+TABLES_TABLE: Final = f"{RLS_SCHEMA}.rls_tables"
+# pg_advisory_xact_lock key serialising concurrent `rls enable` runs on one database ("tr-rls").
+ENABLE_LOCK: Final = 0x74722D726C73
+
+_BLOCK: Final = 64  # SHA-256 block size in bytes
+_INNER: Final = 0x36
+_OUTER: Final = 0x5C
+# The SQLSTATE current_tenant() raises: insufficient_privilege, like any other refusal.
+_REFUSED: Final = "42501"
+
+
+@dataclass(frozen=True)
+class QualifiedName:
+    """A relation's schema and name, unquoted; `sql` is the quoted `schema.name`."""
+
+    schema: str
+    name: str
+
+    @property
+    def sql(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+# --- the signed context --------------------------------------------------------------------------
+
+
+def signature_setting(setting: str) -> str:
+    """The setting holding the signature of `setting`'s value (`app.tenant_id` -> `app.tenant_id_sig`)."""
+    return setting + "_sig"
+
+
+def context_key_pads(secret: str) -> tuple[bytes, bytes]:
+    """(inner_pad, outer_pad) of HMAC-SHA256 under `secret`: the key (hashed first if longer than
+    the 64-byte block, as HMAC requires), zero-padded to 64 bytes, XOR 0x36 and 0x5c."""
+    key = secret.encode()
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\x00")
+    return bytes(b ^ _INNER for b in key), bytes(b ^ _OUTER for b in key)
+
+
+def hmac_from_pads(inner_pad: bytes, outer_pad: bytes, message: str) -> str:
+    """Hex HMAC-SHA256 computed from the pads exactly as the shard's SQL does; equals
+    `isolation.sign_tenant(secret, message)` for the pads of `secret`."""
+    inner = hashlib.sha256(inner_pad + message.encode()).digest()
+    return hashlib.sha256(outer_pad + inner).hexdigest()
+
+
+# --- the security objects ------------------------------------------------------------------------
+
+
+def ensure_rls_role_sql() -> str:
+    """Create the NOLOGIN owner of the security objects if it is missing (races included), and make
+    sure it cannot log in even if someone created it earlier with LOGIN."""
+    role = quote_ident(RLS_ROLE)
+    return (
+        "DO $$BEGIN\n"
+        f"    CREATE ROLE {role} NOLOGIN NOINHERIT;\n"
+        "EXCEPTION WHEN duplicate_object THEN NULL;\n"
+        "END$$;\n"
+        f"ALTER ROLE {role} NOLOGIN"
+    )
+
+
+def rls_schema_sql() -> str:
+    """Create schema `router` owned by the RLS role (run as the admin)."""
+    return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(RLS_SCHEMA)} AUTHORIZATION {quote_ident(RLS_ROLE)}"
+
+
+def security_objects_sql(setting: str) -> list[str]:
+    """The key table, the table of protected tables and the verifying function, with their
+    privileges; run as the RLS role (SET LOCAL ROLE) so it owns everything it creates.
+
+    `router.current_tenant()` is SECURITY DEFINER (so it can read the key nobody else can) with a
+    fixed search_path of pg_catalog then pg_temp, so no object a client creates can stand in for
+    anything it calls. It raises 42501 when `setting` or its signature is missing or wrong.
+    """
+    schema = quote_ident(RLS_SCHEMA)
+    tenant_setting = quote_literal(setting)
+    sig_setting = quote_literal(signature_setting(setting))
+    return [
+        f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
+        f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC",
+        f"""CREATE TABLE IF NOT EXISTS {KEY_TABLE} (
+    id integer PRIMARY KEY CHECK (id = 1),
+    inner_pad bytea NOT NULL CHECK (octet_length(inner_pad) = {_BLOCK}),
+    outer_pad bytea NOT NULL CHECK (octet_length(outer_pad) = {_BLOCK}),
+    written_at timestamptz NOT NULL DEFAULT now()
+)""",
+        f"REVOKE ALL ON {KEY_TABLE} FROM PUBLIC",
+        f"""CREATE TABLE IF NOT EXISTS {TABLES_TABLE} (
+    table_name regclass PRIMARY KEY,
+    column_name text NOT NULL
+)""",
+        f"REVOKE ALL ON {TABLES_TABLE} FROM PUBLIC",
+        f"GRANT SELECT ON {TABLES_TABLE} TO PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_tenant text := pg_catalog.current_setting({tenant_setting}, true);
+    v_signature text := pg_catalog.current_setting({sig_setting}, true);
+    v_key record;
+BEGIN
+    IF v_tenant IS NULL OR v_tenant = '' THEN
+        RAISE EXCEPTION 'no tenant context: % is not set', {tenant_setting}
+            USING ERRCODE = '{_REFUSED}',
+                  HINT = 'connect through tenant-router, which sets a signed tenant context';
+    END IF;
+    IF v_signature IS NULL OR v_signature = '' THEN
+        RAISE EXCEPTION 'unsigned tenant context: % is set but % is not', {tenant_setting}, {sig_setting}
+            USING ERRCODE = '{_REFUSED}',
+                  HINT = 'only tenant-router can set a valid tenant context';
+    END IF;
+    SELECT k.inner_pad, k.outer_pad INTO v_key FROM {KEY_TABLE} AS k WHERE k.id = 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the tenant context key is not installed in this database'
+            USING ERRCODE = '{_REFUSED}', HINT = 'run: tenant-router rls enable TABLE';
+    END IF;
+    IF pg_catalog.encode(pg_catalog.sha256(v_key.outer_pad
+            || pg_catalog.sha256(v_key.inner_pad || pg_catalog.convert_to(v_tenant, 'UTF8'))), 'hex')
+            IS DISTINCT FROM v_signature THEN
+        RAISE EXCEPTION 'forged tenant context: the signature in % does not match %', {sig_setting}, {tenant_setting}
+            USING ERRCODE = '{_REFUSED}',
+                  HINT = 'only tenant-router can set a valid tenant context';
+    END IF;
+    RETURN v_tenant;
+END
+$fn$""",
+        f"REVOKE ALL ON FUNCTION {CURRENT_TENANT} FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {CURRENT_TENANT} TO PUBLIC",
+    ]
+
+
+# The key pads go as bind parameters ($1 inner, $2 outer): never in the statement text.
+STORE_KEY_SQL: Final = (
+    f"INSERT INTO {KEY_TABLE} (id, inner_pad, outer_pad) VALUES (1, $1, $2)"
+    " ON CONFLICT (id) DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad,"
+    " written_at = now()"
+)
+
+
+# Record a protected table ($1: its oid, $2: the tenant column); by oid, so no name look-up is needed.
+RECORD_TABLE_SQL: Final = (
+    f"INSERT INTO {TABLES_TABLE} (table_name, column_name) VALUES ($1::oid::regclass, $2)"
+    " ON CONFLICT (table_name) DO UPDATE SET column_name = EXCLUDED.column_name"
+)
+
+
+def protect_table_sql(
+    table: QualifiedName, column: str, column_type: str, router_role: str, sequences: tuple[QualifiedName, ...] = ()
+) -> list[str]:
+    """Row-level security on `table` keyed by `column`, and the router role's privileges on it.
+
+    The policy compares with `(SELECT router.current_tenant())`, a scalar subquery the planner runs
+    once per statement (an InitPlan), not once per row, and which an index on `column` can use.
+    The router role gets SELECT, INSERT, UPDATE, DELETE (all filtered by the policy) and USAGE on
+    the table's own sequences (nextval for serial/identity columns, not their value); TRUNCATE,
+    REFERENCES and TRIGGER are revoked from it and from PUBLIC, since TRUNCATE ignores row-level
+    security and foreign keys or triggers could observe other tenants' rows.
+    """
+    target = table.sql
+    condition = f"{quote_ident(column)} = (SELECT {CURRENT_TENANT})::{column_type}"
+    role = quote_ident(router_role)
+    statements = [
+        f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {quote_ident(POLICY)} ON {target}",
+        f"CREATE POLICY {quote_ident(POLICY)} ON {target} AS PERMISSIVE FOR ALL TO PUBLIC"
+        f" USING ({condition}) WITH CHECK ({condition})",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {target} TO {role}",
+        f"REVOKE TRUNCATE, REFERENCES, TRIGGER ON {target} FROM PUBLIC, {role}",
+    ]
+    statements += [f"GRANT USAGE ON SEQUENCE {sequence.sql} TO {role}" for sequence in sequences]
+    return statements
+
+
+# --- tenant roles and namespaces -----------------------------------------------------------------
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password`: given to CREATE/ALTER ROLE
+    instead of the password, so the password itself never reaches the server or its logs."""
+    verifier = ScramVerifier(password, salt)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return (
+        f"SCRAM-SHA-256${verifier.ITERATIONS}:{b64(verifier.salt)}"
+        f"${b64(verifier.stored_key)}:{b64(verifier.server_key)}"
+    )
+
+
+def ensure_tenant_role_sql(tenant_id: str, password: str, salt: bytes | None = None) -> str:
+    """Create the tenant's login role if missing and (re)set its password: NOINHERIT, and created
+    with no other attribute (no CREATEDB, CREATEROLE, BYPASSRLS...) and no membership."""
+    role = quote_ident(tenant_role(tenant_id))
+    secret = quote_literal(scram_verifier(password, salt))
+    return (
+        "DO $$BEGIN\n"
+        f"    CREATE ROLE {role} LOGIN NOINHERIT;\n"
+        "EXCEPTION WHEN duplicate_object THEN NULL;\n"
+        "END$$;\n"
+        f"ALTER ROLE {role} LOGIN NOINHERIT PASSWORD {secret}"
+    )
+
+
+def create_schema_sql(schema: str, owner: str) -> list[str]:
+    """A schema owned by `owner` that no one else may use."""
+    name = quote_ident(schema)
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {quote_ident(owner)}",
+        f"REVOKE ALL ON SCHEMA {name} FROM PUBLIC",
+    ]
+
+
+def create_database_sql(database: str, owner: str | None) -> str:
+    """CREATE DATABASE (it cannot run inside a transaction block: send it on its own)."""
+    owned = f" OWNER {quote_ident(owner)}" if owner is not None else ""
+    return f"CREATE DATABASE {quote_ident(database)}{owned}"
+
+
+def lock_down_database_sql(database: str) -> str:
+    """Only the owner (and superusers) may connect to, create in or make temp tables in `database`."""
+    return f"REVOKE ALL ON DATABASE {quote_ident(database)} FROM PUBLIC"
+
+
+def lock_down_public_schema_sql(owner: str) -> list[str]:
+    """Run inside a tenant's own database: its schema `public` belongs to the tenant role alone."""
+    return ["REVOKE ALL ON SCHEMA public FROM PUBLIC", f"ALTER SCHEMA public OWNER TO {quote_ident(owner)}"]
+
+
+def drop_schema_sql(schema: str) -> str:
+    return f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"
+
+
+def drop_database_sql(database: str, force: bool) -> str:
+    """`force` (PostgreSQL 13+) ends sessions still connected, such as pooled router ones."""
+    return f"DROP DATABASE IF EXISTS {quote_ident(database)}{' WITH (FORCE)' if force else ''}"
+
+
+def drop_role_sql(role: str) -> list[str]:
+    """Drop what `role` still owns or was granted in the current database, then the role."""
+    name = quote_ident(role)
+    return [f"DROP OWNED BY {name}", f"DROP ROLE IF EXISTS {name}"]
+
+
+def schema_sql_statements(search_path: str | None) -> list[str]:
+    """What runs before the application's schema files in a tenant's namespace."""
+    return [] if search_path is None else [f"SET LOCAL search_path = {quote_ident(search_path)}"]

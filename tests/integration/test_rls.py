@@ -1,0 +1,573 @@
+"""Shard-side isolation against real PostgreSQL: the signed tenant context and row-level security
+(`rls enable`), the router role audit (`check`), and per-tenant roles for schema and database
+tenants (`tenants add` / `tenants remove --drop-data`).
+
+Everything talks to the shards directly as the router's role, setting the context the way the
+router does (set_config of the id and of its signature computed in Python), so these tests hold
+whatever the router's runtime does. Own table and tenant names; everything is removed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from router import rls
+from router.cli import main
+from router.config import RouterConfig
+from router.errors import UnknownTenant
+from router.isolation import (
+    database_name,
+    quote_ident,
+    schema_name,
+    sign_tenant,
+    tenant_role,
+    tenant_role_password,
+)
+from router.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, enable_rls
+from router.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
+from router.testing.deploy import load, write_configs
+from router.testing.pgcluster import PgEnvironment, free_port
+from router.topology import Topology
+
+pytestmark = pytest.mark.integration
+
+SECRET = "rls-it-secret: only the router and the shards know it"
+SETTING = "app.tenant_id"
+TABLE = "rls_it_items"
+OWNED_TABLE = "rls_it_router_owned"
+CATALOG_SCHEMA = "rls_it"
+TENANT_A, TENANT_B = "rls-a", "rls-b"
+
+APP_SQL = "CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL);\n"
+MIGRATIONS = {
+    "002_rows.sql": "INSERT INTO notes (body) VALUES ('from 002');\n",
+    "001_table.sql": APP_SQL,  # written second, applied first: name order
+    "README.txt": "not SQL: ignored",
+}
+
+
+def _router_yaml_extra(env: PgEnvironment, **tenant: Any) -> dict[str, Any]:
+    return {
+        "catalog": {"dsn": env.catalog_dsn(), "schema": CATALOG_SCHEMA},
+        "admin": {"user": env.SUPERUSER, "password": env.SUPERUSER_PASSWORD},
+        "tenant": {"setting": SETTING, "context_secret": SECRET, "default_isolation": "shared", **tenant},
+    }
+
+
+@pytest.fixture(scope="module")
+def config_dir(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("rls")
+    (directory / "app.sql").write_text(APP_SQL)
+    (directory / "migrations").mkdir()
+    for name, text in MIGRATIONS.items():
+        (directory / "migrations" / name).write_text(text)
+    write_configs(directory, pg_env, extra=_router_yaml_extra(pg_env, schema_sql="app.sql"))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def setup(config_dir: Path) -> tuple[RouterConfig, Topology]:
+    return load(config_dir / "router.yaml")
+
+
+@pytest.fixture(scope="module")
+def config(setup: tuple[RouterConfig, Topology]) -> RouterConfig:
+    return setup[0]
+
+
+@pytest.fixture(scope="module")
+def topology(setup: tuple[RouterConfig, Topology]) -> Topology:
+    return setup[1]
+
+
+async def _superuser(env: PgEnvironment, shard: str, dbname: str | None = None) -> Any:
+    return await asyncpg.connect(env.shard_dsn(shard, env.SUPERUSER, env.SUPERUSER_PASSWORD, dbname or env.SHARD_DB))
+
+
+async def _router(env: PgEnvironment, shard: str, tenant: str | None = None, signature: str | None = None) -> Any:
+    """A direct connection as the router's role, with the tenant context the router would set."""
+    conn = await asyncpg.connect(env.shard_dsn(shard))
+    if tenant is not None:
+        await conn.execute("SELECT set_config($1, $2, false)", SETTING, tenant)
+        sig = sign_tenant(SECRET, tenant) if signature is None else signature
+        await conn.execute("SELECT set_config($1, $2, false)", rls.signature_setting(SETTING), sig)
+    return conn
+
+
+@pytest.fixture(scope="module")
+async def protected(pg_env: PgEnvironment, config: RouterConfig, topology: Topology) -> AsyncIterator[list[str]]:
+    """TABLE on every shard, owned by the admin, with one row per tenant, protected twice over."""
+    for shard in pg_env.shards:
+        conn = await _superuser(pg_env, shard)
+        try:
+            await conn.execute(
+                f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} ("
+                " id bigserial PRIMARY KEY,"
+                f" tenant_id text NOT NULL DEFAULT current_setting('{SETTING}'),"
+                " name text NOT NULL)"
+            )
+            await conn.execute(
+                f"INSERT INTO {TABLE} (tenant_id, name) VALUES ($1, 'a1'), ($2, 'b1')", TENANT_A, TENANT_B
+            )
+        finally:
+            await conn.close()
+    await enable_rls(config, topology, TABLE)
+    reports = await enable_rls(config, topology, TABLE)  # idempotent
+    yield reports
+    for shard in pg_env.shards:
+        conn = await _superuser(pg_env, shard)
+        try:
+            await conn.execute(f"DELETE FROM router.rls_tables WHERE table_name = '{TABLE}'::regclass")
+            await conn.execute(f"DROP TABLE {TABLE}")
+        finally:
+            await conn.close()
+
+
+# --- rls enable ----------------------------------------------------------------------------------
+
+
+async def test_enable_is_idempotent_and_installs_everything(pg_env: PgEnvironment, protected: list[str]) -> None:
+    assert len(protected) == len(pg_env.shards)
+    for shard, report in zip(pg_env.shards, protected, strict=True):
+        assert report.startswith(f"shard {shard} (")
+        assert f"public.{TABLE} protected by tenant_isolation on tenant_id (text); key written" in report
+        conn = await _superuser(pg_env, shard)
+        try:
+            row = await conn.fetchrow(
+                "SELECT c.relrowsecurity, c.relforcerowsecurity,"
+                " (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies,"
+                " (SELECT count(*) FROM router.context_key) AS keys,"
+                " (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'router') AS schema_owner,"
+                " (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'current_tenant') AS function_owner,"
+                " (SELECT prosecdef FROM pg_proc WHERE proname = 'current_tenant') AS definer,"
+                " (SELECT column_name FROM router.rls_tables WHERE table_name = $1::regclass) AS recorded,"
+                " (SELECT rolcanlogin FROM pg_roles WHERE rolname = $2) AS rls_role_logs_in"
+                " FROM pg_class c WHERE c.oid = $1::regclass",
+                TABLE,
+                rls.RLS_ROLE,
+            )
+        finally:
+            await conn.close()
+        assert dict(row) == {
+            "relrowsecurity": True,
+            "relforcerowsecurity": True,
+            "policies": 1,
+            "keys": 1,
+            "schema_owner": rls.RLS_ROLE,
+            "function_owner": rls.RLS_ROLE,
+            "definer": True,
+            "recorded": "tenant_id",
+            "rls_role_logs_in": False,
+        }
+
+
+async def test_current_tenant_checks_the_signature(pg_env: PgEnvironment, protected: list[str]) -> None:
+    for shard in pg_env.shards:
+        for tenant in (TENANT_A, "x", "tenant_with-every_char-0123456789"):
+            conn = await _router(pg_env, shard, tenant)
+            try:
+                # The SQL-side HMAC over the stored pads equals Python's sign_tenant.
+                assert await conn.fetchval("SELECT router.current_tenant()") == tenant
+            finally:
+                await conn.close()
+    cases = {
+        "forged": (TENANT_B, "0" * 64, "forged tenant context"),
+        "another tenant's signature": (TENANT_B, sign_tenant(SECRET, TENANT_A), "forged tenant context"),
+        "another secret": (TENANT_B, sign_tenant("guessed", TENANT_B), "forged tenant context"),
+        "upper-case hex": (TENANT_A, sign_tenant(SECRET, TENANT_A).upper(), "forged tenant context"),
+        "unsigned": (TENANT_B, "", "unsigned tenant context"),
+    }
+    for case, (tenant, signature, message) in cases.items():
+        conn = await _router(pg_env, "shard_a", tenant, signature)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=message):
+                await conn.fetchval("SELECT router.current_tenant()")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=message):
+                await conn.fetch(f"SELECT * FROM {TABLE}")
+        except BaseException as exc:
+            exc.add_note(case)
+            raise
+        finally:
+            await conn.close()
+    conn = await _router(pg_env, "shard_a")
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="no tenant context"):
+            await conn.fetchval("SELECT router.current_tenant()")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="no tenant context"):
+            await conn.fetch(f"SELECT * FROM {TABLE}")
+    finally:
+        await conn.close()
+
+
+async def test_router_role_cannot_reach_the_key_or_the_policy(pg_env: PgEnvironment, protected: list[str]) -> None:
+    conn = await _router(pg_env, "shard_a", TENANT_A)
+    try:
+        attacks = [
+            "SELECT * FROM router.context_key",
+            "UPDATE router.context_key SET inner_pad = inner_pad",
+            "CREATE OR REPLACE FUNCTION router.current_tenant() RETURNS text LANGUAGE sql AS $$SELECT 'x'$$",
+            "ALTER FUNCTION router.current_tenant() SECURITY INVOKER",
+            "CREATE FUNCTION router.mine() RETURNS int LANGUAGE sql AS $$SELECT 1$$",
+            f"SET ROLE {rls.RLS_ROLE}",
+            f"ALTER TABLE {TABLE} DISABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE {TABLE} NO FORCE ROW LEVEL SECURITY",
+            f"DROP POLICY tenant_isolation ON {TABLE}",
+            f"CREATE POLICY everything ON {TABLE} USING (true)",
+            f"TRUNCATE {TABLE}",
+            f"DROP TABLE {TABLE}_never",  # nonexistent: just to be sure errors are per statement
+        ]
+        for sql in attacks[:-1]:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(sql)
+        row = await conn.fetchrow(
+            "SELECT rolsuper, rolbypassrls, pg_has_role(current_user, $1, 'MEMBER') AS in_rls_role,"
+            " row_security_active($2::regclass) AS applies,"
+            " pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = $2::regclass), 'MEMBER') AS owns"
+            " FROM pg_roles WHERE rolname = current_user",
+            rls.RLS_ROLE,
+            TABLE,
+        )
+        assert dict(row) == {
+            "rolsuper": False,
+            "rolbypassrls": False,
+            "in_rls_role": False,
+            "applies": True,
+            "owns": False,
+        }
+        # Still usable for everything the application needs.
+        assert [r["name"] for r in await conn.fetch(f"SELECT name FROM {TABLE}")] == ["a1"]
+    finally:
+        await conn.close()
+
+
+async def test_rows_of_another_tenant_are_invisible_and_untouchable(
+    pg_env: PgEnvironment, protected: list[str]
+) -> None:
+    for shard in pg_env.shards:
+        conn = await _router(pg_env, shard, TENANT_A)
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute(f"INSERT INTO {TABLE} (name) VALUES ('a2')")  # tenant_id from the context
+            rows = await conn.fetch(f"SELECT tenant_id, name FROM {TABLE} ORDER BY name")
+            assert [tuple(r) for r in rows] == [(TENANT_A, "a1"), (TENANT_A, "a2")]
+            assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE tenant_id = $1", TENANT_B) == 0
+            assert await conn.execute(f"UPDATE {TABLE} SET name = 'x' WHERE tenant_id = $1", TENANT_B) == "UPDATE 0"
+            assert await conn.execute(f"DELETE FROM {TABLE} WHERE tenant_id = $1", TENANT_B) == "DELETE 0"
+            await transaction.rollback()
+            for sql in (
+                f"INSERT INTO {TABLE} (tenant_id, name) VALUES ('{TENANT_B}', 'planted')",
+                f"UPDATE {TABLE} SET tenant_id = '{TENANT_B}'",
+                f"COPY {TABLE} (tenant_id, name) FROM STDIN",
+            ):
+                with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.FeatureNotSupportedError)) as info:
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                assert "row-level security" in str(info.value), sql
+        finally:
+            await conn.close()
+    admin = await _superuser(pg_env, "shard_a")
+    try:
+        rows = await admin.fetch(f"SELECT tenant_id, name FROM {TABLE} ORDER BY 1, 2")
+        assert [tuple(r) for r in rows] == [(TENANT_A, "a1"), (TENANT_B, "b1")]
+    finally:
+        await admin.close()
+
+
+async def test_enable_refuses_a_table_the_router_role_owns(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
+) -> None:
+    for shard in pg_env.shards:
+        conn = await _router(pg_env, shard)
+        try:
+            await conn.execute(f"CREATE TABLE {OWNED_TABLE} (id int, tenant_id text)")
+        finally:
+            await conn.close()
+    try:
+        with pytest.raises(UnsafeLayout, match="could disable row-level security") as info:
+            await enable_rls(config, topology, OWNED_TABLE)
+        assert info.value.hint is not None
+        assert f'ALTER TABLE "public"."{OWNED_TABLE}" OWNER TO "postgres"' in info.value.hint
+        with pytest.raises(UnsafeLayout, match="has no column 'tenant'"):
+            await enable_rls(config, topology, TABLE, "tenant")
+        with pytest.raises(UnsafeLayout, match="there is no table 'rls_it_missing'"):
+            await enable_rls(config, topology, "rls_it_missing")
+        conn = await _superuser(pg_env, "shard_a")
+        try:
+            policies = await conn.fetchval("SELECT count(*) FROM pg_policy WHERE polrelid = $1::regclass", OWNED_TABLE)
+            assert policies == 0
+            # Another permissive policy would be OR-ed with ours: refused too.
+            await conn.execute(f"ALTER TABLE {OWNED_TABLE} OWNER TO {pg_env.SUPERUSER}")
+            await conn.execute(f"CREATE POLICY open_door ON {OWNED_TABLE} USING (true)")
+        finally:
+            await conn.close()
+        with pytest.raises(UnsafeLayout, match=r"other permissive policies \(open_door\)"):
+            await enable_rls(config, topology, OWNED_TABLE)
+    finally:
+        for shard in pg_env.shards:
+            conn = await _superuser(pg_env, shard)
+            try:
+                await conn.execute(f"DROP TABLE IF EXISTS {OWNED_TABLE}")
+            finally:
+                await conn.close()
+
+
+async def test_enable_needs_the_secret_and_the_admin(config: RouterConfig, topology: Topology) -> None:
+    no_secret = dataclasses.replace(config, tenant=dataclasses.replace(config.tenant, context_secret=None))
+    with pytest.raises(AdminRequired, match="context_secret"):
+        await enable_rls(no_secret, topology, TABLE)
+    with pytest.raises(AdminRequired, match="no `admin` section"):
+        await enable_rls(dataclasses.replace(config, admin=None), topology, TABLE)
+
+
+def test_rls_enable_command(
+    pg_env: PgEnvironment, config_dir: Path, protected: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--config", str(config_dir / "router.yaml"), "rls", "enable", TABLE, "--column", "tenant_id"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("shard ")]
+    assert [line.split()[1] for line in lines] == list(pg_env.shards)
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+
+def test_check_passes_for_the_router_role(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--config", str(config_dir / "router.yaml"), "check"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.count("server role tenant_router: ok") == 2
+    # The test clusters' router role owns the shard database (and, before PostgreSQL 16, has
+    # CREATEROLE): weaker spots are warned about, but row-level security applies to it.
+    assert all(line.startswith("warning: shard ") for line in err.splitlines()), err
+    assert "is a superuser" not in err and "has BYPASSRLS" not in err
+
+
+def test_check_fails_for_a_superuser_server_role(
+    pg_env: PgEnvironment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    offline = ("127.0.0.1", free_port())
+    path = write_configs(tmp_path, pg_env, extra_shards={"shard_gone": offline}, extra=_router_yaml_extra(pg_env))
+    text = path.read_text().replace(f"user: {pg_env.ROUTER_ROLE}", f"user: {pg_env.SUPERUSER}")
+    path.write_text(text.replace(f"password: {pg_env.ROUTER_PASSWORD}", f"password: {pg_env.SUPERUSER_PASSWORD}"))
+    code = main(["--config", str(path), "check"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert f"{path}: ok" in out
+    problems = [line for line in err.splitlines() if "server.user" in line]
+    assert [line.split("shard ", 1)[1].split()[0] for line in problems] == list(pg_env.shards), err
+    assert all("is a superuser: row-level security does not apply to it" in line for line in problems)
+    # An unreachable shard is a warning only.
+    assert f"warning: shard shard_gone (127.0.0.1:{offline[1]}/app): could not connect" in err
+    assert "2 problem(s) found" in err
+
+
+def test_check_warns_about_an_unreachable_shard_only(
+    pg_env: PgEnvironment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_configs(tmp_path, pg_env, extra_shards={"shard_gone": ("127.0.0.1", free_port())})
+    code = main(["--config", str(path), "check"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "shard shard_gone" in err and "could not connect as tenant_router" in err
+    assert "shard shard_gone" not in out
+
+
+# --- tenants with their own role -----------------------------------------------------------------
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+async def catalog(config: RouterConfig) -> None:
+    await init_catalog(config)
+
+
+async def _as_tenant(env: PgEnvironment, shard: str, tenant: str, dbname: str | None = None) -> Any:
+    password = tenant_role_password(SECRET, tenant)
+    return await asyncpg.connect(env.shard_dsn(shard, tenant_role(tenant), password, dbname or env.SHARD_DB))
+
+
+async def test_schema_tenants_get_their_own_role_and_nothing_else(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, catalog: None, protected: list[str]
+) -> None:
+    first, second = _id("sch"), _id("sch")
+    try:
+        for tenant in (first, second):
+            await add_tenant(config, topology, tenant, "schema", shard="shard_a")
+        admin = await _superuser(pg_env, "shard_a")
+        try:
+            row = await admin.fetchrow(
+                "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolbypassrls,"
+                " (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid OR m.roleid = r.oid) AS memberships,"
+                " (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $2) AS schema_owner,"
+                " (SELECT array_agg(DISTINCT a.grantee) FROM pg_namespace n, aclexplode(n.nspacl) AS a"
+                "  WHERE n.nspname = $2) AS grantees,"
+                " (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass($3)) AS notes_owner,"
+                " r.oid AS role_oid FROM pg_roles r WHERE r.rolname = $1",
+                tenant_role(first),
+                schema_name(first),
+                f"{quote_ident(schema_name(first))}.notes",
+            )
+        finally:
+            await admin.close()
+        role_oid = row["role_oid"]
+        assert (row["rolcanlogin"], row["rolinherit"]) == (True, False)
+        assert not any(row[k] for k in ("rolsuper", "rolcreatedb", "rolcreaterole", "rolbypassrls", "memberships"))
+        assert row["schema_owner"] == tenant_role(first)
+        assert row["grantees"] == [role_oid]  # no grant to PUBLIC (0) or anyone else
+        assert row["notes_owner"] == tenant_role(first)  # schema_sql (a file) ran as the tenant's role
+
+        conn = await _as_tenant(pg_env, "shard_a", first)  # the derived password logs in
+        try:
+            await conn.execute(f"SET search_path = {quote_ident(schema_name(first))}")
+            await conn.execute("INSERT INTO notes (body) VALUES ('mine')")
+            assert await conn.fetchval("SELECT count(*) FROM notes") == 1
+            for sql in (
+                f"SELECT * FROM {quote_ident(schema_name(second))}.notes",
+                f"SELECT * FROM public.{TABLE}",
+                "SELECT * FROM router.context_key",
+                f"SET ROLE {quote_ident(tenant_role(second))}",
+                f"SET ROLE {pg_env.ROUTER_ROLE}",
+                f"CREATE TABLE public.{_id('planted').replace('-', '_')} (id int)",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(sql)
+            # A schema without USAGE is skipped in search_path: the other tenant's table is not found.
+            with pytest.raises(asyncpg.UndefinedTableError):
+                await conn.execute(f"SET search_path = {quote_ident(schema_name(second))}; SELECT * FROM notes")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="no tenant context"):
+                await conn.fetchval("SELECT router.current_tenant()")
+        finally:
+            await conn.close()
+        router = await _router(pg_env, "shard_a", TENANT_A)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await router.fetch(f"SELECT * FROM {quote_ident(schema_name(first))}.notes")
+        finally:
+            await router.close()
+
+        await remove_tenant(config, topology, first, drop_data=True)
+        admin = await _superuser(pg_env, "shard_a")
+        try:
+            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(first)) == 0
+            assert await admin.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema_name(first)) == 0
+            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(second)) == 1
+        finally:
+            await admin.close()
+    finally:
+        await _remove_quietly(config, topology, first, second)
+
+
+async def test_database_tenant_gets_a_database_only_its_role_reaches(
+    pg_env: PgEnvironment, config_dir: Path, topology: Topology, catalog: None
+) -> None:
+    config, _ = load(write_configs(config_dir / "folder", pg_env, extra=_router_yaml_extra(pg_env)))
+    schema_sql = str(config_dir / "migrations")  # a folder: 001_table.sql, then 002_rows.sql
+    config = dataclasses.replace(config, tenant=dataclasses.replace(config.tenant, schema_sql=schema_sql))
+    tenant, other = _id("db"), _id("db")
+    database = database_name(tenant)
+    try:
+        view = await add_tenant(config, topology, tenant, "database")
+        conn = await _as_tenant(pg_env, view.shard, tenant, database)
+        try:
+            assert await conn.fetchval("SELECT string_agg(body, ',') FROM notes") == "from 002"
+            owner = await conn.fetchval("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'")
+            assert owner == tenant_role(tenant)
+        finally:
+            await conn.close()
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="CONNECT"):
+            await asyncpg.connect(pg_env.shard_dsn(view.shard, dbname=database))
+        await add_tenant(config, topology, other, "database", shard=view.shard)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="CONNECT"):
+            await _as_tenant(pg_env, view.shard, other, database)
+
+        await remove_tenant(config, topology, tenant, drop_data=True)
+        admin = await _superuser(pg_env, view.shard)
+        try:
+            assert await admin.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", database) == 0
+            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(tenant)) == 0
+        finally:
+            await admin.close()
+    finally:
+        await _remove_quietly(config, topology, tenant, other)
+
+
+async def test_failed_schema_sql_leaves_nothing_behind(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, catalog: None, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.sql"
+    broken.write_text("CREATE TABLE fine (id int);\nCREATE TABLE broken (id no_such_type);\n")
+    bad = dataclasses.replace(config, tenant=dataclasses.replace(config.tenant, schema_sql=str(broken)))
+    tenant = _id("bad")
+    for isolation in ("schema", "database"):
+        with pytest.raises(ProvisioningFailed, match=r"broken\.sql") as info:
+            await add_tenant(bad, topology, tenant, isolation, shard="shard_b")  # type: ignore[arg-type]
+        assert "no_such_type" in str(info.value) and "not added" in str(info.value)
+        admin = await _superuser(pg_env, "shard_b")
+        try:
+            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(tenant)) == 0
+            assert (
+                await admin.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema_name(tenant)) == 0
+            )
+            assert (
+                await admin.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", database_name(tenant)) == 0
+            )
+        finally:
+            await admin.close()
+
+
+async def test_provisioning_refusals(config: RouterConfig, topology: Topology, catalog: None) -> None:
+    with pytest.raises(AdminRequired, match="admin"):
+        await add_tenant(dataclasses.replace(config, admin=None), topology, _id("noadmin"), "schema")
+    # tenant_router_rls is the owner of the key: no tenant may become it.
+    with pytest.raises(UnsafeLayout, match="tenant_router_rls"):
+        await add_tenant(config, topology, "router_rls", "schema")
+    with pytest.raises(UnsafeLayout, match="'tenant_router'"):
+        await add_tenant(config, topology, "router", "database")  # the router's own role
+    missing = dataclasses.replace(config, tenant=dataclasses.replace(config.tenant, schema_sql="nowhere.sql"))
+    with pytest.raises(ProvisioningError, match=r"nowhere\.sql does not exist"):
+        await add_tenant(missing, topology, _id("nofile"), "schema")
+    # Shared tenants need nothing on the shard, hence no admin either.
+    shared = _id("shared")
+    try:
+        await add_tenant(dataclasses.replace(config, admin=None), topology, shared, "shared")
+    finally:
+        await _remove_quietly(config, topology, shared)
+
+
+async def _remove_quietly(config: RouterConfig, topology: Topology, *tenants: str) -> None:
+    for tenant in tenants:
+        if not tenant:
+            continue
+        with contextlib.suppress(UnknownTenant):  # already removed by the test itself
+            await remove_tenant(config, topology, tenant, drop_data=True)
+
+
+async def _leftovers(env: PgEnvironment, shard: str, tenant: str) -> tuple[int, int, int]:
+    """How many roles, schemas and databases of `tenant` exist on `shard`."""
+    admin = await _superuser(env, shard)
+    try:
+        row = await admin.fetchrow(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = $1),"
+            " (SELECT count(*) FROM pg_namespace WHERE nspname = $2),"
+            " (SELECT count(*) FROM pg_database WHERE datname = $3)",
+            tenant_role(tenant),
+            schema_name(tenant),
+            database_name(tenant),
+        )
+    finally:
+        await admin.close()
+    return tuple(row)
