@@ -168,14 +168,19 @@ def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
     return min(max_backoff, interval * 2.0 ** min(failures, 64))
 
 
-def compute_lag(reading: Reading, primary_lsn: int | None) -> tuple[int | None, float | None]:
+def compute_lag(
+    reading: Reading, primary_lsn: int | None, caught_up_at: datetime | None = None
+) -> tuple[int | None, float | None]:
     """(lag_bytes, lag_seconds) of a replica from its reading and its primary's current LSN.
 
     The reference is the newest WAL position known to exist: the primary's LSN from the same round
     (None when the primary could not be checked) or what the replica has received, whichever is
     greater. Caught up with it -> (0, 0.0): an idle primary does not make its replicas look behind.
     Behind -> the byte difference, and the age of the last replayed commit (None when the replica
-    has replayed none). None for both when the server is not in recovery or reports no position.
+    has replayed none), but no more than the time since it was last seen caught up (`caught_up_at`,
+    the replica's clock): after a quiet hour the last commit is an hour old, yet a replica that was
+    caught up a second ago is a second behind at most. None for both when the server is not in
+    recovery or reports no position.
     """
     replay = reading.replay_lsn
     if not reading.in_recovery or replay is None:
@@ -189,6 +194,9 @@ def compute_lag(reading: Reading, primary_lsn: int | None) -> tuple[int | None, 
     seconds: float | None = None
     if reading.replay_timestamp is not None and reading.now is not None:
         seconds = max(0.0, (reading.now - reading.replay_timestamp).total_seconds())
+    if caught_up_at is not None and reading.now is not None:
+        since = max(0.0, (reading.now - caught_up_at).total_seconds())
+        seconds = since if seconds is None else min(seconds, since)
     return reference - replay, seconds
 
 
@@ -296,7 +304,7 @@ async def _close(conn: Any, timeout: float) -> None:
 class _Server:
     """A monitored server: where it is, its status, and the lock that serialises its probes."""
 
-    __slots__ = ("address", "key", "lock", "reported_at", "retired", "role_warned", "status")
+    __slots__ = ("address", "caught_up_at", "key", "lock", "reported_at", "retired", "role_warned", "status")
 
     def __init__(self, key: ServerKey, address: ServerAddress, status: ServerStatus) -> None:
         self.key = key
@@ -306,6 +314,7 @@ class _Server:
         self.reported_at = -math.inf  # loop.time() of the last report_failure
         self.role_warned = False
         self.retired = False  # removed from the topology: results are no longer applied
+        self.caught_up_at: datetime | None = None  # replica's now() when last seen caught up
 
 
 def _servers_of(topology: Topology) -> dict[ServerKey, ServerAddress]:
@@ -586,7 +595,11 @@ class HealthMonitor:
             status.current_lsn = reading.current_lsn
         else:
             status.replay_lsn = reading.replay_lsn
-            status.lag_bytes, status.lag_seconds = compute_lag(reading, self._primary_lsn(key.shard))
+            status.lag_bytes, status.lag_seconds = compute_lag(
+                reading, self._primary_lsn(key.shard), server.caught_up_at
+            )
+            if status.lag_bytes == 0:
+                server.caught_up_at = reading.now
         status.checked_at = asyncio.get_running_loop().time()
         status.next_check = next_check
         was_down, failures = not status.up, status.failures

@@ -90,6 +90,7 @@ class ClientSession(asyncio.Protocol):
         "_login_task",
         "_login_waiter",
         "_out",
+        "_plain_next",
         "_read_next",
         "_track_writes",
         "_waiting_for",
@@ -146,6 +147,7 @@ class ClientSession(asyncio.Protocol):
         # Read/write splitting (None: every transaction goes to the primary).
         self.read_policy: ReadPolicy | None = None
         self._read_next = False  # the request about to take a server may run on a replica
+        self._plain_next = False  # ... and it only reads, wherever it runs
         self._track_writes = False  # the attached primary may commit a write: note its WAL position
         # Read-your-writes: per shard, the WAL position of this session's last write there.
         self.min_lsn: dict[str, int] | None = None
@@ -373,7 +375,13 @@ class ClientSession(asyncio.Protocol):
                     self.close()
                     return
                 if self.server is None and self.read_policy is not None:
-                    self._read_next = request_reads(self.read_policy, data, pos, self.statements)
+                    policy = self.read_policy
+                    reads = request_reads(policy, data, pos, self.statements)
+                    self._read_next = reads
+                    # A plain read kept on the primary (explicit mode) commits nothing to wait for.
+                    self._plain_next = reads or (
+                        policy.mode != "auto" and request_reads(policy.plain, data, pos, self.statements)
+                    )
                 handler = handlers.get(mtype)
                 if handler is None:
                     raise ClientProtocolError(f"unexpected message type {chr(mtype)!r} from the client")
@@ -437,7 +445,7 @@ class ClientSession(asyncio.Protocol):
         except RouterError as exc:
             self._refuse(exc)
             return None
-        self._track_writes = not read and bool(target.replicas) and self._tracks_writes()
+        self._track_writes = not self._plain_next and bool(target.replicas) and self._tracks_writes()
         if isinstance(result, ServerConnection):
             self._attach(result, target, pool)
             return result

@@ -35,6 +35,11 @@ class ReadPolicy:
     read_only: bool
     classifier: ReadClassifier
 
+    @property
+    def plain(self) -> ReadPolicy:
+        """The auto policy of a writable session: whether a request only reads, wherever it runs."""
+        return ReadPolicy("auto", False, self.classifier)
+
     def statement_reads(self, sql: str) -> bool:
         if self.read_only or begins_read_only(sql):
             return True

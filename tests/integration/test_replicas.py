@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from router.catalog import CatalogStore
-from router.health import ServerKey
+from router.health import ServerKey, format_lsn, parse_lsn, record_end
 from router.testing.deploy import (
     APP_PASSWORD,
     APP_USER,
@@ -87,10 +87,23 @@ def count_rows(cluster: PgCluster, name: str, tenant: str | None = None) -> int:
     return int(cluster.execute(f"SELECT count(*) FROM items WHERE {where}", dbname="app"))
 
 
+# The end of the last WAL record on a primary, as the router reads it after a commit.
+WAL_END_SQL = (
+    "SELECT w.lsn, (pg_walfile_name_offset(w.lsn)).file_offset, current_setting('wal_block_size')"
+    " FROM (SELECT pg_current_wal_insert_lsn() AS lsn) AS w"
+)
+
+
+def wal_end(primary: PgCluster) -> tuple[str, int]:
+    """(the end of the primary's last WAL record, the insert position's offset in its segment)."""
+    insert_lsn, offset, block_size = primary.execute(WAL_END_SQL).split("|")
+    return format_lsn(record_end(parse_lsn(insert_lsn), int(offset), int(block_size))), int(offset)
+
+
 def wait_replayed(primary: PgCluster, replica: PgCluster, within: float = 15) -> None:
-    """Until `replica` has replayed everything `primary` had logged when this was called (the insert
-    position: with synchronous_commit off, a commit may not have been written yet)."""
-    lsn = primary.execute("SELECT pg_current_wal_insert_lsn()")
+    """Until `replica` has replayed everything `primary` had logged when this was called (inserted,
+    not only written: with synchronous_commit off, a commit may not have been written yet)."""
+    lsn, _offset = wal_end(primary)
 
     def replayed() -> bool:
         return replica.execute(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t"
@@ -272,6 +285,7 @@ def test_auto_mode_sends_plain_reads_to_the_replica(
         row = writer.execute("SELECT nextval('items_id_seq') > 0, pg_is_in_recovery()").fetchone()
         assert row == (True, False)
         assert writer.execute("SELECT rw_marked()").fetchone() == (False,)
+    assert count_rows(primary, locked, "acme") == 1
     wait_replicas_usable(router)
 
     # A session without writes of its own reads from the replica.
@@ -307,6 +321,28 @@ def test_auto_mode_sends_plain_reads_to_the_replica(
     with psycopg.connect(url(router, "acme", user=PRIMARY_USER), autocommit=True) as conn:
         assert in_recovery(conn) is False
         assert conn.execute("SELECT pg_is_in_recovery(), %s::int", (1,)).fetchone() == (False, 1)
+
+
+def test_reads_return_to_the_replica_on_an_idle_primary(
+    split_router: SplitRouter, deployment: Deployment, replicas: dict[str, PgCluster]
+) -> None:
+    """After a transaction on the primary, a session reads from the replica again once it has
+    replayed the primary's WAL, also when that ends on a segment boundary (after a WAL switch, with
+    nothing written since): the replica then stops at the boundary, short of the insert position."""
+    shard = deployment.placement["acme"]
+    primary, replica = deployment.env.shards[shard], replicas[shard]
+    router = split_router({"mode": "auto"})
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        for _ in range(3):  # background WAL (autovacuum...) may move it off the boundary
+            primary.execute("SELECT pg_switch_wal()")
+            wait_replayed(primary, replica)
+            wait_replicas_usable(router)
+            if wal_end(primary)[1] == 40:
+                break
+        conn.execute("BEGIN")
+        assert in_recovery(conn) is False
+        conn.execute("COMMIT")  # may have written: this session's reads wait for the replica to replay it
+        eventually(lambda: in_recovery(conn), 5, "reads back on the replica")
 
 
 def test_tenant_isolation_holds_on_the_replica(
@@ -665,8 +701,9 @@ def test_primary_stopped_and_restarted(make_router: RouterFactory, own_primary: 
             assert not thread.is_alive(), "the running query hangs"
             assert "returned" not in outcome
             assert outcome["error"].sqlstate in ("57P01", "08006"), outcome
+            assert OWN_SHARD in str(outcome["error"])
             assert outcome["elapsed"] < 10
-            # The next query of a client of that shard fails fast, naming the shard.
+            # The next queries of a client of that shard fail fast, naming the shard.
             for _ in range(3):
                 started = time.monotonic()
                 with pytest.raises(psycopg.OperationalError) as info:
@@ -674,8 +711,8 @@ def test_primary_stopped_and_restarted(make_router: RouterFactory, own_primary: 
                 assert time.monotonic() - started < connect_timeout + 1.0
                 assert info.value.sqlstate in ("08006", "57P01"), info.value
                 assert OWN_SHARD in str(info.value)
-                if victim.closed:
-                    victim = psycopg.connect(url(router, OWN_TENANT), autocommit=True)
+                if victim.closed:  # the router closed it (the error came from a dying server)
+                    break
             # A new client of that shard gets an error naming it (at login or at its first query).
             started = time.monotonic()
             with (

@@ -459,14 +459,9 @@ async def test_schema_tenants_get_their_own_role_and_nothing_else(
         finally:
             await router.close()
 
-        await remove_tenant(config, topology, first, drop_data=True)
-        admin = await _superuser(pg_env, "shard_a")
-        try:
-            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(first)) == 0
-            assert await admin.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema_name(first)) == 0
-            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(second)) == 1
-        finally:
-            await admin.close()
+        await remove_tenant(config, topology, first, drop_data=True)  # the role goes with the schema
+        assert await _leftovers(pg_env, "shard_a", first) == (0, 0, 0)
+        assert await _leftovers(pg_env, "shard_a", second) == (1, 1, 0)
     finally:
         await _remove_quietly(config, topology, first, second)
 
@@ -494,13 +489,9 @@ async def test_database_tenant_gets_a_database_only_its_role_reaches(
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="CONNECT"):
             await _as_tenant(pg_env, view.shard, other, database)
 
-        await remove_tenant(config, topology, tenant, drop_data=True)
-        admin = await _superuser(pg_env, view.shard)
-        try:
-            assert await admin.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", database) == 0
-            assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", tenant_role(tenant)) == 0
-        finally:
-            await admin.close()
+        assert await _leftovers(pg_env, view.shard, tenant) == (1, 0, 1)
+        await remove_tenant(config, topology, tenant, drop_data=True)  # the role goes with the database
+        assert await _leftovers(pg_env, view.shard, tenant) == (0, 0, 0)
     finally:
         await _remove_quietly(config, topology, tenant, other)
 

@@ -461,3 +461,20 @@ async def test_set_topology_adds_and_removes_servers() -> None:
         assert events.down == []
     finally:
         await health.stop()
+
+
+def test_lag_seconds_is_capped_by_the_time_since_the_replica_was_caught_up() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from router.health import Reading, compute_lag
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    reading = Reading(
+        in_recovery=True,
+        replay_lsn=100,
+        receive_lsn=200,
+        replay_timestamp=now - timedelta(hours=1),  # the last commit replayed was an hour ago
+        now=now,
+    )
+    assert compute_lag(reading, 200) == (100, 3600.0)
+    assert compute_lag(reading, 200, caught_up_at=now - timedelta(seconds=1.5)) == (100, 1.5)
