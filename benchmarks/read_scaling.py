@@ -303,6 +303,7 @@ def run(
     has the benchmark's tenant (run.py and main() do that); stops its routers and replica after."""
     assert ws.env is not None
     shard, primary = next(iter(ws.env.shards.items()))
+    section_started = time.monotonic()
     print(
         f"\nread scaling: pgbench -S -n -T {duration:g} -j 2 through routers with reads: auto and 0 or 1 replicas"
         f" of {shard}; shares from pgbench_accounts index scans on each server",
@@ -348,6 +349,7 @@ def run(
             replica.stop()
         except PgClusterError as exc:  # the Workspace's sweep crash-stops it at the end anyway
             print(f"warning: could not stop the replica: {exc}", file=sys.stderr)
+    print(f"read scaling: done in {time.monotonic() - section_started:.0f}s", flush=True)
     return results
 
 

@@ -272,7 +272,12 @@ async def _drop(
         force = conn.get_server_version().major * 10000 >= _FORCE_DROP_SINCE
         await conn.execute(rls.drop_database_sql(database_name(tenant_id), force))
     name = tenant_role(tenant_id)
-    if not role or name in _reserved_roles(config) or not await conn.fetchval(_ROLE_EXISTS_SQL, name):
+    row = await conn.fetchrow(_TENANT_ROLE_SQL, name) if role and name not in _reserved_roles(config) else None
+    if row is None:
+        return
+    if issues := _role_issues(row, config.admin.user if config.admin else config.server.user):
+        # Not one provisioning made: the tenant's name merely matches some other role. Keep it.
+        log.warning("tenant %r: role %r is not a plain tenant role (%s); not dropped", tenant_id, name, issues)
         return
     admin_login(config, f"dropping role {name!r} of tenant {tenant_id!r}")
     async with conn.transaction():
@@ -280,7 +285,6 @@ async def _drop(
             await conn.execute(statement)
 
 
-_ROLE_EXISTS_SQL: Final = "SELECT true FROM pg_roles WHERE rolname = $1"
 _SCHEMA_OWNER_SQL: Final = "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1"
 _DATABASE_OWNER_SQL: Final = "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1"
 _TENANT_ROLE_SQL: Final = """
@@ -364,23 +368,26 @@ async def _provision_own_role(
         raise
 
 
+def _role_issues(row: Any, admin: str) -> str:
+    """What makes a role (a _TENANT_ROLE_SQL row) more than provisioning makes: empty if nothing."""
+    issues = [keyword for column, keyword in _ROLE_ATTRIBUTES if row[column]]
+    if not row["rolcanlogin"]:
+        issues.append("NOLOGIN")
+    issues += [f"member of {name}" for name in row["member_of"]]
+    issues += [f"{name} is a member of it" for name in row["members"] if name != admin]
+    return ", ".join(issues)
+
+
 async def _ensure_tenant_role(conn: Any, tenant_id: str, password: str, admin: str, address: ServerAddress) -> bool:
     """Create the tenant's role or check that the existing one is what we would have created;
     either way set its password. True if it was created."""
     role = tenant_role(tenant_id)
     row = await conn.fetchrow(_TENANT_ROLE_SQL, role)
-    if row is not None:
-        issues = [keyword for column, keyword in _ROLE_ATTRIBUTES if row[column]]
-        if not row["rolcanlogin"]:
-            issues.append("NOLOGIN")
-        issues += [f"member of {name}" for name in row["member_of"]]
-        issues += [f"{name} is a member of it" for name in row["members"] if name != admin]
-        if issues:
-            raise UnsafeLayout(
-                f"role {role!r} already exists on {describe(address)} and is not a plain tenant role:"
-                f" {', '.join(issues)}",
-                hint=f"inspect it; drop it (DROP OWNED BY {role}; DROP ROLE {role}) or fix it, then try again",
-            )
+    if row is not None and (issues := _role_issues(row, admin)):
+        raise UnsafeLayout(
+            f"role {role!r} already exists on {describe(address)} and is not a plain tenant role: {issues}",
+            hint=f"inspect it; drop it (DROP OWNED BY {role}; DROP ROLE {role}) or fix it, then try again",
+        )
     await conn.execute(rls.ensure_tenant_role_sql(tenant_id, password))
     return row is None
 
@@ -520,7 +527,8 @@ async def enable_rls(config: RouterConfig, topology: Topology, table: str, colum
     `router` it owns, the key pads of `tenant.context_secret` in router.context_key (no privilege
     for anyone else; rewritten on every run, so rotating the secret is running this again), the
     verifying function router.current_tenant() (SECURITY DEFINER, EXECUTE for PUBLIC),
-    router.rls_tables; then on `table`: ENABLE and FORCE ROW LEVEL SECURITY and the policy
+    router.rls_tables (the protected tables and their columns, readable by all; rows of dropped
+    tables are pruned); then on `table`: ENABLE and FORCE ROW LEVEL SECURITY and the policy
     tenant_isolation for all commands, USING and WITH CHECK `column = router.current_tenant()`.
     The router's role gets SELECT, INSERT, UPDATE, DELETE on the table and USAGE on its sequences,
     never TRUNCATE (which ignores row-level security), REFERENCES or TRIGGER.
@@ -588,6 +596,7 @@ async def _enable_on_shard(
             for statement in rls.security_objects_sql(config.tenant.setting):
                 await conn.execute(statement)
             await conn.execute(rls.STORE_KEY_SQL, inner_pad, outer_pad)
+            await conn.execute(rls.PRUNE_TABLES_SQL)
             await conn.execute(rls.RECORD_TABLE_SQL, target["oid"], column)
             await conn.execute("RESET ROLE")
             sequences = tuple(

@@ -100,6 +100,22 @@ _CACHED_TEXT_LIMIT: Final = 8192
 _Node = dict[str, Any]
 
 
+# Texts where a regular expression can find every literal: no double-quoted identifiers, dollar
+# quotes, backslashes (escape strings) or comments, in which quotes or digits would mean otherwise.
+_SHAPE_UNSAFE: Final = re.compile(r'["$\\]|--|/\*')
+_LITERAL: Final = re.compile(r"'(?:[^']|'')*'|(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+
+
+def statement_shape(sql: str) -> str:
+    """`sql` with its string and number literals replaced by 0, or `sql` itself when it has quoting
+    a regular expression cannot follow. Literals never change whether a statement only reads, so
+    texts of one shape share a verdict: `WHERE aid = 17` and `WHERE aid = 42` are parsed once."""
+    if _SHAPE_UNSAFE.search(sql):
+        return sql
+    shape = _LITERAL.sub("0", sql)
+    return shape if shape != sql else sql
+
+
 class ReadClassifier:
     """Decides whether a SQL text is a plain read, with the caller's list of volatile functions.
 
@@ -140,11 +156,15 @@ class ReadClassifier:
         first = _FIRST_WORD.match(sql)
         if first is not None and first.group(1).lower() not in _READ_WORDS:
             return False  # the first statement is no read, or the text is not valid SQL
-        result = self._classify(sql)
-        if len(sql) <= _CACHED_TEXT_LIMIT:
+        if len(sql) > _CACHED_TEXT_LIMIT:
+            return self._classify(sql)
+        shape = statement_shape(sql)
+        result = self._cache.get(shape) if shape is not sql else None
+        if result is None:
+            result = self._classify(sql)
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[sql] = result
+            self._cache[shape] = result  # texts with literals are found by their shape, not kept
         return result
 
     def _classify(self, sql: str) -> bool:

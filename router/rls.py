@@ -29,6 +29,7 @@ from router.protocol.pg.auth import ScramVerifier
 __all__ = [
     "CURRENT_TENANT",
     "POLICY",
+    "PRUNE_TABLES_SQL",
     "RECORD_TABLE_SQL",
     "RLS_ROLE",
     "RLS_SCHEMA",
@@ -208,6 +209,13 @@ STORE_KEY_SQL: Final = (
 RECORD_TABLE_SQL: Final = (
     f"INSERT INTO {TABLES_TABLE} (table_name, column_name) VALUES ($1::oid::regclass, $2)"
     " ON CONFLICT (table_name) DO UPDATE SET column_name = EXCLUDED.column_name"
+)
+
+
+# A regclass does not keep its table alive: forget tables dropped since they were protected.
+PRUNE_TABLES_SQL: Final = (
+    f"DELETE FROM {TABLES_TABLE} AS t"
+    " WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = t.table_name)"
 )
 
 

@@ -539,6 +539,30 @@ async def test_provisioning_refusals(config: RouterConfig, topology: Topology, c
         await _remove_quietly(config, topology, shared)
 
 
+async def test_a_role_provisioning_did_not_make_is_neither_taken_nor_dropped(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, catalog: None
+) -> None:
+    tenant = _id("squat")
+    role = quote_ident(tenant_role(tenant))
+    admin = await _superuser(pg_env, "shard_a")
+    try:
+        await admin.execute(f"CREATE ROLE {role} NOLOGIN")
+        with pytest.raises(ProvisioningFailed, match="not a plain tenant role: NOLOGIN"):
+            await add_tenant(config, topology, tenant, "schema", shard="shard_a")
+        assert await _leftovers(pg_env, "shard_a", tenant) == (1, 0, 0)
+        # Without a context secret no tenant role is made, and removing the tenant keeps the role.
+        legacy = dataclasses.replace(
+            config, admin=None, tenant=dataclasses.replace(config.tenant, context_secret=None, schema_sql=None)
+        )
+        await add_tenant(legacy, topology, tenant, "schema", shard="shard_a")
+        assert await _leftovers(pg_env, "shard_a", tenant) == (1, 1, 0)
+        await remove_tenant(legacy, topology, tenant, drop_data=True)
+        assert await _leftovers(pg_env, "shard_a", tenant) == (1, 0, 0)
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
 async def _remove_quietly(config: RouterConfig, topology: Topology, *tenants: str) -> None:
     for tenant in tenants:
         if not tenant:

@@ -294,3 +294,31 @@ def test_begins_read_only(sql: str, expected: bool) -> None:
 
 def test_begin_read_only_is_not_a_plain_read() -> None:
     assert ReadClassifier().is_plain_read("begin read only") is False
+
+
+def test_statement_shape_replaces_literals_only_where_it_can_see_them() -> None:
+    from router.read_statements import statement_shape
+
+    assert statement_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;") == (
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 0;"
+    )
+    assert statement_shape("select 'it''s', t1.c2 from t1 where x = 1.5") == "select 0, t1.c2 from t1 where x = 0"
+    for opaque in (
+        'select "a1" from t where a = 1',
+        "select $$1$$",
+        "select 1 -- '",
+        "select E'\\'' ",
+        "/* 1 */ select 1",
+    ):
+        assert statement_shape(opaque) == opaque
+
+
+def test_texts_of_one_shape_share_a_verdict_and_different_shapes_do_not() -> None:
+    classifier = ReadClassifier()
+    assert classifier.is_plain_read("SELECT * FROM t WHERE a = 1")
+    assert classifier.is_plain_read("SELECT * FROM t WHERE a = 2")
+    assert not classifier.is_plain_read("SELECT * FROM t WHERE a = 3 FOR UPDATE")
+    assert not classifier.is_plain_read("SELECT nextval('a')")
+    assert classifier.is_plain_read("SELECT 'nextval(1)'")  # a string, not a call
+    assert not classifier.is_plain_read("SELECT 1; DELETE FROM t WHERE a = 4")
+    assert classifier.is_plain_read("SELECT '; DELETE FROM t'")

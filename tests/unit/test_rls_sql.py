@@ -62,6 +62,7 @@ def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     assert "$1" in rls.STORE_KEY_SQL and "$2" in rls.STORE_KEY_SQL
     _parses(rls.STORE_KEY_SQL)
     _parses(rls.RECORD_TABLE_SQL)
+    _parses(rls.PRUNE_TABLES_SQL)
 
 
 def test_protect_table_sql() -> None:
