@@ -41,6 +41,7 @@ from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
 from router.protocol.pg.auth import ScramVerifier
 from router.read_statements import ReadClassifier
 from router.replicas import LagBounds, ReplicaMember, choose_replica
+from router.rls import signature_setting
 from router.routing import place_tenant
 from router.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
 
@@ -111,6 +112,10 @@ class Router:
         self.read_your_writes: str = config.reads.read_your_writes
         self.read_bounds = LagBounds(config.reads.max_lag_bytes, config.reads.max_lag_seconds)
         self._tenant_positions: dict[str, int] = {}
+        secret = config.tenant.context_secret
+        self.hidden_settings: frozenset[str] = (
+            frozenset({signature_setting(config.tenant.setting)}) if secret is not None else frozenset()
+        )
         # Tenants with a write just committed whose WAL position is still being read: their reads
         # go to the primary meanwhile (read-your-writes per tenant).
         self._tenant_pending: Counter[str] = Counter()
@@ -171,7 +176,7 @@ class Router:
         if secret is not None:
             # Unforgeable context: the shard's router.current_tenant() checks this signature; and
             # schema/database tenants act as their own role, which can reach nothing of others.
-            context[setting + "_sig"] = sign_tenant(secret, record.id)
+            context[signature_setting(setting)] = sign_tenant(secret, record.id)
             if record.isolation != "shared":
                 user, password = tenant_role(record.id), tenant_role_password(secret, record.id)
         if record.isolation == "schema":

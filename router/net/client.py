@@ -35,7 +35,7 @@ from router.net.session_sql import (
     HANDOVER_RESET,
     HANDOVER_RESET_PREPARED,
     raise_sql,
-    session_sync_sql,
+    session_sync_statements,
     settings_in_force_sql,
 )
 from router.protocol.pg import backend as be
@@ -542,11 +542,18 @@ class ClientSession(asyncio.Protocol):
         as one statement list; the responses are swallowed."""
         if conn.applied == desired and reset is None:
             return
-        sql = session_sync_sql(conn.applied, desired)
+        sql, parameterized = session_sync_statements(conn.applied, desired, self.router.hidden_settings)
         if reset is not None:
             sql = f"{reset}; {sql}" if sql else reset
         if sql is not None:
             self._out.append(fe.query(sql))
+            conn.plan.expect(r.ENDS_SYNC, swallow=True)
+            conn.unnamed = None
+        if parameterized is not None:
+            statement, values = parameterized
+            self._out.append(
+                fe.build_parse("", statement, b"\x00\x00") + fe.bind("", "", values) + fe.execute("") + fe.SYNC
+            )
             conn.plan.expect(r.ENDS_SYNC, swallow=True)
             conn.unnamed = None
         conn.applied = dict(desired)

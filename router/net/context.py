@@ -45,6 +45,8 @@ class RouterContext(Protocol):
     read_mode: str  # off | explicit | auto: the default for users that do not set their own
     read_classifier: ReadClassifier
     read_your_writes: str  # off | session | tenant
+    # Settings whose values must never appear in statement text (the context's signature).
+    hidden_settings: frozenset[str]
 
     def user(self, name: str) -> UserConfig | None: ...
 

@@ -21,6 +21,22 @@ HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DEALLOCATE ALL"
 SESSION_SETTINGS_SQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"
 
 
+def session_sync_statements(
+    applied: dict[str, str], desired: dict[str, str], hidden: frozenset[str] = frozenset()
+) -> tuple[str | None, tuple[str, tuple[str, ...]] | None]:
+    """What turns a server session's settings from `applied` into `desired`: a statement list for
+    a simple Query, and, when a setting in `hidden` changes, a parameterized statement with its
+    values. A hidden value (the tenant context's signature) must never be in a statement's text,
+    which other sessions of the same role can read in pg_stat_activity."""
+    changes = [(name, value) for name, value in desired.items() if applied.get(name) != value]
+    if not any(name in hidden for name, _ in changes):
+        return session_sync_sql(applied, desired), None
+    resets = [f"RESET {name}" for name in applied if name not in desired]
+    calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(changes)))
+    values = tuple(item for change in changes for item in change)
+    return ("; ".join(resets) or None), (f"SELECT {calls}", values)
+
+
 def session_sync_sql(applied: dict[str, str], desired: dict[str, str]) -> str | None:
     """The statement that turns a server session's settings from `applied` into `desired`.
 

@@ -33,3 +33,31 @@ def test_raise_sql_quotes_the_message() -> None:
     assert raise_sql("25001", "can't") == (
         "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '25001', MESSAGE = 'can''t'; END$$"
     )
+
+
+def test_hidden_settings_travel_as_parameters_never_in_statement_text() -> None:
+    from router.net.session_sql import session_sync_statements
+
+    applied = {"app.tenant_id": "a", "app.tenant_id_sig": "sig-a", "work_mem": "4MB"}
+    desired = {"app.tenant_id": "b", "app.tenant_id_sig": "sig-b"}
+    text, parameterized = session_sync_statements(applied, desired, frozenset({"app.tenant_id_sig"}))
+    assert text == "RESET work_mem"
+    assert parameterized == (
+        "SELECT set_config($1, $2, false), set_config($3, $4, false)",
+        ("app.tenant_id", "b", "app.tenant_id_sig", "sig-b"),
+    )
+    # Nothing hidden changes: the plain statement list, as before.
+    text, parameterized = session_sync_statements(
+        desired, {**desired, "work_mem": "8MB"}, frozenset({"app.tenant_id_sig"})
+    )
+    assert parameterized is None and text is not None and "sig-b" not in text
+
+
+def test_bind_and_execute_messages() -> None:
+    from router.protocol.pg import frontend as fe
+
+    assert (
+        fe.bind("", "s", ("ab", ""))
+        == b"B\x00\x00\x00\x17\x00s\x00\x00\x00\x00\x02\x00\x00\x00\x02ab\x00\x00\x00\x00\x00\x00"
+    )
+    assert fe.execute("") == b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.protocol.pg.framing import INT32, UINT32, FramingError, cstr, frame, read_cstr
+from router.protocol.pg.framing import INT16, INT32, UINT32, FramingError, cstr, frame, read_cstr
 
 SYNC = b"S\x00\x00\x00\x04"
 FLUSH = b"H\x00\x00\x00\x04"
@@ -51,6 +51,17 @@ def parse_parse(msg: bytes) -> Parse:
 def build_parse(name: str, query_text: str, param_types: bytes) -> bytes:
     query_bytes = query_text.encode("utf-8", "surrogateescape")
     return frame(b"P", cstr(name) + query_bytes + b"\x00" + param_types)
+
+
+def bind(portal: str, statement: str, values: tuple[str, ...]) -> bytes:
+    """A Bind of text parameters (all non-null) with text results."""
+    params = b"".join(INT32.pack(len(encoded)) + encoded for encoded in (v.encode() for v in values))
+    body = cstr(portal) + cstr(statement) + INT16.pack(0) + INT16.pack(len(values)) + params + INT16.pack(0)
+    return frame(b"B", body)
+
+
+def execute(portal: str, max_rows: int = 0) -> bytes:
+    return frame(b"E", cstr(portal) + INT32.pack(max_rows))
 
 
 def split_bind(msg: bytes) -> tuple[str, str, int]:
