@@ -666,8 +666,10 @@ async def _check_rls_schema(conn: Any, where: str) -> None:
 # --- the router's role ---------------------------------------------------------------------------
 
 
-def _role_findings(role: str, row: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Problems (RLS does not apply) and warnings about the router's role, from _ROUTER_ROLE_SQL."""
+def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Problems (RLS does not apply) and warnings about the router's role, from _ROUTER_ROLE_SQL.
+    `hardened` (a context secret is configured, so isolation is promised against hostile SQL):
+    what would let a client escape it is a problem too, not a warning."""
     problems = []
     if row["rolsuper"]:
         problems.append(f"role {role} is a superuser: row-level security does not apply to it")
@@ -686,6 +688,8 @@ def _role_findings(role: str, row: Any) -> tuple[tuple[str, ...], tuple[str, ...
             " a schema named after it comes first in the default search_path of every shared session and"
             f" could shadow shared tables; ALTER DATABASE {quote_ident(row['database'])} OWNER TO <admin>"
         )
+    if hardened:
+        return tuple(problems + warnings), ()
     return tuple(problems), tuple(warnings)
 
 
@@ -705,7 +709,7 @@ async def audit_server_role(config: RouterConfig, topology: Topology, timeout: f
         except SHARD_ERRORS as exc:
             warning = f"could not connect as {login.user} to check its privileges: {reason(exc, limit)}"
             return RoleAudit(shard, address, warnings=(warning,))
-        problems, warnings = _role_findings(login.user, row)
+        problems, warnings = _role_findings(login.user, row, hardened=config.tenant.context_secret is not None)
         return RoleAudit(shard, address, problems, warnings)
 
     return list(await asyncio.gather(*(one(name, shard.primary) for name, shard in topology.shards.items())))
