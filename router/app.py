@@ -37,6 +37,7 @@ from router.janitor import Janitor
 from router.net.client import ClientSession
 from router.net.context import Target
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
+from router.net.session_sql import ROLE_DEFAULTS_SQL
 from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
 from router.protocol.pg.auth import ScramVerifier
 from router.read_statements import ReadClassifier
@@ -207,7 +208,11 @@ class Router:
             capacity = self._capacities.get((server.host, server.port))
             if capacity is None:
                 capacity = self._capacities[(server.host, server.port)] = ShardCapacity(self._pool_settings.size)
-            pool = self.pools[key] = Pool(key, password, self._pool_settings, capacity)
+            # With a context secret, the router's own role serves every shared tenant: refuse its
+            # connections if it carries session defaults a tenant could have set (see below).
+            hardened = self.config.tenant.context_secret is not None and user == self.config.server.user
+            vet = refuse_role_defaults if hardened else None
+            pool = self.pools[key] = Pool(key, password, self._pool_settings, capacity, vet=vet)
         return pool
 
     # --- replicas ----------------------------------------------------------------------------------
@@ -477,6 +482,26 @@ class HoldTicket:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
+
+
+async def refuse_role_defaults(conn: ServerConnection) -> None:
+    """Refuse a new server connection whose role carries session defaults it could have set itself
+    (ALTER ROLE CURRENT_USER SET, user-settable parameters). Every client of a shared tenant acts as
+    the router's role, and a role may set its own defaults: e.g. a search_path putting first a
+    schema that an accomplice (a schema tenant, owner of its schema) opened to PUBLIC, where a table
+    shadows a shared one and takes other tenants' rows. New sessions start with those defaults and
+    RESET ALL returns to them, so the router cannot undo them; it refuses the connection, loudly."""
+    _reported, error, rows = await conn.query_internal(ROLE_DEFAULTS_SQL)
+    if error is not None:
+        raise BackendUnavailable(f"{conn.label}: could not check the role's session defaults: {error.message}")
+    if rows:
+        found = "; ".join(f"{row[1]} (in {row[0]})" for row in rows)
+        raise BackendUnavailable(
+            f"{conn.label}: the router's role has session defaults of its own, which any shared tenant"
+            f" could have set (ALTER ROLE CURRENT_USER SET ...): {found}; refusing its connections",
+            hint="remove them (ALTER ROLE <role> [IN DATABASE <db>] RESET <name>) and set what is needed"
+            " per database (ALTER DATABASE ... SET) instead",
+        )
 
 
 async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from router.errors import BackendUnavailable, PoolRetired, PoolTimeout, RouterError
@@ -117,9 +117,17 @@ class Pool:
     """A bounded pool of server connections for one PoolKey."""
 
     def __init__(
-        self, key: PoolKey, password: str | None, settings: PoolSettings, capacity: ShardCapacity | None = None
+        self,
+        key: PoolKey,
+        password: str | None,
+        settings: PoolSettings,
+        capacity: ShardCapacity | None = None,
+        *,
+        vet: Callable[[ServerConnection], Awaitable[None]] | None = None,
     ) -> None:
         self.key = key
+        # Run on every new connection before its first use; raising refuses (and closes) it.
+        self._vet = vet
         self.capacity = capacity if capacity is not None else ShardCapacity(settings.size)
         self.capacity.pools.append(self)
         self.settings = settings
@@ -256,6 +264,12 @@ class Pool:
                 connect_timeout=self.settings.connect_timeout,
                 on_closed=self._on_closed,
             )
+            if self._vet is not None:
+                try:
+                    await self._vet(conn)
+                except BaseException:
+                    conn.close("refused by the pool's check")  # not a member yet: no slot to return
+                    raise
         except BaseException:
             self.connect_failures += 1
             self._opening -= 1

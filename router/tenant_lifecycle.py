@@ -9,7 +9,8 @@ export/import/erase` call (and an HTTP API may).
 
 Must not: parse arguments or print (router/cli.py does), find a tenant or its shard its own way
 (the catalog through tenant_admin's store helpers, the shard as routing places it), open shard
-connections other than through router/provisioning.py (`connect`, as `admin`, else `server`), create
+connections other than through router/provisioning.py (`connect`, as `admin`, else `server`; as
+the tenant's own role where it has one to read and write its tables, see `_login`), create
 or drop a tenant's schema, database or role itself (`tenant_admin.add_tenant` provisions them, with
 the application schema `tenant.schema_sql`; `provisioning.drop_tenant` drops them), or run on the
 router's hot path: every call opens its own connections and closes them.
@@ -52,6 +53,8 @@ from router.isolation import (
     quote_literal,
     schema_name,
     sign_tenant,
+    tenant_role,
+    tenant_role_password,
     validate_tenant_id,
 )
 from router.provisioning import (
@@ -526,9 +529,18 @@ async def _copy_digest(conn: Any, query: str, out: IO[bytes] | None = None) -> C
     return digest
 
 
-def _login(config: RouterConfig) -> Login:
+def _login(config: RouterConfig, view: TenantView | None = None) -> Login:
     """The admin (it must read and write every tenant's rows: a superuser, or at least one that
-    owns or bypasses row-level security); without one, the router's own role."""
+    owns or bypasses row-level security); without one, the router's own role.
+
+    With `view`, a schema or database tenant that has a role of its own (tenant.context_secret) is
+    served as that role instead: reading and writing its tables runs its own code (triggers, CHECK
+    constraints, index expressions, rules, casts to text), which as the admin would have the
+    admin's rights, e.g. to grant the tenant another tenant's schema. SET ROLE would not do: the
+    code could RESET ROLE back to the session's superuser."""
+    secret = config.tenant.context_secret
+    if view is not None and secret is not None and view.tenant.isolation != "shared":
+        return Login(tenant_role(view.tenant.id), tenant_role_password(secret, view.tenant.id))
     user = config.admin if config.admin is not None else config.server
     return Login(user.user, user.password)
 
@@ -548,13 +560,15 @@ def _session_settings(config: RouterConfig, view: TenantView) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def _session(
-    config: RouterConfig, topology: Topology, view: TenantView, *, own: bool = True
+    config: RouterConfig, topology: Topology, view: TenantView, *, own: bool = True, as_tenant: bool = False
 ) -> AsyncIterator[Any]:
     """An admin connection to the tenant's shard primary: to its own database when `own` and it is
-    a database tenant, else to the shard's application database."""
+    a database tenant, else to the shard's application database. `as_tenant`: as the tenant's own
+    role where it has one (see _login), for work that may run the tenant's code."""
     primary = shard_primary(topology, view.shard, view.tenant.id)
     own_database = own and view.tenant.isolation == "database"
-    conn = await connect(primary, _login(config), database_name(view.tenant.id) if own_database else None)
+    login = _login(config, view if as_tenant else None)
+    conn = await connect(primary, login, database_name(view.tenant.id) if own_database else None)
     try:
         settings = _session_settings(config, view)
         await conn.execute(
@@ -607,7 +621,7 @@ async def export_tenant(config: RouterConfig, topology: Topology, tenant_id: str
         data: dict[str, Path] = {}
         with _shard_errors("export", topology, view):
             async with (
-                _session(config, topology, view) as conn,
+                _session(config, topology, view, as_tenant=True) as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 for index, table in enumerate(await _find_tables(conn, view)):
@@ -675,7 +689,7 @@ async def import_tenant(
             )
         try:
             with _shard_errors("import", topology, view, "; nothing was imported"):
-                async with _session(config, topology, view) as conn:
+                async with _session(config, topology, view, as_tenant=True) as conn:
                     await _load(conn, view, manifest, files, replace)
         except BaseException:
             if added:  # leave nothing behind, whatever stopped us

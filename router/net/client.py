@@ -413,8 +413,10 @@ class ClientSession(asyncio.Protocol):
         stops until it comes) or the request was refused (the caller's message is discarded)."""
         server = self.server
         if server is not None:
-            if self._desired is None and not server.plan:
+            if self._desired is None and not server.plan and server.tx_status != be.TX_FAILED:
                 # Settings changed under a server we keep (pinned, session mode): re-apply them.
+                # Not in a failed transaction: the server would refuse them and the client get the
+                # errors (on its ROLLBACK, say); the first message after the rollback applies them.
                 self._sync_session(server, self._desired_settings(self._target()))
             return server
         tenant = self.tenant

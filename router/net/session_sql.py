@@ -1,8 +1,9 @@
 """The SQL the router itself sends to make a server session match a client's. Pure: strings only.
 
 Owns the hand-over reset, the statement that applies a client's settings, the read-back of the
-settings in force after a transaction changed them, and the statement that raises a router error
-inside the server's transaction. Must not send anything: the client session does.
+settings in force after a transaction changed them, the statement that raises a router error
+inside the server's transaction, and the look-up of session defaults a server role set itself.
+Must not send anything: the client session does.
 """
 
 from __future__ import annotations
@@ -14,8 +15,29 @@ from router.isolation import quote_literal
 # What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own).
 # Session state that RESET ALL does not cover (LISTEN, temp tables, advisory locks, cursors WITH
 # HOLD, SQL PREPARE) pins its client, and a pinned connection is wiped with DISCARD ALL on release.
-HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES"
-HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DEALLOCATE ALL"
+# Temporary objects are dropped anyway: one created where the router cannot see it (EXECUTE in a
+# DO block or a function) would otherwise outlive its client, and a temporary table shadows the
+# table of the same name for the next tenant, whose rows would go into it (tests/integration/
+# test_escape.py). DISCARD TEMP costs nothing in a session that never had temporary objects.
+HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP"
+HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; DEALLOCATE ALL"
+# Session defaults attached to the role a new server connection logged in as (ALTER ROLE ... SET,
+# for every database or this one) that the role could have set itself: PostgreSQL lets every role
+# change its own defaults of user-settable parameters. With shared tenants, all acting as the
+# router's role, such a default may be a tenant's trap rather than the operator's configuration: a
+# search_path naming a schema an accomplice tenant opened up sends other tenants' unqualified
+# statements to its tables. RESET ALL returns to them, so the router refuses such connections.
+# Defaults only a superuser can set (track_activities = off, say) are the operator's and allowed.
+ROLE_DEFAULTS_SQL = (
+    "SELECT coalesce(d.datname, '(every database)'), c.setting"
+    " FROM pg_catalog.pg_db_role_setting s"
+    " CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)"
+    " LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase"
+    " LEFT JOIN pg_catalog.pg_settings p ON p.name = lower(split_part(c.setting, '=', 1))"
+    " WHERE s.setrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)"
+    " AND (s.setdatabase = 0 OR d.datname = current_database())"
+    " AND (p.context IS NULL OR p.context = 'user')"
+)
 # What the router asks a server after a transaction changed session settings: the exact values now
 # in force, so that they travel with the client to its next server connection.
 SESSION_SETTINGS_SQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"
