@@ -370,6 +370,18 @@ class _RouterFile:
         _raise_if(errors, "AuthConfig")
         return auth
 
+    @field_validator("pool")
+    @classmethod
+    def _exact_handover_when_hardened(cls, pool: PoolConfig, info: ValidationInfo) -> PoolConfig:
+        tenant = info.data.get("tenant")
+        if isinstance(tenant, TenantConfig) and tenant.context_secret is not None and pool.handover != "exact":
+            raise PydanticCustomError(
+                "handover",
+                "handover must be exact when tenant.context_secret is set: a tracked hand-over leaves"
+                " what a client did unseen (a temporary table, say) to the next tenant",
+            )
+        return pool
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, level: str) -> str:

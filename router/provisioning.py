@@ -474,7 +474,9 @@ _ROUTER_ROLE_SQL: Final = """
 SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole,
        has_database_privilege(r.oid, current_database(), 'CREATE') AS creates_schemas,
        current_database() AS database,
-       current_setting('server_version_num')::int AS version
+       current_setting('server_version_num')::int AS version,
+       current_setting('track_activities') = 'on' AS tracks_activities,
+       r.rolname = current_user AS login_is_role
 FROM pg_roles r WHERE r.rolname = $1
 """
 _TABLE_SQL: Final = """
@@ -592,6 +594,10 @@ async def _enable_on_shard(
                 )
             await _check_rls_schema(conn, where)
             await conn.execute(rls.rls_schema_sql())
+            # Every shared tenant acts as the router's role: its sessions must not show each other
+            # their statement text in pg_stat_activity. A superuser-only setting, so a tenant can
+            # neither undo it nor is it among the role defaults the router refuses.
+            await conn.execute(f"ALTER ROLE {quote_ident(router_role)} SET track_activities = off")
             await conn.execute(f"SET LOCAL ROLE {quote_ident(rls.RLS_ROLE)}")
             for statement in rls.security_objects_sql(config.tenant.setting):
                 await conn.execute(statement)
@@ -687,6 +693,12 @@ def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[s
             f"role {role} may create schemas in database {row['database']} (it owns it or has CREATE):"
             " a schema named after it comes first in the default search_path of every shared session and"
             f" could shadow shared tables; ALTER DATABASE {quote_ident(row['database'])} OWNER TO <admin>"
+        )
+    if row["tracks_activities"] and row["login_is_role"]:
+        warnings.append(
+            f"role {role} has track_activities on: every shared tenant acts as {role} and can read the"
+            " others' statement text, literals included, in pg_stat_activity;"
+            f" ALTER ROLE {quote_ident(role)} SET track_activities = off (as a superuser; rls enable does it)"
         )
     if hardened:
         return tuple(problems + warnings), ()

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TENANT_OPTION = "router.tenant"
 # Startup parameters that describe the connection, not session settings to carry to servers.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+# Startup options that would change who the server session acts as: refused, like SET ROLE.
+_IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 
 
 async def login(session: ClientSession) -> None:
@@ -131,7 +133,14 @@ async def _login(session: ClientSession) -> None:
         )
     target = router.resolve_target(tenant) if tenant is not None else router.default_target()
     session.tenant = session.login_tenant = tenant
-    session.settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS} | options
+    settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS} | options
+    refused = sorted(settings.keys() & _IDENTITY_SETTINGS)
+    if refused:
+        raise InvalidAuthorization(
+            f"startup option {refused[0]} is not allowed through tenant-router",
+            hint="the router chooses the role its server connections act as",
+        )
+    session.settings = settings
     if user.read_only:
         # Read-only on the primary too, where its transactions go when no replica can serve them.
         session.settings["default_transaction_read_only"] = "on"

@@ -19,8 +19,10 @@ from router.isolation import quote_literal
 # DO block or a function) would otherwise outlive its client, and a temporary table shadows the
 # table of the same name for the next tenant, whose rows would go into it (tests/integration/
 # test_escape.py). DISCARD TEMP costs nothing in a session that never had temporary objects.
-HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP"
-HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; DEALLOCATE ALL"
+# LISTENs and cursors go too: set up inside a DO block or a function, the router does not see them,
+# and a LISTEN left behind would pass another tenant's notifications to the next client.
+HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; UNLISTEN *; CLOSE ALL"
+HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; UNLISTEN *; CLOSE ALL; DEALLOCATE ALL"
 # Session defaults attached to the role a new server connection logged in as (ALTER ROLE ... SET,
 # for every database or this one) that the role could have set itself: PostgreSQL lets every role
 # change its own defaults of user-settable parameters. With shared tenants, all acting as the

@@ -272,3 +272,14 @@ def test_clients_of_other_shards_are_unaffected_by_a_dead_shard(
     for t in threads:
         t.join()
     assert len(results) == 5
+
+
+@pytest.mark.parametrize("option", ["-c role=postgres", "-c session_authorization=postgres"])
+def test_startup_options_that_change_the_server_identity_are_refused(router: RouterThread, option: str) -> None:
+    async def attempt() -> str:
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await asyncpg.connect(url(router, "acme"), server_settings={"options": option}, ssl=False)
+        return str(info.value.sqlstate)
+
+    assert asyncio.run(attempt()) == "28000"
+    _still_serving(router)

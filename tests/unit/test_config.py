@@ -283,3 +283,13 @@ def test_types_validate_when_constructed_directly() -> None:
         server=ServerCredentials(user="r"),
     )
     assert config.pool == PoolConfig() and config.auth.user("app") is users[0]
+
+
+def test_a_context_secret_requires_the_exact_hand_over(tmp_path: Path) -> None:
+    text = MINIMAL + "tenant: {context_secret: s3cret}\npool: {handover: tracked}\n"
+    found = by_field(problems(write(tmp_path, text)))
+    assert list(found) == ["pool"]
+    assert found["pool"].startswith("handover must be exact when tenant.context_secret is set")
+    assert "s3cret" not in str(found)
+    exact = load_router_config(write(tmp_path, MINIMAL + "tenant: {context_secret: s3cret}\n"))
+    assert exact.pool.handover == "exact" and exact.tenant.context_secret == "s3cret"
