@@ -500,18 +500,26 @@ def _startup_link(forwarder: Forwarder, before: int) -> Link:
 
 def _cancel_and_expect_query_canceled(conn: psycopg.Connection[Any], what: str, delay: float = 0.5) -> float:
     """Run pg_sleep(15) and cancel it from another thread with libpq's cancel (a new connection to
-    the address `conn` used); return how long the query ran."""
-    timer = threading.Timer(delay, conn.cancel_safe)
-    timer.start()
+    the address `conn` used), every `delay` seconds until it ends: a cancel that arrives before the
+    query reaches its server (a loaded machine) finds nothing to cancel, as with PostgreSQL itself.
+    Return how long the query ran."""
+    done = threading.Event()
+
+    def cancel_until_done() -> None:
+        while not done.wait(delay):
+            conn.cancel_safe()
+
+    canceller = threading.Thread(target=cancel_until_done, daemon=True)
+    canceller.start()
     started = time.monotonic()
     try:
         conn.execute("SELECT pg_sleep(15)")
     except psycopg.errors.QueryCanceled:
         return time.monotonic() - started
     finally:
-        timer.cancel()
-        timer.join()
-    pytest.fail(f"{what}: pg_sleep(15) ran to its end ({time.monotonic() - started:.1f}s), the cancel was lost")
+        done.set()
+        canceller.join()
+    pytest.fail(f"{what}: pg_sleep(15) ran to its end ({time.monotonic() - started:.1f}s), every cancel was lost")
 
 
 # --- the tests --------------------------------------------------------------------------------------
@@ -584,7 +592,7 @@ def test_cancel_reaches_the_query_whichever_worker_receives_it(launch: Launch) -
                 elapsed = _cancel_and_expect_query_canceled(conn, what)
                 assert elapsed < 5, router.failure(f"{what}: cancelled after {elapsed:.1f}s")
                 cancels = [link for link in forwarder.links[before:] if link.kind == "cancel"]
-                assert [link.worker for link in cancels] == [destination["cancel"]]
+                assert cancels and all(link.worker == destination["cancel"] for link in cancels)
                 assert conn.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("acme",)
         assert not forwarder.errors, forwarder.errors
     assert "could not forward cancel" not in router.log()
@@ -616,7 +624,7 @@ def test_cancel_at_another_instance_is_forwarded_to_the_owner(launch: Launch) ->
                 elapsed = _cancel_and_expect_query_canceled(conn, what)
                 assert elapsed < 5, instances[elsewhere].failure(f"{what}: cancelled after {elapsed:.1f}s")
                 cancels = [link for link in forwarder.links if link.kind == "cancel"]
-                assert [link.target for link in cancels] == [ports[elsewhere]]
+                assert cancels and all(link.target == ports[elsewhere] for link in cancels)
                 assert conn.execute("SELECT 1").fetchone() == (1,)
             assert not forwarder.errors, forwarder.errors
     for instance in instances:
