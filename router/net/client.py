@@ -29,7 +29,7 @@ from router.errors import (
 )
 from router.health import parse_lsn, record_end
 from router.isolation import quote_literal
-from router.net.read_intent import ReadPolicy, read_only_session, request_reads
+from router.net.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
 from router.net.session_sql import (
     HANDOVER_RESET,
@@ -207,11 +207,12 @@ class ClientSession(asyncio.Protocol):
         changed, then, in transaction mode and unless session state pins it, let it go."""
         if server is not self.server or server.tx_status != be.TX_IDLE:
             return
-        if self._watched is not None or self._track_writes:
+        tracking = self._track_writes and not self._plain_next
+        if self._watched is not None or tracking:
             task = asyncio.get_running_loop().create_task(self._after_transaction(server))
             self._acquiring = task
             tenant = self.tenant
-            if self._track_writes and tenant is not None:
+            if tracking and tenant is not None:
                 # The client has its answer already: the tenant's other sessions, which may read
                 # before the commit's position is known, must not read from a replica meanwhile.
                 self.router.commit_pending(tenant)
@@ -234,7 +235,7 @@ class ClientSession(asyncio.Protocol):
         the WAL position a write reached (for read-your-writes)."""
         if self._watched is not None and not await self._read_back_settings(server):
             return
-        if self._track_writes and not await self._note_commit_position(server):
+        if self._track_writes and not self._plain_next and not await self._note_commit_position(server):
             return
         self._acquiring = None
         if self.state is not SessionState.READY:
@@ -374,14 +375,16 @@ class ClientSession(asyncio.Protocol):
                     self._flush_out()
                     self.close()
                     return
-                if self.server is None and self.read_policy is not None:
-                    policy = self.read_policy
-                    reads = request_reads(policy, data, pos, self.statements)
-                    self._read_next = reads
-                    # A plain read kept on the primary (explicit mode) commits nothing to wait for.
-                    self._plain_next = reads or (
-                        policy.mode != "auto" and request_reads(policy.plain, data, pos, self.statements)
-                    )
+                policy = self.read_policy
+                if policy is not None:
+                    if self.server is None:
+                        reads = request_reads(policy, data, pos, self.statements)
+                        self._read_next = reads
+                        # A transaction that only reads commits nothing to wait for (read-your-writes);
+                        # followed message by message, as a batch may not have arrived whole.
+                        self._plain_next = reads or message_reads(policy.plain, msg, self.statements)
+                    elif self._plain_next and not message_reads(policy.plain, msg, self.statements):
+                        self._plain_next = False  # this transaction may write after all
                 handler = handlers.get(mtype)
                 if handler is None:
                     raise ClientProtocolError(f"unexpected message type {chr(mtype)!r} from the client")
@@ -447,7 +450,9 @@ class ClientSession(asyncio.Protocol):
         except RouterError as exc:
             self._refuse(exc)
             return None
-        self._track_writes = not self._plain_next and bool(target.replicas) and self._tracks_writes()
+        # Whether a write here would need its WAL position noted; whether it did write is
+        # `_plain_next`, followed until the transaction ends.
+        self._track_writes = bool(target.replicas) and self._tracks_writes()
         if isinstance(result, ServerConnection):
             self._attach(result, target, pool)
             return result

@@ -11,6 +11,7 @@ state between requests.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ from router.protocol.pg import frontend as fe
 from router.protocol.pg.prepared import ClientStatements
 from router.read_statements import ReadClassifier, begins_read_only
 
+# One transaction-control statement: it writes nothing itself (COMMIT PREPARED, which commits a
+# prepared transaction's writes, is not among them).
+_TRANSACTION_CONTROL = re.compile(
+    r"\s*(?:BEGIN|START\s+TRANSACTION|END|ABORT|SAVEPOINT|RELEASE|ROLLBACK(?!\s+PREPARED)"
+    r"|COMMIT(?!\s+PREPARED))\b[^;]*;?\s*\Z",
+    re.IGNORECASE,
+)
 # Messages of an extended-protocol batch that neither add a statement nor end the batch.
 _NEUTRAL = frozenset({f.DESCRIBE, f.EXECUTE, f.CLOSE, f.FLUSH})
 _EXTENDED_START = frozenset({f.PARSE, f.BIND, f.DESCRIBE, f.EXECUTE})
@@ -50,6 +58,28 @@ def read_only_session(user_read_only: bool, settings: Mapping[str, str]) -> bool
     """Whether a session is read-only: its user is, or its default_transaction_read_only is on (at
     login, or SET since)."""
     return user_read_only or settings.get("default_transaction_read_only", "").lower() in _ON
+
+
+def message_reads(policy: ReadPolicy, msg: bytes, statements: ClientStatements) -> bool:
+    """Whether one message, on its own, only reads: a statement it carries or binds is a plain read
+    under `policy`, or it carries none (Describe, Execute, Sync...). For following a transaction
+    message by message once it runs, where the batch's extent no longer matters."""
+    mtype = msg[0]
+    sql: str | None
+    if mtype == f.QUERY:
+        sql = fe.parse_query(msg)
+    elif mtype == f.PARSE:
+        sql = fe.parse_parse(msg).query
+    elif mtype == f.BIND:
+        name = fe.split_bind(msg)[1]
+        if name:
+            sql = statements.query_of(name)
+        else:
+            last = statements.last_unnamed
+            sql = fe.parse_parse(last).query if last is not None else None
+    else:
+        return mtype in _NEUTRAL or mtype == f.SYNC
+    return sql is not None and (_TRANSACTION_CONTROL.match(sql) is not None or policy.statement_reads(sql))
 
 
 def request_reads(policy: ReadPolicy, data: bytes, pos: int, statements: ClientStatements) -> bool:

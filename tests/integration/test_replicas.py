@@ -737,3 +737,37 @@ def test_primary_stopped_and_restarted(make_router: RouterFactory, own_primary: 
     finally:
         for conn in (victim, sleeper, bystander):
             conn.close()
+
+
+def _sessions(router: RouterThread) -> list[Any]:
+    return list(router.router._clients.values())
+
+
+def test_transactions_that_only_read_need_no_wal_position(split_router: SplitRouter) -> None:
+    """Read-your-writes waits only after writes: a read-only transaction kept on the primary
+    (BEGIN; SELECT; COMMIT, or asyncpg preparing a statement with Parse/Describe/Flush) leaves the
+    session free to read from any replica at once; a write sets the position it must wait for."""
+    router = split_router({"mode": "auto"})
+    with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
+        (session,) = _sessions(router)
+        conn.execute("BEGIN")
+        assert in_recovery(conn) is False
+        conn.execute("SELECT count(*) FROM items")
+        conn.execute("COMMIT")
+        assert session.min_lsn is None
+        assert in_recovery(conn) is True
+
+    async def prepared_reads() -> None:
+        conn = await asyncpg.connect(url(router, "acme"), ssl=False)
+        try:
+            (session,) = _sessions(router)
+            for n in range(3):
+                assert await conn.fetchval(f"SELECT $1::int + {n}", n) == 2 * n
+            assert session.min_lsn is None
+            await conn.execute("CREATE TEMP TABLE rw_scratch (a int)")  # runs on the primary: a write
+            # The client has its answer before the router has read the position: wait for it.
+            eventually(lambda: session.min_lsn is not None, 5, "the write's WAL position noted")
+        finally:
+            await conn.close()
+
+    asyncio.run(prepared_reads())

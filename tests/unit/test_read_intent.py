@@ -68,3 +68,34 @@ def test_other_messages_go_to_the_primary() -> None:
     body = b"\x00\x00\x00\x01" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00"
     function_call = b"F" + (len(body) + 4).to_bytes(4, "big") + body
     assert not request_reads(AUTO, function_call, 0, ClientStatements())
+
+
+def test_a_running_transaction_is_followed_message_by_message() -> None:
+    from router.net.read_intent import message_reads
+
+    statements = ClientStatements()
+    statements.define("s_read", fe.parse_parse(fe.build_parse("s_read", "SELECT 1", b"\x00\x00")))
+    plain = AUTO.plain
+    for text in (
+        "BEGIN",
+        "begin isolation level serializable",
+        "COMMIT",
+        "end;",
+        "ROLLBACK TO SAVEPOINT a",
+        "SAVEPOINT a",
+        "RELEASE a",
+        "SELECT 1",
+    ):
+        assert message_reads(plain, fe.query(text), statements), text
+    for text in (
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+        "BEGIN; INSERT INTO t VALUES (1)",
+        "UPDATE t SET a = 1",
+    ):
+        assert not message_reads(plain, fe.query(text), statements), text
+    assert message_reads(plain, fe.build_parse("", "SELECT $1::int", b"\x00\x00"), statements)
+    assert not message_reads(plain, fe.build_parse("", "DELETE FROM t", b"\x00\x00"), statements)
+    assert message_reads(plain, bind("s_read"), statements)
+    assert not message_reads(plain, bind("unknown"), statements)
+    assert message_reads(plain, execute(), statements) and message_reads(plain, fe.SYNC, statements)
