@@ -14,7 +14,6 @@ import dataclasses
 import enum
 import itertools
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -38,6 +37,8 @@ from router.net.session_sql import (
     session_sync_statements,
     settings_in_force_sql,
 )
+from router.net.tenant_statements import MARKER as TENANT_MARKER
+from router.net.tenant_statements import TenantStatement, parse_tenant_statement
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
@@ -51,17 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# `SET router.tenant = 'acme'`, `SET router.tenant TO acme`, `RESET router.tenant`, `SHOW router.tenant`.
-_TENANT_STATEMENT = re.compile(
-    r"""^\s*(?:
-        (?P<set>SET)\s+(?:SESSION\s+)?router\.tenant\s*(?:=|\bTO\b)\s*
-            (?:'(?P<quoted>(?:[^']|'')*)'|"(?P<ident>[^"]+)"|(?P<bare>[A-Za-z0-9_-]+))
-      | (?P<reset>RESET)\s+router\.tenant
-      | (?P<show>SHOW)\s+router\.tenant
-    )\s*;?\s*$""",
-    re.IGNORECASE | re.VERBOSE,
-)
-_TENANT_MARKER = b"router.tenant"
 _SERIALS = itertools.count(1)
 # Where the last WAL record ends on the primary, for read-your-writes (see record_end).
 _COMMIT_POSITION_SQL = (
@@ -587,10 +577,10 @@ class ClientSession(asyncio.Protocol):
     # --- handlers: each returns False when it needs a server connection first ---------------------
 
     def _on_query(self, msg: bytes) -> bool:
-        if _TENANT_MARKER in msg:
-            match = _TENANT_STATEMENT.match(fe.parse_query(msg))
-            if match is not None:
-                return self._tenant_statement(match)
+        if TENANT_MARKER in msg:
+            statement = parse_tenant_statement(fe.parse_query(msg))
+            if statement is not None:
+                return self._tenant_statement(statement)
         server = self._server()
         if server is None:
             return False
@@ -806,20 +796,16 @@ class ClientSession(asyncio.Protocol):
 
     # --- tenant switching ---------------------------------------------------------------------------
 
-    def _tenant_statement(self, match: re.Match[str]) -> bool:
+    def _tenant_statement(self, statement: TenantStatement) -> bool:
         server = self.server
         busy = server is not None and (server.tx_status != be.TX_IDLE or bool(server.plan))
-        if match.group("show"):
+        if statement.kind == "show":
             if busy:
                 assert server is not None
                 return self._forward_query(server, f'SELECT {quote_literal(self.tenant or "")} AS "router.tenant"')
-            self._answer_show(self.tenant or "")
+            self.write_to_client(be.show_result("router.tenant", self.tenant or ""))
             return True
-        if match.group("set"):
-            raw = match.group("quoted")
-            new = raw.replace("''", "'") if raw is not None else (match.group("ident") or match.group("bare"))
-        else:
-            new = self.login_tenant
+        new = statement.tenant if statement.kind == "set" else self.login_tenant
         if busy:
             assert server is not None
             # Inside a transaction: let the server raise the error so the transaction is aborted
@@ -848,7 +834,7 @@ class ClientSession(asyncio.Protocol):
         if server is not None:  # a kept server (session mode, pins): bring it to the new tenant now
             self._sync_session(server, self._desired_settings(target))
             self._flush_out()
-        self.write_to_client(be.command_complete("RESET" if match.group("reset") else "SET") + be.READY_IDLE)
+        self.write_to_client(be.command_complete("RESET" if statement.kind == "reset" else "SET") + be.READY_IDLE)
         return True
 
     def _forward_query(self, server: ServerConnection, sql: str) -> bool:
@@ -861,22 +847,6 @@ class ClientSession(asyncio.Protocol):
         server.synced = True
         server.unnamed = None  # a simple query replaces the unnamed statement
         return True
-
-    def _answer_show(self, value: str) -> None:
-        name = f.cstr("router.tenant")
-        row_description = f.frame(
-            b"T",
-            f.INT16.pack(1)
-            + name
-            + bytes(6)
-            + f.UINT32.pack(25)
-            + f.INT16.pack(-1)
-            + f.INT32.pack(-1)
-            + f.INT16.pack(0),
-        )
-        encoded = value.encode()
-        data_row = f.frame(b"D", f.INT16.pack(1) + f.INT32.pack(len(encoded)) + encoded)
-        self.write_to_client(row_description + data_row + be.command_complete("SHOW") + be.READY_IDLE)
 
     # --- ending -----------------------------------------------------------------------------------
 

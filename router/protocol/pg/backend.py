@@ -67,6 +67,14 @@ def ready_for_query(status: int = TX_IDLE) -> bytes:
     return frame(b"Z", bytes((status,)))
 
 
+def show_result(name: str, value: str) -> bytes:
+    """The whole response to a one-value SHOW (a text column named `name`), ending ready and idle."""
+    column = cstr(name) + bytes(6) + UINT32.pack(25) + INT16.pack(-1) + INT32.pack(-1) + INT16.pack(0)
+    encoded = value.encode()
+    row = frame(b"D", INT16.pack(1) + INT32.pack(len(encoded)) + encoded)
+    return frame(b"T", INT16.pack(1) + column) + row + command_complete("SHOW") + READY_IDLE
+
+
 def command_complete(tag: str) -> bytes:
     return frame(b"C", cstr(tag))
 
