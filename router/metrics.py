@@ -48,6 +48,11 @@ class RouterCollector(Collector):
         failures = CounterMetricFamily(
             "tenant_router_server_connect_failures", "Failed server connection attempts", labels=labels
         )
+        handovers = CounterMetricFamily(
+            "tenant_router_pool_handovers",
+            "Server sessions passed to another client (each wiped first in pool.handover: exact)",
+            labels=labels,
+        )
         for pool in router.iter_pools():
             key = [pool.key.shard, pool.key.database]
             servers.add_metric([*key, "idle"], pool.idle_count)
@@ -56,7 +61,8 @@ class RouterCollector(Collector):
             transactions.add_metric(key, pool.transactions)
             timeouts.add_metric(key, pool.wait_timeouts)
             failures.add_metric(key, pool.connect_failures)
-        yield from (servers, waiting, transactions, timeouts, failures)
+            handovers.add_metric(key, pool.handovers)
+        yield from (servers, waiting, transactions, timeouts, failures, handovers)
         errors = CounterMetricFamily("tenant_router_errors", "Errors the router sent to clients", labels=["sqlstate"])
         for sqlstate, count in sorted(router.errors.items()):
             errors.add_metric([sqlstate], count)

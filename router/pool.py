@@ -146,6 +146,7 @@ class Pool:
         self.login_parameters: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.transactions = 0
+        self.handovers = 0  # connections passed from one client to another (see the client's _attach)
         self.wait_timeouts = 0
         self.connect_failures = 0
 

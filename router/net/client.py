@@ -517,6 +517,8 @@ class ClientSession(asyncio.Protocol):
         self.last_server = conn
         reset: str | None = None
         if conn.owner != self.serial:
+            if conn.owner is not None:
+                pool.handovers += 1
             if conn.owner is not None and self.router.exact_handover:
                 # Another client used this session: wipe what it may have left, settings changed
                 # inside functions included, and its prepared statements (they are private).

@@ -4,6 +4,7 @@ statements in transaction mode, COPY both ways, cancel, session mode."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import os
 import signal
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 
 from router.testing.deploy import APP_PASSWORD
+from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
 
 from .conftest import Deployment, RouterFactory, url
@@ -259,3 +261,22 @@ def test_trust_auth(make_router: RouterFactory) -> None:
     router = make_router(auth_method="trust")
     with psycopg.connect(f"postgresql://app.acme@127.0.0.1:{router.port}/app") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_handovers_are_counted_in_the_metrics(make_router: RouterFactory) -> None:
+    """Two clients taking turns on one server connection: every turn is a hand-over (and a wipe),
+    which operators can watch as tenant_router_pool_handovers."""
+    router = make_router(pool={"size": 1}, http_port=free_port())
+    first, second = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
+    try:
+        for _ in range(3):
+            for conn in (first, second):
+                conn.execute("SELECT 1")
+    finally:
+        first.close()
+        second.close()
+    client = http.client.HTTPConnection("127.0.0.1", router.http_port, timeout=5)
+    client.request("GET", "/metrics")
+    text = client.getresponse().read().decode()
+    (line,) = [row for row in text.splitlines() if row.startswith("tenant_router_pool_handovers_total{")]
+    assert float(line.rsplit(" ", 1)[1]) >= 5
