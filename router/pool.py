@@ -72,15 +72,18 @@ class ShardCapacity:
 
 class Waiter:
     """A client waiting in line for a server connection: called back with one, or with an error
-    when the wait times out. Callbacks, not futures, so a hand-over costs no task wake-up."""
+    when the wait times out (at `deadline`, time.monotonic()). Callbacks, not futures, so a
+    hand-over costs no task wake-up; and no timer of its own (the pool keeps one for its line)."""
 
-    __slots__ = ("_fail", "_grant", "done", "timer")
+    __slots__ = ("_fail", "_grant", "deadline", "done")
 
-    def __init__(self, grant: Callable[[ServerConnection], None], fail: Callable[[RouterError], None]) -> None:
+    def __init__(
+        self, grant: Callable[[ServerConnection], None], fail: Callable[[RouterError], None], deadline: float = 0.0
+    ) -> None:
         self._grant = grant
         self._fail = fail
+        self.deadline = deadline
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
 
     def give(self, conn: ServerConnection) -> bool:
         if self.done:
@@ -99,9 +102,6 @@ class Waiter:
 
     def _finish(self) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,7 @@ class Pool:
         self._all: set[ServerConnection] = set()
         self._opening = 0
         self._waiters: deque[Waiter] = deque()
+        self._line_timer: asyncio.TimerHandle | None = None  # expires the head of the line
         self.closed = False
         # Server parameters (server_version, ...) as last reported by one of this pool's connections.
         self.server_params: dict[str, str] = {}
@@ -211,23 +212,38 @@ class Pool:
         conn = self.acquire_idle(preferred)
         if conn is not None:
             return conn
-        waiter = Waiter(grant, fail)
+        waiter = Waiter(grant, fail, time.monotonic() + self.settings.wait_timeout)
         self._waiters.append(waiter)
-        waiter.timer = asyncio.get_running_loop().call_later(self.settings.wait_timeout, self._time_out, waiter)
+        if self._line_timer is None:
+            self._arm_line_timer(waiter.deadline)
         self.wake_one_opener()
         return waiter
 
-    def _time_out(self, waiter: Waiter) -> None:
-        if waiter.done:
-            return
-        self.wait_timeouts += 1
-        waiter.refuse(
-            PoolTimeout(
-                f"no server connection to {self.key.label} became free within "
-                f"{self.settings.wait_timeout:g}s (pool size {self.settings.size})",
-                hint="raise pool.size or pool.wait_timeout, or shorten transactions",
+    def _arm_line_timer(self, deadline: float) -> None:
+        # One timer for the whole line: waiters join it in deadline order (one wait_timeout for all),
+        # so the earliest live one is the next to expire. A timer per waiter would cost every
+        # transaction that waits a timer handle and a heap push.
+        delay = max(0.0, deadline - time.monotonic())
+        self._line_timer = asyncio.get_running_loop().call_later(delay, self._time_out_waiters)
+
+    def _time_out_waiters(self) -> None:
+        self._line_timer = None
+        now = time.monotonic()
+        waiters = self._waiters
+        while waiters and (waiters[0].done or waiters[0].deadline <= now):
+            waiter = waiters.popleft()
+            if waiter.done:
+                continue
+            self.wait_timeouts += 1
+            waiter.refuse(
+                PoolTimeout(
+                    f"no server connection to {self.key.label} became free within "
+                    f"{self.settings.wait_timeout:g}s (pool size {self.settings.size})",
+                    hint="raise pool.size or pool.wait_timeout, or shorten transactions",
+                )
             )
-        )
+        if waiters:
+            self._arm_line_timer(waiters[0].deadline)
 
     async def acquire(self) -> ServerConnection:
         """A clean server connection, or PoolTimeout / BackendUnavailable."""
