@@ -21,13 +21,12 @@ statement) and is cached. Run `python -m router.read_statements` for the numbers
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Final
 
-from pglast import parser as _pg
+from router.statements import node_strings, parse_statements
 
 __all__ = ["ReadClassifier", "begins_read_only"]
 
@@ -169,7 +168,7 @@ class ReadClassifier:
 
     def _classify(self, sql: str) -> bool:
         """The answer from the parse tree, with no prefilter or cache (tests compare the two)."""
-        statements = _parse(sql)
+        statements = parse_statements(sql)
         if not statements:
             return False
         return all(self._statement_is_read(raw.get("stmt", {})) for raw in statements)
@@ -204,7 +203,7 @@ class ReadClassifier:
                 if key in ("intoClause", "lockingClause"):
                     return False
                 if key == "FuncCall":
-                    if self._needs_primary(_strings(value.get("funcname", []))):
+                    if self._needs_primary(node_strings(value.get("funcname", []))):
                         return False
                 elif key.endswith("Stmt") and key != "SelectStmt" and key[:1].isupper():
                     return False  # INSERT, UPDATE, DELETE or MERGE in a CTE
@@ -256,7 +255,7 @@ def _begins_read_only_cached(sql: str) -> bool:
 
 
 def _begins_read_only(sql: str) -> bool:
-    statements = _parse(sql)
+    statements = parse_statements(sql)
     if statements is None or len(statements) != 1:
         return False
     transaction = statements[0].get("stmt", {}).get("TransactionStmt")
@@ -271,19 +270,6 @@ def _begins_read_only(sql: str) -> bool:
 
 
 # --- parse-tree helpers ----------------------------------------------------------------------------
-
-
-def _parse(sql: str) -> list[_Node] | None:
-    try:
-        tree: _Node = json.loads(_pg.parse_sql_json(sql))
-    except (_pg.ParseError, ValueError, RecursionError):  # ValueError: lone surrogates, bad JSON
-        return None
-    statements: list[_Node] = tree.get("stmts", [])
-    return statements
-
-
-def _strings(items: list[_Node]) -> list[str]:
-    return [str(item.get("String", {}).get("sval", "")) for item in items]
 
 
 # The words PostgreSQL's defGetBoolean takes for false in an option (any letter case).

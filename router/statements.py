@@ -183,7 +183,7 @@ def _analyse(sql: str) -> Effects:
 
 def _effects(sql: str) -> Effects:
     """The effects of `sql` from its parse tree, with no prefilter (tests compare the two)."""
-    statements = _parse(sql)
+    statements = parse_statements(sql)
     if statements is None:
         return _UNPARSED
     builder = _Builder(sql)
@@ -197,7 +197,9 @@ def _effects(sql: str) -> Effects:
     return builder.build()
 
 
-def _parse(sql: str) -> list[_Node] | None:
+def parse_statements(sql: str) -> list[_Node] | None:
+    """PostgreSQL's own parse tree of `sql` (pglast's JSON form, one node a statement), or None
+    when the parser rejects it. Shared with router.read_statements."""
     try:
         tree: _Node = json.loads(_pg.parse_sql_json(sql))
     except (_pg.ParseError, ValueError, RecursionError):  # ValueError: lone surrogates, bad JSON
@@ -383,7 +385,7 @@ def _on_create_sequence(b: _Builder, node: _Node) -> None:
 
 
 def _on_create_function(b: _Builder, node: _Node) -> None:
-    names = _strings(node.get("funcname", []))
+    names = node_strings(node.get("funcname", []))
     if len(names) > 1 and names[0].lower() == "pg_temp":
         b.pin(TEMP_TABLE)
 
@@ -530,7 +532,7 @@ def _function_calls(root: Any) -> Iterator[_Node]:
 
 def _function_name(call: _Node) -> str | None:
     """The name of a built-in function call: unqualified or in pg_catalog, else None."""
-    names = _strings(call.get("funcname", []))
+    names = node_strings(call.get("funcname", []))
     if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
         return names[-1]
     return None
@@ -600,13 +602,14 @@ def _bool_constant(node: _Node) -> bool:
 
 
 def _type_name(type_name: _Node) -> str:
-    names = _strings(type_name.get("names", []))
+    names = node_strings(type_name.get("names", []))
     if len(names) == 1 or (len(names) == 2 and names[0] == "pg_catalog"):
         return names[-1]
     return ""
 
 
-def _strings(items: list[_Node]) -> list[str]:
+def node_strings(items: list[_Node]) -> list[str]:
+    """The values of a list of String nodes (a qualified name's parts)."""
     return [str(item.get("String", {}).get("sval", "")) for item in items]
 
 
