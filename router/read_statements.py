@@ -16,7 +16,8 @@ EXECUTE of a prepared statement runs.
 Cost: `is_plain_read` looks the exact text up in a per-classifier dict (a hit is one dict lookup);
 on a miss, a text whose first word cannot start a read (INSERT, UPDATE, BEGIN, ...) is answered
 without parsing, and the rest goes to PostgreSQL's own parser (pglast; tens of µs for a short
-statement) and is cached. Run `python -m router.read_statements` for the numbers.
+statement) and is cached by its shape (`statement_shape`: literals replaced), so texts that differ
+only in their literals share one parse. Run `python -m router.read_statements` for the numbers.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ class ClientSession(asyncio.Protocol):
         changed, then, in transaction mode and unless session state pins it, let it go."""
         if server is not self.server or server.tx_status != be.TX_IDLE:
             return
-        tracking = self._track_writes and not self._plain_next
+        tracking = self._commit_to_note
         if self._watched is not None or tracking:
             task = asyncio.get_running_loop().create_task(self._after_transaction(server))
             self._acquiring = task
@@ -225,7 +225,7 @@ class ClientSession(asyncio.Protocol):
         the WAL position a write reached (for read-your-writes)."""
         if self._watched is not None and not await self._read_back_settings(server):
             return
-        if self._track_writes and not self._plain_next and not await self._note_commit_position(server):
+        if self._commit_to_note and not await self._note_commit_position(server):
             return
         self._acquiring = None
         if self.state is not SessionState.READY:
@@ -234,19 +234,38 @@ class ClientSession(asyncio.Protocol):
             self._release_server()
         self._process()
 
+    @property
+    def _commit_to_note(self) -> bool:
+        """The transaction ending may have written on a primary whose reads replicas serve."""
+        return self._track_writes and not self._plain_next
+
+    async def _rows_before_release(
+        self, server: ServerConnection, sql: str, what: str
+    ) -> list[list[str | None]] | None:
+        """Run one of the router's own queries on the server a transaction just ended on. If it
+        fails, the session cannot go on as the client believes it is: it ends (FATAL), and None."""
+        try:
+            _reported, error, rows = await server.query_internal(sql)
+        except RouterError as exc:
+            self._acquiring = None
+            self.fatal(exc)
+            return None
+        if error is not None:
+            self._acquiring = None
+            self.fatal(BackendUnavailable(f"could not {what}: {error.message}"))
+            return None
+        return rows
+
     async def _note_commit_position(self, server: ServerConnection) -> bool:
         """The end of the primary's WAL now, after the commit: any replica that has replayed
         up to it has the commit, so this session's (or tenant's) next reads go only to those."""
         self._track_writes = False
-        try:
-            _reported, error, rows = await server.query_internal(_COMMIT_POSITION_SQL)
-        except RouterError as exc:
-            self._acquiring = None
-            self.fatal(exc)
+        rows = await self._rows_before_release(server, _COMMIT_POSITION_SQL, "read the WAL position")
+        if rows is None:
             return False
-        if error is not None or not rows:
+        if not rows:
             self._acquiring = None
-            self.fatal(BackendUnavailable(f"could not read the WAL position: {error.message if error else 'no row'}"))
+            self.fatal(BackendUnavailable("could not read the WAL position: no row"))
             return False
         lsn = record_end(parse_lsn(str(rows[0][0])), int(str(rows[0][1])), int(str(rows[0][2])))
         if self.min_lsn is None:
@@ -262,15 +281,8 @@ class ClientSession(asyncio.Protocol):
         whatever form the change took), so those settings follow the client to other servers."""
         watched, self._watched = self._watched or set(), None
         sql = settings_in_force_sql(watched | set(self.settings))
-        try:
-            _reported, error, rows = await server.query_internal(sql)
-        except RouterError as exc:
-            self._acquiring = None
-            self.fatal(exc)
-            return False
-        if error is not None:
-            self._acquiring = None
-            self.fatal(BackendUnavailable(f"could not read session settings back: {error.message}"))
+        rows = await self._rows_before_release(server, sql, "read session settings back")
+        if rows is None:
             return False
         in_force = {str(row[0]): str(row[1]) for row in rows if row[1]}
         server.applied = in_force
