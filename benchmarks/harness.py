@@ -42,6 +42,7 @@ from router.testing.pgcluster import (
     start_environment,
     stop_clusters_under,
 )
+from router.testing.processes import process_tree
 
 SERVER_OS_USER: Final = "postgres"  # pgbouncer, like PostgreSQL, refuses to run as root
 READY_TIMEOUT: Final = 30.0
@@ -91,20 +92,6 @@ def _chown_for_server(*paths: Path) -> None:
     if account is not None:
         for path in paths:
             os.chown(path, account.pw_uid, account.pw_gid)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants, from /proc/<pid>/task/*/children (threads can fork too)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    todo += [int(child) for child in (task / "children").read_text().split()]
-    return found
 
 
 def rss_kib(pid: int) -> int | None:

@@ -51,6 +51,7 @@ from router.testing.pgcluster import (
     find_pg_bin_dir,
     free_port,
 )
+from router.testing.processes import alive, process_tree
 from router.testing.routerthread import RouterThread
 from router.topology import Topology, load_topology
 
@@ -623,15 +624,7 @@ class ServeProcess:
         return f"{what}\n--- {self.log_path} ---\n{self.log()[-6000:]}"
 
     def descendants(self) -> set[int]:
-        found: set[int] = set()
-        todo = [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            for task in _listdir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError):
-                    children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-                    todo += [int(c) for c in children if int(c) not in found]
-                    found.update(int(c) for c in children)
+        found = set(process_tree(self.proc.pid)) - {self.proc.pid}
         self.seen |= found
         return found
 
@@ -669,9 +662,9 @@ class ServeProcess:
         else:
             problems.append(f"the router exited by itself with {self.proc.returncode}")
         deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in self.seen) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in self.seen) and time.monotonic() < deadline:
             time.sleep(0.05)
-        leftovers = sorted(pid for pid in self.seen if _alive(pid))
+        leftovers = sorted(pid for pid in self.seen if alive(pid))
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -681,21 +674,6 @@ class ServeProcess:
             problems.append(f"the pid file {pid_file_path(self.config)} was left behind")
         self._log.close()
         return problems
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _accepts(config: RouterConfig) -> bool:

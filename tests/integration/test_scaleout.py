@@ -53,6 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.cancel_keys import owner_of
 from router.testing.deploy import APP_PASSWORD, APP_USER, write_configs
 from router.testing.pgcluster import free_port
+from router.testing.processes import alive, children, cmdline
 
 from .conftest import Deployment
 
@@ -142,36 +143,6 @@ def local_port(conn: psycopg.Connection[Any]) -> int:
         sock.close()
 
 
-def _children(pid: int) -> list[int]:
-    children: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return children
-    for task in tasks:
-        try:
-            children += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-        except OSError:
-            continue
-    return children
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie has exited; whoever adopted it may just not have reaped it yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 # --- the router as a subprocess --------------------------------------------------------------------
 
 
@@ -207,9 +178,9 @@ class RouterProcess:
         """The worker processes: the supervisor's children started by multiprocessing's spawn (its
         resource tracker is a child too); with one worker, the serving process itself."""
         if self.workers == 1:
-            pids = [self.proc.pid] if _alive(self.proc.pid) else []
+            pids = [self.proc.pid] if alive(self.proc.pid) else []
         else:
-            pids = sorted(c for c in _children(self.proc.pid) if "spawn_main" in _cmdline(c) and _alive(c))
+            pids = sorted(c for c in children(self.proc.pid) if "spawn_main" in cmdline(c) and alive(c))
         self.seen.update(pids)
         return pids
 
@@ -289,9 +260,9 @@ class RouterProcess:
             problems.append(f"the router exited by itself with {self.proc.returncode}")
         # Workers left without their supervisor exit within a second (they poll their parent).
         deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in self.seen) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in self.seen) and time.monotonic() < deadline:
             time.sleep(0.05)
-        leftovers = sorted(pid for pid in self.seen if _alive(pid))
+        leftovers = sorted(pid for pid in self.seen if alive(pid))
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         if leftovers:
