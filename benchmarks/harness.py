@@ -382,6 +382,42 @@ def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return [line if counts[line] == 1 else f"{line}  (x{counts[line]})" for line in counts][:ERROR_LINES]
 
 
+@dataclass
+class SelectOnlyRun:
+    """What one `pgbench -S` run printed: its figures, and its first error lines if any."""
+
+    exit_code: int
+    tps: float | None
+    latency_ms: float | None
+    connect_ms: float | None
+    transactions: int | None
+    failed_transactions: int | None
+    errors: list[str]
+
+
+def select_only(
+    target: Target, mode: str, clients: int, duration: float, extra_args: Sequence[str] = ()
+) -> SelectOnlyRun:
+    """`pgbench -S -n -T duration -c clients -M mode` against `target`, parsed."""
+    args = ["-S", "-n", "-T", f"{duration:g}", "-c", str(clients), "-j", str(min(2, clients)), "-M", mode]
+    proc = pgbench(target, [*args, *extra_args], timeout=duration + PGBENCH_GRACE)
+    tps = number(TPS_LINE, proc.stdout)
+    processed = number(PROCESSED_LINE, proc.stdout)
+    failed = number(FAILED_LINE, proc.stdout)
+    errors = error_lines(proc)
+    if tps is None and not errors:
+        errors = ["no tps line in pgbench's output:", *proc.stdout.splitlines()[-6:]]
+    return SelectOnlyRun(
+        exit_code=proc.returncode,
+        tps=tps,
+        latency_ms=number(LATENCY_LINE, proc.stdout),
+        connect_ms=number(CONNECT_LINE, proc.stdout),
+        transactions=int(processed) if processed is not None else None,
+        failed_transactions=int(failed) if failed is not None else None,
+        errors=errors,
+    )
+
+
 def number(pattern: re.Pattern[str], text: str) -> float | None:
     match = pattern.search(text)
     return float(match.group(1)) if match else None

@@ -40,26 +40,19 @@ if __package__ in (None, ""):  # `python benchmarks/read_scaling.py`: make the r
 
 from benchmarks.harness import (
     ERROR_LINES,
-    FAILED_LINE,
-    LATENCY_LINE,
-    PGBENCH_GRACE,
-    PROCESSED_LINE,
     QUIET_LOAD,
-    TPS_LINE,
     BenchError,
     Service,
     ServiceDied,
     Target,
     Workspace,
     check_alive,
-    error_lines,
     find_pgbouncer,
     init_pgbench,
     load_average,
     machine_info,
-    number,
-    pgbench,
     seed_catalog,
+    select_only,
     start_router,
     wait_until_quiet,
     write_router_config,
@@ -96,6 +89,7 @@ class ReadResult:
     exit_code: int
     tps: float | None = None
     latency_ms: float | None = None
+    connect_ms: float | None = None
     transactions: int | None = None
     failed_transactions: int | None = None
     primary_scans: int | None = None  # pgbench_accounts index scans on the primary during the run
@@ -179,26 +173,10 @@ def make_replica(primary: PgCluster, name: str) -> PgCluster:
 
 
 def _select_only(target: Target, replicas: int | None, mode: str, clients: int, duration: float) -> ReadResult:
-    args = ["-S", "-n", "-T", f"{duration:g}", "-c", str(clients), "-j", str(min(2, clients)), "-M", mode]
-    proc = pgbench(target, args, timeout=duration + PGBENCH_GRACE)
-    processed = number(PROCESSED_LINE, proc.stdout)
-    failed = number(FAILED_LINE, proc.stdout)
-    result = ReadResult(
-        target=target.name,
-        replicas=replicas,
-        mode=mode,
-        clients=clients,
-        duration=duration,
-        exit_code=proc.returncode,
-        tps=number(TPS_LINE, proc.stdout),
-        latency_ms=number(LATENCY_LINE, proc.stdout),
-        transactions=int(processed) if processed is not None else None,
-        failed_transactions=int(failed) if failed is not None else None,
-        errors=error_lines(proc),
+    run = select_only(target, mode, clients, duration)
+    return ReadResult(
+        target=target.name, replicas=replicas, mode=mode, clients=clients, duration=duration, **asdict(run)
     )
-    if result.tps is None and not result.errors:
-        result.errors = ["no tps line in pgbench's output:", *proc.stdout.splitlines()[-6:]]
-    return result
 
 
 def measure(

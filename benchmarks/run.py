@@ -37,27 +37,19 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository
 
 from benchmarks import catalog_scale, idle_clients, read_scaling
 from benchmarks.harness import (
-    CONNECT_LINE,
-    FAILED_LINE,
-    LATENCY_LINE,
-    PGBENCH_GRACE,
-    PROCESSED_LINE,
     QUIET_LOAD,
-    TPS_LINE,
     ServiceDied,
     Target,
     Workspace,
     check_alive,
-    error_lines,
     find_pgbouncer,
     init_pgbench,
     load_average,
     machine_info,
-    number,
     percentile,
-    pgbench,
     raise_nofile,
     seed_catalog,
+    select_only,
     start_pgbouncer,
     start_router,
     transaction_latencies,
@@ -103,27 +95,9 @@ class Result:
 
 
 def run_select_only(target: Target, mode: str, clients: int, duration: float, log_prefix: Path | None = None) -> Result:
-    args = ["-S", "-n", "-T", f"{duration:g}", "-c", str(clients), "-j", str(min(2, clients)), "-M", mode]
-    if log_prefix is not None:
-        args += ["-l", f"--log-prefix={log_prefix}"]
-    proc = pgbench(target, args, timeout=duration + PGBENCH_GRACE)
-    processed = number(PROCESSED_LINE, proc.stdout)
-    failed = number(FAILED_LINE, proc.stdout)
-    result = Result(
-        target=target.name,
-        mode=mode,
-        clients=clients,
-        duration=duration,
-        exit_code=proc.returncode,
-        tps=number(TPS_LINE, proc.stdout),
-        latency_ms=number(LATENCY_LINE, proc.stdout),
-        connect_ms=number(CONNECT_LINE, proc.stdout),
-        transactions=int(processed) if processed is not None else None,
-        failed_transactions=int(failed) if failed is not None else None,
-        errors=error_lines(proc),
-    )
-    if result.tps is None and not result.errors:
-        result.errors = ["no tps line in pgbench's output:", *proc.stdout.splitlines()[-6:]]
+    extra = ["-l", f"--log-prefix={log_prefix}"] if log_prefix is not None else []
+    run = select_only(target, mode, clients, duration, extra)
+    result = Result(target=target.name, mode=mode, clients=clients, duration=duration, **asdict(run))
     if log_prefix is not None:
         latencies = sorted(transaction_latencies(log_prefix))
         if latencies:
