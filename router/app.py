@@ -120,9 +120,7 @@ class Router:
         # Tenants with a write just committed whose WAL position is still being read: their reads
         # go to the primary meanwhile (read-your-writes per tenant).
         self._tenant_pending: Counter[str] = Counter()
-        self.health = HealthMonitor(
-            topology, config.server, config.health, on_down=self._server_down, on_up=self._server_up
-        )
+        self.health = HealthMonitor(topology, config.server, config.health, on_down=self._server_down)
         self._clients: dict[int, ClientSession] = {}
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
@@ -134,6 +132,7 @@ class Router:
         # Tenants held by a coordinator (rebalance cutover, migration): their new transactions wait.
         self.held: dict[str, list[HoldTicket]] = {}
         self._reload_lock = asyncio.Lock()
+        self._reload_task: asyncio.Task[bool] | None = None
 
     # --- RouterContext ----------------------------------------------------------------------------
 
@@ -250,16 +249,12 @@ class Router:
             if pool.key.host == key.host and pool.key.port == key.port:
                 pool.close_idle(f"server down: {reason}")
 
-    def _server_up(self, key: ServerKey) -> None:
-        pass  # pools open connections on demand again; nothing is held back
-
     # --- live reload --------------------------------------------------------------------------------
 
     def apply_topology(self, topology: Topology) -> None:
         """Switch to a new topology without dropping clients: new servers get pools on first use,
         removed servers' pools drain (transactions in flight finish, then their connections close),
         and weights and replicas take effect for the next transaction."""
-        diff = diff_topologies(self.topology, topology)
         self.topology = topology
         self.ring = Ring.from_topology(topology)
         self._targets.clear()
@@ -274,7 +269,11 @@ class Router:
                 pool.close()
                 log.info("draining %s: no longer in the topology", key.label)
         self.health.set_topology(topology)
-        log.debug("topology applied: %s", diff)
+
+    def request_reload(self) -> None:
+        """Reload in the background (signal handlers and the file watcher cannot wait for it); the
+        task is kept so it is not collected half-way."""
+        self._reload_task = asyncio.get_running_loop().create_task(self.reload())
 
     async def reload(self) -> bool:
         """Re-read shards.yaml and apply it (SIGHUP, `tenant-router reload`, the file watcher).
@@ -594,10 +593,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     if config.reload.watch:
         from router.reload import FileWatcher
 
-        loop = asyncio.get_running_loop()
-        watcher = FileWatcher(
-            [config.shards_file], config.reload.watch_interval, lambda: loop.create_task(router.reload()) and None
-        )
+        watcher = FileWatcher([config.shards_file], config.reload.watch_interval, router.request_reload)
         watcher.start()
     cluster = await _join_cluster(router, port)
     log.info(
@@ -649,7 +645,7 @@ async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(running.router.reload()) and None)
+        loop.add_signal_handler(signal.SIGHUP, running.router.request_reload)
         # A worker starts with SIGHUP blocked (router.supervisor): one sent meanwhile reloads now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     # A lone process is the one `tenant-router reload` signals; workers hear from their supervisor.
