@@ -443,12 +443,6 @@ class ClientSession(asyncio.Protocol):
                 target = self._target()
                 pool = target.pool
                 result = pool.checkout(self._granted, self._refused, self.last_server)
-            except BackendUnavailable as exc:
-                if pool is target.pool:
-                    raise
-                self.router.replica_failed(pool, exc)  # the read has not started: the primary serves it
-                pool = target.pool
-                result = pool.checkout(self._granted, self._refused, self.last_server)
         except RouterError as exc:
             self._refuse(exc)
             return None
