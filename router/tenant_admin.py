@@ -33,12 +33,9 @@ from router.isolation import (
 from router.provisioning import (
     SHARD_CONNECT_TIMEOUT,
     SHARD_ERRORS,
-    Login,
     ProvisioningError,
     UnknownShard,
     check_can_provision,
-    close,
-    connect,
     describe,
     drop_tenant,
     provision_tenant,
@@ -46,7 +43,7 @@ from router.provisioning import (
     shard_primary,
 )
 from router.routing import place_tenant
-from router.topology import ServerAddress, Topology
+from router.topology import Topology
 
 __all__ = [
     "SHARD_CONNECT_TIMEOUT",
@@ -254,23 +251,3 @@ def _what(tenant: Tenant) -> str:
 
 def _where(topology: Topology, shard: str) -> str:
     return describe(shard_primary(topology, shard))
-
-
-# --- shard helpers, kept under their old names for router/tenant_lifecycle.py --------------------
-
-_SHARD_ERRORS = SHARD_ERRORS
-_reason = reason
-_close = close
-
-
-def _primary(topology: Topology, tenant_id: str, shard: str) -> ServerAddress:
-    return shard_primary(topology, shard, tenant_id)
-
-
-async def _connect_primary(config: RouterConfig, primary: ServerAddress) -> Any:
-    """A connection to `primary` as `config.server` (pass a config whose server is the admin)."""
-    return await connect(primary, Login(config.server.user, config.server.password))
-
-
-async def _drop(config: RouterConfig, topology: Topology, view: TenantView) -> None:
-    await drop_tenant(config, topology, view.tenant.id, view.tenant.isolation, view.shard)
