@@ -240,7 +240,7 @@ async def _connect(dsn: str, timeout: float, application_name: str) -> Any:
         raise _unavailable(where, exc, timeout) from exc
 
 
-async def _close_connection(conn: Any, timeout: float) -> None:
+async def close_connection(conn: Any, timeout: float) -> None:
     """Close politely; asyncpg aborts the socket itself if that fails or takes longer than `timeout`."""
     if conn is not None and not conn.is_closed():
         with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError):
@@ -320,7 +320,7 @@ class CatalogStore:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        await _close_connection(conn, self._timeout)
+        await close_connection(conn, self._timeout)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -600,7 +600,7 @@ class CatalogCache:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        await _close_connection(conn, self._timeout)
+        await close_connection(conn, self._timeout)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._pending.add(payload)

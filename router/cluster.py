@@ -39,10 +39,10 @@ from router.catalog import (
     _CONNECTION_ERRORS,
     DEFAULT_SCHEMA,
     CatalogError,
-    _close_connection,
     _connect,
     _unavailable,
     _validate_schema,
+    close_connection,
     describe_dsn,
 )
 from router.errors import CatalogUnavailable, RouterError
@@ -267,7 +267,7 @@ async def _connection(dsn: str, schema: str, timeout: float, role: str) -> Async
         with _translated(where, schema, timeout):
             yield conn
     finally:
-        await _close_connection(conn, timeout)
+        await close_connection(conn, timeout)
 
 
 def _usable(conn: Any) -> bool:
@@ -419,7 +419,7 @@ class InstanceRegistry:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        await _close_connection(conn, self._timeout)
+        await close_connection(conn, self._timeout)
 
     async def _register(self, *, first: bool) -> None:
         """Upsert our row. The first time, also forget acknowledgements a previous incarnation of this
@@ -854,7 +854,7 @@ class HoldParticipant:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        await _close_connection(conn, self._timeout)
+        await close_connection(conn, self._timeout)
 
     async def _shutdown(self) -> None:
         entries, self._entries = list(self._entries.values()), {}

@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
+from router.catalog import close_connection
 from router.config import HealthConfig, ServerCredentials
 from router.topology import ServerAddress, Topology
 
@@ -279,23 +280,16 @@ class _PgProbe:
 
     async def discard(self, key: ServerKey) -> None:
         self._stale.discard(key)
-        await _close(self._conns.pop(key, None), self._timeout)
+        await close_connection(self._conns.pop(key, None), self._timeout)
 
     async def aclose(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
         self._stale.clear()
-        await asyncio.gather(*(_close(conn, self._timeout) for conn in conns))
+        await asyncio.gather(*(close_connection(conn, self._timeout) for conn in conns))
 
 
 def _lsn_or_none(text: str | None) -> int | None:
     return None if text is None else parse_lsn(text)
-
-
-async def _close(conn: Any, timeout: float) -> None:
-    """Close politely; asyncpg aborts the socket itself if that fails or takes longer than `timeout`."""
-    if conn is not None and not conn.is_closed():
-        with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError, TimeoutError):
-            await conn.close(timeout=timeout)
 
 
 # --- the monitor ---------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ The SQL text comes from router/rls.py; only catalog look-ups are written here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any, Final
 import asyncpg
 
 from router import rls
+from router.catalog import close_connection
 from router.config import RouterConfig
 from router.errors import RouterError
 from router.isolation import (
@@ -144,9 +144,7 @@ async def connect(
 
 
 async def close(conn: Any) -> None:
-    # asyncpg aborts the socket itself when a polite close fails or times out.
-    with contextlib.suppress(*SHARD_ERRORS):
-        await conn.close(timeout=SHARD_CONNECT_TIMEOUT)
+    await close_connection(conn, SHARD_CONNECT_TIMEOUT)
 
 
 def admin_login(config: RouterConfig, purpose: str) -> Login:

@@ -31,10 +31,10 @@ import asyncpg
 
 from router.catalog import (
     _CONNECTION_ERRORS,
-    _close_connection,
     _connect,
     _not_initialised,
     _unavailable,
+    close_connection,
     describe_dsn,
 )
 from router.config import RouterConfig
@@ -224,7 +224,7 @@ async def pin_moved_tenants(config: RouterConfig, moves: Sequence[TenantMove]) -
                     sql, list(old_shard), list(old_shard.values()), timeout=_STATEMENT_TIMEOUT
                 )
     finally:
-        await _close_connection(conn, _CONNECT_TIMEOUT)
+        await close_connection(conn, _CONNECT_TIMEOUT)
     pinned = int(status.rsplit(" ", 1)[-1])
     log.info(
         "catalog: pinned %d of %d moved tenants to their old shard (the others already had a catalog pin)",
