@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from router import native
 from router.testing import deploy
 from router.testing.pgcluster import (
     HOST,
@@ -545,6 +546,7 @@ def machine_info(pgbouncer: str | None) -> dict[str, str]:
         "postgresql": _first_line([str(find_pg_bin_dir() / "postgres"), "--version"]),
         "pgbench": _first_line([pgbench_binary(), "--version"]),
         "pgbouncer": _first_line([pgbouncer, "--version"]) if pgbouncer else "not installed",
+        "router": native.describe(),
         "load average at start": load_average(),
     }
 

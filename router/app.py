@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from router.cancel_keys import new_process_id, owner_of
 from router.catalog import CatalogCache, Tenant
@@ -402,7 +402,7 @@ class Router:
 
     def end_session(self, server: ServerConnection, pool: Pool, reset: bool) -> None:
         if self.transaction_pooling and not reset:
-            pool.release(server)  # the next client's first transaction wipes it (DISCARD ALL)
+            pool.release(server)  # wiped ahead of another client's first transaction if need be
             return
         server.detach()
         asyncio.get_running_loop().create_task(_reset_and_release(server, pool))
@@ -504,7 +504,8 @@ async def refuse_role_defaults(conn: ServerConnection) -> None:
 
 
 async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
-    """Session pooling: wipe the session (DISCARD ALL) before another client gets it."""
+    """Session pooling, or a client that pinned its session: wipe the session (DISCARD ALL)
+    before another client gets it."""
     try:
         _reported, error = await server.run_internal("DISCARD ALL")
     except Exception:
@@ -517,6 +518,8 @@ async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
     server.unnamed = None
     server.applied = {}
     server.owner = None
+    server.owner_tenant = None
+    server.may_hold_state = False
     pool.release(server)
 
 
@@ -565,8 +568,13 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     identity = router.worker
     await router.catalog.start()
     loop = asyncio.get_running_loop()
+
+    def new_session() -> asyncio.Protocol:
+        # ClientSession implements the protocol without subclassing it (it is compiled: router/native.py).
+        return cast(asyncio.Protocol, ClientSession(router))
+
     listener = await loop.create_server(
-        lambda: ClientSession(router),
+        new_session,
         config.listen.host,
         config.listen.port,
         backlog=4096,
@@ -577,7 +585,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     servers = [listener]
     cancel_path = identity.cancel_socket(identity.index)
     if cancel_path is not None:
-        servers.append(await loop.create_unix_server(lambda: ClientSession(router), str(cancel_path)))
+        servers.append(await loop.create_unix_server(new_session, str(cancel_path)))
     http_port = 0
     metrics_path = identity.metrics_socket(identity.index)
     if metrics_path is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from router import native
 from router.config import RouterConfig
 from router.errors import ConfigError, ConfigProblem, RouterError
 from router.topology import Topology, load_both
@@ -85,6 +86,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     config, topology = load_both(args.config)
     logging.getLogger().setLevel(config.log_level)
+    logging.getLogger(__name__).info("%s", native.describe())
     if config.worker_count == 1:
         from router.app import serve
 

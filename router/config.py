@@ -199,9 +199,10 @@ class PoolConfig:
     # connection while it exists; kinds listed here are refused with an error instead.
     refuse: tuple[SessionStateKind, ...] = ()
     # What a server connection goes through when it passes to another client in transaction mode:
-    # "exact" wipes it (RESET ALL, DEALLOCATE ALL...), so nothing a client did reaches the next one,
-    # even changes made inside functions; "tracked" only undoes the changes the router saw (as
-    # PgBouncer's parameter tracking does): cheaper, but not exact.
+    # "exact" wipes it (RESET ALL, DEALLOCATE ALL...) unless its client ran only statements proven
+    # inert (router.inert_statements), so nothing a client did reaches the next one, even changes
+    # made inside functions; "tracked" only undoes the changes the router saw (as PgBouncer's
+    # parameter tracking does): cheaper, but not exact.
     handover: Literal["exact", "tracked"] = "exact"
 
 

@@ -49,8 +49,11 @@ class RouterCollector(Collector):
             "tenant_router_server_connect_failures", "Failed server connection attempts", labels=labels
         )
         handovers = CounterMetricFamily(
-            "tenant_router_pool_handovers",
-            "Server sessions passed to another client (each wiped first in pool.handover: exact)",
+            "tenant_router_pool_handovers", "Server sessions passed to another client", labels=labels
+        )
+        wipes = CounterMetricFamily(
+            "tenant_router_pool_handover_wipes",
+            "Hand-overs that wiped the server session first (pool.handover: exact, after a statement not proven inert)",
             labels=labels,
         )
         for pool in router.iter_pools():
@@ -62,7 +65,8 @@ class RouterCollector(Collector):
             timeouts.add_metric(key, pool.wait_timeouts)
             failures.add_metric(key, pool.connect_failures)
             handovers.add_metric(key, pool.handovers)
-        yield from (servers, waiting, transactions, timeouts, failures, handovers)
+            wipes.add_metric(key, pool.wipes)
+        yield from (servers, waiting, transactions, timeouts, failures, handovers, wipes)
         errors = CounterMetricFamily("tenant_router_errors", "Errors the router sent to clients", labels=["sqlstate"])
         for sqlstate, count in sorted(router.errors.items()):
             errors.add_metric([sqlstate], count)

@@ -148,6 +148,7 @@ class Pool:
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.transactions = 0
         self.handovers = 0  # connections passed from one client to another (see the client's _attach)
+        self.wipes = 0  # ... of which wiped first (exact hand-over of a session that may hold state)
         self.wait_timeouts = 0
         self.connect_failures = 0
 

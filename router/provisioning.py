@@ -468,9 +468,27 @@ async def _undo(
 
 # --- row-level security --------------------------------------------------------------------------
 
+# Also what the role could plant code in, to run inside other tenants' statements where no statement
+# text shows it (see router/inert_statements.py): schemas it may create objects in, and tables,
+# views, functions and domains it owns, or a role it belongs to does. Not the system schemas, nor
+# temporary ones: what is in them goes with the session that made it, which the router wipes.
 _ROUTER_ROLE_SQL: Final = """
 SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole,
        has_database_privilege(r.oid, current_database(), 'CREATE') AS creates_schemas,
+       ARRAY(SELECT n.nspname::text FROM pg_namespace n
+             WHERE has_schema_privilege(r.oid, n.oid, 'CREATE') AND n.nspname !~ '^pg_(toast|temp_)'
+             ORDER BY 1) AS creatable_schemas,
+       ARRAY(SELECT i.type || ' ' || i.identity FROM (
+                 SELECT 'pg_class'::regclass AS classid, c.oid AS objid, c.relnamespace AS nsp, c.relowner AS owner
+                   FROM pg_class c WHERE c.relkind NOT IN ('i', 'I', 't')
+                 UNION ALL SELECT 'pg_proc'::regclass, p.oid, p.pronamespace, p.proowner FROM pg_proc p
+                 UNION ALL SELECT 'pg_type'::regclass, t.oid, t.typnamespace, t.typowner FROM pg_type t
+                   WHERE t.typtype = 'd'
+             ) AS o JOIN pg_namespace n ON n.oid = o.nsp
+             CROSS JOIN LATERAL pg_identify_object(o.classid, o.objid, 0) AS i
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+               AND pg_has_role(r.oid, o.owner, 'MEMBER')
+             ORDER BY 1) AS owned_objects,
        current_database() AS database,
        current_setting('server_version_num')::int AS version,
        current_setting('track_activities') = 'on' AS tracks_activities,
@@ -692,6 +710,21 @@ def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[s
             " a schema named after it comes first in the default search_path of every shared session and"
             f" could shadow shared tables; ALTER DATABASE {quote_ident(row['database'])} OWNER TO <admin>"
         )
+    if row["creatable_schemas"]:
+        schemas = list(row["creatable_schemas"])
+        warnings.append(
+            f"role {role} may create objects in {'schema' if len(schemas) == 1 else 'schemas'}"
+            f" {_listing(schemas)} of database {row['database']}:"
+            " a function, view or table planted there can run inside other tenants' statements (a function"
+            " named like a built-in, a table shadowing a shared one) where the router cannot see it;"
+            f" REVOKE CREATE ON SCHEMA {quote_ident(schemas[0])} FROM {quote_ident(role)} (and from PUBLIC)"
+        )
+    if row["owned_objects"]:
+        warnings.append(
+            f"role {role} owns {_listing(list(row['owned_objects']))} in database {row['database']}: its"
+            " sessions can redefine what it owns (CREATE OR REPLACE), so a tenant could plant code that runs"
+            " inside other tenants' statements; ALTER ... OWNER TO <admin>"
+        )
     if row["tracks_activities"] and row["login_is_role"]:
         warnings.append(
             f"role {role} has track_activities on: every shared tenant acts as {role} and can read the"
@@ -703,9 +736,15 @@ def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[s
     return tuple(problems), tuple(warnings)
 
 
+def _listing(items: list[str], shown: int = 5) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 async def audit_server_role(config: RouterConfig, topology: Topology, timeout: float | None = None) -> list[RoleAudit]:
     """Connect to every shard primary as `server.user` (all at once) and report whether row-level
-    security applies to it there. An unreachable shard gives a warning, not a problem."""
+    security applies to it there, and whether it could plant code in the shared database (schemas
+    it may create in, objects it owns). An unreachable shard gives a warning, not a problem."""
     limit = timeout if timeout is not None else config.pool.connect_timeout
     login = Login(config.server.user, config.server.password)
 

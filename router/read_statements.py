@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Final
 
-from router.statements import node_strings, parse_statements
+from router.statements import node_strings, parse_statements, tree_fields
 
 __all__ = ["ReadClassifier", "begins_read_only"]
 
@@ -100,17 +100,20 @@ _CACHED_TEXT_LIMIT: Final = 8192
 _Node = dict[str, Any]
 
 
-# Texts where a regular expression can find every literal: no double-quoted identifiers, dollar
-# quotes, backslashes (escape strings) or comments, in which quotes or digits would mean otherwise.
-_SHAPE_UNSAFE: Final = re.compile(r'["$\\]|--|/\*')
-_LITERAL: Final = re.compile(r"'(?:[^']|'')*'|(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+# A regular expression finds every literal only in texts with no double-quoted identifiers, dollar
+# quotes, backslashes (escape strings) or comments, where quotes or digits would mean otherwise
+# (statement_shape tests for those). Shapes are computed for every statement on the hot path
+# (router.inert_statements): substring tests, and a pattern that opens with a look-ahead for a
+# character class, which `re` scans for quickly; about twice as fast as a regular expression for
+# the marks and a plain alternation for the literals.
+_LITERAL: Final = re.compile(r"(?=['\d])(?:'[^']*(?:''[^']*)*'|(?<![\w.])\d+(?:\.\d+)?(?![\w.]))")
 
 
 def statement_shape(sql: str) -> str:
     """`sql` with its string and number literals replaced by 0, or `sql` itself when it has quoting
     a regular expression cannot follow. Literals never change whether a statement only reads, so
     texts of one shape share a verdict: `WHERE aid = 17` and `WHERE aid = 42` are parsed once."""
-    if _SHAPE_UNSAFE.search(sql):
+    if '"' in sql or "$" in sql or "\\" in sql or "--" in sql or "/*" in sql:
         return sql
     shape = _LITERAL.sub("0", sql)
     return shape if shape != sql else sql
@@ -192,28 +195,18 @@ class ReadClassifier:
     def _tree_is_read(self, root: _Node) -> bool:
         """No INTO, locking clause, statement other than SELECT, or primary-only function call
         anywhere under `root` (a SELECT). Iterative, as trees can be deep."""
-        stack: list[Any] = [root]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, list):
-                stack.extend(item)
-                continue
-            if not isinstance(item, dict):
-                continue
-            for key, value in item.items():
-                if key in ("intoClause", "lockingClause"):
+        for key, value in tree_fields(root):
+            if key in ("intoClause", "lockingClause"):
+                return False
+            if key == "FuncCall":
+                if self._needs_primary(node_strings(value.get("funcname", []))):
                     return False
-                if key == "FuncCall":
-                    if self._needs_primary(node_strings(value.get("funcname", []))):
-                        return False
-                elif key.endswith("Stmt") and key != "SelectStmt" and key[:1].isupper():
-                    return False  # INSERT, UPDATE, DELETE or MERGE in a CTE
-                elif (key == "ColumnRef" and self._is_volatile_attribute(value.get("fields", []), 2)) or (
-                    key == "A_Indirection" and self._is_volatile_attribute(value.get("indirection", []), 1)
-                ):
-                    return False
-                if isinstance(value, dict | list):
-                    stack.append(value)
+            elif key.endswith("Stmt") and key != "SelectStmt" and key[:1].isupper():
+                return False  # INSERT, UPDATE, DELETE or MERGE in a CTE
+            elif (key == "ColumnRef" and self._is_volatile_attribute(value.get("fields", []), 2)) or (
+                key == "A_Indirection" and self._is_volatile_attribute(value.get("indirection", []), 1)
+            ):
+                return False
         return True
 
     def _needs_primary(self, names: list[str]) -> bool:

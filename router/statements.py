@@ -608,6 +608,23 @@ def _type_name(type_name: _Node) -> str:
     return ""
 
 
+def tree_fields(root: Any) -> Iterator[tuple[str, Any]]:
+    """Every (field name, value) of every node under `root`, parents before their children.
+    Iterative, as trees can be deep; a caller that has its answer just stops iterating."""
+    stack: list[Any] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            yield key, value
+            if isinstance(value, dict | list):
+                stack.append(value)
+
+
 def node_strings(items: list[_Node]) -> list[str]:
     """The values of a list of String nodes (a qualified name's parts)."""
     return [str(item.get("String", {}).get("sval", "")) for item in items]

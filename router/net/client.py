@@ -27,10 +27,12 @@ from router.errors import (
     TenantSwitchRefused,
 )
 from router.health import parse_lsn, record_end
+from router.inert_statements import is_inert, trusted_search_path
 from router.isolation import quote_literal
 from router.net.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
 from router.net.session_sql import (
+    HANDOVER_DEALLOCATE,
     HANDOVER_RESET,
     HANDOVER_RESET_PREPARED,
     raise_sql,
@@ -44,7 +46,7 @@ from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg import responses as r
 from router.protocol.pg.prepared import ClientStatements
-from router.statements import Effects, classify
+from router.statements import EMPTY, Effects, classify
 
 if TYPE_CHECKING:
     from router.net.context import Cancellable, RouterContext, Target
@@ -66,7 +68,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession:
     """A client connection. See the module docstring."""
 
     # Slots: ten thousand idle clients must stay cheap (no per-instance __dict__).
@@ -77,6 +79,7 @@ class ClientSession(asyncio.Protocol):
         "_desired_for",
         "_discarding",
         "_effects",
+        "_inert",
         "_login_task",
         "_login_waiter",
         "_out",
@@ -127,6 +130,7 @@ class ClientSession(asyncio.Protocol):
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
         self.last_server: ServerConnection | None = None
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
+        self._inert: set[str] | None = None  # prepared statements proven inert (router.inert_statements)
         self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
         self._desired_for: Target | None = None
         self.key: tuple[int, bytes] = (0, b"")
@@ -150,7 +154,7 @@ class ClientSession(asyncio.Protocol):
         self._login_task: asyncio.Task[None] | None = None
         self._login_waiter: asyncio.Future[None] | None = None
 
-    # --- asyncio.Protocol -------------------------------------------------------------------------
+    # --- asyncio.Protocol (implemented, not inherited: a compiled class has no Python base) -------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -176,6 +180,9 @@ class ClientSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done sending: the transport closes, connection_lost follows
 
     def pause_writing(self) -> None:
         # The client is slower than the server: stop reading from the server until it catches up.
@@ -395,8 +402,8 @@ class ClientSession(asyncio.Protocol):
                         continue  # refused: the message is discarded on the next pass
                     break  # in line for a server connection; resume when it comes
                 pos += size
-        except f.FramingError as exc:
-            self.fatal(ClientProtocolError(f"invalid message from the client: {exc}"))
+        except f.FramingError as framing_error:
+            self.fatal(ClientProtocolError(f"invalid message from the client: {framing_error}"))
             return
         except ClientProtocolError as exc:
             self.fatal(exc)
@@ -525,14 +532,10 @@ class ClientSession(asyncio.Protocol):
         if conn.owner != self.serial:
             if conn.owner is not None:
                 pool.handovers += 1
-            if conn.owner is not None and self.router.exact_handover:
-                # Another client used this session: wipe what it may have left, settings changed
-                # inside functions included, and its prepared statements (they are private).
-                reset = HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else HANDOVER_RESET
-                conn.prepared.clear()
-                conn.unnamed = None
-                conn.applied = {}
+                if self.router.exact_handover:
+                    reset = _handover_reset(conn, pool, self.tenant)
             conn.owner = self.serial
+            conn.owner_tenant = self.tenant
         self._sync_session(conn, self._desired_settings(target), reset)
 
     def _desired_settings(self, target: Target) -> dict[str, str]:
@@ -562,6 +565,10 @@ class ClientSession(asyncio.Protocol):
             conn.plan.expect(r.ENDS_SYNC, swallow=True)
             conn.unnamed = None
         conn.applied = dict(desired)
+        if not conn.may_hold_state and not trusted_search_path(self.settings):
+            # The client's search_path may resolve a name in an inert text to a tenant's object,
+            # whose code may leave state: as long as it is applied, the session is not clean.
+            conn.may_hold_state = True
 
     def _release_server(self) -> None:
         conn, pool = self.server, self.pool
@@ -585,14 +592,21 @@ class ClientSession(asyncio.Protocol):
     # --- handlers: each returns False when it needs a server connection first ---------------------
 
     def _on_query(self, msg: bytes) -> bool:
-        if TENANT_MARKER in msg:
+        if msg.find(TENANT_MARKER) >= 0:  # not `in`: for bytes it first tries, and fails, an int
             statement = parse_tenant_statement(fe.parse_query(msg))
             if statement is not None:
                 return self._tenant_statement(statement)
         server = self._server()
         if server is None:
             return False
-        effects = classify(fe.parse_query(msg))
+        sql = fe.parse_query(msg)
+        if server.may_hold_state or not self.router.exact_handover:
+            effects = classify(sql)
+        elif is_inert(sql):
+            effects = EMPTY  # an inert text has no session effects either
+        else:
+            server.may_hold_state = True  # so the next hand-over wipes the session
+            effects = classify(sql)
         if not effects.empty:
             refusal = self._session_effects(effects, server)
             if refusal is not None:
@@ -637,6 +651,8 @@ class ClientSession(asyncio.Protocol):
 
     def _on_parse(self, msg: bytes) -> bool:
         parse = fe.parse_parse(msg)
+        if self.router.exact_handover:
+            self._note_inert(parse.name, parse.query)
         effects = classify(parse.query)
         if not effects.empty:
             # Refused statements are never prepared; the others take effect when executed (Bind).
@@ -681,6 +697,17 @@ class ClientSession(asyncio.Protocol):
             server.plan.expect(r.ENDS_PARSE, statement=statement.name)
         return True
 
+    def _note_inert(self, client_name: str, sql: str) -> None:
+        """Whether the statement a Parse defines is inert follows it to the Binds that run it, on
+        whichever server connection (a refused statement is judged by what the client sent)."""
+        inert = self._inert
+        if is_inert(sql):
+            if inert is None:
+                inert = self._inert = set()
+            inert.add(client_name)
+        elif inert is not None:
+            inert.discard(client_name)
+
     def _parse_known_valid(self, client_name: str) -> bool:
         """Whether this statement already parsed on the tenant's database under the same
         search_path, so a Parse of it can be answered before any server is involved."""
@@ -717,6 +744,9 @@ class ClientSession(asyncio.Protocol):
             return False
         server.synced = False
         portal, client_name, rest_at = fe.split_bind(msg)
+        if not server.may_hold_state and self.router.exact_handover:
+            # A statement not proven inert, or one this client never defined, may leave state.
+            server.may_hold_state = self._inert is None or client_name not in self._inert
         if self._effects is not None:
             effects = self._effects.get(client_name)
             if effects is not None:
@@ -757,6 +787,8 @@ class ClientSession(asyncio.Protocol):
         if kind == ord("S") and name:
             # The server keeps the statement for other clients; this client forgets it.
             self.statements.forget(name)
+            if self._inert is not None:
+                self._inert.discard(name)
             if self.server is None:
                 self.write_to_client(be.CLOSE_COMPLETE)
             else:
@@ -797,6 +829,7 @@ class ClientSession(asyncio.Protocol):
         server = self._server()
         if server is None:
             return False
+        server.may_hold_state = True  # a function called by its oid: anything may have happened
         self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
         server.synced = True
@@ -892,6 +925,28 @@ class ClientSession(asyncio.Protocol):
                 # Mid-transaction or mid-response: never hand this session state to anyone.
                 pool.discard(server, "client disconnected mid-transaction")
         self.router.unregister_client(self)
+
+
+def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> str | None:
+    """What the exact hand-over sends ahead of the new client's first message. The wipe, when the
+    previous client ran anything not proven inert, or under a search_path the router cannot vouch
+    for: settings changed inside functions, temporary tables made by EXECUTE... are invisible to the
+    router. Otherwise the session is as the router left it: `applied` stays true, so only the
+    settings that differ are sent. Prepared statements are private to their tenant: they go when the
+    session passes to another tenant, and stay (prepared once per server, not per hand-over) within
+    one, whose clients name them by content anyway."""
+    if conn.may_hold_state:
+        pool.wipes += 1
+        reset = HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else HANDOVER_RESET
+        conn.may_hold_state = False
+        conn.applied = {}
+    elif (conn.prepared or conn.unnamed) and conn.owner_tenant != tenant:
+        reset = HANDOVER_DEALLOCATE
+    else:
+        return None
+    conn.prepared.clear()
+    conn.unnamed = None
+    return reset
 
 
 # Message type -> handler; each returns False when it needs a server connection first.

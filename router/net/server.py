@@ -59,7 +59,7 @@ class Attachment(Protocol):
         ...
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection:
     """A pooled server connection. See the module docstring."""
 
     def __init__(self, label: str, on_closed: Callable[[ServerConnection], None]) -> None:
@@ -78,6 +78,11 @@ class ServerConnection(asyncio.Protocol):
         # Serial number of the client session that last used this connection: a different one
         # means the session must be wiped (DISCARD ALL) before it is handed over.
         self.owner: int | None = None
+        self.owner_tenant: str | None = None  # ... and its tenant
+        # Since the last wipe, a statement not proven inert (router.inert_statements) ran, or a
+        # client's search_path that may reach a tenant's objects was applied: the session may hold
+        # state the router cannot see, so the exact hand-over wipes it.
+        self.may_hold_state = False
         # Server statement names known to parse on this server's database (shared by its pool).
         self.valid_statements: set[str] = set()
         # Forwarding state.
@@ -92,7 +97,7 @@ class ServerConnection(asyncio.Protocol):
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._lost_reason: str | None = None
 
-    # --- asyncio.Protocol -------------------------------------------------------------------------
+    # --- asyncio.Protocol (implemented, not inherited: a compiled class has no Python base) -------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -121,6 +126,12 @@ class ServerConnection(asyncio.Protocol):
         # The server is not reading what the client sends (e.g. COPY IN faster than the server).
         if self.client is not None:
             self.client.pause_server_reading()
+
+    def resume_writing(self) -> None:
+        pass  # the client's reading resumes on its own timer (ClientSession.pause_server_reading)
+
+    def eof_received(self) -> bool | None:
+        return None  # the server is done sending: the transport closes, connection_lost follows
 
     # --- forwarding (hot path) --------------------------------------------------------------------
 
@@ -390,7 +401,7 @@ async def open_server_connection(
     conn = ServerConnection(label, on_closed)
     try:
         async with asyncio.timeout(connect_timeout):
-            await loop.create_connection(lambda: conn, host, port)
+            await loop.create_connection(lambda: cast(asyncio.Protocol, conn), host, port)
             await conn.startup(user, database, password)
     except TimeoutError:
         conn.close("connect timeout")

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from router.isolation import quote_literal
 
-# What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own).
+# What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own), when
+# the previous client ran anything not proven inert (router.inert_statements).
 # Session state that RESET ALL does not cover (LISTEN, temp tables, advisory locks, cursors WITH
 # HOLD, SQL PREPARE) pins its client, and a pinned connection is wiped with DISCARD ALL on release.
 # Temporary objects are dropped anyway: one created where the router cannot see it (EXECUTE in a
@@ -23,6 +24,9 @@ from router.isolation import quote_literal
 # and a LISTEN left behind would pass another tenant's notifications to the next client.
 HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; UNLISTEN *; CLOSE ALL"
 HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; UNLISTEN *; CLOSE ALL; DEALLOCATE ALL"
+# A hand-over without the wipe (the session ran only inert statements) still makes prepared
+# statements private; this, like any simple query, also drops the unnamed statement.
+HANDOVER_DEALLOCATE = "DEALLOCATE ALL"
 # Session defaults attached to the role a new server connection logged in as (ALTER ROLE ... SET,
 # for every database or this one) that the role could have set itself: PostgreSQL lets every role
 # change its own defaults of user-settable parameters. With shared tenants, all acting as the

@@ -658,6 +658,42 @@ def _temp_shadow(s: Scene) -> None:
     p.run(s.read)
 
 
+@attack("accomplice schema tenant's view making a temp table, read by plain SELECTs", models=("shared",))
+def _accomplice_view(s: Scene) -> None:
+    """A's accomplice, a schema tenant, opens its schema to everyone and offers a view whose function
+    makes a temporary table named like the shared one. A reads the view with nothing but a plain
+    SELECT, by its qualified name and then through A's own search_path: if the server session went
+    on to B unwiped, B's rows would go into A's temporary table."""
+    accomplice = s.layout.tenants("schema")[0]
+    schema = quote_ident(schema_name(accomplice))
+    s.cleanup += [
+        f"DROP VIEW IF EXISTS {schema}.esc_shadow_view",
+        f"DROP FUNCTION IF EXISTS {schema}.esc_shadow()",
+        f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
+    ]
+    helper = s.attacker(tenant=accomplice)
+    helper.run(
+        f"CREATE FUNCTION {schema}.esc_shadow() RETURNS int LANGUAGE plpgsql AS $$BEGIN"
+        f" EXECUTE 'CREATE TEMP TABLE IF NOT EXISTS {s.table} (tenant_id text, secret text)'; RETURN 0; END$$"
+    )
+    helper.run(f"CREATE VIEW {schema}.esc_shadow_view AS SELECT {schema}.esc_shadow() AS x")
+    helper.run(f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC")
+    helper.run(f"GRANT SELECT ON {schema}.esc_shadow_view TO PUBLIC")
+
+    def b_writes() -> None:
+        fresh = f"{s.b}-fresh-{secrets.token_hex(5)}"
+        s.victim_write(f"INSERT INTO {s.table} (tenant_id, secret) VALUES ({lit(s.b)}, {lit(fresh)})", fresh)
+        p.run(f"SELECT * FROM pg_temp.{s.table}")
+
+    p = s.attacker()
+    p.run(f"SELECT x FROM {schema}.esc_shadow_view")
+    b_writes()
+    p.run(f"SET search_path = {schema}, public")
+    s.victim().run(s.read)  # the SET is seen, so this hand-over wipes; the next one would not
+    p.run("SELECT x FROM esc_shadow_view")
+    b_writes()
+
+
 @attack("accomplice schema tenant's table + ALTER ROLE CURRENT_USER SET search_path", models=("shared",))
 def _role_default_search_path(s: Scene) -> None:
     """A's accomplice, a schema tenant on the same shard, offers a table named like the shared one;

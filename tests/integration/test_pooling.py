@@ -263,20 +263,28 @@ def test_trust_auth(make_router: RouterFactory) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_handovers_are_counted_in_the_metrics(make_router: RouterFactory) -> None:
-    """Two clients taking turns on one server connection: every turn is a hand-over (and a wipe),
-    which operators can watch as tenant_router_pool_handovers."""
+def test_handovers_and_wipes_are_counted_in_the_metrics(make_router: RouterFactory) -> None:
+    """Two clients taking turns on one server connection: every turn is a hand-over, which operators
+    can watch as tenant_router_pool_handovers; only one after a statement not proven inert wipes the
+    session first (tenant_router_pool_handover_wipes)."""
     router = make_router(pool={"size": 1}, http_port=free_port())
     first, second = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
     try:
         for _ in range(3):
             for conn in (first, second):
                 conn.execute("SELECT 1")
+        first.execute("DO $$BEGIN END$$")
+        second.execute("SELECT 1")
     finally:
         first.close()
         second.close()
     client = http.client.HTTPConnection("127.0.0.1", router.http_port, timeout=5)
     client.request("GET", "/metrics")
     text = client.getresponse().read().decode()
-    (line,) = [row for row in text.splitlines() if row.startswith("tenant_router_pool_handovers_total{")]
-    assert float(line.rsplit(" ", 1)[1]) >= 5
+
+    def sample(name: str) -> float:
+        (line,) = [row for row in text.splitlines() if row.startswith(f"{name}{{")]
+        return float(line.rsplit(" ", 1)[1])
+
+    assert sample("tenant_router_pool_handovers_total") == 7
+    assert sample("tenant_router_pool_handover_wipes_total") == 1

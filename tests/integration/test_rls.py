@@ -9,6 +9,7 @@ whatever the router's runtime does. Own table and tenant names; everything is re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import uuid
@@ -365,6 +366,74 @@ def test_check_fails_for_an_escapable_router_role_once_isolation_is_hardened(
     _out, err = capsys.readouterr()
     assert code == 2
     assert "has CREATEROLE on PostgreSQL" in err and "may create schemas in database app" in err
+    assert "may create objects in schema" in err  # public: the role owns the database
+
+
+PLANTER = "rls_it_planter"
+PLANTER_PASSWORD = "rls-it-planter-password"
+OPEN_SCHEMA = "rls_it_open"
+PLANTED = "public.rls_it_planted()"
+
+
+async def _on_every_shard(env: PgEnvironment, *statements: str) -> None:
+    for shard in env.shards:
+        conn = await _superuser(env, shard)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+
+def test_check_fails_for_a_server_role_that_could_plant_code(
+    pg_env: PgEnvironment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Code planted in the shared database runs inside other tenants' statements where no text shows
+    # it (a function named like a built-in, a view): the exact hand-over trusts that there is none.
+    path = write_configs(tmp_path, pg_env, extra=_router_yaml_extra(pg_env))
+    text = path.read_text().replace(f"user: {pg_env.ROUTER_ROLE}", f"user: {PLANTER}")
+    path.write_text(text.replace(f"password: {pg_env.ROUTER_PASSWORD}", f"password: {PLANTER_PASSWORD}"))
+    # LOGIN and nothing else, as a hardened router role must be; then one schema open to it and a
+    # function given to it.
+    asyncio.run(
+        _on_every_shard(
+            pg_env,
+            f"CREATE ROLE {PLANTER} LOGIN PASSWORD '{PLANTER_PASSWORD}'",
+            f"ALTER ROLE {PLANTER} SET track_activities = off",
+            f"CREATE SCHEMA {OPEN_SCHEMA}",
+            f"GRANT USAGE, CREATE ON SCHEMA {OPEN_SCHEMA} TO {PLANTER}",
+            f"CREATE FUNCTION {PLANTED} RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            f"ALTER FUNCTION {PLANTED} OWNER TO {PLANTER}",
+        )
+    )
+    try:
+        code = main(["--config", str(path), "check"])
+        _out, err = capsys.readouterr()
+        assert code == 2
+        lines = err.splitlines()
+        creates = [line for line in lines if f"role {PLANTER} may create objects in schema {OPEN_SCHEMA} of" in line]
+        owns = [line for line in lines if f"role {PLANTER} owns function {PLANTED} in database app" in line]
+        assert len(creates) == len(owns) == len(pg_env.shards), err
+        asyncio.run(
+            _on_every_shard(
+                pg_env,
+                f"REVOKE CREATE ON SCHEMA {OPEN_SCHEMA} FROM {PLANTER}",
+                f"ALTER FUNCTION {PLANTED} OWNER TO {pg_env.SUPERUSER}",
+            )
+        )
+        code = main(["--config", str(path), "check"])
+        _out, err = capsys.readouterr()
+        assert code == 0, err
+    finally:
+        asyncio.run(
+            _on_every_shard(
+                pg_env,
+                f"DROP SCHEMA IF EXISTS {OPEN_SCHEMA} CASCADE",
+                f"DROP FUNCTION IF EXISTS {PLANTED}",
+                f"DROP OWNED BY {PLANTER}",
+                f"DROP ROLE IF EXISTS {PLANTER}",
+            )
+        )
 
 
 def test_check_fails_for_a_superuser_server_role(

@@ -17,7 +17,7 @@ from router.tenant_admin import add_tenant, remove_tenant
 from router.testing.deploy import load
 from router.testing.routerthread import RouterThread
 
-from .conftest import Deployment, RouterFactory, url
+from .conftest import TENANTS, Deployment, RouterFactory, url
 
 
 @pytest.fixture
@@ -81,6 +81,87 @@ def test_settings_the_router_cannot_see_do_not_leak(one_server: RouterThread) ->
         assert _value(b, "SHOW work_mem") != "77MB"
 
 
+def _handovers_and_wipes(router: RouterThread) -> tuple[int, int]:
+    pools = list(router.router.iter_pools())
+    return sum(pool.handovers for pool in pools), sum(pool.wipes for pool in pools)
+
+
+def test_inert_statements_hand_over_without_a_wipe(one_server: RouterThread) -> None:
+    """After nothing but inert statements (SELECT, SHOW) the session passes to the other client
+    without RESET ALL & co.: only the settings that differ are sent, and each client keeps its own."""
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True, application_name="client-a")
+    b = psycopg.connect(url(one_server, "acme"), autocommit=True, application_name="client-b")
+    with a, b:
+        default = _value(b, "SHOW search_path")
+        a.execute("SET search_path = pg_catalog, public")  # not inert: the next hand-over wipes
+        assert _value(b, "SELECT 1") == 1
+        handovers, wipes = _handovers_and_wipes(one_server)
+        for _ in range(3):
+            assert _value(a, "SHOW application_name") == "client-a"
+            assert _value(a, "SHOW search_path") == "pg_catalog, public"
+            assert _value(b, "SHOW application_name") == "client-b"
+            assert _value(b, "SELECT current_setting('search_path')") == default
+        assert _handovers_and_wipes(one_server) == (handovers + 6, wipes)  # two a turn, none wiped
+
+
+def test_inert_prepared_statements_hand_over_without_a_wipe(one_server: RouterThread) -> None:
+    """The extended protocol: the verdict on a Parse follows its statement to the Binds."""
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    b = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    with a, b:
+        assert _value(b, "SELECT 1") == 1
+        handovers, wipes = _handovers_and_wipes(one_server)
+        for i in range(3):
+            assert a.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+            assert b.execute("SELECT %s::int * 2", (i,)).fetchone() == (i * 2,)
+        assert _handovers_and_wipes(one_server) == (handovers + 6, wipes)
+        a.execute("SELECT set_config('myapp.flag', %s, false)", ("on",))
+        assert _value(b, "SELECT current_setting('myapp.flag', true)") in (None, "")
+        assert _handovers_and_wipes(one_server) == (handovers + 8, wipes + 1)
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        "DO $$BEGIN PERFORM set_config('search_path', 'evil', false); END$$",
+        "DO $$BEGIN EXECUTE 'CREATE TEMP TABLE handover_leftover (x int)'; END$$",
+        "DO $$BEGIN EXECUTE 'LISTEN handover_leftover'; END$$",
+    ],
+)
+def test_state_the_router_cannot_see_is_wiped(one_server: RouterThread, hidden: str) -> None:
+    a, b = _pair(one_server)
+    with a, b:
+        default = _value(b, "SHOW search_path")
+        _handovers, wipes = _handovers_and_wipes(one_server)
+        a.execute(hidden)
+        assert _value(b, "SHOW search_path") == default
+        assert _value(b, "SELECT count(*) FROM pg_class WHERE relname = 'handover_leftover'") == 0
+        assert _value(b, "SELECT count(*) FROM pg_listening_channels()") == 0
+        assert _handovers_and_wipes(one_server)[1] == wipes + 1
+
+
+def test_a_function_off_the_allowlist_marks_the_session(one_server: RouterThread, deployment: Deployment) -> None:
+    """A SELECT is inert only if every function it calls is a built-in without session effects."""
+    env = deployment.env
+    admin = psycopg.connect(
+        env.shard_dsn(deployment.placement["acme"], env.SUPERUSER, env.SUPERUSER_PASSWORD), autocommit=True
+    )
+    admin.execute(
+        "CREATE OR REPLACE FUNCTION public.handover_sneaky() RETURNS int LANGUAGE plpgsql AS"
+        " $$BEGIN PERFORM set_config('search_path', 'sneaky', false); RETURN 0; END$$"
+    )
+    a, b = _pair(one_server)
+    try:
+        with a, b:
+            default = _value(b, "SHOW search_path")
+            for call in ("SELECT public.handover_sneaky()", "SELECT 1 + handover_sneaky()"):
+                a.execute(call)
+                assert _value(b, "SHOW search_path") == default
+    finally:
+        admin.execute("DROP FUNCTION public.handover_sneaky()")
+        admin.close()
+
+
 def test_set_local_and_rolled_back_set_do_not_persist(one_server: RouterThread) -> None:
     a, b = _pair(one_server)
     with a, b:
@@ -122,17 +203,40 @@ def test_parameter_status_is_the_servers_truth(one_server: RouterThread) -> None
         assert a.info.parameter_status("client_encoding") == "UTF8"
 
 
-def test_prepared_statements_stay_private(one_server: RouterThread) -> None:
+def test_prepared_statements_stay_private_to_their_tenant(one_server: RouterThread, deployment: Deployment) -> None:
+    # Another shared tenant on acme's shard, so that one server connection serves both.
+    other = next(
+        tenant
+        for tenant, isolation, _pin in TENANTS
+        if tenant != "acme" and isolation == "shared" and deployment.placement[tenant] == deployment.placement["acme"]
+    )
     a = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
-    b = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    b = psycopg.connect(url(one_server, other), autocommit=True, prepare_threshold=0)
     with a, b:
         for i in range(3):
             assert a.execute("SELECT %s::int + 100 AS secret_query_of_a", (i,)).fetchone() == (i + 100,)
+        # One server connection (pool size 1) serves both tenants, in turn.
+        assert _value(a, "SELECT pg_backend_pid()") == _value(b, "SELECT pg_backend_pid()")
         texts = [r[0] for r in b.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
         assert not any("secret_query_of_a" in t for t in texts)
         # And both can use the same driver-chosen names for different statements.
         assert b.execute("SELECT %s::text || '-b'", ("x",)).fetchone() == ("x-b",)
         assert a.execute("SELECT %s::int + 100 AS secret_query_of_a", (5,)).fetchone() == (105,)
+
+
+def test_prepared_statements_are_shared_by_clients_of_one_tenant(one_server: RouterThread) -> None:
+    """Within a tenant, a statement prepared on a server connection stays for the next client
+    (prepared once per server, not once per hand-over); clients still name statements their own way."""
+    a = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    b = psycopg.connect(url(one_server, "acme"), autocommit=True, prepare_threshold=0)
+    with a, b:
+        for i in range(3):
+            assert a.execute("SELECT %s::int + 100 AS shared_query", (i,)).fetchone() == (i + 100,)
+        texts = [r[0] for r in b.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+        assert any("shared_query" in t for t in texts)
+        assert b.execute("SELECT %s::int + 100 AS shared_query", (7,)).fetchone() == (107,)
+        assert b.execute("SELECT %s::text || '-b'", ("x",)).fetchone() == ("x-b",)
+        assert a.execute("SELECT %s::int + 100 AS shared_query", (5,)).fetchone() == (105,)
 
 
 async def test_asyncpg_clients_with_statement_caches_share_one_server(one_server: RouterThread) -> None:
