@@ -113,10 +113,29 @@ def statement_shape(sql: str) -> str:
     """`sql` with its string and number literals replaced by 0, or `sql` itself when it has quoting
     a regular expression cannot follow. Literals never change whether a statement only reads, so
     texts of one shape share a verdict: `WHERE aid = 17` and `WHERE aid = 42` are parsed once."""
-    if '"' in sql or "$" in sql or "\\" in sql or "--" in sql or "/*" in sql:
+    if _hard_to_follow(sql):
         return sql
     shape = _LITERAL.sub("0", sql)
     return shape if shape != sql else sql
+
+
+_ASCII_DIGIT: Final = re.compile(r"[0-9]")
+
+
+def _hard_to_follow(sql: str) -> bool:
+    """Quoting in which quotes or digits mean something else than `_LITERAL` assumes: quoted
+    identifiers, dollar quotes, backslashes (escape strings) and comments."""
+    return '"' in sql or "$" in sql or "\\" in sql or "--" in sql or "/*" in sql
+
+
+def digits_only_in_literals(sql: str) -> bool:
+    """Whether every ASCII digit in `sql` is in a literal that `statement_shape` replaces: none in a
+    name (`t1`, `md5`), a quoted identifier or an escape. Then a text that differs from `sql` only in
+    its digits has the same shape (the characters around each digit, which decide how it is read,
+    are the same), so whatever holds for the shape holds for both."""
+    if _hard_to_follow(sql):
+        return False
+    return _ASCII_DIGIT.search(_LITERAL.sub("", sql)) is None
 
 
 class ReadClassifier:

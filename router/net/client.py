@@ -27,7 +27,7 @@ from router.errors import (
     TenantSwitchRefused,
 )
 from router.health import parse_lsn, record_end
-from router.inert_statements import is_inert, trusted_search_path
+from router.inert_statements import is_inert, is_inert_text, trusted_search_path
 from router.isolation import quote_literal
 from router.net.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
@@ -599,14 +599,13 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        sql = fe.parse_query(msg)
         if server.may_hold_state or not self.router.exact_handover:
-            effects = classify(sql)
-        elif is_inert(sql):
+            effects = classify(fe.parse_query(msg))
+        elif is_inert_text(fe.query_bytes(msg)):
             effects = EMPTY  # an inert text has no session effects either
         else:
             server.may_hold_state = True  # so the next hand-over wipes the session
-            effects = classify(sql)
+            effects = classify(fe.parse_query(msg))
         if not effects.empty:
             refusal = self._session_effects(effects, server)
             if refusal is not None:

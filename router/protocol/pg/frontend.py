@@ -22,6 +22,12 @@ def parse_query(msg: bytes) -> str:
     return text
 
 
+def query_bytes(msg: bytes) -> bytes:
+    """A Query's text as the client sent it, undecoded (up to its NUL, like parse_query)."""
+    end = msg.find(b"\x00", 5)
+    return msg[5:end] if end >= 0 else msg[5:]
+
+
 def query(sql: str) -> bytes:
     return frame(b"Q", cstr(sql))
 
