@@ -14,7 +14,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from router.errors import BackendAuthFailed, BackendUnavailable
 from router.protocol.pg import backend as be
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_UNPACK_LENGTH = f.UINT32.unpack_from
-_DATA_ROW = f.DATA_ROW
-_READY = f.READY_FOR_QUERY
-_ERROR = f.ERROR_RESPONSE
+_UNPACK_LENGTH: Final = f.UINT32.unpack_from
+_DATA_ROW: Final = f.DATA_ROW
+_READY: Final = f.READY_FOR_QUERY
+_ERROR: Final = f.ERROR_RESPONSE
 
 
 class ServerState(enum.Enum):

@@ -8,26 +8,27 @@ pass-through traffic never come here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from router.protocol.pg.framing import INT16, INT32, UINT32, FramingError, cstr, frame, read_cstr
 
 # Authentication request codes (the int32 after the 'R' header).
-AUTH_OK = 0
-AUTH_CLEARTEXT = 3
-AUTH_MD5 = 5
-AUTH_SASL = 10
-AUTH_SASL_CONTINUE = 11
-AUTH_SASL_FINAL = 12
+AUTH_OK: Final = 0
+AUTH_CLEARTEXT: Final = 3
+AUTH_MD5: Final = 5
+AUTH_SASL: Final = 10
+AUTH_SASL_CONTINUE: Final = 11
+AUTH_SASL_FINAL: Final = 12
 
-TX_IDLE = ord("I")
-TX_IN_TRANSACTION = ord("T")
-TX_FAILED = ord("E")
+TX_IDLE: Final = ord("I")
+TX_IN_TRANSACTION: Final = ord("T")
+TX_FAILED: Final = ord("E")
 
-READY_IDLE = b"Z\x00\x00\x00\x05I"
-PARSE_COMPLETE = b"1\x00\x00\x00\x04"
-BIND_COMPLETE = b"2\x00\x00\x00\x04"
-CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
-NO_DATA = b"n\x00\x00\x00\x04"
+READY_IDLE: Final = b"Z\x00\x00\x00\x05I"
+PARSE_COMPLETE: Final = b"1\x00\x00\x00\x04"
+BIND_COMPLETE: Final = b"2\x00\x00\x00\x04"
+CLOSE_COMPLETE: Final = b"3\x00\x00\x00\x04"
+NO_DATA: Final = b"n\x00\x00\x00\x04"
 
 
 def authentication_ok() -> bytes:

@@ -8,55 +8,56 @@ it never decodes bodies (pass-through traffic is forwarded by length, never pars
 from __future__ import annotations
 
 import struct
+from typing import Final
 
-INT32 = struct.Struct("!i")
-UINT32 = struct.Struct("!I")
-INT16 = struct.Struct("!h")
+INT32: Final = struct.Struct("!i")
+UINT32: Final = struct.Struct("!I")
+INT16: Final = struct.Struct("!h")
 
 # PostgreSQL itself refuses allocations of 1 GiB or more; so do we.
-MAX_MESSAGE_LENGTH = (1 << 30) - 1
+MAX_MESSAGE_LENGTH: Final = (1 << 30) - 1
 # The server refuses startup packets over 10 000 bytes (MAX_STARTUP_PACKET_LENGTH).
-MAX_STARTUP_LENGTH = 10_000
+MAX_STARTUP_LENGTH: Final = 10_000
 
 # Frontend message types (as ints: indexing bytes yields ints).
-QUERY = ord("Q")
-PARSE = ord("P")
-BIND = ord("B")
-DESCRIBE = ord("D")
-EXECUTE = ord("E")
-CLOSE = ord("C")
-SYNC = ord("S")
-FLUSH = ord("H")
-TERMINATE = ord("X")
-COPY_DATA = ord("d")
-COPY_DONE = ord("c")
-COPY_FAIL = ord("f")
-FUNCTION_CALL = ord("F")
-PASSWORD = ord("p")
+QUERY: Final = ord("Q")
+PARSE: Final = ord("P")
+BIND: Final = ord("B")
+DESCRIBE: Final = ord("D")
+EXECUTE: Final = ord("E")
+CLOSE: Final = ord("C")
+SYNC: Final = ord("S")
+FLUSH: Final = ord("H")
+TERMINATE: Final = ord("X")
+COPY_DATA: Final = ord("d")
+COPY_DONE: Final = ord("c")
+COPY_FAIL: Final = ord("f")
+FUNCTION_CALL: Final = ord("F")
+PASSWORD: Final = ord("p")
 
 # Backend message types.
-AUTHENTICATION = ord("R")
-PARAMETER_STATUS = ord("S")
-BACKEND_KEY_DATA = ord("K")
-READY_FOR_QUERY = ord("Z")
-ERROR_RESPONSE = ord("E")
-NOTICE_RESPONSE = ord("N")
-NOTIFICATION_RESPONSE = ord("A")
-PARSE_COMPLETE = ord("1")
-BIND_COMPLETE = ord("2")
-CLOSE_COMPLETE = ord("3")
-NO_DATA = ord("n")
-PARAMETER_DESCRIPTION = ord("t")
-ROW_DESCRIPTION = ord("T")
-DATA_ROW = ord("D")
-COMMAND_COMPLETE = ord("C")
-EMPTY_QUERY = ord("I")
-PORTAL_SUSPENDED = ord("s")
-COPY_IN_RESPONSE = ord("G")
-COPY_OUT_RESPONSE = ord("H")
-COPY_BOTH_RESPONSE = ord("W")
-FUNCTION_RESULT = ord("V")
-NEGOTIATE_PROTOCOL_VERSION = ord("v")
+AUTHENTICATION: Final = ord("R")
+PARAMETER_STATUS: Final = ord("S")
+BACKEND_KEY_DATA: Final = ord("K")
+READY_FOR_QUERY: Final = ord("Z")
+ERROR_RESPONSE: Final = ord("E")
+NOTICE_RESPONSE: Final = ord("N")
+NOTIFICATION_RESPONSE: Final = ord("A")
+PARSE_COMPLETE: Final = ord("1")
+BIND_COMPLETE: Final = ord("2")
+CLOSE_COMPLETE: Final = ord("3")
+NO_DATA: Final = ord("n")
+PARAMETER_DESCRIPTION: Final = ord("t")
+ROW_DESCRIPTION: Final = ord("T")
+DATA_ROW: Final = ord("D")
+COMMAND_COMPLETE: Final = ord("C")
+EMPTY_QUERY: Final = ord("I")
+PORTAL_SUSPENDED: Final = ord("s")
+COPY_IN_RESPONSE: Final = ord("G")
+COPY_OUT_RESPONSE: Final = ord("H")
+COPY_BOTH_RESPONSE: Final = ord("W")
+FUNCTION_RESULT: Final = ord("V")
+NEGOTIATE_PROTOCOL_VERSION: Final = ord("v")
 
 
 class FramingError(ValueError):

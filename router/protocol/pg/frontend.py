@@ -9,12 +9,13 @@ renamed message copies its parameters once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from router.protocol.pg.framing import INT16, INT32, UINT32, FramingError, cstr, frame, read_cstr
 
-SYNC = b"S\x00\x00\x00\x04"
-FLUSH = b"H\x00\x00\x00\x04"
-TERMINATE = b"X\x00\x00\x00\x04"
+SYNC: Final = b"S\x00\x00\x00\x04"
+FLUSH: Final = b"H\x00\x00\x00\x04"
+TERMINATE: Final = b"X\x00\x00\x00\x04"
 
 
 def parse_query(msg: bytes) -> str:
