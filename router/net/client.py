@@ -15,7 +15,7 @@ import enum
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from router.errors import (
     BackendUnavailable,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SERIALS = itertools.count(1)
+_REMEMBERED_PARSE_LIMIT: Final = 4096  # bytes of the last Parse message a session keeps decoded
 # Where the last WAL record ends on the primary, for read-your-writes (see record_end).
 _COMMIT_POSITION_SQL = (
     "SELECT w.lsn, (pg_walfile_name_offset(w.lsn)).file_offset, current_setting('wal_block_size')"
@@ -80,6 +81,7 @@ class ClientSession:
         "_discarding",
         "_effects",
         "_inert",
+        "_last_parse",
         "_login_task",
         "_login_waiter",
         "_out",
@@ -130,6 +132,7 @@ class ClientSession:
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
         self.last_server: ServerConnection | None = None
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
+        self._last_parse: tuple[bytes, fe.Parse, Effects] | None = None  # the last Parse, decoded
         self._inert: set[str] | None = None  # prepared statements proven inert (router.inert_statements)
         self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
         self._desired_for: Target | None = None
@@ -649,15 +652,25 @@ class ClientSession:
         return None
 
     def _on_parse(self, msg: bytes) -> bool:
-        parse = fe.parse_parse(msg)
+        remembered = self._last_parse
+        if remembered is not None and remembered[0] == msg:
+            # The same Parse as last time (a driver re-sending its unnamed statement for every
+            # transaction, as pgbench -M extended does): decoded and classified already.
+            _msg, parse, effects = remembered
+        else:
+            parse = fe.parse_parse(msg)
+            effects = classify(parse.query)
+            # Small ones only: an idle client should not hold on to a megabyte of SQL.
+            self._last_parse = (msg, parse, effects) if len(msg) <= _REMEMBERED_PARSE_LIMIT else None
         if self.router.exact_handover:
             self._note_inert(parse.name, parse.query)
-        effects = classify(parse.query)
+        as_sent = True
         if not effects.empty:
             # Refused statements are never prepared; the others take effect when executed (Bind).
             refusal = self._refusal(effects)
             if refusal is not None:
                 parse = fe.Parse(parse.name, refusal, b"\x00\x00")
+                as_sent = False
             else:
                 if self._effects is None:
                     self._effects = {}
@@ -669,7 +682,8 @@ class ClientSession:
             if server is None:
                 return False
             server.synced = False
-            message = fe.build_parse("", parse.query, parse.param_types)
+            # An unnamed statement keeps its name: the client's own message goes, unless refused.
+            message = msg if as_sent else fe.build_parse("", parse.query, parse.param_types)
             self.statements.last_unnamed = message
             server.unnamed = message
             self._out.append(message)

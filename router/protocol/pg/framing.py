@@ -70,7 +70,11 @@ def read_header(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int
     if len(buf) - pos < 5:
         return None
     mtype = buf[pos]
-    (length,) = UINT32.unpack_from(buf, pos + 1)
+    if isinstance(buf, bytes):
+        # Compiled (router/native.py), four byte reads of bytes cost less than a struct call.
+        length = (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
+    else:
+        (length,) = UINT32.unpack_from(buf, pos + 1)
     if length < 4 or length > MAX_MESSAGE_LENGTH:
         raise FramingError(f"invalid message length {length} for message type {chr(mtype)!r}")
     return mtype, length + 1
