@@ -79,6 +79,7 @@ class ClientSession:
         "_desired_for",
         "_discarding",
         "_effects",
+        "_exact_handover",
         "_inert",
         "_last_parse",
         "_login_task",
@@ -87,6 +88,7 @@ class ClientSession:
         "_plain_next",
         "_read_next",
         "_track_writes",
+        "_transaction_pooling",
         "_waiting_for",
         "_watched",
         "key",
@@ -114,6 +116,10 @@ class ClientSession:
 
     def __init__(self, router: RouterContext) -> None:
         self.router = router
+        # Fixed for the router's lifetime, and read on every transaction: kept here (compiled, a
+        # field read) rather than looked up on the router each time.
+        self._exact_handover = router.exact_handover
+        self._transaction_pooling = router.transaction_pooling
         self.state = SessionState.LOGIN
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -216,7 +222,7 @@ class ClientSession:
                 # before the commit's position is known, must not read from a replica meanwhile.
                 self.router.commit_pending(tenant)
                 task.add_done_callback(lambda _task: self.router.commit_settled(tenant))
-        elif self.router.transaction_pooling and not self.pins:
+        elif self._transaction_pooling and not self.pins:
             self._release_server()
 
     def report_parameters(self, params: dict[str, str]) -> None:
@@ -239,7 +245,7 @@ class ClientSession:
         self._acquiring = None
         if self.state is not SessionState.READY:
             return
-        if self.server is server and self.router.transaction_pooling and not self.pins:
+        if self.server is server and self._transaction_pooling and not self.pins:
             self._release_server()
         self._process()
 
@@ -530,7 +536,7 @@ class ClientSession:
         if conn.owner != self.serial:
             if conn.owner is not None:
                 pool.handovers += 1
-                if self.router.exact_handover:
+                if self._exact_handover:
                     reset = _handover_reset(conn, pool, self.tenant)
             conn.owner = self.serial
             conn.owner_tenant = self.tenant
@@ -622,7 +628,7 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        if server.may_hold_state or not self.router.exact_handover:
+        if server.may_hold_state or not self._exact_handover:
             effects = classify(fe.parse_query(msg))
         elif is_inert_text(fe.query_bytes(msg)):
             effects = EMPTY  # an inert text has no session effects either
@@ -682,7 +688,7 @@ class ClientSession:
             effects = classify(parse.query)
             # Small ones only: an idle client should not hold on to a megabyte of SQL.
             self._last_parse = (msg, parse, effects) if len(msg) <= _REMEMBERED_PARSE_LIMIT else None
-        if self.router.exact_handover:
+        if self._exact_handover:
             self._note_inert(parse.name, parse.query)
         as_sent = True
         if not effects.empty:
@@ -777,7 +783,7 @@ class ClientSession:
             return False
         server.synced = False
         portal, client_name, rest_at = fe.split_bind(msg)
-        if not server.may_hold_state and self.router.exact_handover:
+        if not server.may_hold_state and self._exact_handover:
             # A statement not proven inert, or one this client never defined, may leave state.
             server.may_hold_state = self._inert is None or client_name not in self._inert
         if self._effects is not None:
