@@ -7,7 +7,14 @@ messages; the command line prints them. Nothing here knows about sockets or wire
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+
+def listing(items: Sequence[str], shown: int = 5) -> str:
+    """Names for a message: the first `shown` of them, then how many more there are."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 class RouterError(Exception):

@@ -49,11 +49,8 @@ def source_digest(module: str) -> str:
 def extension_paths(module: str) -> list[Path]:
     """The compiled files that would be imported instead of the module's source."""
     source = source_path(module)
-    return [
-        source.with_name(source.stem + suffix)
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        if source.with_name(source.stem + suffix).exists()
-    ]
+    candidates = (source.with_name(source.stem + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    return [path for path in candidates if path.exists()]
 
 
 def compiled_modules() -> list[str]:

@@ -29,7 +29,7 @@ import asyncpg
 from router import rls
 from router.catalog import close_connection
 from router.config import RouterConfig
-from router.errors import RouterError
+from router.errors import RouterError, listing
 from router.isolation import (
     Isolation,
     database_name,
@@ -714,14 +714,14 @@ def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[s
         schemas = list(row["creatable_schemas"])
         warnings.append(
             f"role {role} may create objects in {'schema' if len(schemas) == 1 else 'schemas'}"
-            f" {_listing(schemas)} of database {row['database']}:"
+            f" {listing(schemas)} of database {row['database']}:"
             " a function, view or table planted there can run inside other tenants' statements (a function"
             " named like a built-in, a table shadowing a shared one) where the router cannot see it;"
             f" REVOKE CREATE ON SCHEMA {quote_ident(schemas[0])} FROM {quote_ident(role)} (and from PUBLIC)"
         )
     if row["owned_objects"]:
         warnings.append(
-            f"role {role} owns {_listing(list(row['owned_objects']))} in database {row['database']}: its"
+            f"role {role} owns {listing(list(row['owned_objects']))} in database {row['database']}: its"
             " sessions can redefine what it owns (CREATE OR REPLACE), so a tenant could plant code that runs"
             " inside other tenants' statements; ALTER ... OWNER TO <admin>"
         )
@@ -734,11 +734,6 @@ def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[s
     if hardened:
         return tuple(problems + warnings), ()
     return tuple(problems), tuple(warnings)
-
-
-def _listing(items: list[str], shown: int = 5) -> str:
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more
 
 
 async def audit_server_role(config: RouterConfig, topology: Topology, timeout: float | None = None) -> list[RoleAudit]:

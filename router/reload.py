@@ -38,6 +38,7 @@ from router.catalog import (
     describe_dsn,
 )
 from router.config import RouterConfig
+from router.errors import listing
 from router.hashing import Ring
 from router.isolation import quote_ident
 from router.routing import place_tenant
@@ -126,12 +127,9 @@ def reload_problems(old: Topology, new: Topology, tenants: Iterable[tuple[str, s
     problems = []
     for shard in sorted(held):
         names = sorted(held[shard])
-        shown = ", ".join(names[:_NAMES_SHOWN])
-        if len(names) > _NAMES_SHOWN:
-            shown += f" and {len(names) - _NAMES_SHOWN} more"
         problems.append(
             f"shard {shard} is removed from {new.source.name} but still holds {_count(len(names), 'tenant')}"
-            f" ({shown}); move them to another shard first"
+            f" ({listing(names, _NAMES_SHOWN)}); move them to another shard first"
         )
     return problems
 

@@ -137,7 +137,7 @@ class ClientSession:
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
         self.last_server: ServerConnection | None = None
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
-        self._last_parse: tuple[bytes, fe.Parse, Effects] | None = None  # the last Parse, decoded
+        self._last_parse: tuple[bytes, fe.Parse, Effects, bool] | None = None  # the last Parse, judged
         self._inert: set[str] | None = None  # prepared statements proven inert (router.inert_statements)
         self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
         self._desired_for: Target | None = None
@@ -628,12 +628,12 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        if server.may_hold_state or not self._exact_handover:
-            effects = classify(fe.parse_query(msg))
-        elif is_inert_text(fe.query_bytes(msg)):
+        judging = self._exact_handover and not server.may_hold_state
+        if judging and is_inert_text(fe.query_bytes(msg)):
             effects = EMPTY  # an inert text has no session effects either
         else:
-            server.may_hold_state = True  # so the next hand-over wipes the session
+            if judging:
+                server.may_hold_state = True  # so the next hand-over wipes the session
             effects = classify(fe.parse_query(msg))
         if not effects.empty:
             refusal = self._session_effects(effects, server)
@@ -681,15 +681,17 @@ class ClientSession:
         remembered = self._last_parse
         if remembered is not None and remembered[0] == msg:
             # The same Parse as last time (a driver re-sending its unnamed statement for every
-            # transaction, as pgbench -M extended does): decoded and classified already.
-            _msg, parse, effects = remembered
+            # transaction, as pgbench -M extended does): decoded and judged already.
+            _msg, parse, effects, inert = remembered
         else:
             parse = fe.parse_parse(msg)
             effects = classify(parse.query)
+            inert = self._exact_handover and is_inert(parse.query)
             # Small ones only: an idle client should not hold on to a megabyte of SQL.
-            self._last_parse = (msg, parse, effects) if len(msg) <= _REMEMBERED_PARSE_LIMIT else None
+            small = len(msg) <= _REMEMBERED_PARSE_LIMIT
+            self._last_parse = (msg, parse, effects, inert) if small else None
         if self._exact_handover:
-            self._note_inert(parse.name, parse.query)
+            self._note_inert(parse.name, inert)
         as_sent = True
         if not effects.empty:
             # Refused statements are never prepared; the others take effect when executed (Bind).
@@ -736,16 +738,16 @@ class ClientSession:
             server.plan.expect(r.ENDS_PARSE, statement=statement.name)
         return True
 
-    def _note_inert(self, client_name: str, sql: str) -> None:
+    def _note_inert(self, client_name: str, inert: bool) -> None:
         """Whether the statement a Parse defines is inert follows it to the Binds that run it, on
         whichever server connection (a refused statement is judged by what the client sent)."""
-        inert = self._inert
-        if is_inert(sql):
-            if inert is None:
-                inert = self._inert = set()
-            inert.add(client_name)
-        elif inert is not None:
-            inert.discard(client_name)
+        names = self._inert
+        if inert:
+            if names is None:
+                names = self._inert = set()
+            names.add(client_name)
+        elif names is not None:
+            names.discard(client_name)
 
     def _parse_known_valid(self, client_name: str) -> bool:
         """Whether this statement already parsed on the tenant's database under the same

@@ -132,6 +132,13 @@ def test_query_round_trip() -> None:
 def test_query_without_nul_is_refused() -> None:
     with pytest.raises(FramingError):
         fe.parse_query(b"Q\x00\x00\x00\x0cSELECT 1")
+    with pytest.raises(FramingError):
+        fe.query_bytes(b"Q\x00\x00\x00\x0cSELECT 1")
+
+
+def test_query_bytes_are_the_text_as_sent() -> None:
+    assert fe.query_bytes(fe.query("SELECT 'é'")) == "SELECT 'é'".encode()
+    assert fe.query_bytes(fe.query("")) == b""
 
 
 def test_parse_exact_bytes_and_round_trip() -> None:

@@ -19,14 +19,15 @@ TERMINATE: Final = b"X\x00\x00\x00\x04"
 
 
 def parse_query(msg: bytes) -> str:
-    text, _ = read_cstr(msg, 5)
-    return text
+    return query_bytes(msg).decode("utf-8", errors="replace")
 
 
 def query_bytes(msg: bytes) -> bytes:
-    """A Query's text as the client sent it, undecoded (up to its NUL, like parse_query)."""
+    """A Query's text as the client sent it, undecoded (parse_query decodes it)."""
     end = msg.find(b"\x00", 5)
-    return msg[5:end] if end >= 0 else msg[5:]
+    if end < 0:
+        raise FramingError("string is not NUL-terminated")
+    return msg[5:end]
 
 
 def query(sql: str) -> bytes:
