@@ -105,7 +105,7 @@ class Router:
             idle_timeout=config.pool.idle_timeout,
             lifetime=config.pool.lifetime,
         )
-        self._targets: dict[str, Target] = {}
+        self.targets: dict[str, Target] = {}
         self._capacities: dict[tuple[str, int], ShardCapacity] = {}
         # Read/write splitting over replicas (router.replicas), with lag and health from the monitor.
         self.read_mode: str = config.reads.mode
@@ -147,7 +147,7 @@ class Router:
         return verifier
 
     def resolve_target(self, tenant: str) -> Target:
-        target = self._targets.get(tenant)
+        target = self.targets.get(tenant)
         if target is not None:
             return target
         record = self.catalog.get(tenant)
@@ -165,7 +165,7 @@ class Router:
                 f'tenant "{tenant}" is pinned to shard "{placement.shard}", which shards.yaml does not define'
             )
         target = self._target_for(record, shard)
-        self._targets[tenant] = target
+        self.targets[tenant] = target
         return target
 
     def _target_for(self, record: Tenant, shard: Shard) -> Target:
@@ -257,7 +257,7 @@ class Router:
         and weights and replicas take effect for the next transaction."""
         self.topology = topology
         self.ring = Ring.from_topology(topology)
-        self._targets.clear()
+        self.targets.clear()
         live = {
             (name, server.host, server.port)
             for name, shard in topology.shards.items()
@@ -309,7 +309,7 @@ class Router:
             return True
 
     def _tenant_changed(self, tenant: str) -> None:
-        self._targets.pop(tenant, None)
+        self.targets.pop(tenant, None)
         self._tenant_positions.pop(tenant, None)
 
     def register_client(self, session: ClientSession) -> tuple[int, bytes]:

@@ -25,6 +25,7 @@ from pathlib import Path
 # The forwarding path: framing and messages, the client and server connections, the pools.
 MODULES = (
     "router.net.client",
+    "router.inert_statements",
     "router.net.server",
     "router.pool",
     "router.protocol.pg.framing",

@@ -45,7 +45,7 @@ from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg import responses as r
 from router.protocol.pg.prepared import ClientStatements
-from router.statements import EMPTY, Effects, classify
+from router.statements import Effects, classify
 
 if TYPE_CHECKING:
     from router.net.context import Cancellable, RouterContext, Target
@@ -80,6 +80,7 @@ class ClientSession:
         "_discarding",
         "_effects",
         "_exact_handover",
+        "_held",
         "_inert",
         "_last_parse",
         "_login_task",
@@ -87,6 +88,7 @@ class ClientSession:
         "_out",
         "_plain_next",
         "_read_next",
+        "_targets",
         "_track_writes",
         "_transaction_pooling",
         "_waiting_for",
@@ -120,6 +122,8 @@ class ClientSession:
         # field read) rather than looked up on the router each time.
         self._exact_handover = router.exact_handover
         self._transaction_pooling = router.transaction_pooling
+        self._targets = router.targets
+        self._held = router.held
         self.state = SessionState.LOGIN
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -436,7 +440,7 @@ class ClientSession:
                 self._sync_session(server, self._desired_settings(self._target()))
             return server
         tenant = self.tenant
-        if tenant is not None and tenant in self.router.held:
+        if tenant is not None and tenant in self._held:
             ticket = self.router.wait_for_release(tenant, self._hold_released, self._refused)
             if ticket is not None:
                 self._acquiring = ticket
@@ -520,12 +524,14 @@ class ClientSession:
             self._process()
 
     def _target(self) -> Target:
-        if self.tenant is None:
+        tenant = self.tenant
+        if tenant is None:
             raise NoTenant(
                 "no tenant selected for this session",
                 hint="run SET router.tenant = '<tenant id>' first",
             )
-        return self.router.resolve_target(self.tenant)
+        target = self._targets.get(tenant)  # the router's own dict: no call while nothing changed
+        return target if target is not None else self.router.resolve_target(tenant)
 
     def _attach(self, conn: ServerConnection, target: Target, pool: Pool) -> None:
         conn.attach(self)
@@ -628,13 +634,11 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        judging = self._exact_handover and not server.may_hold_state
-        if judging and is_inert_text(fe.query_bytes(msg)):
-            effects = EMPTY  # an inert text has no session effects either
-        else:
-            if judging:
-                server.may_hold_state = True  # so the next hand-over wipes the session
-            effects = classify(fe.parse_query(msg))
+        if self._exact_handover and not server.may_hold_state:
+            if is_inert_text(fe.query_bytes(msg)):
+                return self._send_query(server, msg)  # an inert text has no session effects either
+            server.may_hold_state = True  # so the next hand-over wipes the session
+        effects = classify(fe.parse_query(msg))
         if not effects.empty:
             refusal = self._session_effects(effects, server)
             if refusal is not None:

@@ -47,6 +47,10 @@ class RouterContext(Protocol):
     read_your_writes: str  # off | session | tenant
     # Settings whose values must never appear in statement text (the context's signature).
     hidden_settings: frozenset[str]
+    # The tenants whose Target is known, by tenant: the same dict for the router's lifetime, from
+    # which entries are dropped when they change, so a session may keep it and look up its target
+    # without a call (a miss asks `resolve_target`).
+    targets: dict[str, Target]
 
     def user(self, name: str) -> UserConfig | None: ...
 

@@ -14,7 +14,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from router.errors import BackendAuthFailed, BackendUnavailable
 from router.protocol.pg import backend as be
@@ -25,6 +25,7 @@ from router.protocol.pg.responses import ResponsePlan
 from router.protocol.pg.startup import build_cancel_request, build_startup_message
 
 if TYPE_CHECKING:
+    from router.net.client import ClientSession
     from router.protocol.pg.backend import ServerError
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,6 @@ class ServerState(enum.Enum):
     IDLE = "idle"  # clean, in its pool, no client
     ACTIVE = "active"  # attached to a client; output is forwarded to it
     CLOSED = "closed"
-
-
-class Attachment(Protocol):
-    """What a server connection needs of the client session it serves."""
-
-    def write_to_client(self, data: bytes | bytearray | memoryview) -> None: ...
-
-    def server_ready(self, server: ServerConnection) -> None: ...
-
-    def server_lost(self, server: ServerConnection, reason: str) -> None: ...
-
-    def pause_server_reading(self) -> None: ...
-
-    def report_parameters(self, params: dict[str, str]) -> None:
-        """Tell the client of server parameters that differ from what it was last told."""
-        ...
 
 
 class ServerConnection:
@@ -86,7 +71,7 @@ class ServerConnection:
         # Server statement names known to parse on this server's database (shared by its pool).
         self.valid_statements: set[str] = set()
         # Forwarding state.
-        self.client: Attachment | None = None
+        self.client: ClientSession | None = None
         self.plan = ResponsePlan()
         self.synced = True
         self.tx_status = be.TX_IDLE
@@ -229,7 +214,7 @@ class ServerConnection:
             self.client.write_to_client(bytes(self.plan.ready))
             self.plan.ready.clear()
 
-    def attach(self, client: Attachment) -> None:
+    def attach(self, client: ClientSession) -> None:
         self.client = client
         self.state = ServerState.ACTIVE
 
