@@ -190,12 +190,12 @@ class Pool:
             except ValueError:
                 pass
             else:
-                if not self._expired(preferred, time.monotonic()):
+                if not self._past_lifetime(preferred):
                     return preferred
                 self._destroy(preferred)
         while idle and not self._waiters:
             conn = idle.pop()  # the most recently used: its caches are warmest
-            if conn.state is ServerState.IDLE and not self._expired(conn, time.monotonic()):
+            if conn.state is ServerState.IDLE and not self._past_lifetime(conn):
                 return conn
             self._destroy(conn)
         return None
@@ -307,7 +307,7 @@ class Pool:
     def release(self, conn: ServerConnection) -> None:
         """Take a connection back: pooled if clean, closed otherwise."""
         conn.detach()
-        if self.closed or not conn.is_clean or self._expired(conn, time.monotonic()):
+        if self.closed or not conn.is_clean or self._past_lifetime(conn):
             self._destroy(conn)
             self.wake_one_opener()
             return
@@ -319,6 +319,7 @@ class Pool:
             # Another database on this shard is waiting for a slot: this connection makes room.
             self._destroy(conn, "making room for another database on the shard")
             return
+        conn.last_used = time.monotonic()  # idle from now: the janitor's idle timeout counts from here
         self._idle.append(conn)
 
     def discard(self, conn: ServerConnection, reason: str = "discarded") -> None:
@@ -374,6 +375,10 @@ class Pool:
             task = asyncio.get_running_loop().create_task(self._open())
             task.add_done_callback(functools.partial(_hand_over, self, waiter))
             return
+
+    def _past_lifetime(self, conn: ServerConnection) -> bool:
+        # The clock is read only when connections have a lifetime (on every release otherwise).
+        return bool(self.settings.lifetime) and self._expired(conn, time.monotonic())
 
     def _expired(self, conn: ServerConnection, now: float) -> bool:
         lifetime = self.settings.lifetime

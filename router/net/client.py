@@ -48,6 +48,8 @@ from router.protocol.pg.prepared import ClientStatements
 from router.statements import Effects, classify
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from router.net.context import Cancellable, RouterContext, Target
     from router.pool import Pool, Waiter
 
@@ -80,6 +82,7 @@ class ClientSession:
         "_discarding",
         "_effects",
         "_exact_handover",
+        "_granted_callback",
         "_held",
         "_inert",
         "_last_parse",
@@ -88,6 +91,7 @@ class ClientSession:
         "_out",
         "_plain_next",
         "_read_next",
+        "_refused_callback",
         "_targets",
         "_track_writes",
         "_transaction_pooling",
@@ -124,6 +128,9 @@ class ClientSession:
         self._transaction_pooling = router.transaction_pooling
         self._targets = router.targets
         self._held = router.held
+        # The pool's callbacks, made once: a bound method made per wait costs an allocation each.
+        self._granted_callback: Callable[[ServerConnection], None] = self._granted
+        self._refused_callback: Callable[[RouterError], None] = self._refused
         self.state = SessionState.LOGIN
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -441,7 +448,7 @@ class ClientSession:
             return server
         tenant = self.tenant
         if tenant is not None and tenant in self._held:
-            ticket = self.router.wait_for_release(tenant, self._hold_released, self._refused)
+            ticket = self.router.wait_for_release(tenant, self._hold_released, self._refused_callback)
             if ticket is not None:
                 self._acquiring = ticket
                 return None
@@ -452,12 +459,12 @@ class ClientSession:
             if read and target.replicas:
                 pool = self.router.read_pool(target, self._read_position(target)) or pool
             try:
-                result = pool.checkout(self._granted, self._refused, self.last_server)
+                result = pool.checkout(self._granted_callback, self._refused_callback, self.last_server)
             except PoolRetired:
                 # A reload removed the server just now: the current topology has the answer.
                 target = self._target()
                 pool = target.pool
-                result = pool.checkout(self._granted, self._refused, self.last_server)
+                result = pool.checkout(self._granted_callback, self._refused_callback, self.last_server)
         except RouterError as exc:
             self._refuse(exc)
             return None
@@ -551,14 +558,14 @@ class ClientSession:
     def _desired_settings(self, target: Target) -> dict[str, str]:
         desired = self._desired
         if desired is None or self._desired_for is not target:
-            desired = self._desired = {**self.settings, **target.context}
+            desired = self._desired = _shared_settings({**self.settings, **target.context})
             self._desired_for = target
         return desired
 
     def _sync_session(self, conn: ServerConnection, desired: dict[str, str], reset: str | None = None) -> None:
         """Make the server session match this client, in the same write as its first message and
         as one statement list; the responses are swallowed."""
-        if conn.applied == desired and reset is None:
+        if reset is None and (conn.applied is desired or conn.applied == desired):
             return
         sql, parameterized = session_sync_statements(conn.applied, desired, self.router.hidden_settings)
         if reset is not None:
@@ -574,7 +581,7 @@ class ClientSession:
             )
             conn.plan.expect(r.ENDS_SYNC, swallow=True)
             conn.unnamed = None
-        conn.applied = dict(desired)
+        conn.applied = desired  # shared, never changed in place: replaced when the settings change
         if not conn.may_hold_state and not trusted_search_path(self.settings):
             # The client's search_path may resolve a name in an inert text to a tenant's object,
             # whose code may leave state: as long as it is applied, the session is not clean.
@@ -970,6 +977,23 @@ class ClientSession:
                 # Mid-transaction or mid-response: never hand this session state to anyone.
                 pool.discard(server, "client disconnected mid-transaction")
         self.router.unregister_client(self)
+
+
+_SHARED_SETTINGS: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
+_SHARED_SETTINGS_LIMIT: Final = 4096
+
+
+def _shared_settings(settings: dict[str, str]) -> dict[str, str]:
+    """One dict for all sessions that want the same settings: a server connection handed from one
+    such client to another is then found in sync by identity, not by comparing the dicts on every
+    transaction. The dicts are never changed in place (a change makes a new one)."""
+    key = frozenset(settings.items())
+    shared = _SHARED_SETTINGS.get(key)
+    if shared is None:
+        if len(_SHARED_SETTINGS) >= _SHARED_SETTINGS_LIMIT:
+            _SHARED_SETTINGS.clear()  # bounded: clients varying their settings cannot grow it
+        shared = _SHARED_SETTINGS[key] = settings
+    return shared
 
 
 def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> str | None:

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_UNPACK_LENGTH: Final = f.UINT32.unpack_from
 _DATA_ROW: Final = f.DATA_ROW
 _READY: Final = f.READY_FOR_QUERY
 _ERROR: Final = f.ERROR_RESPONSE
@@ -134,13 +133,13 @@ class ServerConnection:
             self._pass_left -= pos
         run_start = 0  # start of the bytes not yet written to the client
         plan = self.plan
-        on_message = plan.on_message
         # Rows of the router's own statements (set_config) are dropped like the rest of their response.
         swallowing = plan.swallowing()
         saw_ready = False
         while n - pos >= 5:
             mtype = data[pos]
-            end = pos + 1 + _UNPACK_LENGTH(data, pos + 1)[0]
+            # Compiled, four byte reads cost less than a struct call and its tuple.
+            end = pos + 1 + ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
             if mtype == _DATA_ROW and not swallowing:
                 if end > n:
                     self._pass_left = end - n
@@ -158,7 +157,7 @@ class ServerConnection:
                 # The server is ending the session (shutdown, terminated backend): say which one.
                 if pos > run_start:
                     client.write_to_client(memoryview(data)[run_start:pos])
-                if on_message(mtype):
+                if plan.on_message(mtype):
                     client.write_to_client(be.naming_server(data[pos:end], self.label))
                 pos = run_start = end
                 swallowing = plan.swallowing()
@@ -176,7 +175,7 @@ class ServerConnection:
                 pos = run_start = end
                 client.report_parameters(self.params)
                 continue
-            if on_message(mtype):
+            if plan.on_message(mtype):
                 pos = end
             else:
                 if pos > run_start:
@@ -201,7 +200,6 @@ class ServerConnection:
         if pos < n:
             self._tail = data[pos:]
         if saw_ready and not plan and self.synced:
-            self.last_used = time.monotonic()
             client.server_ready(self)
 
     def send(self, data: bytes | bytearray) -> None:

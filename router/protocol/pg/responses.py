@@ -31,7 +31,8 @@ ASYNCHRONOUS: Final = frozenset({f.NOTICE_RESPONSE, f.PARAMETER_STATUS, f.NOTIFI
 
 
 class Expected:
-    """One awaited response (or one synthetic response, when `synthetic` is set)."""
+    """One awaited response (or one synthetic response, when `synthetic` is set). Never changed
+    once made (plans share the plain ones)."""
 
     __slots__ = ("ends", "statement", "swallow", "synthetic")
 
@@ -47,6 +48,14 @@ class Expected:
         self.synthetic = synthetic
         # For a Parse of a named server statement: the name, so a failed Parse un-registers it.
         self.statement = statement
+
+
+# The entry of a plain request (forwarded, not swallowed, no statement to account for), one per
+# terminator: entries are never changed once made, so every plan shares these rather than making
+# one per request.
+_PLAIN: Final = {
+    ends: Expected(ends) for ends in (ENDS_PARSE, ENDS_BIND, ENDS_CLOSE, ENDS_DESCRIBE, ENDS_EXECUTE, ENDS_SYNC)
+}
 
 
 class ResponsePlan:
@@ -80,7 +89,8 @@ class ResponsePlan:
                 self.failed_statements.append(statement)
             return
         self._skipping = False
-        self._queue.append(Expected(ends, swallow, None, statement))
+        plain = _PLAIN.get(ends) if not swallow and statement is None else None
+        self._queue.append(plain if plain is not None else Expected(ends, swallow, None, statement))
 
     def synthesize(self, response: bytes) -> None:
         """Answer a request ourselves, in its place: at once if nothing is outstanding."""
