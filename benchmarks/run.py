@@ -6,7 +6,9 @@ Owns one run: a throwaway PostgreSQL environment (catalog + one shard, max_conne
 dir, pgbench tables on the shard, one `shared` tenant, PgBouncer (Debian package, transaction mode,
 configured here) and two router processes started from the YAML an operator would write: one with
 1 worker and one with N workers (N = cores by default), both with the same instance pool size as
-PgBouncer. pgbench runs one target at a time, the order rotated per cell. Then idle_clients.py
+PgBouncer. pgbench runs one target at a time, the order rotated per cell, and every cell is run in
+several rounds (3 by default) interleaved across targets: the tables and bars use each target's
+median run, and the spread over the rounds is printed beside them. Then idle_clients.py
 (10 000 idle logins on a router while pgbench runs through it), catalog_scale.py (100 000
 tenants) and read_scaling.py (routers with `reads: auto` and 0 or 1 streaming replicas of the
 shard) run on the same environment.
@@ -14,7 +16,7 @@ shard) run on the same environment.
 Must not: run a router in this process, change anything outside its temp dir, or leave a process
 behind: routers, PgBouncer and every cluster are stopped on any exit, Ctrl-C included.
 
-    python -m benchmarks.run [--duration 10] [--clients 16,100] [--modes simple,extended,prepared]
+    python -m benchmarks.run [--duration 10] [--rounds 3] [--clients 16,100] [--modes simple,extended,prepared]
                              [--workers N] [--idle-clients 10000] [--catalog-tenants 100000]
                              [--[no-]read-scaling] [--quick] [--json FILE] [--no-added-latency] [--keep]
 """
@@ -213,6 +215,39 @@ def latency_table(results: list[Result]) -> str:
     return _table(rows)
 
 
+def median_runs(results: list[Result]) -> list[Result]:
+    """One run per (target, mode, clients): the one with the median tps (the upper of the two middle
+    ones for an even count), or the first failed one, so that a failure in any round is not hidden."""
+    groups: dict[tuple[str, str, int], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.target, r.mode, r.clients), []).append(r)
+    chosen = []
+    for runs in groups.values():
+        failed = [r for r in runs if not r.ok]
+        if failed:
+            chosen.append(failed[0])
+        else:
+            ordered = sorted(runs, key=lambda r: r.tps or 0.0)
+            chosen.append(ordered[len(ordered) // 2])
+    return chosen
+
+
+def spread_table(results: list[Result], names: Names) -> str:
+    """Lowest and highest tps over the rounds, per target and cell: how far one run can be off."""
+    runs: dict[tuple[str, str, int], list[float]] = {}
+    for r in results:
+        if r.ok and r.tps is not None:
+            runs.setdefault((r.target, r.mode, r.clients), []).append(r.tps)
+    rows = [["mode", "clients", *(f"{t} min-max" for t in names.targets)]]
+    for mode, clients in _cells(results):
+        cells = []
+        for t in names.targets:
+            tps = runs.get((t, mode, clients))
+            cells.append(f"{min(tps):,.0f}-{max(tps):,.0f}" if tps else "-")
+        rows.append([mode, str(clients), *cells])
+    return _table(rows)
+
+
 def ratio_bar(results: list[Result], a: str, b: str, mode: str, clients: int, minimum: float) -> Verdict:
     """`a` reaches at least `minimum` x `b`'s tps for pgbench -S -c `clients` -M `mode`."""
 
@@ -281,6 +316,7 @@ class Plan:
     workers: int
     warmup: float
     latency_duration: float | None  # None: no added-latency section
+    rounds: int  # each throughput cell is run this many times per target; the median run counts
     pgbouncer: bool
     handover: str | None  # the routers' pool.handover; None: the router's default
     idle_clients: int  # 0: no idle-clients section
@@ -365,14 +401,19 @@ def throughput(plan: Plan, ws: Workspace, targets: list[Target]) -> tuple[list[R
     latency: list[Result] = []
     try:
         cell = 0
-        for mode in plan.modes:
-            for clients in plan.clients:
-                for target in _rotated(targets, cell):
-                    result = measure(ws, target, mode, clients, plan.duration)
-                    results.append(result)
-                    _progress(result)
-                    check_alive(ws.services)
-                cell += 1
+        # Rounds outermost: a slow spell of the machine then falls on one run of every target, not
+        # on all runs of one.
+        for round_number in range(1, plan.rounds + 1):
+            if plan.rounds > 1:
+                print(f"round {round_number} of {plan.rounds}", flush=True)
+            for mode in plan.modes:
+                for clients in plan.clients:
+                    for target in _rotated(targets, cell):
+                        result = measure(ws, target, mode, clients, plan.duration)
+                        results.append(result)
+                        _progress(result)
+                        check_alive(ws.services)
+                    cell += 1
         if plan.latency_duration is not None:
             print(f"\nadded latency: pgbench -S -n -M simple -c 1 -j 1 -T {plan.latency_duration:g} -l", flush=True)
             logs = ws.dir / "latency-logs"
@@ -407,8 +448,10 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     targets = start_targets(plan, ws, names, bouncer_bin)
     report["targets"] = [t.name for t in targets]
 
-    results, latency = throughput(plan, ws, targets)
+    every_run, latency = throughput(plan, ws, targets)
+    results = median_runs(every_run)
     report["throughput"] = [asdict(r) for r in results]
+    report["throughput_every_round"] = [asdict(r) for r in every_run]
     report["added_latency"] = [asdict(r) for r in latency]
     report["load average after throughput"] = load_average()
     for service in list(ws.services):  # idle now; the sections below start routers of their own
@@ -441,15 +484,19 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
         )
         report["read_scaling"] = [r.as_json() for r in reads]
 
-    print("\n## Throughput: pgbench -S (tps excluding connection time)\n")
+    rounds = f"the median of {plan.rounds} runs per target and cell" if plan.rounds > 1 else "one run per cell"
+    print(f"\n## Throughput: pgbench -S (tps excluding connection time; {rounds})\n")
     print(throughput_table(results, names))
+    if plan.rounds > 1:
+        print(f"\nSpread over the {plan.rounds} rounds (tps):\n")
+        print(spread_table(every_run, names))
     print("\nms: pgbench's average latency. cpu: the proxy's CPU time (all its processes) during the run,")
     print("as % of one core and per transaction.\n")
     print(detail_table(results, names))
     if latency:
         print("\n## Added latency (-c 1, simple; µs from pgbench's per-transaction log)\n")
         print(latency_table(latency))
-    problems = failures(results + latency)
+    problems = failures(every_run + latency)
     if problems:
         print("\n## Failures (pgbench's first error lines)\n")
         print(problems)
@@ -473,7 +520,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     for _holds, line in bars:
         print(line)
     # PgBouncer is the yardstick, not the subject: its failures are reported but do not fail the run.
-    broken = any(not r.ok for r in results + latency if r.target != "pgbouncer")
+    broken = any(not r.ok for r in every_run + latency if r.target != "pgbouncer")
     broken |= any(not r.router_alive or r.loaded_tps is None for r in idle)
     broken |= catalog is not None and any(s.errors for s in catalog.sizes)
     broken |= reload is not None and bool(reload.small.errors or reload.large.errors)
@@ -535,6 +582,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     workers = args.workers if args.workers is not None else max(1, len(os.sched_getaffinity(0)))
     if workers < 1:
         raise ValueError("--workers must be at least 1")
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if rounds < 1:
+        raise ValueError("--rounds must be at least 1")
     idle = args.idle_clients if args.idle_clients is not None else (0 if args.quick else 10_000)
     tenants = args.catalog_tenants if args.catalog_tenants is not None else (0 if args.quick else 100_000)
     if idle < 0 or tenants < 0:
@@ -548,6 +598,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         workers=workers,
         warmup=1.0 if args.quick else 3.0,
         latency_duration=latency if args.added_latency else None,
+        rounds=rounds,
         pgbouncer=args.pgbouncer,
         handover=args.handover,
         idle_clients=idle,
@@ -567,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--clients", action="append", metavar="N[,N...]", help="client counts, repeatable or a comma list (16,100)"
     )
     parser.add_argument("--modes", default=",".join(MODES), help="pgbench -M modes (default %(default)s)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="runs per target and throughput cell, interleaved; the median counts (default 3; 1 with --quick)",
+    )
     parser.add_argument("--workers", type=int, help="worker processes of the second router (default: cores)")
     parser.add_argument(
         "--quick",

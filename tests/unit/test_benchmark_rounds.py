@@ -1,0 +1,46 @@
+"""The benchmark's rounds: which run of several counts, and the spread it prints."""
+
+from __future__ import annotations
+
+from benchmarks.run import Names, Result, median_runs, spread_table
+
+
+def run(target: str, tps: float | None, *, exit_code: int = 0, clients: int = 100) -> Result:
+    return Result(target=target, mode="simple", clients=clients, duration=10, exit_code=exit_code, tps=tps)
+
+
+def test_the_median_run_counts_per_target_and_cell() -> None:
+    results = [
+        run("direct", 30_000),
+        run("router-2", 18_000),
+        run("direct", 26_000),
+        run("router-2", 21_000),
+        run("direct", 28_000),
+        run("router-2", 15_000),
+        run("direct", 9_000, clients=16),
+    ]
+    chosen = {(r.target, r.clients): r.tps for r in median_runs(results)}
+    assert chosen == {("direct", 100): 28_000, ("router-2", 100): 18_000, ("direct", 16): 9_000}
+
+
+def test_an_even_count_takes_the_upper_middle_run() -> None:
+    assert [r.tps for r in median_runs([run("direct", 1), run("direct", 4), run("direct", 2), run("direct", 3)])] == [3]
+
+
+def test_a_failed_round_is_not_hidden_by_the_others() -> None:
+    results = [run("router-2", 18_000), run("router-2", None, exit_code=2), run("router-2", 19_000)]
+    (chosen,) = median_runs(results)
+    assert not chosen.ok
+    assert chosen.exit_code == 2
+
+
+def test_the_spread_shows_lowest_and_highest_tps() -> None:
+    results = [
+        run("direct", 26_000),
+        run("direct", 30_500),
+        run("router-1", 17_000),
+        run("router-1", None, exit_code=1),
+    ]
+    table = spread_table(results, Names("router-1", "router-1", pgbouncer=False))
+    assert "26,000-30,500" in table
+    assert "17,000-17,000" in table  # a failed run has no tps to count
