@@ -131,6 +131,10 @@ class Pool:
         self.capacity = capacity if capacity is not None else ShardCapacity(settings.size)
         self.capacity.pools.append(self)
         self.settings = settings
+        # Read on every checkout that waits and every release: kept as plain fields (compiled, a
+        # field read) rather than looked up on the settings each time.
+        self._wait_timeout: float = settings.wait_timeout
+        self._lifetime: float = settings.lifetime
         self._password = password
         self._idle: deque[ServerConnection] = deque()
         self._all: set[ServerConnection] = set()
@@ -213,7 +217,7 @@ class Pool:
         conn = self.acquire_idle(preferred)
         if conn is not None:
             return conn
-        waiter = Waiter(grant, fail, time.monotonic() + self.settings.wait_timeout)
+        waiter = Waiter(grant, fail, time.monotonic() + self._wait_timeout)
         self._waiters.append(waiter)
         if self._line_timer is None:
             self._arm_line_timer(waiter.deadline)
@@ -378,11 +382,11 @@ class Pool:
 
     def _past_lifetime(self, conn: ServerConnection) -> bool:
         # The clock is read only when connections have a lifetime (on every release otherwise).
-        return bool(self.settings.lifetime) and self._expired(conn, time.monotonic())
+        return self._lifetime > 0 and self._expired(conn, time.monotonic())
 
     def _expired(self, conn: ServerConnection, now: float) -> bool:
-        lifetime = self.settings.lifetime
-        return bool(lifetime) and now - conn.created_at > lifetime
+        lifetime = self._lifetime
+        return lifetime > 0 and now - conn.created_at > lifetime
 
     # --- housekeeping (called by the janitor) ----------------------------------------------------
 

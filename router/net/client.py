@@ -83,12 +83,13 @@ class ClientSession:
         "_effects",
         "_exact_handover",
         "_granted_callback",
-        "_held",
+        "_held_tenants",
         "_inert",
         "_last_parse",
         "_login_task",
         "_login_waiter",
         "_out",
+        "_pending",
         "_plain_next",
         "_read_next",
         "_refused_callback",
@@ -127,7 +128,7 @@ class ClientSession:
         self._exact_handover = router.exact_handover
         self._transaction_pooling = router.transaction_pooling
         self._targets = router.targets
-        self._held = router.held
+        self._held_tenants = router.held
         # The pool's callbacks, made once: a bound method made per wait costs an allocation each.
         self._granted_callback: Callable[[ServerConnection], None] = self._granted
         self._refused_callback: Callable[[RouterError], None] = self._refused
@@ -164,7 +165,8 @@ class ClientSession:
         self._track_writes = False  # the attached primary may commit a write: note its WAL position
         # Read-your-writes: per shard, the WAL position of this session's last write there.
         self.min_lsn: dict[str, int] | None = None
-        self._buf = bytearray()
+        self._buf = bytearray()  # pieces of what the client sent, gathered until routed
+        self._pending: bytes = b""  # or one whole chunk routing stopped at (waiting for a server, say)
         self._out: list[bytes] = []
         # What holds the message loop: a place in a pool's line, or reading settings back.
         self._acquiring: Waiter | Cancellable | asyncio.Task[None] | None = None
@@ -186,6 +188,9 @@ class ClientSession:
 
     def data_received(self, data: bytes) -> None:
         if self.state is SessionState.READY:
+            if self._pending:  # held back whole: now it has company, gather both
+                self._buf += self._pending
+                self._pending = b""
             if self._buf:  # the rest of a message that arrived in pieces, or work held back
                 self._buf += data
                 self._process()
@@ -367,15 +372,19 @@ class ClientSession:
     def start_routing(self) -> None:
         """Login is done: route whatever the client has already sent."""
         self.state = SessionState.READY
-        if self._buf:
+        if self._buf or self._pending:
             self._process()
 
     # --- message loop -----------------------------------------------------------------------------
 
     def _process(self) -> None:
-        """Route what has been held back in the buffer."""
-        data = bytes(self._buf)
-        self._buf.clear()
+        """Route what has been held back."""
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+        else:
+            data = self._pending
+            self._pending = b""
         self._route(data)
 
     def _route(self, data: bytes) -> None:
@@ -424,7 +433,9 @@ class ClientSession:
             self.fatal(exc)
             return
         if pos < end:
-            self._buf += data[pos:] if pos else data
+            # Nothing else is held here (`_process` took it all, or there was none): keep the rest
+            # as it came, without a copy.
+            self._pending = data[pos:] if pos else data
         self._flush_out()
 
     def _flush_out(self) -> None:
@@ -447,7 +458,7 @@ class ClientSession:
                 self._sync_session(server, self._desired_settings(self._target()))
             return server
         tenant = self.tenant
-        if tenant is not None and tenant in self._held:
+        if tenant is not None and tenant in self._held_tenants:
             ticket = self.router.wait_for_release(tenant, self._hold_released, self._refused_callback)
             if ticket is not None:
                 self._acquiring = ticket
