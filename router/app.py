@@ -32,6 +32,7 @@ from router.errors import (
 )
 from router.hashing import Ring
 from router.health import HealthMonitor, ServerKey
+from router.inert_statements import LEAVES_NOTHING
 from router.isolation import database_name, schema_name, sign_tenant, tenant_role, tenant_role_password
 from router.janitor import Janitor
 from router.net.client import ClientSession
@@ -519,7 +520,7 @@ async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
     server.applied = {}
     server.owner = None
     server.owner_tenant = None
-    server.may_hold_state = False
+    server.residue = LEAVES_NOTHING
     pool.release(server)
 
 

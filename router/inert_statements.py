@@ -1,16 +1,21 @@
-"""Whether a SQL text provably leaves nothing behind in the server session, for the exact hand-over.
+"""What a SQL text may leave behind in the server session, for the exact hand-over.
 
-Owns: `is_inert(sql)`, true only when every statement in the text is one whose effects end with its
-transaction or live in the database, never in the session: a SELECT (VALUES, TABLE, set operations)
-without INTO; an UPDATE or DELETE; BEGIN, COMMIT, ROLLBACK and savepoints (not the two-phase
-commands); SHOW; EXPLAIN of one of these; in which every function called by name is a built-in of
-`INERT_FUNCTIONS`, and every schema-qualified name (a table, view, type or operator) is in one of
-`TRUSTED_SCHEMAS`. And `trusted_search_path(settings)`: whether a client's settings let unqualified
-names resolve only there too. A server connection that ran only inert texts under a trusted
-search_path can pass to another client without being wiped (router/net/client.py). Pure.
+Owns: `residue(sql)`, one of three levels. LEAVES_NOTHING (the text is inert) when every statement
+is one whose effects end with its transaction or live in the database, never in the session: a
+SELECT (VALUES, TABLE, set operations) without INTO; an UPDATE or DELETE; BEGIN, COMMIT, ROLLBACK
+and savepoints (not the two-phase commands); SHOW; EXPLAIN of one of these; in which every function
+called by name is a built-in of `INERT_FUNCTIONS`, and every schema-qualified name (a table, view,
+type or operator) is in one of `TRUSTED_SCHEMAS`. LEAVES_SEQUENCES when, under the same rules, it
+also writes rows (INSERT, MERGE), writes a DEFAULT, or calls a sequence function: a serial or
+identity column's default calls nextval(), which leaves the session's currval()/lastval() behind,
+and a client could read another tenant's last key with them; DISCARD SEQUENCES clears exactly that.
+LEAVES_ANYTHING otherwise. And `trusted_search_path(settings)`: whether a client's settings let
+unqualified names resolve only to trusted schemas too. A server connection that ran only inert
+texts under a trusted search_path can pass to another client as it is, one that wrote rows after
+DISCARD SEQUENCES, any other after the full wipe (router/net/client.py). Pure.
 
 Must not: do I/O, keep per-session state, or decide when to wipe: the caller does. When unsure it
-answers "not inert", which only costs a wipe.
+answers LEAVES_ANYTHING, which only costs a wipe.
 
 What it trusts: code that runs without appearing in the text (triggers, views, rules, row-level
 security policies, column defaults, operators, casts, foreign-key actions) is the operator's as long
@@ -22,19 +27,16 @@ view there whose function makes a temporary table, selected by a shared tenant, 
 shared table for the next client of that server session. (A schema or database tenant's own sessions
 run under its own role, in a pool of their own: what its code leaves reaches only its own clients.)
 The operator's code must leave nothing in the session: a setting it changes for the session
-(set_config(..., false)), or the currval() of a trigger that calls nextval(), reaches the next client.
-
-INSERT and MERGE are not inert: a serial or identity column's default calls nextval(), which leaves
-the session's currval()/lastval() behind (what the wipe's DISCARD SEQUENCES is for), and a client
-could read another tenant's last key with them. For the same reason an explicit DEFAULT anywhere
-(UPDATE ... SET c = DEFAULT) makes a text not inert.
+(set_config(..., false)), or the currval() of an UPDATE or DELETE trigger that calls nextval(),
+reaches the next client.
 
 Cost: verdicts are cached by exact text and by shape (`statement_shape`: literals replaced), so
 texts differing only in their literals share one parse: a text without literals seen before is one
 dict lookup, one with literals (pgbench's `WHERE aid = 4711`) a shape and a second lookup. On a
-miss, a text whose first word cannot start an inert statement (INSERT, SET, CREATE...) is answered
-without parsing; the rest goes to PostgreSQL's parser (pglast; tens of µs). The caller asks only
-while its server connection is clean. Run `python -m router.inert_statements` for the numbers.
+miss, a text whose first word cannot start a statement of the first two levels (SET, CREATE...) is
+answered without parsing; the rest goes to PostgreSQL's parser (pglast; tens of µs). The caller asks
+only while its server connection is not yet at LEAVES_ANYTHING. Run `python -m router.inert_statements`
+for the numbers.
 """
 
 from __future__ import annotations
@@ -46,7 +48,18 @@ from typing import Any, Final
 from router.read_statements import digits_only_in_literals, statement_shape
 from router.statements import node_strings, parse_statements, tree_fields
 
-__all__ = ["INERT_FUNCTIONS", "TRUSTED_SCHEMAS", "is_inert", "is_inert_text", "trusted_search_path"]
+__all__ = [
+    "INERT_FUNCTIONS",
+    "LEAVES_ANYTHING",
+    "LEAVES_NOTHING",
+    "LEAVES_SEQUENCES",
+    "SEQUENCE_FUNCTIONS",
+    "TRUSTED_SCHEMAS",
+    "is_inert",
+    "residue",
+    "residue_text",
+    "trusted_search_path",
+]
 
 # Built-in functions that change nothing in the session: aggregates, window functions, and the
 # string, number, date/time, JSON, array and set-returning functions applications use in their
@@ -99,8 +112,17 @@ INERT_FUNCTIONS: Final = frozenset(
         *("gen_random_uuid", "uuid_generate_v4", "current_setting", "current_database", "current_schema"),
         *("current_schemas", "pg_backend_pid", "version", "pg_typeof", "pg_collation_for", "system_user"),
         *("num_nulls", "num_nonnulls"),
+        # the session's own sequence state, read: whoever had the session before and may have left
+        # some (LEAVES_SEQUENCES) was followed by DISCARD SEQUENCES
+        *("currval", "lastval"),
     }
 )
+
+# What a text may leave in the server session, from least to most. A server connection's level is
+# the highest of the texts that ran on it since it was last wiped (router/net/client.py).
+LEAVES_NOTHING: Final = 0  # inert: nothing to wipe
+LEAVES_SEQUENCES: Final = 1  # the currval()/lastval() of the sequences it advanced: DISCARD SEQUENCES
+LEAVES_ANYTHING: Final = 2  # unknown: the full wipe
 
 # The only schema a function name may be qualified with (the parser writes pg_catalog.substring,
 # pg_catalog.extract... for SQL's special syntax).
@@ -128,11 +150,16 @@ _INERT_TRANSACTION_KINDS: Final = frozenset(
     }
 )
 # Keys that make a tree not inert wherever they appear: INTO creates a table; DEFAULT may call nextval.
-_NOT_INERT_KEYS: Final = frozenset({"intoClause", "SetToDefault"})
+# Statements that write rows: besides what an inert statement may do, a serial or identity column's
+# default (or an explicit nextval()) leaves the session's currval()/lastval() behind.
+_WRITING: Final = frozenset({"InsertStmt", "MergeStmt"})
+# The functions whose only session effect is that state (DISCARD SEQUENCES clears it).
+SEQUENCE_FUNCTIONS: Final = frozenset({"nextval", "setval"})
 
-# The first words an inert statement can start with; any other first word answers False unparsed.
-_INERT_WORDS: Final = frozenset(
-    {"select", "values", "with", "table", "update", "delete", "show", "explain"}
+# The first words a statement that leaves at most sequence state can start with; any other first
+# word answers LEAVES_ANYTHING unparsed.
+_KNOWN_WORDS: Final = frozenset(
+    {"select", "values", "with", "table", "update", "delete", "insert", "merge", "show", "explain"}
     | {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
 )
 # PostgreSQL's scanner: white space, then an identifier or keyword (as in router.read_statements).
@@ -143,18 +170,19 @@ _CACHE_ENTRIES: Final = 10_000
 _CACHED_TEXT_LIMIT: Final = 8192
 # Verdicts by exact text (texts without literals) or by shape. Only read, filled and cleared, never
 # iterated: safe to share between tasks and threads.
-_cache: dict[str, bool] = {}
-# Verdicts by text as sent, with every digit made 0 (see is_inert_text).
-_by_digits: dict[bytes, bool] = {}
+_cache: dict[str, int] = {}
+# Verdicts by text as sent, with every digit made 0 (see residue_text).
+_by_digits: dict[bytes, int] = {}
 _ZERO_DIGITS: Final = bytes.maketrans(b"123456789", b"000000000")
 
 # libpg_query's JSON tree, untyped: `Any` stays in the private helpers.
 _Node = dict[str, Any]
 
 
-def is_inert(sql: str) -> bool:
-    """True if no statement in `sql` can leave anything in the server session; False when one may,
-    when the text has no statement, or when PostgreSQL's parser rejects it. Never raises."""
+def residue(sql: str) -> int:
+    """What running `sql` may leave in the server session: LEAVES_NOTHING (it is inert),
+    LEAVES_SEQUENCES or LEAVES_ANYTHING, which is also the answer for a text without a statement or
+    one PostgreSQL's parser rejects. Never raises."""
     cached = _cache.get(sql)
     if cached is not None:
         return cached
@@ -172,8 +200,13 @@ def is_inert(sql: str) -> bool:
     return result
 
 
-def is_inert_text(text: bytes) -> bool:
-    """`is_inert` for a text as the client sent it (UTF-8), answered without decoding it once a text
+def is_inert(sql: str) -> bool:
+    """True if no statement in `sql` can leave anything in the server session."""
+    return residue(sql) == LEAVES_NOTHING
+
+
+def residue_text(text: bytes) -> int:
+    """`residue` of a text as the client sent it (UTF-8), answered without decoding it once a text
     equal to it but for its digits has been judged: for pgbench's `WHERE aid = 4711` that is one
     `bytes.translate` and one dict lookup, where finding the shape takes a regular expression several
     times as long. A verdict is filed under the digits-zeroed text only when every digit of the
@@ -184,7 +217,7 @@ def is_inert_text(text: bytes) -> bool:
     if verdict is not None:
         return verdict
     sql = text.decode("utf-8", errors="replace")
-    verdict = is_inert(sql)
+    verdict = residue(sql)
     if len(text) <= _CACHED_TEXT_LIMIT and digits_only_in_literals(sql):
         if len(_by_digits) >= _CACHE_ENTRIES:
             _by_digits.clear()
@@ -211,60 +244,77 @@ def _path_entry(entry: str) -> str:
     return entry.lower()
 
 
-def _judge(sql: str) -> bool:
-    """The verdict without the cache: a first word no inert statement starts with answers False
-    without parsing (the first statement is something else, or the text is not valid SQL)."""
+def _judge(sql: str) -> int:
+    """The verdict without the cache: a first word no known statement starts with answers
+    LEAVES_ANYTHING without parsing (the first statement is something else, or not valid SQL)."""
     first = _FIRST_WORD.match(sql)
-    if first is not None and first.group(1).lower() not in _INERT_WORDS:
-        return False
+    if first is not None and first.group(1).lower() not in _KNOWN_WORDS:
+        return LEAVES_ANYTHING
     return _classify(sql)
 
 
-def _classify(sql: str) -> bool:
+def _classify(sql: str) -> int:
     """The verdict from the parse tree alone (tests compare it with the prefilter and the cache)."""
     statements = parse_statements(sql)
     if not statements:
-        return False
-    return all(_statement_is_inert(raw.get("stmt", {})) for raw in statements)
+        return LEAVES_ANYTHING
+    level = LEAVES_NOTHING
+    for raw in statements:
+        level = max(level, _statement_residue(raw.get("stmt", {})))
+        if level == LEAVES_ANYTHING:
+            break
+    return level
 
 
-def _statement_is_inert(stmt: _Node) -> bool:
+def _statement_residue(stmt: _Node) -> int:
     if len(stmt) != 1:
-        return False
+        return LEAVES_ANYTHING
     ((kind, fields),) = stmt.items()
     if kind in _INERT_NESTED:
-        return _tree_is_inert(fields)
+        return _tree_residue(fields)
+    if kind in _WRITING:
+        return max(LEAVES_SEQUENCES, _tree_residue(fields))
     if kind == "TransactionStmt":
-        return fields.get("kind") in _INERT_TRANSACTION_KINDS
+        return LEAVES_NOTHING if fields.get("kind") in _INERT_TRANSACTION_KINDS else LEAVES_ANYTHING
     if kind == "VariableShowStmt":
-        return True
+        return LEAVES_NOTHING
     if kind == "ExplainStmt":  # EXPLAIN ANALYZE runs its statement: judge that one
-        return _statement_is_inert(fields.get("query", {}))
-    return False
+        return _statement_residue(fields.get("query", {}))
+    return LEAVES_ANYTHING
 
 
-def _tree_is_inert(root: _Node) -> bool:
-    """No INTO, DEFAULT, statement of another kind, call of a function not allowlisted, or name
-    qualified with an untrusted schema anywhere under `root`. Iterative, as trees can be deep.
+def _tree_residue(root: _Node) -> int:
+    """LEAVES_ANYTHING for an INTO, a statement of another kind, a call of a function neither
+    allowlisted nor a sequence function, or a name qualified with an untrusted schema anywhere under
+    `root`; else LEAVES_SEQUENCES if a row is written (INSERT or MERGE in a CTE), a DEFAULT or a
+    sequence function may advance a sequence; else LEAVES_NOTHING. Iterative, as trees can be deep.
 
     Attribute notation (`rel.f`, `(row).f`) calls f(rel) when rel has no column f: a function
     taking that row type. No built-in with session effects takes a row, and a user function is found
     on the search_path, which `trusted_search_path` keeps to the operator's schemas."""
+    level = LEAVES_NOTHING
     for key, value in tree_fields(root):
-        if key in _NOT_INERT_KEYS:
-            return False
-        if key == "FuncCall":
-            if not _inert_function(node_strings(value.get("funcname", []))):
-                return False
+        if key == "intoClause":
+            return LEAVES_ANYTHING
+        if key == "SetToDefault":
+            level = LEAVES_SEQUENCES
+        elif key == "FuncCall":
+            names = node_strings(value.get("funcname", []))
+            if _sequence_function(names):
+                level = LEAVES_SEQUENCES
+            elif not _inert_function(names):
+                return LEAVES_ANYTHING
         elif key == "schemaname":  # of a RangeVar, written unwrapped as an UPDATE's target
             if value not in TRUSTED_SCHEMAS:
-                return False
+                return LEAVES_ANYTHING
         elif key in _NAME_KEYS:
             if isinstance(value, list) and len(value) > 1 and not _trusted_name(node_strings(value)):
-                return False
+                return LEAVES_ANYTHING
         elif key.endswith("Stmt") and key[:1].isupper() and key not in _INERT_NESTED:
-            return False  # INSERT or MERGE in a CTE
-    return True
+            if key not in _WRITING:
+                return LEAVES_ANYTHING
+            level = LEAVES_SEQUENCES  # INSERT or MERGE in a CTE
+    return level
 
 
 def _trusted_name(names: list[str]) -> bool:
@@ -272,9 +322,17 @@ def _trusted_name(names: list[str]) -> bool:
 
 
 def _inert_function(names: list[str]) -> bool:
+    return _builtin_in(names, INERT_FUNCTIONS)
+
+
+def _sequence_function(names: list[str]) -> bool:
+    return _builtin_in(names, SEQUENCE_FUNCTIONS)
+
+
+def _builtin_in(names: list[str], functions: frozenset[str]) -> bool:
     if len(names) == 1:
-        return names[0] in INERT_FUNCTIONS
-    return len(names) == 2 and names[0] == _CATALOG and names[1] in INERT_FUNCTIONS
+        return names[0] in functions
+    return len(names) == 2 and names[0] == _CATALOG and names[1] in functions
 
 
 # --- measurement -----------------------------------------------------------------------------------
@@ -284,7 +342,7 @@ def _benchmark() -> None:
     import timeit
     from collections.abc import Callable
 
-    def per_call(function: Callable[[str], bool], texts: list[str]) -> float:
+    def per_call(function: Callable[[str], object], texts: list[str]) -> float:
         def run() -> None:
             for text in texts:
                 function(text)

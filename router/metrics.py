@@ -56,6 +56,11 @@ class RouterCollector(Collector):
             "Hand-overs that wiped the server session first (pool.handover: exact, after a statement not proven inert)",
             labels=labels,
         )
+        sequence_resets = CounterMetricFamily(
+            "tenant_router_pool_handover_sequence_resets",
+            "Hand-overs that only discarded sequence state first (pool.handover: exact, after rows were written)",
+            labels=labels,
+        )
         for pool in router.iter_pools():
             key = [pool.key.shard, pool.key.database]
             servers.add_metric([*key, "idle"], pool.idle_count)
@@ -66,7 +71,8 @@ class RouterCollector(Collector):
             failures.add_metric(key, pool.connect_failures)
             handovers.add_metric(key, pool.handovers)
             wipes.add_metric(key, pool.wipes)
-        yield from (servers, waiting, transactions, timeouts, failures, handovers, wipes)
+            sequence_resets.add_metric(key, pool.sequence_resets)
+        yield from (servers, waiting, transactions, timeouts, failures, handovers, wipes, sequence_resets)
         errors = CounterMetricFamily("tenant_router_errors", "Errors the router sent to clients", labels=["sqlstate"])
         for sqlstate, count in sorted(router.errors.items()):
             errors.add_metric([sqlstate], count)

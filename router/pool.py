@@ -153,6 +153,7 @@ class Pool:
         self.transactions = 0
         self.handovers = 0  # connections passed from one client to another (see the client's _attach)
         self.wipes = 0  # ... of which wiped first (exact hand-over of a session that may hold state)
+        self.sequence_resets = 0  # ... of which only DISCARD SEQUENCES first (the session wrote rows)
         self.wait_timeouts = 0
         self.connect_failures = 0
 

@@ -26,14 +26,21 @@ from router.errors import (
     TenantSwitchRefused,
 )
 from router.health import parse_lsn, record_end
-from router.inert_statements import is_inert, is_inert_text, trusted_search_path
+from router.inert_statements import (
+    LEAVES_ANYTHING,
+    LEAVES_NOTHING,
+    LEAVES_SEQUENCES,
+    residue,
+    residue_text,
+    trusted_search_path,
+)
 from router.isolation import quote_literal
 from router.net.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
 from router.net.session_sql import (
     HANDOVER_DEALLOCATE,
+    HANDOVER_DISCARD_SEQUENCES,
     HANDOVER_RESET,
-    HANDOVER_RESET_PREPARED,
     raise_sql,
     session_sync_statements,
     settings_in_force_sql,
@@ -84,7 +91,6 @@ class ClientSession:
         "_exact_handover",
         "_granted_callback",
         "_held_tenants",
-        "_inert",
         "_last_parse",
         "_login_task",
         "_login_waiter",
@@ -93,6 +99,7 @@ class ClientSession:
         "_plain_next",
         "_read_next",
         "_refused_callback",
+        "_residues",
         "_targets",
         "_track_writes",
         "_transaction_pooling",
@@ -149,8 +156,10 @@ class ClientSession:
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
         self.last_server: ServerConnection | None = None
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
-        self._last_parse: tuple[bytes, fe.Parse, Effects, bool] | None = None  # the last Parse, judged
-        self._inert: set[str] | None = None  # prepared statements proven inert (router.inert_statements)
+        self._last_parse: tuple[bytes, fe.Parse, Effects, int] | None = None  # the last Parse, judged
+        # What the prepared statements may leave in a session, by name, when less than anything
+        # (router.inert_statements): the level follows a statement to the Binds that run it.
+        self._residues: dict[str, int] | None = None
         self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
         self._desired_for: Target | None = None
         self.key: tuple[int, bytes] = (0, b"")
@@ -593,10 +602,10 @@ class ClientSession:
             conn.plan.expect(r.ENDS_SYNC, swallow=True)
             conn.unnamed = None
         conn.applied = desired  # shared, never changed in place: replaced when the settings change
-        if not conn.may_hold_state and not trusted_search_path(self.settings):
+        if conn.residue != LEAVES_ANYTHING and not trusted_search_path(self.settings):
             # The client's search_path may resolve a name in an inert text to a tenant's object,
             # whose code may leave state: as long as it is applied, the session is not clean.
-            conn.may_hold_state = True
+            conn.residue = LEAVES_ANYTHING
 
     def _release_server(self) -> None:
         conn, pool = self.server, self.pool
@@ -652,10 +661,13 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        if self._exact_handover and not server.may_hold_state:
-            if is_inert_text(fe.query_bytes(msg)):
-                return self._send_query(server, msg)  # an inert text has no session effects either
-            server.may_hold_state = True  # so the next hand-over wipes the session
+        if self._exact_handover and server.residue != LEAVES_ANYTHING:
+            left = residue_text(fe.query_bytes(msg))
+            if left != LEAVES_ANYTHING:
+                if left > server.residue:
+                    server.residue = left  # what the next hand-over clears
+                return self._send_query(server, msg)  # such a text has no session effects either
+            server.residue = LEAVES_ANYTHING  # so the next hand-over wipes the session
         effects = classify(fe.parse_query(msg))
         if not effects.empty:
             refusal = self._session_effects(effects, server)
@@ -704,16 +716,16 @@ class ClientSession:
         if remembered is not None and remembered[0] == msg:
             # The same Parse as last time (a driver re-sending its unnamed statement for every
             # transaction, as pgbench -M extended does): decoded and judged already.
-            _msg, parse, effects, inert = remembered
+            _msg, parse, effects, left = remembered
         else:
             parse = fe.parse_parse(msg)
             effects = classify(parse.query)
-            inert = self._exact_handover and is_inert(parse.query)
+            left = residue(parse.query) if self._exact_handover else LEAVES_ANYTHING
             # Small ones only: an idle client should not hold on to a megabyte of SQL.
             small = len(msg) <= _REMEMBERED_PARSE_LIMIT
-            self._last_parse = (msg, parse, effects, inert) if small else None
+            self._last_parse = (msg, parse, effects, left) if small else None
         if self._exact_handover:
-            self._note_inert(parse.name, inert)
+            self._note_residue(parse.name, left)
         as_sent = True
         if not effects.empty:
             # Refused statements are never prepared; the others take effect when executed (Bind).
@@ -760,16 +772,16 @@ class ClientSession:
             server.plan.expect(r.ENDS_PARSE, statement=statement.name)
         return True
 
-    def _note_inert(self, client_name: str, inert: bool) -> None:
-        """Whether the statement a Parse defines is inert follows it to the Binds that run it, on
+    def _note_residue(self, client_name: str, left: int) -> None:
+        """What the statement a Parse defines may leave follows it to the Binds that run it, on
         whichever server connection (a refused statement is judged by what the client sent)."""
-        names = self._inert
-        if inert:
-            if names is None:
-                names = self._inert = set()
-            names.add(client_name)
-        elif names is not None:
-            names.discard(client_name)
+        residues = self._residues
+        if left != LEAVES_ANYTHING:
+            if residues is None:
+                residues = self._residues = {}
+            residues[client_name] = left
+        elif residues is not None:
+            residues.pop(client_name, None)
 
     def _parse_known_valid(self, client_name: str) -> bool:
         """Whether this statement already parsed on the tenant's database under the same
@@ -807,9 +819,12 @@ class ClientSession:
             return False
         server.synced = False
         portal, client_name, rest_at = fe.split_bind(msg)
-        if not server.may_hold_state and self._exact_handover:
-            # A statement not proven inert, or one this client never defined, may leave state.
-            server.may_hold_state = self._inert is None or client_name not in self._inert
+        if server.residue != LEAVES_ANYTHING and self._exact_handover:
+            # A statement not judged, or one this client never defined, may leave anything.
+            residues = self._residues
+            left = residues.get(client_name, LEAVES_ANYTHING) if residues is not None else LEAVES_ANYTHING
+            if left > server.residue:
+                server.residue = left
         if self._effects is not None:
             effects = self._effects.get(client_name)
             if effects is not None:
@@ -850,8 +865,8 @@ class ClientSession:
         if kind == ord("S") and name:
             # The server keeps the statement for other clients; this client forgets it.
             self.statements.forget(name)
-            if self._inert is not None:
-                self._inert.discard(name)
+            if self._residues is not None:
+                self._residues.pop(name, None)
             if self.server is None:
                 self.write_to_client(be.CLOSE_COMPLETE)
             else:
@@ -892,7 +907,7 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        server.may_hold_state = True  # a function called by its oid: anything may have happened
+        server.residue = LEAVES_ANYTHING  # a function called by its oid: anything may have happened
         self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
         server.synced = True
@@ -1008,22 +1023,33 @@ def _shared_settings(settings: dict[str, str]) -> dict[str, str]:
 
 
 def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> str | None:
-    """What the exact hand-over sends ahead of the new client's first message. The wipe, when the
-    previous client ran anything not proven inert, or under a search_path the router cannot vouch
-    for: settings changed inside functions, temporary tables made by EXECUTE... are invisible to the
-    router. Otherwise the session is as the router left it: `applied` stays true, so only the
-    settings that differ are sent. Prepared statements are private to their tenant: they go when the
-    session passes to another tenant, and stay (prepared once per server, not per hand-over) within
-    one, whose clients name them by content anyway."""
-    if conn.may_hold_state:
+    """What the exact hand-over sends ahead of the new client's first message: what the session's
+    residue (router.inert_statements) says may be left. The full wipe when the previous client ran
+    anything not judged, or under a search_path the router cannot vouch for: settings changed inside
+    functions, temporary tables made by EXECUTE... are invisible to the router. DISCARD SEQUENCES
+    when it also wrote rows: a serial column's currval() would otherwise tell the next client the
+    last key. Nothing when it was inert: `applied` stays true, so only the settings that differ are
+    sent. Prepared statements are private to their tenant: they go when the session passes to
+    another tenant, and stay (prepared once per server, not per hand-over) within one, whose clients
+    name them by content anyway."""
+    left = conn.residue
+    own_statements = bool(conn.prepared or conn.unnamed)
+    deallocate = own_statements and conn.owner_tenant != tenant
+    if left == LEAVES_NOTHING and not deallocate:
+        return None  # the common case: an inert session within one tenant passes as it is
+    conn.residue = LEAVES_NOTHING
+    if left == LEAVES_ANYTHING:
         pool.wipes += 1
-        reset = HANDOVER_RESET_PREPARED if conn.prepared or conn.unnamed else HANDOVER_RESET
-        conn.may_hold_state = False
         conn.applied = {}
-    elif (conn.prepared or conn.unnamed) and conn.owner_tenant != tenant:
-        reset = HANDOVER_DEALLOCATE
+        statements = [HANDOVER_RESET]
+        deallocate = own_statements
+    elif left == LEAVES_SEQUENCES:
+        pool.sequence_resets += 1
+        statements = [HANDOVER_DISCARD_SEQUENCES]
     else:
-        return None
-    conn.prepared.clear()
-    conn.unnamed = None
-    return reset
+        statements = []
+    if deallocate:
+        statements.append(HANDOVER_DEALLOCATE)
+        conn.prepared.clear()
+        conn.unnamed = None
+    return "; ".join(statements)

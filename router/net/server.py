@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from router.errors import BackendAuthFailed, BackendUnavailable
+from router.inert_statements import LEAVES_NOTHING
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
@@ -63,10 +64,10 @@ class ServerConnection:
         # means the session must be wiped (DISCARD ALL) before it is handed over.
         self.owner: int | None = None
         self.owner_tenant: str | None = None  # ... and its tenant
-        # Since the last wipe, a statement not proven inert (router.inert_statements) ran, or a
-        # client's search_path that may reach a tenant's objects was applied: the session may hold
-        # state the router cannot see, so the exact hand-over wipes it.
-        self.may_hold_state = False
+        # What the session may hold since it was last wiped (router.inert_statements): the highest
+        # level of the statements that ran on it, LEAVES_ANYTHING also when a client's search_path
+        # that may reach a tenant's objects was applied. The exact hand-over clears what it says.
+        self.residue = LEAVES_NOTHING
         # Server statement names known to parse on this server's database (shared by its pool).
         self.valid_statements: set[str] = set()
         # Forwarding state.

@@ -23,10 +23,11 @@ from router.isolation import quote_literal
 # LISTENs and cursors go too: set up inside a DO block or a function, the router does not see them,
 # and a LISTEN left behind would pass another tenant's notifications to the next client.
 HANDOVER_RESET = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; UNLISTEN *; CLOSE ALL"
-HANDOVER_RESET_PREPARED = "RESET ALL; DISCARD SEQUENCES; DISCARD TEMP; UNLISTEN *; CLOSE ALL; DEALLOCATE ALL"
 # A hand-over without the wipe (the session ran only inert statements) still makes prepared
 # statements private; this, like any simple query, also drops the unnamed statement.
 HANDOVER_DEALLOCATE = "DEALLOCATE ALL"
+# ... and after a session that also wrote rows, the only state that may be left (currval/lastval).
+HANDOVER_DISCARD_SEQUENCES = "DISCARD SEQUENCES"
 # Session defaults attached to the role a new server connection logged in as (ALTER ROLE ... SET,
 # for every database or this one) that the role could have set itself: PostgreSQL lets every role
 # change its own defaults of user-settable parameters. With shared tenants, all acting as the

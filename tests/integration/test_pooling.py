@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import asyncpg
 import psycopg
@@ -278,6 +279,38 @@ def test_handovers_and_wipes_are_counted_in_the_metrics(make_router: RouterFacto
     finally:
         first.close()
         second.close()
+    sample = pool_metrics(router)
+    assert sample("tenant_router_pool_handovers_total") == 7
+    assert sample("tenant_router_pool_handover_wipes_total") == 1
+
+
+def test_a_handover_after_a_write_discards_only_sequence_state(make_router: RouterFactory) -> None:
+    """An INSERT into a table with a serial column leaves the session's currval() behind: the next
+    client must not read the previous one's last key, yet the session keeps everything else (no
+    wipe, settings applied once), and operators see the lighter reset in the metrics."""
+    router = make_router(pool={"size": 1}, http_port=free_port())
+    writer, reader = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
+    try:
+        row = writer.execute("INSERT INTO items (name) VALUES ('seq-probe') RETURNING id").fetchone()
+        assert row is not None
+        assert writer.execute("SELECT currval('items_id_seq')").fetchone() == row  # its own session still
+        pid = writer.execute("SELECT pg_backend_pid()").fetchone()
+        assert reader.execute("SELECT pg_backend_pid()").fetchone() == pid  # the same server session...
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not yet defined in this session"):
+            reader.execute("SELECT currval('items_id_seq')")  # ... without the writer's sequence state
+        assert reader.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("acme",)
+        writer.execute("DELETE FROM items WHERE name = 'seq-probe'")
+    finally:
+        writer.close()
+        reader.close()
+    sample = pool_metrics(router)
+    assert sample("tenant_router_pool_handover_wipes_total") == 0
+    # writer -> reader after the INSERT; reader -> writer (DELETE) after a currval(), which only reads.
+    assert sample("tenant_router_pool_handover_sequence_resets_total") == 1
+
+
+def pool_metrics(router: RouterThread) -> Callable[[str], float]:
+    """The router's /metrics now, as a lookup of the one sample of a metric (one pool)."""
     client = http.client.HTTPConnection("127.0.0.1", router.http_port, timeout=5)
     client.request("GET", "/metrics")
     text = client.getresponse().read().decode()
@@ -286,5 +319,4 @@ def test_handovers_and_wipes_are_counted_in_the_metrics(make_router: RouterFacto
         (line,) = [row for row in text.splitlines() if row.startswith(f"{name}{{")]
         return float(line.rsplit(" ", 1)[1])
 
-    assert sample("tenant_router_pool_handovers_total") == 7
-    assert sample("tenant_router_pool_handover_wipes_total") == 1
+    return sample

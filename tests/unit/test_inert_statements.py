@@ -1,4 +1,4 @@
-"""is_inert: one table row per case, the allowlist's hygiene, and the prefilter and the cache (by
+"""residue and is_inert: one table row per case, the allowlist's hygiene, and the prefilter and the cache (by
 exact text and by shape) agreeing with the parser; never raising."""
 
 from __future__ import annotations
@@ -8,10 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router import inert_statements
-from router.inert_statements import INERT_FUNCTIONS, is_inert, is_inert_text, trusted_search_path
+from router.inert_statements import (
+    INERT_FUNCTIONS,
+    LEAVES_ANYTHING,
+    LEAVES_NOTHING,
+    LEAVES_SEQUENCES,
+    SEQUENCE_FUNCTIONS,
+    is_inert,
+    residue,
+    residue_text,
+    trusted_search_path,
+)
 from router.read_statements import _LITERAL
 
 INERT: list[str] = [
+    "select currval('s'), lastval()",  # reads only what this session's own writes left
     "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
     "select 1",
     "select",
@@ -66,6 +77,28 @@ INERT: list[str] = [
     "/* a comment */ select 1",
 ]
 
+# Writes rows or advances a sequence: the session's currval()/lastval() may stay behind (a serial
+# default calls nextval), which DISCARD SEQUENCES clears; nothing else may.
+SEQUENCES: list[str] = [
+    "insert into t values (1)",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);",
+    "insert into public.t (a) values (default) returning id",
+    "insert into t select * from u",
+    "insert into t values (1) on conflict (a) do update set b = excluded.b",
+    "merge into t using s on t.id = s.id when matched then delete",
+    "merge into t using s on t.id = s.id when not matched then insert values (s.id)",
+    "update t set a = default",
+    "update t set (a, b) = (default, 1)",
+    "with i as (insert into t values (1) returning id) select * from i",
+    "explain analyze insert into t values (1)",
+    "select nextval('s')",
+    "select pg_catalog.nextval('s'), currval('s'), lastval()",
+    "select setval('s', 1)",
+    "explain select nextval('s')",
+    "begin; insert into t values (1); update t set a = 2; commit",
+    "select 1; insert into t values (1)",
+]
+
 NOT_INERT: list[str] = [
     "",
     "   ",
@@ -86,10 +119,6 @@ NOT_INERT: list[str] = [
     "create table t2 as select 1",
     "create temp table t (a int)",
     "call p()",
-    "select nextval('s')",
-    "select currval('s')",
-    "select lastval()",
-    "select setval('s', 1)",
     "select setseed(0.5)",
     "select public.lower('a')",
     "select myschema.f()",
@@ -111,6 +140,12 @@ NOT_INERT: list[str] = [
     "select f()",
     "select * from t where a = unknown_function(1)",
     "select count(*) filter (where f()) from t",
+    "insert into tenant_c.t values (1)",  # a tenant's schema: its triggers are a tenant's code
+    "insert into t values (f())",
+    "insert into t values (nextval('s')); select set_config('a.b', 'c', false)",
+    "with i as (insert into t values (1) returning id) select * into t2 from i",
+    "merge into t using tenant_c.s on t.id = s.id when matched then delete",
+    "select myschema.nextval('s')",
     "select pg_advisory_lock(1)",
     "select pg_advisory_xact_lock(1)",
     "select pg_notify('c', 'x')",
@@ -138,12 +173,6 @@ NOT_INERT: list[str] = [
     "create function f() returns int language sql as 'select 1'",
     "create view v as select 1",
     "drop table t",
-    "insert into t values (1)",  # a serial default calls nextval: currval() and lastval() stay behind
-    "insert into t select * from u",
-    "merge into t using s on t.id = s.id when matched then delete",
-    "update t set a = default",
-    "update t set (a, b) = (default, 1)",
-    "with i as (insert into t values (1) returning id) select * from i",
     "prepare transaction 'x'",
     "commit prepared 'x'",
     "rollback prepared 'x'",
@@ -151,10 +180,8 @@ NOT_INERT: list[str] = [
     "set search_path = x; select 1",
     "begin; select set_config('a.b', 'c', false); commit",
     "select 1; do $$begin end$$",
-    "explain analyze insert into t values (1)",
     "explain execute p",
     "explain create table t2 as select 1",
-    "explain select nextval('s')",
 ]
 
 
@@ -169,14 +196,27 @@ def test_inert(sql: str) -> None:
     assert is_inert(sql) is True
 
 
+@pytest.mark.parametrize("sql", INERT)
+def test_inert_texts_leave_nothing(sql: str) -> None:
+    assert residue(sql) == LEAVES_NOTHING
+
+
+@pytest.mark.parametrize("sql", SEQUENCES)
+def test_writes_leave_only_sequence_state(sql: str) -> None:
+    assert residue(sql) == LEAVES_SEQUENCES
+    assert is_inert(sql) is False
+
+
 @pytest.mark.parametrize("sql", NOT_INERT)
 def test_not_inert(sql: str) -> None:
+    assert residue(sql) == LEAVES_ANYTHING
     assert is_inert(sql) is False
 
 
 def test_the_allowlist_has_nothing_with_session_effects() -> None:
-    for name in ("set_config", "setseed", "nextval", "currval", "setval", "lastval", "pg_notify", "dblink"):
+    for name in ("set_config", "setseed", "nextval", "setval", "pg_notify", "dblink"):
         assert name not in INERT_FUNCTIONS
+    assert not INERT_FUNCTIONS & SEQUENCE_FUNCTIONS
     assert not [name for name in INERT_FUNCTIONS if name.startswith(("pg_advisory_", "pg_try_advisory_", "lo_"))]
     assert all(name == name.lower() for name in INERT_FUNCTIONS)
 
@@ -207,9 +247,9 @@ def _with_other_literals(sql: str) -> str:
 
 def test_the_cache_agrees_with_the_parser() -> None:
     """One cache for all texts, each asked twice and with other literals (a shape hit)."""
-    texts = INERT + NOT_INERT
+    texts = INERT + SEQUENCES + NOT_INERT
     for sql in texts + texts + [_with_other_literals(sql) for sql in texts]:
-        assert is_inert(sql) is inert_statements._classify(sql), sql
+        assert residue(sql) == inert_statements._classify(sql), sql
 
 
 def test_texts_of_one_shape_share_a_verdict() -> None:
@@ -242,38 +282,38 @@ def test_deep_nesting_does_not_raise() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_never_raises(sql: str) -> None:
-    assert isinstance(is_inert(sql), bool)
+    assert residue(sql) in (LEAVES_NOTHING, LEAVES_SEQUENCES, LEAVES_ANYTHING)
 
 
 def test_texts_as_sent_agree_with_the_parser() -> None:
-    """is_inert_text, keyed by the text with its digits zeroed, answers like the parser: for every
+    """residue_text, keyed by the text with its digits zeroed, answers like the parser: for every
     text, asked twice, with other literals, and with other digits everywhere (names included)."""
-    texts = INERT + NOT_INERT
+    texts = INERT + SEQUENCES + NOT_INERT
     variants = [_with_other_literals(sql) for sql in texts] + [sql.translate(_OTHER_DIGITS) for sql in texts]
     for sql in texts + texts + variants:
-        assert is_inert_text(sql.encode()) is inert_statements._classify(sql), sql
+        assert residue_text(sql.encode()) == inert_statements._classify(sql), sql
 
 
 _OTHER_DIGITS = str.maketrans("0123456789", "5678901234")
 
 
 def test_only_texts_whose_digits_are_all_literals_share_a_key() -> None:
-    assert is_inert_text(b"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;")
-    assert is_inert_text(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1742;")
+    assert residue_text(b"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;") == LEAVES_NOTHING
+    assert residue_text(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1742;") == LEAVES_NOTHING
     key = b"SELECT abalance FROM pgbench_accounts WHERE aid = 0000;"  # one per number of digits
     assert list(inert_statements._by_digits) == [key]
     # A digit in a name: md5 is allowlisted, md0 (the same key) is not; neither is filed by digits.
-    assert is_inert_text(b"SELECT md5('x')")
-    assert not is_inert_text(b"SELECT md0('x')")
-    assert not is_inert_text(b"SELECT public.f1(2)")
-    assert is_inert_text(b"SELECT * FROM t1 WHERE a = 5")
+    assert residue_text(b"SELECT md5('x')") == LEAVES_NOTHING
+    assert residue_text(b"SELECT md0('x')") == LEAVES_ANYTHING
+    assert residue_text(b"SELECT public.f1(2)") == LEAVES_ANYTHING
+    assert residue_text(b"SELECT * FROM t1 WHERE a = 5") == LEAVES_NOTHING
     assert list(inert_statements._by_digits) == [key]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet='selctfromwhe md5()01234\'" ,.;_*=-/\n"$'))
 def test_texts_as_sent_agree_with_the_parser_whatever_they_are(sql: str) -> None:
-    assert is_inert_text(sql.encode()) is inert_statements._classify(sql)
-    assert is_inert_text(sql.translate(_OTHER_DIGITS).encode()) is inert_statements._classify(
+    assert residue_text(sql.encode()) == inert_statements._classify(sql)
+    assert residue_text(sql.translate(_OTHER_DIGITS).encode()) == inert_statements._classify(
         sql.translate(_OTHER_DIGITS)
     )
