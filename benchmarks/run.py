@@ -291,15 +291,24 @@ def throughput_bars(results: list[Result], names: Names) -> list[tuple[bool | No
 
 
 def failures(results: list[Result]) -> str:
-    lines = []
+    """Each failing target and cell once, with the first failed run's errors and, over rounds, how
+    many of its runs failed."""
+    runs: dict[tuple[str, str, int], list[Result]] = {}
     for r in results:
-        if not r.ok:
-            lines.append(f"{r.target} -M {r.mode} -c {r.clients}: exit code {r.exit_code}")
-            if (r.target, r.mode) == ("pgbouncer", "prepared"):
-                lines.append(f"    (expected below PgBouncer 1.21: {PGBOUNCER_PREPARED})")
-            if r.failed_transactions:
-                lines.append(f"    failed transactions: {r.failed_transactions}")
-            lines += ["    " + e for e in r.errors]
+        runs.setdefault((r.target, r.mode, r.clients), []).append(r)
+    lines = []
+    for (target, mode, clients), cell in runs.items():
+        failed = [r for r in cell if not r.ok]
+        if not failed:
+            continue
+        first = failed[0]
+        rounds = f", {len(failed)} of {len(cell)} runs" if len(cell) > 1 else ""
+        lines.append(f"{target} -M {mode} -c {clients}: exit code {first.exit_code}{rounds}")
+        if (target, mode) == ("pgbouncer", "prepared"):
+            lines.append(f"    (expected below PgBouncer 1.21: {PGBOUNCER_PREPARED})")
+        if first.failed_transactions:
+            lines.append(f"    failed transactions: {first.failed_transactions}")
+        lines += ["    " + e for e in first.errors]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.run import Names, Result, median_runs, spread_table
+from benchmarks.run import Names, Result, failures, median_runs, spread_table
 
 
 def run(target: str, tps: float | None, *, exit_code: int = 0, clients: int = 100) -> Result:
@@ -44,3 +44,17 @@ def test_the_spread_shows_lowest_and_highest_tps() -> None:
     table = spread_table(results, Names("router-1", "router-1", pgbouncer=False))
     assert "26,000-30,500" in table
     assert "17,000-17,000" in table  # a failed run has no tps to count
+
+
+def test_a_cell_that_failed_in_several_rounds_is_listed_once() -> None:
+    results = [
+        run("pgbouncer", None, exit_code=2),
+        run("pgbouncer", 9_000),
+        run("pgbouncer", None, exit_code=2),
+        run("router-2", 18_000),
+    ]
+    results[0].errors = ['ERROR:  prepared statement "P_0" already exists']
+    listing = failures(results)
+    assert listing.splitlines()[0] == "pgbouncer -M simple -c 100: exit code 2, 2 of 3 runs"
+    assert listing.count("already exists") == 1
+    assert "router-2" not in listing
