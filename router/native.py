@@ -22,7 +22,8 @@ import importlib.machinery
 import json
 from pathlib import Path
 
-# The forwarding path: framing and messages, the client and server connections, the pools.
+# The forwarding path: framing and messages, the client and server connections, the pools, and
+# the check of each Query's text for the exact hand-over (cached verdicts, asked per transaction).
 MODULES = (
     "router.net.client",
     "router.inert_statements",
