@@ -26,6 +26,9 @@ from router.protocol.pg.responses import ResponsePlan
 from router.protocol.pg.startup import build_cancel_request, build_startup_message
 
 if TYPE_CHECKING:
+    # For the type only (no import at run time): compiled, a call on a field of this concrete class
+    # is a direct call, where one on a Protocol-typed field is a method lookup by name, on every
+    # response the server sends.
     from router.net.client import ClientSession
     from router.protocol.pg.backend import ServerError
 

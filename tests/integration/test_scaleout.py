@@ -423,13 +423,14 @@ class Forwarder:
 
     @staticmethod
     def _pump_reading_key(source: socket.socket, sink: socket.socket, link: Link) -> None:
-        """Server to client, reading messages until ReadyForQuery to find BackendKeyData."""
+        """Server to client, reading messages until ReadyForQuery to find BackendKeyData. The key is
+        recorded before the bytes go on: once the client has logged in, the test may read it."""
         buffer = b""
         in_login = link.kind == "startup"
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
                 if not in_login:
+                    sink.sendall(data)
                     continue
                 buffer += data
                 while len(buffer) >= 5:
@@ -443,6 +444,7 @@ class Forwarder:
                         in_login = False
                         buffer = b""
                         break
+                sink.sendall(data)
         except OSError:
             pass
 
