@@ -2,17 +2,18 @@
 
 Owns: `residue(sql)`, one of three levels. LEAVES_NOTHING (the text is inert) when every statement
 is one whose effects end with its transaction or live in the database, never in the session: a
-SELECT (VALUES, TABLE, set operations) without INTO; an UPDATE or DELETE; BEGIN, COMMIT, ROLLBACK
-and savepoints (not the two-phase commands); SHOW; EXPLAIN of one of these; in which every function
-called by name is a built-in of `INERT_FUNCTIONS`, and every schema-qualified name (a table, view,
-type or operator) is in one of `TRUSTED_SCHEMAS`. LEAVES_SEQUENCES when, under the same rules, it
-also writes rows (INSERT, MERGE), writes a DEFAULT, or calls a sequence function: a serial or
-identity column's default calls nextval(), which leaves the session's currval()/lastval() behind,
-and a client could read another tenant's last key with them; DISCARD SEQUENCES clears exactly that.
-LEAVES_ANYTHING otherwise. And `trusted_search_path(settings)`: whether a client's settings let
-unqualified names resolve only to trusted schemas too. A server connection that ran only inert
-texts under a trusted search_path can pass to another client as it is, one that wrote rows after
-DISCARD SEQUENCES, any other after the full wipe (router/net/client.py). Pure.
+SELECT (VALUES, TABLE, set operations) without INTO; an UPDATE or DELETE; COPY ... TO STDOUT; BEGIN,
+COMMIT, ROLLBACK and savepoints (not the two-phase commands); SHOW; EXPLAIN of one of these; in
+which every function called by name is a built-in of `INERT_FUNCTIONS`, and every schema-qualified
+name (a table, view, type or operator) is in one of `TRUSTED_SCHEMAS`. LEAVES_SEQUENCES when, under
+the same rules, it also writes rows (INSERT, MERGE, COPY ... FROM STDIN), writes a DEFAULT, or calls
+a sequence function: a serial or identity column's default calls nextval(), which leaves the
+session's currval()/lastval() behind, and a client could read another tenant's last key with them;
+DISCARD SEQUENCES clears exactly that. LEAVES_ANYTHING otherwise. And
+`trusted_search_path(settings)`: whether a client's settings let unqualified names resolve only to
+trusted schemas too. A server connection that ran only inert texts under a trusted search_path can
+pass to another client as it is, one that wrote rows after DISCARD SEQUENCES, any other after the
+full wipe (router/net/client.py). Pure.
 
 Must not: do I/O, keep per-session state, or decide when to wipe: the caller does. When unsure it
 answers LEAVES_ANYTHING, which only costs a wipe.
@@ -159,7 +160,7 @@ SEQUENCE_FUNCTIONS: Final = frozenset({"nextval", "setval"})
 # The first words a statement that leaves at most sequence state can start with; any other first
 # word answers LEAVES_ANYTHING unparsed.
 _KNOWN_WORDS: Final = frozenset(
-    {"select", "values", "with", "table", "update", "delete", "insert", "merge", "show", "explain"}
+    {"select", "values", "with", "table", "update", "delete", "insert", "merge", "copy", "show", "explain"}
     | {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
 )
 # PostgreSQL's scanner: white space, then an identifier or keyword (as in router.read_statements).
@@ -280,7 +281,18 @@ def _statement_residue(stmt: _Node) -> int:
         return LEAVES_NOTHING
     if kind == "ExplainStmt":  # EXPLAIN ANALYZE runs its statement: judge that one
         return _statement_residue(fields.get("query", {}))
+    if kind == "CopyStmt":
+        return _copy_residue(fields)
     return LEAVES_ANYTHING
+
+
+def _copy_residue(fields: _Node) -> int:
+    """COPY to the client is a read; COPY from the client writes rows (column defaults may call
+    nextval). A server-side file or program is another matter: not judged."""
+    if "filename" in fields or fields.get("is_program"):
+        return LEAVES_ANYTHING
+    level = _tree_residue(fields)
+    return max(level, LEAVES_SEQUENCES) if fields.get("is_from") else level
 
 
 def _tree_residue(root: _Node) -> int:

@@ -309,6 +309,37 @@ def test_a_handover_after_a_write_discards_only_sequence_state(make_router: Rout
     assert sample("tenant_router_pool_handover_sequence_resets_total") == 1
 
 
+def test_a_copy_from_the_client_is_handed_over_like_a_write(make_router: RouterFactory, deployment: Deployment) -> None:
+    """COPY ... FROM STDIN fills a serial column from its sequence like an INSERT: the next client
+    of the server session gets it after DISCARD SEQUENCES, not the full wipe; COPY ... TO STDOUT is
+    a read and leaves nothing to clear. (A table without row-level security: PostgreSQL refuses
+    COPY FROM into one with it.)"""
+    shard_dsn = deployment.env.shard_dsn(deployment.placement["acme"])
+    with psycopg.connect(shard_dsn, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS copy_probe")
+        admin.execute("CREATE TABLE copy_probe (id bigserial PRIMARY KEY, name text NOT NULL)")
+    router = make_router(pool={"size": 1}, http_port=free_port())
+    loader, reader = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
+    try:
+        with loader.cursor() as cur, cur.copy("COPY copy_probe (name) FROM STDIN") as copy:
+            for i in range(3):
+                copy.write_row([f"row-{i}"])
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not yet defined in this session"):
+            reader.execute("SELECT currval('copy_probe_id_seq')")
+        with loader.cursor() as cur, cur.copy("COPY (SELECT name FROM copy_probe ORDER BY id) TO STDOUT") as copy:
+            assert [bytes(row).decode().strip() for row in copy] == [f"row-{i}" for i in range(3)]
+        reader.execute("SELECT 1")
+    finally:
+        loader.close()
+        reader.close()
+        with psycopg.connect(shard_dsn, autocommit=True) as admin:
+            admin.execute("DROP TABLE copy_probe")
+    sample = pool_metrics(router)
+    assert sample("tenant_router_pool_handover_wipes_total") == 0
+    # loader -> reader after the COPY FROM; then reader -> loader -> reader after reads only.
+    assert sample("tenant_router_pool_handover_sequence_resets_total") == 1
+
+
 def pool_metrics(router: RouterThread) -> Callable[[str], float]:
     """The router's /metrics now, as a lookup of the one sample of a metric (one pool)."""
     client = http.client.HTTPConnection("127.0.0.1", router.http_port, timeout=5)

@@ -73,6 +73,8 @@ INERT: list[str] = [
     "select * from public.t join pg_catalog.pg_class c on true, information_schema.tables",
     "select 1::pg_catalog.int4, 1::interval, a operator(pg_catalog.+) b from t order by a using <",
     "update public.t set a = 1",
+    "copy t to stdout",
+    "copy (select a, lower(b) from t) to stdout with (format csv, header true)",
     "  \n\t select 1  ",
     "/* a comment */ select 1",
 ]
@@ -96,6 +98,8 @@ SEQUENCES: list[str] = [
     "select setval('s', 1)",
     "explain select nextval('s')",
     "begin; insert into t values (1); update t set a = 2; commit",
+    "copy t from stdin",
+    "copy t (a, b) from stdin with (format csv) where a > 1",
     "select 1; insert into t values (1)",
 ]
 
@@ -141,6 +145,11 @@ NOT_INERT: list[str] = [
     "select * from t where a = unknown_function(1)",
     "select count(*) filter (where f()) from t",
     "insert into tenant_c.t values (1)",  # a tenant's schema: its triggers are a tenant's code
+    "copy tenant_c.t from stdin",
+    "copy (select f()) to stdout",
+    "copy t from stdin where a > f()",
+    "copy t from '/tmp/x'",  # the server's files and programs: not judged
+    "copy t to program 'cat'",
     "insert into t values (f())",
     "insert into t values (nextval('s')); select set_config('a.b', 'c', false)",
     "with i as (insert into t values (1) returning id) select * into t2 from i",
@@ -166,8 +175,6 @@ NOT_INERT: list[str] = [
     "set local statement_timeout = 1",
     "set transaction isolation level serializable",
     "lock table t",
-    "copy t to stdout",
-    "copy t from stdin",
     "vacuum t",
     "truncate t",
     "create function f() returns int language sql as 'select 1'",
