@@ -156,7 +156,7 @@ class ClientSession:
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
         self.last_server: ServerConnection | None = None
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
-        self._last_parse: tuple[bytes, fe.Parse, Effects, int] | None = None  # the last Parse, judged
+        self._last_parse: tuple[bytes, fe.Parse, Effects | None, int] | None = None  # the last Parse, judged
         # What the prepared statements may leave in a session, by name, when less than anything
         # (router.inert_statements): the level follows a statement to the Binds that run it.
         self._residues: dict[str, int] | None = None
@@ -719,7 +719,8 @@ class ClientSession:
             _msg, parse, effects, left = remembered
         else:
             parse = fe.parse_parse(msg)
-            effects = classify(parse.query)
+            classified = classify(parse.query)
+            effects = None if classified.empty else classified  # None: nothing to account for
             left = residue(parse.query) if self._exact_handover else LEAVES_ANYTHING
             # Small ones only: an idle client should not hold on to a megabyte of SQL.
             small = len(msg) <= _REMEMBERED_PARSE_LIMIT
@@ -727,7 +728,7 @@ class ClientSession:
         if self._exact_handover:
             self._note_residue(parse.name, left)
         as_sent = True
-        if not effects.empty:
+        if effects is not None:
             # Refused statements are never prepared; the others take effect when executed (Bind).
             refusal = self._refusal(effects)
             if refusal is not None:
@@ -845,9 +846,9 @@ class ClientSession:
         kind, name = fe.parse_target(msg)
         if kind == ord("S"):
             server_name = self._prepare_on_server(server, name)
-            if server_name is not None:
-                name = server_name
-        self._out.append(fe.describe(bytes((kind,)), name))
+            if server_name is not None and server_name != name:
+                msg = fe.describe(b"S", server_name)  # the server knows the statement by another name
+        self._out.append(msg)  # otherwise as the client sent it
         server.plan.expect(r.ENDS_DESCRIBE)
         return True
 
