@@ -142,8 +142,7 @@ class ServerConnection:
         saw_ready = False
         while n - pos >= 5:
             mtype = data[pos]
-            # Compiled, four byte reads cost less than a struct call and its tuple.
-            end = pos + 1 + ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
+            end = pos + 1 + f.length_at(data, pos + 1)
             if mtype == _DATA_ROW and not swallowing:
                 if end > n:
                     self._pass_left = end - n

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.protocol.pg import framing as f
-from router.protocol.pg.framing import FramingError, cstr, frame, read_cstr, read_header
+from router.protocol.pg.framing import UINT32, FramingError, cstr, frame, length_at, read_cstr, read_header
 
 
 def test_frame_builds_type_length_body() -> None:
@@ -20,6 +20,11 @@ def test_frame_builds_type_length_body() -> None:
 def test_read_header_returns_type_and_total_size() -> None:
     assert read_header(b"Z\x00\x00\x00\x05I", 0) == (ord("Z"), 6)
     assert read_header(b"S\x00\x00\x00\x04", 0) == (ord("S"), 5)  # empty body: the smallest message
+
+
+def test_length_at_reads_big_endian_uint32_like_struct() -> None:
+    for value in (0, 4, 255, 256, 65_536, 0x01020304, 0x7FFFFFFF, 0xFFFFFFFF):
+        assert length_at(b"xx" + UINT32.pack(value) + b"yy", 2) == value
 
 
 def test_read_header_at_an_offset() -> None:

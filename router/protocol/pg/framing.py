@@ -64,6 +64,12 @@ class FramingError(ValueError):
     """The peer sent a header that cannot start a valid message."""
 
 
+def length_at(buf: bytes, pos: int) -> int:
+    """The unsigned 32-bit big-endian length at `pos`. Compiled (router/native.py), four byte reads
+    of bytes cost less than a struct call and the tuple it returns."""
+    return (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
+
+
 def read_header(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int] | None:
     """Return (type, total size including the type byte) of the message at `pos`, or None if the
     header is not complete yet. Raises FramingError for an impossible length."""
@@ -71,8 +77,7 @@ def read_header(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int
         return None
     mtype = buf[pos]
     if isinstance(buf, bytes):
-        # Compiled (router/native.py), four byte reads of bytes cost less than a struct call.
-        length = (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
+        length = length_at(buf, pos + 1)
     else:
         (length,) = UINT32.unpack_from(buf, pos + 1)
     if length < 4 or length > MAX_MESSAGE_LENGTH:
