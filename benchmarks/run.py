@@ -215,14 +215,19 @@ def latency_table(results: list[Result]) -> str:
     return _table(rows)
 
 
+def runs_by_cell(results: list[Result]) -> dict[tuple[str, str, int], list[Result]]:
+    """The runs of each (target, mode, clients), in the order they ran (one per round)."""
+    runs: dict[tuple[str, str, int], list[Result]] = {}
+    for r in results:
+        runs.setdefault((r.target, r.mode, r.clients), []).append(r)
+    return runs
+
+
 def median_runs(results: list[Result]) -> list[Result]:
     """One run per (target, mode, clients): the one with the median tps (the upper of the two middle
     ones for an even count), or the first failed one, so that a failure in any round is not hidden."""
-    groups: dict[tuple[str, str, int], list[Result]] = {}
-    for r in results:
-        groups.setdefault((r.target, r.mode, r.clients), []).append(r)
     chosen = []
-    for runs in groups.values():
+    for runs in runs_by_cell(results).values():
         failed = [r for r in runs if not r.ok]
         if failed:
             chosen.append(failed[0])
@@ -234,15 +239,12 @@ def median_runs(results: list[Result]) -> list[Result]:
 
 def spread_table(results: list[Result], names: Names) -> str:
     """Lowest and highest tps over the rounds, per target and cell: how far one run can be off."""
-    runs: dict[tuple[str, str, int], list[float]] = {}
-    for r in results:
-        if r.ok and r.tps is not None:
-            runs.setdefault((r.target, r.mode, r.clients), []).append(r.tps)
+    runs = runs_by_cell(results)
     rows = [["mode", "clients", *(f"{t} min-max" for t in names.targets)]]
     for mode, clients in _cells(results):
         cells = []
         for t in names.targets:
-            tps = runs.get((t, mode, clients))
+            tps = [r.tps for r in runs.get((t, mode, clients), []) if r.ok and r.tps is not None]
             cells.append(f"{min(tps):,.0f}-{max(tps):,.0f}" if tps else "-")
         rows.append([mode, str(clients), *cells])
     return _table(rows)
@@ -293,11 +295,8 @@ def throughput_bars(results: list[Result], names: Names) -> list[tuple[bool | No
 def failures(results: list[Result]) -> str:
     """Each failing target and cell once, with the first failed run's errors and, over rounds, how
     many of its runs failed."""
-    runs: dict[tuple[str, str, int], list[Result]] = {}
-    for r in results:
-        runs.setdefault((r.target, r.mode, r.clients), []).append(r)
     lines = []
-    for (target, mode, clients), cell in runs.items():
+    for (target, mode, clients), cell in runs_by_cell(results).items():
         failed = [r for r in cell if not r.ok]
         if not failed:
             continue

@@ -4,6 +4,7 @@ statements in transaction mode, COPY both ways, cancel, session mode."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import io
 import os
@@ -11,7 +12,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -269,16 +271,12 @@ def test_handovers_and_wipes_are_counted_in_the_metrics(make_router: RouterFacto
     can watch as tenant_router_pool_handovers; only one after a statement not proven inert wipes the
     session first (tenant_router_pool_handover_wipes)."""
     router = make_router(pool={"size": 1}, http_port=free_port())
-    first, second = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
-    try:
+    with taking_turns(router) as (first, second):
         for _ in range(3):
             for conn in (first, second):
                 conn.execute("SELECT 1")
         first.execute("DO $$BEGIN END$$")
         second.execute("SELECT 1")
-    finally:
-        first.close()
-        second.close()
     sample = pool_metrics(router)
     assert sample("tenant_router_pool_handovers_total") == 7
     assert sample("tenant_router_pool_handover_wipes_total") == 1
@@ -289,8 +287,7 @@ def test_a_handover_after_a_write_discards_only_sequence_state(make_router: Rout
     client must not read the previous one's last key, yet the session keeps everything else (no
     wipe, settings applied once), and operators see the lighter reset in the metrics."""
     router = make_router(pool={"size": 1}, http_port=free_port())
-    writer, reader = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
-    try:
+    with taking_turns(router) as (writer, reader):
         row = writer.execute("INSERT INTO items (name) VALUES ('seq-probe') RETURNING id").fetchone()
         assert row is not None
         assert writer.execute("SELECT currval('items_id_seq')").fetchone() == row  # its own session still
@@ -300,9 +297,6 @@ def test_a_handover_after_a_write_discards_only_sequence_state(make_router: Rout
             reader.execute("SELECT currval('items_id_seq')")  # ... without the writer's sequence state
         assert reader.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("acme",)
         writer.execute("DELETE FROM items WHERE name = 'seq-probe'")
-    finally:
-        writer.close()
-        reader.close()
     sample = pool_metrics(router)
     assert sample("tenant_router_pool_handover_wipes_total") == 0
     # writer -> reader after the INSERT; reader -> writer (DELETE) after a currval(), which only reads.
@@ -319,25 +313,40 @@ def test_a_copy_from_the_client_is_handed_over_like_a_write(make_router: RouterF
         admin.execute("DROP TABLE IF EXISTS copy_probe")
         admin.execute("CREATE TABLE copy_probe (id bigserial PRIMARY KEY, name text NOT NULL)")
     router = make_router(pool={"size": 1}, http_port=free_port())
-    loader, reader = (psycopg.connect(url(router, "acme"), autocommit=True) for _ in range(2))
     try:
-        with loader.cursor() as cur, cur.copy("COPY copy_probe (name) FROM STDIN") as copy:
-            for i in range(3):
-                copy.write_row([f"row-{i}"])
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not yet defined in this session"):
-            reader.execute("SELECT currval('copy_probe_id_seq')")
-        with loader.cursor() as cur, cur.copy("COPY (SELECT name FROM copy_probe ORDER BY id) TO STDOUT") as copy:
-            assert [bytes(row).decode().strip() for row in copy] == [f"row-{i}" for i in range(3)]
-        reader.execute("SELECT 1")
+        with taking_turns(router) as (loader, reader):
+            with loader.cursor() as cur, cur.copy("COPY copy_probe (name) FROM STDIN") as copy:
+                for i in range(3):
+                    copy.write_row([f"row-{i}"])
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not yet defined in this session"):
+                reader.execute("SELECT currval('copy_probe_id_seq')")
+            with loader.cursor() as cur, cur.copy("COPY (SELECT name FROM copy_probe ORDER BY id) TO STDOUT") as copy:
+                assert [bytes(row).decode().strip() for row in copy] == [f"row-{i}" for i in range(3)]
+            reader.execute("SELECT 1")
     finally:
-        loader.close()
-        reader.close()
         with psycopg.connect(shard_dsn, autocommit=True) as admin:
             admin.execute("DROP TABLE copy_probe")
     sample = pool_metrics(router)
     assert sample("tenant_router_pool_handover_wipes_total") == 0
     # loader -> reader after the COPY FROM; then reader -> loader -> reader after reads only.
     assert sample("tenant_router_pool_handover_sequence_resets_total") == 1
+
+
+@contextlib.contextmanager
+def taking_turns(
+    router: RouterThread, tenant: str = "acme"
+) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any]]]:
+    """Two autocommit clients of `tenant`; through a router with pool size 1 they take turns on one
+    server session, so every switch between them is a hand-over."""
+    first = psycopg.connect(url(router, tenant), autocommit=True)
+    try:
+        second = psycopg.connect(url(router, tenant), autocommit=True)
+        try:
+            yield first, second
+        finally:
+            second.close()
+    finally:
+        first.close()
 
 
 def pool_metrics(router: RouterThread) -> Callable[[str], float]:
