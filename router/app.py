@@ -38,12 +38,12 @@ from router.janitor import Janitor
 from router.net.client import ClientSession
 from router.net.context import Target
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
-from router.net.session_sql import ROLE_DEFAULTS_SQL
 from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
 from router.protocol.pg.auth import ScramVerifier
 from router.read_statements import ReadClassifier
 from router.replicas import LagBounds, ReplicaMember, choose_replica
 from router.rls import signature_setting
+from router.role_guard import RoleGuard
 from router.routing import place_tenant
 from router.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
 
@@ -99,6 +99,8 @@ class Router:
             connect_timeout=config.pool.connect_timeout,
         )
         self.pools: dict[PoolKey, Pool] = {}
+        # Repairs the roles the router logs in as when a tenant's session changed them.
+        self.role_guard = RoleGuard(config.admin, config.pool.connect_timeout)
         self._pool_settings = PoolSettings(
             size=self.worker.share(config.pool.size),
             wait_timeout=config.pool.wait_timeout,
@@ -191,7 +193,8 @@ class Router:
             for replica in shard.replicas
         )
         primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname, user, password)
-        return Target(record.id, shard.name, primary, context, replicas)
+        shares_role = secret is not None and record.isolation == "shared"
+        return Target(record.id, shard.name, primary, context, replicas, shares_role)
 
     def default_target(self) -> Target:
         shard = next(iter(self.topology.shards.values()))
@@ -208,11 +211,11 @@ class Router:
             capacity = self._capacities.get((server.host, server.port))
             if capacity is None:
                 capacity = self._capacities[(server.host, server.port)] = ShardCapacity(self._pool_settings.size)
-            # With a context secret, the router's own role serves every shared tenant: refuse its
-            # connections if it carries session defaults a tenant could have set (see below).
+            # With a context secret, the router's own role serves every shared tenant: its session
+            # defaults are checked on every new connection, as a tenant may have set them.
             hardened = self.config.tenant.context_secret is not None and user == self.config.server.user
-            vet = refuse_role_defaults if hardened else None
-            pool = self.pools[key] = Pool(key, password, self._pool_settings, capacity, vet=vet)
+            guard = self.role_guard.guard(password, check_defaults=hardened)
+            pool = self.pools[key] = Pool(key, password, self._pool_settings, capacity, guard=guard)
         return pool
 
     # --- replicas ----------------------------------------------------------------------------------
@@ -482,26 +485,6 @@ class HoldTicket:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-
-
-async def refuse_role_defaults(conn: ServerConnection) -> None:
-    """Refuse a new server connection whose role carries session defaults it could have set itself
-    (ALTER ROLE CURRENT_USER SET, user-settable parameters). Every client of a shared tenant acts as
-    the router's role, and a role may set its own defaults: e.g. a search_path putting first a
-    schema that an accomplice (a schema tenant, owner of its schema) opened to PUBLIC, where a table
-    shadows a shared one and takes other tenants' rows. New sessions start with those defaults and
-    RESET ALL returns to them, so the router cannot undo them; it refuses the connection, loudly."""
-    _reported, error, rows = await conn.query_internal(ROLE_DEFAULTS_SQL)
-    if error is not None:
-        raise BackendUnavailable(f"{conn.label}: could not check the role's session defaults: {error.message}")
-    if rows:
-        found = "; ".join(f"{row[1]} (in {row[0]})" for row in rows)
-        raise BackendUnavailable(
-            f"{conn.label}: the router's role has session defaults of its own, which any shared tenant"
-            f" could have set (ALTER ROLE CURRENT_USER SET ...): {found}; refusing its connections",
-            hint="remove them (ALTER ROLE <role> [IN DATABASE <db>] RESET <name>) and set what is needed"
-            " per database (ALTER DATABASE ... SET) instead",
-        )
 
 
 async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:

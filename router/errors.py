@@ -137,5 +137,10 @@ class BackendAuthFailed(RouterError):
     sqlstate = "08006"
 
 
+class BackendPasswordRejected(BackendAuthFailed):
+    """The server said the password is wrong (28P01): the role's password may have been changed
+    on the server (router/role_guard.py repairs it through the admin credentials)."""
+
+
 class CatalogUnavailable(RouterError):
     sqlstate = "08006"

@@ -137,6 +137,9 @@ _TRUSTED_PATH: Final = TRUSTED_SCHEMAS | {"$user", "pg_temp"}
 # A_Expr.name (an operator), SubLink.operName, SortBy.useOp.
 _NAME_KEYS: Final = frozenset({"names", "name", "operName", "useOp"})
 
+# Catalogs that reading leaves nothing, but that the router refuses to shared tenants
+# (router.statements, large objects): a text naming one must not skip that judgement as inert.
+_JUDGED_RELATIONS: Final = frozenset({"pg_largeobject", "pg_largeobject_metadata"})
 # Statements with no session-level effect, and statements that may appear inside them (in a CTE).
 _INERT_NESTED: Final = frozenset({"SelectStmt", "UpdateStmt", "DeleteStmt"})
 _INERT_TRANSACTION_KINDS: Final = frozenset(
@@ -319,6 +322,8 @@ def _tree_residue(root: _Node) -> int:
         elif key == "schemaname":  # of a RangeVar, written unwrapped as an UPDATE's target
             if value not in TRUSTED_SCHEMAS:
                 return LEAVES_ANYTHING
+        elif key == "relname" and value in _JUDGED_RELATIONS:
+            return LEAVES_ANYTHING
         elif key in _NAME_KEYS:
             if isinstance(value, list) and len(value) > 1 and not _trusted_name(node_strings(value)):
                 return LEAVES_ANYTHING

@@ -73,6 +73,15 @@ class RouterCollector(Collector):
             wipes.add_metric(key, pool.wipes)
             sequence_resets.add_metric(key, pool.sequence_resets)
         yield from (servers, waiting, transactions, timeouts, failures, handovers, wipes, sequence_resets)
+        repairs = CounterMetricFamily(
+            "tenant_router_role_repairs",
+            "Server roles the router repaired as the admin after a session acting as them changed them"
+            " (kind: password, role_defaults); each one is also logged as an ERROR",
+            labels=["shard", "kind"],
+        )
+        for (shard, kind), count in sorted(router.role_guard.repairs.items()):
+            repairs.add_metric([shard, kind], count)
+        yield repairs
         errors = CounterMetricFamily("tenant_router_errors", "Errors the router sent to clients", labels=["sqlstate"])
         for sqlstate, count in sorted(router.errors.items()):
             errors.add_metric([sqlstate], count)

@@ -104,6 +104,13 @@ class Waiter:
         self.done = True
 
 
+# How a pool opens a connection: given its key and the plain opening (connect and log in), a
+# connection ready for use, or an exception that refuses it. It may check the connection, repair
+# the server role through other credentials and open again (router/role_guard.py); a connection it
+# does not return is its to close.
+ConnectionGuard = Callable[["PoolKey", Callable[[], Awaitable[ServerConnection]]], Awaitable[ServerConnection]]
+
+
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
     size: int
@@ -123,11 +130,10 @@ class Pool:
         settings: PoolSettings,
         capacity: ShardCapacity | None = None,
         *,
-        vet: Callable[[ServerConnection], Awaitable[None]] | None = None,
+        guard: ConnectionGuard | None = None,
     ) -> None:
         self.key = key
-        # Run on every new connection before its first use; raising refuses (and closes) it.
-        self._vet = vet
+        self._guard = guard
         self.capacity = capacity if capacity is not None else ShardCapacity(settings.size)
         self.capacity.pools.append(self)
         self.settings = settings
@@ -276,23 +282,19 @@ class Pool:
 
     async def _open(self) -> ServerConnection:
         """Open a connection in a slot already reserved (counted in `_opening` and the capacity)."""
+        open_once = functools.partial(
+            open_server_connection,
+            self.key.host,
+            self.key.port,
+            self.key.database,
+            self.key.user,
+            self._password,
+            label=self.key.label,
+            connect_timeout=self.settings.connect_timeout,
+            on_closed=self._on_closed,
+        )
         try:
-            conn = await open_server_connection(
-                self.key.host,
-                self.key.port,
-                self.key.database,
-                self.key.user,
-                self._password,
-                label=self.key.label,
-                connect_timeout=self.settings.connect_timeout,
-                on_closed=self._on_closed,
-            )
-            if self._vet is not None:
-                try:
-                    await self._vet(conn)
-                except BaseException:
-                    conn.close("refused by the pool's check")  # not a member yet: no slot to return
-                    raise
+            conn = await (open_once() if self._guard is None else self._guard(self.key, open_once))
         except BaseException:
             self.connect_failures += 1
             self._opening -= 1

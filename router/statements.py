@@ -4,8 +4,9 @@ Owns: `classify(sql) -> Effects`, the session-level effects of a simple Query or
 transaction-pooling router must know about: settings changed (SET, RESET, set_config), session state
 that ties a client to its server connection (LISTEN, temporary tables, advisory locks, PREPARE,
 cursors WITH HOLD) or ends it (UNLISTEN *, DISCARD, DEALLOCATE ALL, CLOSE ALL), statements the router
-refuses (SET ROLE, SET SESSION AUTHORIZATION) or answers itself (SET/RESET/SHOW router.tenant), and
-databases that DDL needs free of connections. Pure: text in, frozen value out.
+refuses (SET ROLE, SET SESSION AUTHORIZATION; statements on roles, such as ALTER ROLE CURRENT_USER
+PASSWORD; the use of large objects) or answers itself (SET/RESET/SHOW router.tenant), and databases
+that DDL needs free of connections. Pure: text in, frozen value out.
 
 Must not: do I/O, keep per-session state, or decide policy (refuse, pin, reset, re-apply): the
 caller does. It describes what the text does if it succeeds; a failed or rolled-back transaction
@@ -92,6 +93,13 @@ class Effects:
     pins: frozenset[str] = frozenset()
     unpins: frozenset[str] = frozenset()
     session_authorization: bool = False
+    # CREATE/ALTER/DROP ROLE (USER, GROUP) in any form, GRANT/REVOKE of role membership: a role's
+    # password and defaults decide every later login as it, the router's own included.
+    role_change: bool = False
+    # A large-object function (lo_*, loread, lowrite), catalog (pg_largeobject, its _metadata) or
+    # statement (ALTER/GRANT/COMMENT ON LARGE OBJECT): large objects belong to a role and have no
+    # row-level security, so sessions acting as one shared role would share them.
+    large_objects: bool = False
     database_ddl: tuple[str, ...] = ()
     tenant_statement: bool = False
     unparsed: bool = False
@@ -105,6 +113,8 @@ class Effects:
             or self.pins
             or self.unpins
             or self.session_authorization
+            or self.role_change
+            or self.large_objects
             or self.database_ddl
             or self.tenant_statement
             or self.unparsed
@@ -132,7 +142,8 @@ def classify(sql: str) -> Effects:
 
 # Every effect above needs one of these words in the text, in any letter case: SET, RESET,
 # set_config (and SET ROLE / SESSION ...); SHOW router.tenant; LISTEN, UNLISTEN; TEMP, TEMPORARY,
-# pg_temp; pg_*advisory*; PREPARE; DEALLOCATE; DECLARE; CLOSE; DISCARD; DATABASE. Keywords cannot be
+# pg_temp; pg_*advisory*; PREPARE; DEALLOCATE; DECLARE; CLOSE; DISCARD; DATABASE; ROLE, USER, GROUP,
+# GRANT, REVOKE (statements on roles); lo_*, loread, lowrite, pg_largeobject*, LARGE. Keywords cannot be
 # spelt any other way, but an identifier (a function or setting name) can be written with Unicode
 # escapes, U&"pg_\0061dvisory_lock", hence "u&". A false positive only costs a parse.
 _TRIGGERS: Final = (
@@ -147,15 +158,28 @@ _TRIGGERS: Final = (
     "close",
     "discard",
     "database",
+    "role",
+    "user",
+    "group",
+    "grant",
+    "revoke",
+    "lo_",
+    "loread",
+    "lowrite",
+    "large",
     "u&",
 )
 # A second look on a cache miss, before parsing: the same words as whole tokens where a token is
 # what they must be. A keyword or function name touching an ASCII letter would be part of a longer
 # identifier, so "offset", "dataset", "attempt" or "closed_at" are no reason to parse. ("temp" may
-# run on: TEMPORARY.)
+# run on: TEMPORARY.) The words of role and large-object statements are common in applications'
+# names (user_id, users, GROUP BY, role_name): for them a digit, _ or $ also makes a longer name,
+# and GROUP followed by BY is a clause, never a role.
 _TRIGGER_TOKENS: Final = re.compile(
     r"(?<![a-z])(?:(?:re)?set|show|(?:un)?listen|prepare|deallocate|declare|close|discard|database)(?![a-z])"
-    r"|(?<![a-z])temp|advisory|u&"
+    r"|(?<![a-z])temp|advisory|u&|largeobject"
+    r"|(?<![a-z0-9_$])(?:role|user|grant|revoke|large|loread|lowrite)(?![a-z0-9_$])"
+    r"|(?<![a-z0-9_$])group(?!\s+by(?![a-z0-9_$]))|(?<![a-z0-9_$])lo_"
 )
 # Texts longer than this are parsed every time rather than cached, so that the cache stays small
 # (at most 4096 x 8 KiB) whatever clients send.
@@ -194,6 +218,8 @@ def _effects(sql: str) -> Effects:
             handler(builder, fields)
         if builder.scan_calls:
             _scan_calls(builder, kind, fields)
+        if builder.scan_large_objects and not builder.large_objects:
+            builder.large_objects = _uses_large_objects(fields)
     return builder.build()
 
 
@@ -214,9 +240,12 @@ class _Builder:
     __slots__ = (
         "database_ddl",
         "discard_all",
+        "large_objects",
         "pins",
         "reset_all",
+        "role_change",
         "scan_calls",
+        "scan_large_objects",
         "session_authorization",
         "settings",
         "source",
@@ -229,12 +258,15 @@ class _Builder:
         lowered = sql.lower()
         self.source = sql.encode("utf-8")  # parse-tree locations are byte offsets
         self.scan_calls = "set_config" in lowered or "advisory" in lowered or "u&" in lowered
+        self.scan_large_objects = any(word in lowered for word in _LARGE_OBJECT_WORDS)
         self.settings: list[SettingChange] = []
         self.reset_all = False
         self.discard_all = False
         self.pins: set[str] = set()
         self.unpins: set[str] = set()
         self.session_authorization = False
+        self.role_change = False
+        self.large_objects = False
         self.database_ddl: list[str] = []
         self.tenant_statement = False
         self.unparsed = False
@@ -259,6 +291,8 @@ class _Builder:
             pins=frozenset(self.pins),
             unpins=frozenset(self.unpins),
             session_authorization=self.session_authorization,
+            role_change=self.role_change,
+            large_objects=self.large_objects,
             database_ddl=tuple(self.database_ddl),
             tenant_statement=self.tenant_statement,
             unparsed=self.unparsed,
@@ -428,6 +462,12 @@ def _on_drop_database(b: _Builder, node: _Node) -> None:
 def _on_rename(b: _Builder, node: _Node) -> None:
     if node.get("renameType") == "OBJECT_DATABASE":
         b.database_ddl.append(str(node["subname"]))
+    elif node.get("renameType") == "OBJECT_ROLE":
+        b.role_change = True
+
+
+def _on_role_statement(b: _Builder, node: _Node) -> None:
+    b.role_change = True
 
 
 def _on_create_database(b: _Builder, node: _Node) -> None:
@@ -467,7 +507,35 @@ _STATEMENT_HANDLERS: Final[dict[str, Callable[[_Builder, _Node], None]]] = {
     "RenameStmt": _on_rename,
     "CreatedbStmt": _on_create_database,
     "AlterDatabaseStmt": _on_alter_database,
+    "CreateRoleStmt": _on_role_statement,
+    "AlterRoleStmt": _on_role_statement,
+    "AlterRoleSetStmt": _on_role_statement,
+    "DropRoleStmt": _on_role_statement,
+    "GrantRoleStmt": _on_role_statement,
 }
+
+
+# --- large objects ---------------------------------------------------------------------------------
+
+# In the lower-cased text, one of these is needed before the tree is searched (U&"..." names too).
+_LARGE_OBJECT_WORDS: Final = ("lo_", "loread", "lowrite", "largeobject", "large", "u&")
+_LARGE_OBJECT_FUNCTIONS: Final = frozenset({"loread", "lowrite"})  # and every built-in named lo_*
+_LARGE_OBJECT_CATALOGS: Final = frozenset({"pg_largeobject", "pg_largeobject_metadata"})
+
+
+def _uses_large_objects(root: _Node) -> bool:
+    """Whether a statement calls a built-in large-object function, reads a large-object catalog
+    or names a large object (ALTER/GRANT/COMMENT/SECURITY LABEL ON LARGE OBJECT), anywhere."""
+    for key, value in tree_fields(root):
+        if key == "FuncCall":
+            name = _function_name(value)
+            if name is not None and (name.startswith("lo_") or name in _LARGE_OBJECT_FUNCTIONS):
+                return True
+        elif (key == "relname" and value in _LARGE_OBJECT_CATALOGS) or (  # in any schema: no table should take it
+            key in ("objtype", "objectType") and value == "OBJECT_LARGEOBJECT"
+        ):
+            return True
+    return False
 
 
 # --- function calls: set_config and advisory locks -------------------------------------------------

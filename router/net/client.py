@@ -64,6 +64,19 @@ log = logging.getLogger(__name__)
 
 _SERIALS = itertools.count(1)
 _REMEMBERED_PARSE_LIMIT: Final = 4096  # bytes of the last Parse message a session keeps decoded
+_ROLE_STATEMENTS_REFUSED: Final = (
+    "statements on roles (CREATE, ALTER, DROP ROLE or USER, GRANT or REVOKE of a role) are not allowed"
+    " through tenant-router: the router logs in to the shards as these roles for every tenant that uses them"
+)
+_LARGE_OBJECTS_REFUSED: Final = (
+    "large objects are not available to shared tenants: they belong to the server role that every shared"
+    " tenant acts as, and row-level security does not cover them, so other tenants could read them;"
+    " store the data in a bytea column of a protected table"
+)
+_FUNCTION_CALLS_REFUSED: Final = (
+    "the fast-path function call protocol (used for large objects, e.g. psql's \\lo_import) is not available"
+    " to shared tenants: large objects belong to the server role that every shared tenant acts as"
+)
 # Where the last WAL record ends on the primary, for read-your-writes (see record_end).
 _COMMIT_POSITION_SQL = (
     "SELECT w.lsn, (pg_walfile_name_offset(w.lsn)).file_offset, current_setting('wal_block_size')"
@@ -550,6 +563,13 @@ class ClientSession:
             self._refuse(exc)
             self._process()
 
+    def _shares_role(self) -> bool:
+        """Whether this session's server role is the router's own, shared by tenants (hardened)."""
+        try:
+            return self._target().shares_role
+        except RouterError:
+            return False  # no tenant: a trusted user, whose statements the acquire path judges
+
     def _target(self) -> Target:
         tenant = self.tenant
         if tenant is None:
@@ -679,6 +699,10 @@ class ClientSession:
         """A statement to run instead of one the router refuses, or None."""
         if effects.session_authorization:
             return raise_sql("42501", "SET ROLE and SET SESSION AUTHORIZATION are not allowed through tenant-router")
+        if effects.role_change:
+            return raise_sql("42501", _ROLE_STATEMENTS_REFUSED)
+        if effects.large_objects and self._shares_role():
+            return raise_sql("0A000", _LARGE_OBJECTS_REFUSED)
         refused = effects.pins & self.router.refused_state
         if refused:
             kinds = ", ".join(sorted(refused))
@@ -909,6 +933,10 @@ class ClientSession:
         if server is None:
             return False
         server.residue = LEAVES_ANYTHING  # a function called by its oid: anything may have happened
+        if self._shares_role():
+            # Fast-path calls serve large objects (libpq's lo_*, psql's \lo_import); the function is
+            # named by oid, unseen. The server answers a query as it would the call: error, then ready.
+            msg = fe.query(raise_sql("0A000", _FUNCTION_CALLS_REFUSED))
         self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
         server.synced = True

@@ -31,6 +31,9 @@ class Target:
     pool: Pool  # the primary's
     context: dict[str, str]
     replicas: tuple[ReplicaMember, ...] = ()
+    # Its server sessions act as the router's own role, which every shared tenant shares (hardened
+    # setup): what belongs to a role rather than to rows, large objects, is refused.
+    shares_role: bool = False
 
 
 class RouterContext(Protocol):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from router.errors import BackendAuthFailed, BackendUnavailable
+from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
 from router.inert_statements import LEAVES_NOTHING
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
@@ -366,7 +366,9 @@ class ServerConnection:
 
 
 def _startup_error(label: str, err: ServerError) -> Exception:
-    if err.sqlstate in ("28P01", "28000"):
+    if err.sqlstate == "28P01":
+        return BackendPasswordRejected(f"{label}: the server rejected the router's credentials: {err.message}")
+    if err.sqlstate == "28000":
         return BackendAuthFailed(f"{label}: the server rejected the router's credentials: {err.message}")
     return BackendUnavailable(f"{label}: {err.message}", detail=f"SQLSTATE {err.sqlstate}")
 

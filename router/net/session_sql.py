@@ -33,10 +33,12 @@ HANDOVER_DISCARD_SEQUENCES = "DISCARD SEQUENCES"
 # change its own defaults of user-settable parameters. With shared tenants, all acting as the
 # router's role, such a default may be a tenant's trap rather than the operator's configuration: a
 # search_path naming a schema an accomplice tenant opened up sends other tenants' unqualified
-# statements to its tables. RESET ALL returns to them, so the router refuses such connections.
-# Defaults only a superuser can set (track_activities = off, say) are the operator's and allowed.
+# statements to its tables. RESET ALL returns to them, so the router removes them through the admin
+# or refuses such connections (router/role_guard.py). Defaults only a superuser can set
+# (track_activities = off, say) are the operator's and allowed. Rows: the database (NULL: every
+# database), the setting's name as stored, and `name=value`.
 ROLE_DEFAULTS_SQL = (
-    "SELECT coalesce(d.datname, '(every database)'), c.setting"
+    "SELECT d.datname, split_part(c.setting, '=', 1), c.setting"
     " FROM pg_catalog.pg_db_role_setting s"
     " CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)"
     " LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase"

@@ -217,7 +217,7 @@ async def _prepare_shards(env: PgEnvironment, layout: Layout) -> None:
             else:
                 # Every shared tenant acts as this role, and pg_stat_activity shows a role the text of
                 # its other sessions' statements: other tenants' literals. Only a superuser can set
-                # this default (so the router accepts it, see router.app.refuse_role_defaults).
+                # this default (so the router keeps it, see router/role_guard.py).
                 await conn.execute(f"ALTER ROLE {role} SET track_activities = off")
         finally:
             await conn.close()
