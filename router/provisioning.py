@@ -345,6 +345,8 @@ async def _provision_own_role(
             async with conn.transaction():
                 new_role = await _ensure_tenant_role(conn, tenant_id, password, admin.user, address)
                 new_schema = level == "schema" and await _ensure_schema(conn, schema_name(tenant_id), role, address)
+                if level == "schema":  # it acts as its own role: large objects stay its own
+                    await _grant_large_objects(conn, role)
             created_role, created_namespace = new_role, new_schema
             if level == "database":
                 database = database_name(tenant_id)
@@ -492,7 +494,18 @@ SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole,
        current_database() AS database,
        current_setting('server_version_num')::int AS version,
        current_setting('track_activities') = 'on' AS tracks_activities,
-       r.rolname = current_user AS login_is_role
+       r.rolname = current_user AS login_is_role,
+       ARRAY(SELECT coalesce(d.datname, '(every database)') || ': ' || c.setting
+             FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)
+             LEFT JOIN pg_database d ON d.oid = s.setdatabase
+             LEFT JOIN pg_settings p ON p.name = lower(split_part(c.setting, '=', 1))
+             WHERE s.setrole = r.oid AND (p.context IS NULL OR p.context = 'user')
+             ORDER BY 1) AS role_defaults,
+       ARRAY(SELECT f FROM unnest(ARRAY['lo_create(oid)', 'lo_open(oid, integer)', 'loread(integer, integer)',
+                                        'lo_get(oid)', 'lo_from_bytea(oid, bytea)']) AS f
+             WHERE has_function_privilege(r.oid, 'pg_catalog.' || f, 'EXECUTE')
+             UNION ALL SELECT 'SELECT on pg_largeobject_metadata'
+             WHERE has_table_privilege(r.oid, 'pg_catalog.pg_largeobject_metadata', 'SELECT')) AS large_objects
 FROM pg_roles r WHERE r.rolname = $1
 """
 _TABLE_SQL: Final = """
@@ -626,10 +639,13 @@ async def _enable_on_shard(
             )
             for statement in rls.protect_table_sql(qualified, column, target["column_type"], router_role, sequences):
                 await conn.execute(statement)
+            large_objects = await _close_large_objects(conn, router_role)
     finally:
         await close(conn)
     problems, weaker = _role_findings(router_role, role)
     warnings = [*problems, *weaker]
+    if large_objects is not None:
+        warnings.append(large_objects)
     if target["router_owns_schema"]:
         warnings.append(
             f"{router_role} owns schema {qualified.schema} (directly or as the database's owner): it can DROP"
@@ -638,6 +654,38 @@ async def _enable_on_shard(
         )
     line = f"{where}: {qualified} protected by {rls.POLICY} on {column} ({target['column_type']}); key written"
     return line + "".join(f"\n  warning: {warning}" for warning in warnings)
+
+
+async def _grant_large_objects(conn: Any, role: str) -> None:
+    """Give a schema tenant's role the large-object functions `rls enable` took from PUBLIC."""
+    functions = [
+        row["signature"] for row in await conn.fetch(rls.LARGE_OBJECT_FUNCTIONS_SQL) if not row["server_files"]
+    ]
+    for statement in rls.grant_large_objects_sql(functions, role):
+        await conn.execute(statement)
+
+
+async def _close_large_objects(conn: Any, router_role: str) -> str | None:
+    """Take large objects from PUBLIC in this database and give them back to its schema tenants
+    (rls.close_large_objects_sql); inside the caller's transaction, in a savepoint. Returns a
+    warning if the admin may not (only a superuser may revoke on pg_catalog's objects)."""
+    functions = await conn.fetch(rls.LARGE_OBJECT_FUNCTIONS_SQL)
+    everyone = [row["signature"] for row in functions]
+    grantable = [row["signature"] for row in functions if not row["server_files"]]
+    try:
+        async with conn.transaction():
+            for statement in rls.close_large_objects_sql(everyone):
+                await conn.execute(statement)
+            for row in await conn.fetch(rls.SCHEMA_TENANT_ROLES_SQL, router_role):
+                for statement in rls.grant_large_objects_sql(grantable, row["rolname"]):
+                    await conn.execute(statement)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        return (
+            f"could not take the large-object functions from PUBLIC ({exc}): statements hidden from the router"
+            " (a DO block) can still store large objects every shared tenant can read; run rls enable with a"
+            " superuser admin"
+        )
+    return None
 
 
 def _check_table(target: Any, table: str, column: str, router_role: str, admin: str, where: str) -> rls.QualifiedName:
@@ -731,9 +779,31 @@ def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[s
             " others' statement text, literals included, in pg_stat_activity;"
             f" ALTER ROLE {quote_ident(role)} SET track_activities = off (as a superuser; rls enable does it)"
         )
+    if row["role_defaults"]:
+        warnings.append(
+            f"role {role} has session defaults it could have set itself ({listing(list(row['role_defaults']))}):"
+            " every shared tenant acts as it and can set them (ALTER ROLE CURRENT_USER SET, also hidden in a"
+            " DO block); the router removes them through `admin` on its next connection, or refuses to connect"
+            f" without one; set such defaults per database instead (ALTER DATABASE ... SET)"
+        )
+    if hardened and row["large_objects"]:
+        warnings.append(
+            f"role {role} may use large objects ({listing(list(row['large_objects']))}) in database"
+            f" {row['database']}: they have no row-level security and belong to the role every shared tenant"
+            " acts as, so a tenant's statement the router cannot see (a DO block) can store or read them for"
+            " all; run `rls enable` with a superuser admin, which takes them from PUBLIC"
+        )
     if hardened:
         return tuple(problems + warnings), ()
     return tuple(problems), tuple(warnings)
+
+
+_NO_REPAIR: Final = (
+    "router.yaml has no `admin`: a shared tenant that changes the password or session defaults of role"
+    " {role}, which all shared tenants act as (ALTER ROLE CURRENT_USER PASSWORD inside a DO block, where"
+    " the router cannot see it), locks every shared tenant out until an operator repairs the role; with"
+    " `admin` the router repairs it on its next connection"
+)
 
 
 async def audit_server_role(config: RouterConfig, topology: Topology, timeout: float | None = None) -> list[RoleAudit]:
@@ -753,7 +823,10 @@ async def audit_server_role(config: RouterConfig, topology: Topology, timeout: f
         except SHARD_ERRORS as exc:
             warning = f"could not connect as {login.user} to check its privileges: {reason(exc, limit)}"
             return RoleAudit(shard, address, warnings=(warning,))
-        problems, warnings = _role_findings(login.user, row, hardened=config.tenant.context_secret is not None)
+        hardened = config.tenant.context_secret is not None
+        problems, warnings = _role_findings(login.user, row, hardened=hardened)
+        if hardened and config.admin is None:
+            problems += (_NO_REPAIR.format(role=login.user),)
         return RoleAudit(shard, address, problems, warnings)
 
     return list(await asyncio.gather(*(one(name, shard.primary) for name, shard in topology.shards.items())))

@@ -28,13 +28,16 @@ from router.protocol.pg.auth import ScramVerifier
 
 __all__ = [
     "CURRENT_TENANT",
+    "LARGE_OBJECT_FUNCTIONS_SQL",
     "POLICY",
     "PRUNE_TABLES_SQL",
     "RECORD_TABLE_SQL",
     "RLS_ROLE",
     "RLS_SCHEMA",
+    "SCHEMA_TENANT_ROLES_SQL",
     "STORE_KEY_SQL",
     "QualifiedName",
+    "close_large_objects_sql",
     "context_key_pads",
     "create_database_sql",
     "create_schema_sql",
@@ -43,6 +46,7 @@ __all__ = [
     "drop_schema_sql",
     "ensure_rls_role_sql",
     "ensure_tenant_role_sql",
+    "grant_large_objects_sql",
     "hmac_from_pads",
     "lock_down_database_sql",
     "lock_down_public_schema_sql",
@@ -244,6 +248,48 @@ def protect_table_sql(
         f"REVOKE TRUNCATE, REFERENCES, TRIGGER ON {target} FROM PUBLIC, {role}",
     ]
     statements += [f"GRANT USAGE ON SEQUENCE {sequence.sql} TO {role}" for sequence in sequences]
+    return statements
+
+
+# --- large objects -------------------------------------------------------------------------------
+
+# The built-in large-object functions of the current database, as `pg_catalog.name(argument types)`,
+# and whether each reads or writes server files (lo_import, lo_export: never granted to anyone).
+LARGE_OBJECT_FUNCTIONS_SQL: Final = (
+    "SELECT 'pg_catalog.' || quote_ident(p.proname) || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid)"
+    " || ')' AS signature, p.proname IN ('lo_import', 'lo_export') AS server_files"
+    " FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace"
+    " AND (p.proname LIKE 'lo\\_%' OR p.proname IN ('loread', 'lowrite')) ORDER BY 1"
+)
+# Schema tenants in the current database: roles owning the schema of their own name, which keep
+# large objects of their own (they act as their own role). $1: the router's role, never one of them.
+SCHEMA_TENANT_ROLES_SQL: Final = (
+    "SELECT r.rolname::text FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner"
+    " WHERE n.nspname = r.rolname AND r.rolname <> $1 AND NOT r.rolsuper ORDER BY 1"
+)
+_LARGE_OBJECT_CATALOG: Final = "pg_catalog.pg_largeobject_metadata"
+
+
+def close_large_objects_sql(functions: list[str]) -> list[str]:
+    """Take the large-object functions (`functions`, signatures) and the catalog of large objects
+    from PUBLIC in the current database (run as a superuser). Shared tenants all act as the
+    router's role and large objects have no row-level security: one tenant's large object would be
+    every shared tenant's. The router refuses the calls it sees; this stops those it cannot see (a
+    DO block, a function). Schema tenants get them back one by one (`grant_large_objects_sql`);
+    database tenants have databases of their own, untouched."""
+    statements = [f"REVOKE ALL ON {_LARGE_OBJECT_CATALOG} FROM PUBLIC"]
+    if functions:
+        statements.insert(0, f"REVOKE EXECUTE ON FUNCTION {', '.join(functions)} FROM PUBLIC")
+    return statements
+
+
+def grant_large_objects_sql(functions: list[str], role: str) -> list[str]:
+    """Give a schema tenant's own role back what `close_large_objects_sql` took from PUBLIC
+    (`functions`: those not touching server files)."""
+    name = quote_ident(role)
+    statements = [f"GRANT SELECT ON {_LARGE_OBJECT_CATALOG} TO {name}"]
+    if functions:
+        statements.insert(0, f"GRANT EXECUTE ON FUNCTION {', '.join(functions)} TO {name}")
     return statements
 
 
