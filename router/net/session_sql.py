@@ -37,15 +37,19 @@ HANDOVER_DISCARD_SEQUENCES = "DISCARD SEQUENCES"
 # or refuses such connections (router/role_guard.py). Defaults only a superuser can set
 # (track_activities = off, say) are the operator's and allowed. Rows: the database (NULL: every
 # database), the setting's name as stored, and `name=value`.
+# The defaults under suspicion are in force while this runs: a statement_timeout of 1 ms or a
+# search_path with a tenant's schema first must not fail or steer the check, hence its own settings
+# for its transaction and names qualified with pg_catalog.
 ROLE_DEFAULTS_SQL = (
-    "SELECT d.datname, split_part(c.setting, '=', 1), c.setting"
+    "BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL search_path = pg_catalog;"
+    " SELECT d.datname, pg_catalog.split_part(c.setting, '=', 1), c.setting"
     " FROM pg_catalog.pg_db_role_setting s"
-    " CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)"
+    " CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) AS c(setting)"
     " LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase"
-    " LEFT JOIN pg_catalog.pg_settings p ON p.name = lower(split_part(c.setting, '=', 1))"
+    " LEFT JOIN pg_catalog.pg_settings p ON p.name = pg_catalog.lower(pg_catalog.split_part(c.setting, '=', 1))"
     " WHERE s.setrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)"
-    " AND (s.setdatabase = 0 OR d.datname = current_database())"
-    " AND (p.context IS NULL OR p.context = 'user')"
+    " AND (s.setdatabase = 0 OR d.datname = pg_catalog.current_database())"
+    " AND (p.context IS NULL OR p.context = 'user'); COMMIT"
 )
 # What the router asks a server after a transaction changed session settings: the exact values now
 # in force, so that they travel with the client to its next server connection.
