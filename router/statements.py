@@ -179,7 +179,7 @@ _TRIGGER_TOKENS: Final = re.compile(
     r"(?<![a-z])(?:(?:re)?set|show|(?:un)?listen|prepare|deallocate|declare|close|discard|database)(?![a-z])"
     r"|(?<![a-z])temp|advisory|u&|largeobject"
     r"|(?<![a-z0-9_$])(?:role|user|grant|revoke|large|loread|lowrite)(?![a-z0-9_$])"
-    r"|(?<![a-z0-9_$])group(?!\s+by(?![a-z0-9_$]))|(?<![a-z0-9_$])lo_"
+    r"|(?<![a-z0-9_$])group(?![a-z0-9_$])(?!\s+by(?![a-z0-9_$]))|(?<![a-z0-9_$])lo_"
 )
 # Texts longer than this are parsed every time rather than cached, so that the cache stays small
 # (at most 4096 x 8 KiB) whatever clients send.

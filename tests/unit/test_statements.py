@@ -40,6 +40,8 @@ def unpin(*kinds: str) -> Effects:
 UNPARSED = Effects(unparsed=True)
 AUTHORIZATION = Effects(session_authorization=True)
 TENANT = Effects(tenant_statement=True)
+ROLE = Effects(role_change=True)
+LARGE = Effects(large_objects=True)
 
 CASES: list[tuple[str, Effects]] = [
     # --- nothing to do -------------------------------------------------------------------------
@@ -55,7 +57,7 @@ CASES: list[tuple[str, Effects]] = [
     ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", EMPTY),
     ("PREPARE TRANSACTION 'gid'", EMPTY),
     ("ALTER DATABASE app SET search_path = tenant_a", EMPTY),  # a SET inside DDL is no SET
-    ("ALTER ROLE app SET statement_timeout = 0", EMPTY),
+    ("ALTER DATABASE app RESET ALL", EMPTY),
     ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x AS 'SELECT 1'", EMPTY),
     ("DO $$BEGIN PERFORM set_config('a.b', 'c', false); END$$", EMPTY),  # bodies are invisible
     # --- SET / RESET ---------------------------------------------------------------------------
@@ -205,6 +207,39 @@ CASES: list[tuple[str, Effects]] = [
         "BEGIN; SET LOCAL a.x = 1; LISTEN c; COMMIT",
         Effects(settings=(SettingChange("a.x", "1", True),), pins=frozenset({LISTEN})),
     ),
+    # --- statements on roles: refused (a role's password and defaults decide later logins) ----------
+    ("ALTER ROLE app SET statement_timeout = 0", ROLE),  # a SET inside ALTER ROLE is no SET
+    ("ALTER ROLE CURRENT_USER PASSWORD 'x'", ROLE),
+    ("alter user current_user with password 'x' valid until 'infinity'", ROLE),
+    ("ALTER ROLE CURRENT_USER IN DATABASE app RESET ALL", ROLE),
+    ("ALTER USER app RENAME TO other", ROLE),
+    ("ALTER GROUP g ADD USER u", ROLE),
+    ("CREATE ROLE r LOGIN", ROLE),
+    ("CREATE USER u", ROLE),
+    ("CREATE GROUP g", ROLE),
+    ("DROP ROLE IF EXISTS r", ROLE),
+    ("DROP USER u", ROLE),
+    ("GRANT admins TO CURRENT_USER", ROLE),
+    ("REVOKE admins FROM app", ROLE),
+    ("SELECT 1; ALTER ROLE CURRENT_USER SET search_path = x", ROLE),
+    ("DO $$BEGIN EXECUTE 'ALTER ROLE app PASSWORD ''x'''; END$$", EMPTY),  # hidden: the server side holds
+    ("SELECT user_id, role FROM users GROUP BY user_id, role", EMPTY),
+    ("GRANT SELECT ON orders TO app", EMPTY),  # privileges on objects, not on roles
+    # --- large objects: refused to shared tenants (no row-level security, owned by the shared role) --
+    ("SELECT lo_create(0)", LARGE),
+    ("SELECT pg_catalog.lo_from_bytea(0, 'x')", LARGE),
+    ("SELECT loread(lo_open($1, 262144), 8192)", LARGE),
+    ("SELECT lowrite(0, 'x')", LARGE),
+    ("SELECT id FROM docs WHERE blob IN (SELECT lo_unlink(oid) FROM t)", LARGE),
+    ('SELECT U&"lo\\005fget"(1)', LARGE),
+    ("SELECT * FROM pg_largeobject_metadata", LARGE),
+    ("TABLE pg_catalog.pg_largeobject", LARGE),
+    ("COPY pg_largeobject_metadata TO STDOUT", LARGE),
+    ("ALTER LARGE OBJECT 1 OWNER TO app", LARGE),
+    ("GRANT SELECT ON LARGE OBJECT 1 TO PUBLIC", LARGE),
+    ("COMMENT ON LARGE OBJECT 1 IS 'x'", LARGE),
+    ("SELECT hello_world(), solo_flag FROM large_things", EMPTY),
+    ("SELECT app.lo_create(1)", EMPTY),  # a function of the application's own, not the built-in
     # --- what the parser rejects ------------------------------------------------------------------
     ("SET search_path TO", UNPARSED),
     ("SELEC set_config('a', 'b', false)", UNPARSED),
@@ -241,6 +276,8 @@ def test_classify(sql: str, expected: Effects) -> None:
         "CREATE TABLE attempts (a int)",
         "SELECT * FROM assets ORDER BY id LIMIT 10 OFFSET 20",  # trigger word, but not as a token
         "SELECT closed_at, dataset, attempts FROM settings",
+        "SELECT user_id, users.group_id FROM users GROUP BY user_id, users.group_id",  # names, GROUP BY
+        "SELECT current_user, role_name FROM roles_granted",
     ],
 )
 @pytest.mark.usefixtures("parser_forbidden")
@@ -353,6 +390,20 @@ FRAGMENTS = [
     "SHOW",
     "ROLE",
     "INTO",
+    "ALTER",
+    "USER",
+    "CURRENT_USER",
+    "GROUP",
+    "BY",
+    "GRANT",
+    "REVOKE",
+    "TO",
+    "PASSWORD 'x'",
+    "lo_create(0)",
+    "pg_largeobject_metadata",
+    "LARGE",
+    "OBJECT",
+    "1",
 ]
 SQLISH = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map(" ".join)
 
