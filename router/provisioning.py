@@ -562,7 +562,9 @@ async def enable_rls(config: RouterConfig, topology: Topology, table: str, colum
     tables are pruned); then on `table`: ENABLE and FORCE ROW LEVEL SECURITY and the policy
     tenant_isolation for all commands, USING and WITH CHECK `column = router.current_tenant()`.
     The router's role gets SELECT, INSERT, UPDATE, DELETE on the table and USAGE on its sequences,
-    never TRUNCATE (which ignores row-level security), REFERENCES or TRIGGER.
+    never TRUNCATE (which ignores row-level security), REFERENCES or TRIGGER. In the database, the
+    large-object functions and pg_largeobject_metadata are taken from PUBLIC and given back to the
+    schema tenants' roles (rls.close_large_objects_sql); an admin that may not do so gets a warning.
 
     Refused (UnsafeLayout, nothing changed on that shard), because the policy would be worth
     nothing: a table the router's role owns, directly or through a role it is a member of (an owner
