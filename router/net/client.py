@@ -35,6 +35,7 @@ from router.inert_statements import (
     trusted_search_path,
 )
 from router.isolation import quote_literal
+from router.net.flow import FlowSide
 from router.net.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
 from router.net.session_sql import (
@@ -118,6 +119,7 @@ class ClientSession:
         "_transaction_pooling",
         "_waiting_for",
         "_watched",
+        "flow",
         "key",
         "last_server",
         "login_tenant",
@@ -154,6 +156,7 @@ class ClientSession:
         self._refused_callback: Callable[[RouterError], None] = self._refused
         self.state = SessionState.LOGIN
         self.transport: asyncio.Transport | None = None
+        self.flow = FlowSide()  # linked to the attached server's (router.net.flow)
         self.peer = "?"
         # Identity, filled in by login.
         self.user = ""
@@ -202,6 +205,7 @@ class ClientSession:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.opened(self.transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         from router.net.login import login  # login.py imports this module's types
@@ -231,13 +235,11 @@ class ClientSession:
         return None  # the client is done sending: the transport closes, connection_lost follows
 
     def pause_writing(self) -> None:
-        # The client is slower than the server: stop reading from the server until it catches up.
-        if self.server is not None and self.server.transport is not None:
-            self.server.transport.pause_reading()
+        # The client is slower than the server: reading from the server stops until it catches up.
+        self.flow.writing_paused()
 
     def resume_writing(self) -> None:
-        if self.server is not None and self.server.transport is not None:
-            self.server.transport.resume_reading()
+        self.flow.writing_resumed()
 
     # --- Attachment (called by the server connection) ---------------------------------------------
 
@@ -369,15 +371,6 @@ class ClientSession:
         if self.pool is not None:
             self.pool.discard(server, reason)
         self.fatal(BackendUnavailable(f"lost the server connection to {server.label}: {reason}"))
-
-    def pause_server_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(0.01, self._resume_client_reading)
-
-    def _resume_client_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     # --- login support ----------------------------------------------------------------------------
 

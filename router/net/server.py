@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
 from router.inert_statements import LEAVES_NOTHING
+from router.net.flow import FlowSide
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
@@ -75,6 +76,7 @@ class ServerConnection:
         self.valid_statements: set[str] = set()
         # Forwarding state.
         self.client: ClientSession | None = None
+        self.flow = FlowSide()  # linked to the attached client's while output is forwarded to it
         self.plan = ResponsePlan()
         self.synced = True
         self.tx_status = be.TX_IDLE
@@ -90,6 +92,7 @@ class ServerConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.opened(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
@@ -100,6 +103,7 @@ class ServerConnection:
         self._wake_reader()
         client = self.client
         self.client = None
+        self.flow.unlink()
         if client is not None and previous is ServerState.ACTIVE:
             client.server_lost(self, self._lost_reason)
         self._on_closed(self)
@@ -112,11 +116,10 @@ class ServerConnection:
 
     def pause_writing(self) -> None:
         # The server is not reading what the client sends (e.g. COPY IN faster than the server).
-        if self.client is not None:
-            self.client.pause_server_reading()
+        self.flow.writing_paused()
 
     def resume_writing(self) -> None:
-        pass  # the client's reading resumes on its own timer (ClientSession.pause_server_reading)
+        self.flow.writing_resumed()
 
     def eof_received(self) -> bool | None:
         return None  # the server is done sending: the transport closes, connection_lost follows
@@ -218,9 +221,11 @@ class ServerConnection:
     def attach(self, client: ClientSession) -> None:
         self.client = client
         self.state = ServerState.ACTIVE
+        self.flow.link(client.flow)
 
     def detach(self) -> None:
         self.client = None
+        self.flow.unlink()
         if self.state is ServerState.ACTIVE:
             self.state = ServerState.IDLE
 
@@ -344,6 +349,8 @@ class ServerConnection:
         assert self.state in (ServerState.IDLE, ServerState.ACTIVE) and not self.plan
         previous = self.state
         self.state = ServerState.INTERNAL
+        # The answer is the router's, not the client's: a client that reads slowly must not hold it up.
+        self.flow.unlink()
         self.unnamed = None
         self.send(fe.query(sql))
         reported: dict[str, str] = {}
@@ -362,6 +369,8 @@ class ServerConnection:
             elif mtype == f.READY_FOR_QUERY:
                 self.tx_status = body[0]
                 self.state = previous
+                if previous is ServerState.ACTIVE and self.client is not None:
+                    self.flow.link(self.client.flow)
                 return reported, error, rows
 
 
