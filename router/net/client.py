@@ -370,7 +370,10 @@ class ClientSession:
         self.server = None
         if self.pool is not None:
             self.pool.discard(server, reason)
-        self.fatal(BackendUnavailable(f"lost the server connection to {server.label}: {reason}"))
+        if server.fatal_forwarded:
+            self.close()  # the client has the server's own FATAL: a second error would replace it
+        else:
+            self.fatal(BackendUnavailable(f"lost the server connection to {server.label}: {reason}"))
 
     # --- login support ----------------------------------------------------------------------------
 

@@ -86,6 +86,9 @@ class ServerConnection:
         self._inbox: list[tuple[int, bytes]] = []
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._lost_reason: str | None = None
+        # The server's own FATAL reached the client: it knows why its session ends, and hears
+        # nothing more from the router about it.
+        self.fatal_forwarded = False
 
     # --- asyncio.Protocol (implemented, not inherited: a compiled class has no Python base) -------
 
@@ -165,6 +168,7 @@ class ServerConnection:
                     client.write_to_client(memoryview(data)[run_start:pos])
                 if plan.on_message(mtype):
                     client.write_to_client(be.naming_server(data[pos:end], self.label))
+                    self.fatal_forwarded = True
                 pos = run_start = end
                 swallowing = plan.swallowing()
                 if plan.ready:

@@ -24,6 +24,14 @@ def test_naming_the_server_keeps_every_other_field() -> None:
     )
     renamed = be.naming_server(original, "shard shard_a (app@127.0.0.1:5433)")
     fields = be.parse_error_fields(renamed[5:]).fields
-    assert fields["M"] == "terminating connection due to administrator command (shard shard_a (app@127.0.0.1:5433))"
-    assert (fields["C"], fields["S"], fields["V"], fields["D"], fields["H"]) == ("57P01", "FATAL", "FATAL", "d", "h")
+    assert fields["M"] == "terminating connection due to administrator command"
+    assert fields["D"] == "d\nSent by shard shard_a (app@127.0.0.1:5433)."
+    assert (fields["C"], fields["S"], fields["V"], fields["H"]) == ("57P01", "FATAL", "FATAL", "h")
     assert renamed[0:1] == b"E" and int.from_bytes(renamed[1:5], "big") == len(renamed) - 1
+
+
+def test_naming_the_server_makes_a_detail_when_there_is_none() -> None:
+    original = be.error_response("57P01", "terminating connection due to administrator command", severity="FATAL")
+    fields = be.parse_error_fields(be.naming_server(original, "shard shard_a")[5:]).fields
+    assert fields["M"] == "terminating connection due to administrator command"
+    assert fields["D"] == "Sent by shard shard_a."

@@ -141,10 +141,12 @@ def is_fatal_error(msg: bytes | memoryview) -> bool:
 
 
 def naming_server(msg: bytes | memoryview, server: str) -> bytes:
-    """An ErrorResponse (whole message) with `server` appended to its message text, every other
-    field kept: a client of the router cannot otherwise tell which server ended its session."""
+    """An ErrorResponse (whole message) with `server` named in its DETAIL, every other field kept:
+    a client of the router cannot otherwise tell which server ended its session. The message and
+    SQLSTATE stay the server's own: drivers and applications match on them."""
     fields = parse_error_fields(bytes(msg[5:])).fields
-    fields["M"] = f"{fields.get('M', '')} ({server})"
+    sent_by = f"Sent by {server}."
+    fields["D"] = f"{fields['D']}\n{sent_by}" if fields.get("D") else sent_by
     body = b"".join(code.encode() + cstr(value) for code, value in fields.items())
     return frame(b"E", body + b"\x00")
 
