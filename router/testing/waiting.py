@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -78,16 +78,42 @@ def wait_until(
         pause(looks.pause(clock(), interval))
 
 
+@overload
 async def wait_until_async(
-    probe: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], Awaitable[T]],
     what: str | Callable[[], str],
     *,
     within: float,
-    until: Callable[[T], object] = bool,
+    until: Callable[[T], object] = ...,
+    ignoring: tuple[type[Exception], ...] = ...,
+    interval: float = ...,
+    clock: Callable[[], float] | None = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until_async(
+    probe: Callable[[], T],
+    what: str | Callable[[], str],
+    *,
+    within: float,
+    until: Callable[[T], object] = ...,
+    ignoring: tuple[type[Exception], ...] = ...,
+    interval: float = ...,
+    clock: Callable[[], float] | None = ...,
+) -> T: ...
+
+
+async def wait_until_async(
+    probe: Callable[[], Any],
+    what: str | Callable[[], str],
+    *,
+    within: float,
+    until: Callable[[Any], object] = bool,
     ignoring: tuple[type[Exception], ...] = (),
     interval: float = 0.02,
     clock: Callable[[], float] | None = None,
-) -> T:
+) -> Any:
     """`wait_until` for the event loop: the probe may be a plain function or return an awaitable,
     and the pauses let other tasks run. The clock defaults to the running loop's."""
     now = clock if clock is not None else asyncio.get_running_loop().time
@@ -95,7 +121,7 @@ async def wait_until_async(
     while True:
         try:
             result = probe()
-            value: T = await result if inspect.isawaitable(result) else result
+            value = await result if inspect.isawaitable(result) else result
             looks.last = value
         except ignoring as exc:
             looks.last = exc
