@@ -13,9 +13,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeAlias, TypedDict, TypeVar, Unpack, overload
 
 T = TypeVar("T")
+Description: TypeAlias = str | Callable[[], str]  # what is awaited; a callable is evaluated only on failure
+Until: TypeAlias = Callable[[T], object]
+Probe: TypeAlias = Callable[[], T]
 
 _NOTHING_SEEN = object()
 
@@ -78,29 +81,21 @@ def wait_until(
         pause(looks.pause(clock(), interval))
 
 
+class Pacing(TypedDict, total=False):
+    """wait_until_async's optional keywords, as its overloads spell them."""
+
+    ignoring: tuple[type[Exception], ...]
+    interval: float
+    clock: Callable[[], float] | None
+
+
 @overload
 async def wait_until_async(
-    probe: Callable[[], Awaitable[T]],
-    what: str | Callable[[], str],
-    *,
-    within: float,
-    until: Callable[[T], object] = ...,
-    ignoring: tuple[type[Exception], ...] = ...,
-    interval: float = ...,
-    clock: Callable[[], float] | None = ...,
+    probe: Probe[Awaitable[T]], what: Description, *, within: float, until: Until[T] = ..., **pacing: Unpack[Pacing]
 ) -> T: ...
-
-
 @overload
 async def wait_until_async(
-    probe: Callable[[], T],
-    what: str | Callable[[], str],
-    *,
-    within: float,
-    until: Callable[[T], object] = ...,
-    ignoring: tuple[type[Exception], ...] = ...,
-    interval: float = ...,
-    clock: Callable[[], float] | None = ...,
+    probe: Probe[T], what: Description, *, within: float, until: Until[T] = ..., **pacing: Unpack[Pacing]
 ) -> T: ...
 
 
