@@ -409,7 +409,7 @@ async def test_background_backoff_and_recovery() -> None:
     started = asyncio.get_running_loop().time()
     await health.start()
     try:
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # 0.4 s of the schedule, on the virtual clock
         replica_at = [at - started for key, at in probe.timed_calls if key == R_A]
         primary_at = [at - started for key, at in probe.timed_calls if key == P_A]
         # The failing replica backs off: 0.02, 0.04, 0.08, then capped at max_backoff ...
