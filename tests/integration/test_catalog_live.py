@@ -6,13 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import psycopg
 import pytest
 
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, url
 
@@ -25,14 +24,6 @@ def _cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]
         timeout=60,
         env={**os.environ},
     )
-
-
-def _within(seconds: float, condition: Callable[[], bool]) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < seconds, "condition not met in time"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def _can_connect(router: RouterThread, tenant: str) -> bool:
@@ -49,7 +40,11 @@ def test_cli_add_suspend_resume_remove_seen_live(router: RouterThread, deploymen
     assert not _can_connect(router, tenant)
     added = _cli(deployment, "tenants", "add", tenant, "--isolation", "shared")
     assert added.returncode == 0, added.stderr
-    assert _within(1.0, lambda: router.router.catalog.get(tenant) is not None) < 1.0
+    wait_until(
+        lambda: router.router.catalog.get(tenant) is not None,
+        "router.router.catalog.get(tenant) is not None",
+        within=1.0,
+    )
     assert _can_connect(router, tenant)
 
     # `tenants show` and the router agree on the shard.
@@ -64,25 +59,26 @@ def test_cli_add_suspend_resume_remove_seen_live(router: RouterThread, deploymen
     session = psycopg.connect(url(router, tenant), autocommit=True)
     try:
         assert _cli(deployment, "tenants", "suspend", tenant).returncode == 0
-        _within(
-            1.0,
-            lambda: (
-                router.router.catalog.get(tenant) is not None
-                and router.router.catalog.get(tenant).status == "suspended"
-            ),
-        )  # type: ignore[union-attr]
+        wait_until(
+            lambda: router.router.catalog.get(tenant),
+            "the router to see tenant status suspended",
+            within=1.0,
+            until=lambda seen: seen is not None and seen.status == "suspended",
+        )
         with pytest.raises(psycopg.OperationalError) as info:
             session.execute("SELECT 1")
         assert "suspended" in str(info.value)
         assert not _can_connect(router, tenant)
         assert _cli(deployment, "tenants", "resume", tenant).returncode == 0
-        _within(1.0, lambda: _can_connect(router, tenant))
+        wait_until(lambda: _can_connect(router, tenant), "_can_connect(router, tenant)", within=1.0)
         assert session.execute("SELECT 1").fetchone() == (1,)  # the same session carries on
     finally:
         session.close()
 
     assert _cli(deployment, "tenants", "remove", tenant).returncode == 0
-    _within(1.0, lambda: router.router.catalog.get(tenant) is None)
+    wait_until(
+        lambda: router.router.catalog.get(tenant) is None, "router.router.catalog.get(tenant) is None", within=1.0
+    )
     assert not _can_connect(router, tenant)
 
 
@@ -100,11 +96,16 @@ def test_pin_change_moves_new_transactions(router: RouterThread, deployment: Dep
 
     ports = {name: c.port for name, c in deployment.env.shards.items()}
     asyncio.run(change("shard_a"))
-    _within(1.0, lambda: _can_connect(router, tenant))
+    wait_until(lambda: _can_connect(router, tenant), "_can_connect(router, tenant)", within=1.0)
     with psycopg.connect(url(router, tenant), autocommit=True) as conn:
         assert conn.execute("SELECT current_setting('port')::int").fetchone() == (ports["shard_a"],)
         asyncio.run(change("shard_b"))
-        _within(1.0, lambda: router.router.catalog.get(tenant).shard == "shard_b")  # type: ignore[union-attr]
+        wait_until(
+            lambda: router.router.catalog.get(tenant),
+            "the router to see tenant shard shard_b",
+            within=1.0,
+            until=lambda seen: seen is not None and seen.shard == "shard_b",
+        )
         # Routing is per transaction: the same session's next transaction goes to the new shard.
         assert conn.execute("SELECT current_setting('port')::int").fetchone() == (ports["shard_b"],)
 
@@ -133,11 +134,21 @@ def test_a_catalog_change_reaches_every_instance_within_a_second(make_router: ob
     try:
         asyncio.run(change("active"))
         for instance in (first, second):
-            assert _within(1.0, lambda i=instance: i.router.catalog.get(tenant) is not None) < 1.0
+            wait_until(
+                lambda i=instance: i.router.catalog.get(tenant) is not None,
+                "i.router.catalog.get(tenant) is not None",
+                within=1.0,
+            )
         asyncio.run(change("suspended"))
         for instance in (first, second):
-            _within(1.0, lambda i=instance: i.router.catalog.get(tenant).status == "suspended")
+            wait_until(
+                lambda i=instance: i.router.catalog.get(tenant).status == "suspended",
+                'i.router.catalog.get(tenant).status == "suspended"',
+                within=1.0,
+            )
     finally:
         asyncio.run(change(None))
     for instance in (first, second):
-        _within(1.0, lambda i=instance: i.router.catalog.get(tenant) is None)
+        wait_until(
+            lambda i=instance: i.router.catalog.get(tenant) is None, "i.router.catalog.get(tenant) is None", within=1.0
+        )

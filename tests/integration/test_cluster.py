@@ -37,6 +37,7 @@ from router.config import RouterConfig
 from router.tenant_admin import init_catalog
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import CATALOG_DB, PgEnvironment
+from router.testing.waiting import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -127,15 +128,6 @@ async def start(*nodes: Node) -> None:
             await node.participant.start()
 
 
-async def eventually(check: Callable[[], object], within: float, what: str) -> float:
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > within:
-            raise AssertionError(f"{what}: not within {within}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - began
-
-
 async def ids(infos: Awaitable[list[InstanceInfo]]) -> set[str]:
     return {info.instance_id for info in await infos}
 
@@ -149,10 +141,13 @@ async def stop_heartbeat(registry: InstanceRegistry) -> None:
 
 
 async def wait_until_stale(registry: InstanceRegistry) -> None:
-    began = time.monotonic()
-    while registry.instance_id in await ids(registry.live_instances()):
-        assert time.monotonic() - began < STALE * 3, f"{registry.instance_id} did not turn stale"
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: ids(registry.live_instances()),
+        f"{registry.instance_id} to turn stale",
+        within=STALE * 3,
+        until=lambda live: registry.instance_id not in live,
+        interval=0.05,
+    )
 
 
 async def hold_rows(dsn: str, tenant_id: str) -> int:
@@ -194,9 +189,14 @@ async def test_instances_register_live_and_leave_when_stopped(nodes: Callable[..
 
     # The heartbeat moves heartbeat_at forward.
     first = info.heartbeat_at
-    await asyncio.sleep(HEARTBEAT * 3)
-    again = {i.instance_id: i for i in await b.registry.live_instances()}["alpha:6432"]
-    assert again.heartbeat_at > first and again.started_at == info.started_at
+
+    async def alpha() -> InstanceInfo:
+        return {i.instance_id: i for i in await b.registry.live_instances()}["alpha:6432"]
+
+    again = await wait_until_async(
+        alpha, "a later heartbeat", within=HEARTBEAT * 10, until=lambda i: i.heartbeat_at > first
+    )
+    assert again.started_at == info.started_at
 
     await a.registry.stop()
     assert await ids(b.registry.all_instances()) == {"beta:6432"}
@@ -221,11 +221,19 @@ async def test_heartbeat_survives_a_lost_connection(nodes: Callable[..., Node], 
     killed = 0
     for _ in range(3):
         killed += terminate_backends(pg_env, "tenant-router-cluster-registry")
+        # Elapsed time is the point: the kills span 1.5 * STALE, so a heartbeat that stopped at any
+        # of them would have let the instance turn stale.
         await asyncio.sleep(STALE / 2)
     assert killed >= 2
-    await asyncio.sleep(STALE)
-    (info,) = await a.registry.all_instances()
-    assert info.live and info.heartbeat_age < STALE
+    (before,) = await a.registry.all_instances()
+    # It still beats after the last kill: a newer heartbeat arrives, and it never turned stale.
+    (info,) = await wait_until_async(
+        a.registry.all_instances,
+        "a heartbeat after the last lost connection",
+        within=STALE * 2,
+        until=lambda infos: infos[0].heartbeat_at > before.heartbeat_at,
+    )
+    assert before.live and info.live and info.heartbeat_age < STALE
 
 
 async def test_registry_on_uninitialised_schema_says_so(pg_env: PgEnvironment) -> None:
@@ -257,10 +265,14 @@ async def test_hold_acknowledged_by_every_live_instance_then_released(dsn: str, 
 
     assert await coordinator.release_hold(hold.hold_id)
     assert not await coordinator.release_hold(hold.hold_id)
-    await eventually(lambda: ("release", "acme") in a.events and ("release", "acme") in b.events, 2.0, "released")
+    await wait_until_async(
+        lambda: ("release", "acme") in a.events and ("release", "acme") in b.events, "released", within=2.0
+    )
     assert a.events == [("hold", "acme"), ("release", "acme")]
     assert await hold_rows(dsn, "acme") == 0
-    await eventually(lambda: a.participant is not None and not a.participant.held_tenants, 1.0, "forgotten")
+    await wait_until_async(
+        lambda: a.participant is not None and not a.participant.held_tenants, "forgotten", within=1.0
+    )
 
 
 async def test_participant_stopped_mid_hold_aborts_the_hold_cleanly(dsn: str, nodes: Callable[..., Node]) -> None:
@@ -280,7 +292,7 @@ async def test_participant_stopped_mid_hold_aborts_the_hold_cleanly(dsn: str, no
     assert await hold_rows(dsn, "acme") == 0  # removed before the error was raised
     assert "beta:6432" in await ids(b.registry.live_instances())
     # The instance that did acknowledge sees the hold go and lets the tenant through again.
-    await eventually(lambda: ("release", "acme") in a.events, 2.0, "alpha released")
+    await wait_until_async(lambda: ("release", "acme") in a.events, "alpha released", within=2.0)
     assert b.events == [("hold", "acme")]
 
 
@@ -290,7 +302,7 @@ async def test_instance_going_stale_while_we_wait_is_not_acknowledged(dsn: str, 
     await start(a, silent)
     coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
     request = asyncio.create_task(coordinator.request_hold("acme", "migration", timeout=STALE * 2))
-    await asyncio.sleep(0.1)
+    await wait_until_async(lambda: hold_rows(dsn, "acme"), "the hold in the catalog", within=5, until=lambda n: n == 1)
     await stop_heartbeat(silent.registry)
     with pytest.raises(HoldNotAcknowledged, match=r"delta:6432 \(stale\)") as info:
         await request
@@ -314,7 +326,7 @@ async def test_participant_started_during_a_hold_enters_it_before_start_returns(
         await conn.close()
     assert [r["instance_id"] for r in acks] == ["alpha:6432"]
     await coordinator.release_hold(hold.hold_id)
-    await eventually(lambda: ("release", "globex") in a.events, 2.0, "released")
+    await wait_until_async(lambda: ("release", "globex") in a.events, "released", within=2.0)
 
 
 async def test_participant_reconnects_and_still_acknowledges(

@@ -19,6 +19,7 @@ from router.protocol.pg.backend import parse_error_fields
 from router.protocol.pg.startup import build_startup_message
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, RouterFactory, url
 
@@ -236,10 +237,7 @@ def test_shard_down_gives_a_fast_clear_error(
 
 
 def _wait_for_tenant(router: RouterThread, tenant: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while router.router.catalog.get(tenant) is None:
-        assert time.monotonic() < deadline, f"router never saw tenant {tenant}"
-        time.sleep(0.05)
+    wait_until(lambda: router.router.catalog.get(tenant), f"the router to see tenant {tenant}", within=timeout)
 
 
 def test_clients_of_other_shards_are_unaffected_by_a_dead_shard(

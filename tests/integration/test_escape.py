@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,8 @@ from router.testing.escape import (
     remove,
 )
 from router.testing.pgcluster import PgEnvironment
+from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -516,6 +517,15 @@ def _prepared_protocol(s: Scene) -> None:
     p.run(s.read + " WHERE secret <> %s", ("",), prepare=True)
 
 
+def _clients_in_line(router: RouterThread) -> int:
+    """How many clients wait for a server connection, over all of the router's pools."""
+
+    async def count() -> int:
+        return sum(pool.waiting for pool in router.router.iter_pools())
+
+    return router.call(count())
+
+
 @attack("SQL PREPARE/EXECUTE across a hand-over (pinned, and hidden in DO)")
 def _prepared_sql(s: Scene) -> None:
     p = s.attacker()
@@ -529,7 +539,11 @@ def _prepared_sql(s: Scene) -> None:
     p.run("EXECUTE esc_pinned")
     waiting = threading.Thread(target=v.run, args=(s.read,))
     waiting.start()
-    time.sleep(0.2)
+    wait_until(
+        lambda: not waiting.is_alive() or _clients_in_line(s.deployment.router),
+        "B to be in line for a server connection (or served)",
+        within=10,
+    )
     p.run("EXECUTE esc_pinned")
     p.run("DEALLOCATE ALL")
     waiting.join(15)

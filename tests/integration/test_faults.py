@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, RouterFactory, url
 
@@ -34,7 +35,12 @@ def test_broken_idle_server_connections_are_replaced(make_router: RouterFactory,
     with psycopg.connect(url(router, "acme"), autocommit=True) as conn:
         before = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert _terminate_router_backends(deployment, shard) >= 1
-        time.sleep(0.2)
+        wait_until(
+            lambda: sum(p.total for p in router.router.iter_pools() if p.key.port == deployment.shard_port("acme")),
+            "the router to drop its terminated server connections",
+            within=5,
+            until=lambda n: n == 0,
+        )
         # The next transactions run on fresh server connections; the client never notices.
         for _ in range(5):
             after = conn.execute("SELECT pg_backend_pid()").fetchone()

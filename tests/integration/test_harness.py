@@ -7,7 +7,6 @@ the role is unprivileged, make_replica gives a real streaming replica, and failu
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 import psycopg
@@ -23,6 +22,7 @@ from router.testing.pgcluster import (
     PgEnvironment,
     find_pg_bin_dir,
 )
+from router.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,10 +103,12 @@ def test_replica_streams_from_primary(pg_env: PgEnvironment) -> None:
         assert replica.is_running() and replica.port != primary.port
         assert replica.execute("SELECT pg_is_in_recovery()") == "t"
         primary.execute("INSERT INTO harness_probe VALUES (1, 'hello')")
-        deadline = time.monotonic() + 10
-        while replica.execute("SELECT note FROM harness_probe WHERE id = 1") != "hello":
-            assert time.monotonic() < deadline, "row never reached the replica"
-            time.sleep(0.05)
+        wait_until(
+            lambda: replica.execute("SELECT note FROM harness_probe WHERE id = 1"),
+            "the row to reach the replica",
+            within=10,
+            until=lambda note: note == "hello",
+        )
         assert primary.execute("SELECT state FROM pg_stat_replication") == "streaming"
         # The router's role reaches the replica over TCP too (it is a copy of the primary).
         with psycopg.connect(replica.dsn(ROUTER_ROLE, ROUTER_PASSWORD, SHARD_DB), connect_timeout=10) as conn:

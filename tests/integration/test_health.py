@@ -7,7 +7,6 @@ replay does it to a replica of shard_a made for that test alone, and stops it af
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import router.health as health_module
 from router.config import HealthConfig, ServerCredentials
 from router.health import HealthMonitor, ServerKey
 from router.testing.pgcluster import PgCluster, PgEnvironment, free_port
+from router.testing.waiting import wait_until_async
 from router.topology import RingConfig, ServerAddress, Shard, Topology
 
 pytestmark = pytest.mark.integration
@@ -76,16 +76,6 @@ def monitor(pg_env: PgEnvironment, topology: Topology, events: Events) -> Health
     return HealthMonitor(topology, credentials, SETTINGS, events.on_down, events.on_up)
 
 
-async def eventually(condition: Callable[[], bool], within: float, what: str) -> float:
-    """Seconds until `condition` held; fails the test after `within`."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not condition():
-        assert loop.time() - started < within, f"not within {within}s: {what}"
-        await asyncio.sleep(0.02)
-    return loop.time() - started
-
-
 async def write_on_primary(pg_env: PgEnvironment, table: str) -> None:
     """One committed write on shard_a, flushed (the harness runs with synchronous_commit off)."""
     conn = await asyncpg.connect(pg_env.shard_dsn("shard_a"), timeout=10)
@@ -117,7 +107,7 @@ async def test_replica_lag_is_zero_when_caught_up_and_replay_advances(
     try:
         await health.wait_checked(10)
         status = health.status(replica_key)
-        await eventually(lambda: status.lag_bytes == 0, 10, "replica caught up")
+        await wait_until_async(lambda: status.lag_bytes == 0, "replica caught up", within=10)
         assert status.up and status.lag_seconds == 0.0 and status.replay_lsn is not None
         assert health.status(primary_key).current_lsn is not None
         before = status.replay_lsn
@@ -125,12 +115,12 @@ async def test_replica_lag_is_zero_when_caught_up_and_replay_advances(
         await write_on_primary(pg_env, "health_lag0")
         written = (await health.check_now(primary_key)).current_lsn
         assert written is not None and written > before
-        await eventually(
-            lambda: health.replica_ok(replica_key, 0, 0.0, min_lsn=written), 10, "replica replayed the write"
+        await wait_until_async(
+            lambda: health.replica_ok(replica_key, 0, 0.0, min_lsn=written), "replica replayed the write", within=10
         )
         assert status.replay_lsn is not None and status.replay_lsn > before
         # Idle again: still no lag, however long ago the last commit was.
-        await asyncio.sleep(3 * INTERVAL)
+        await asyncio.sleep(3 * INTERVAL)  # elapsed time is the point: the last commit grows older
         assert status.lag_bytes == 0 and status.lag_seconds == 0.0
         assert events.down == [] and events.up == []
     finally:
@@ -149,7 +139,7 @@ async def test_delayed_replica_lags_until_it_catches_up(pg_env: PgEnvironment, m
     try:
         await health.wait_checked(10)
         status = health.status(replica_key)
-        await eventually(lambda: status.lag_bytes == 0, 15, "replica caught up before the write")
+        await wait_until_async(lambda: status.lag_bytes == 0, "replica caught up before the write", within=15)
 
         loop = asyncio.get_running_loop()
         await write_on_primary(pg_env, "health_delay")
@@ -162,11 +152,11 @@ async def test_delayed_replica_lags_until_it_catches_up(pg_env: PgEnvironment, m
         assert status.replay_lsn is not None and status.replay_lsn < written
         assert not health.replica_ok(replica_key, 10**12, 1e6, min_lsn=written)
 
-        await eventually(
-            lambda: health.replica_ok(replica_key, 10**12, 1e6, min_lsn=written), 15, "delayed replay caught up"
+        await wait_until_async(
+            lambda: health.replica_ok(replica_key, 10**12, 1e6, min_lsn=written), "delayed replay caught up", within=15
         )
         assert loop.time() - written_at >= 2.0  # the 3 s delay counts from the commit
-        await eventually(lambda: status.lag_bytes == 0, 5, "lag back to 0")
+        await wait_until_async(lambda: status.lag_bytes == 0, "lag back to 0", within=5)
         assert events.down == []
     finally:
         await health.stop()
@@ -184,19 +174,22 @@ async def test_stopped_replica_goes_down_and_comes_back(pg_env: PgEnvironment, m
         assert health.is_up(replica_key) and health.status(replica_key).checked_at is not None
 
         await asyncio.to_thread(replica.stop)
-        took = await eventually(lambda: not health.is_up(replica_key), 2 * INTERVAL + TIMEOUT + 0.5, "marked down")
-        assert took <= 2 * INTERVAL + TIMEOUT + 0.5
-        await asyncio.sleep(1.5)  # several failed retries
-        assert [key for key, _ in events.down] == [replica_key]  # once, and only the replica
+        await wait_until_async(
+            lambda: not health.is_up(replica_key), "marked down", within=2 * INTERVAL + TIMEOUT + 0.5
+        )
         status = health.status(replica_key)
-        assert status.failures >= 2 and status.last_error
+        await wait_until_async(lambda: status.failures, "several failed retries", within=10, until=lambda n: n >= 3)
+        assert [key for key, _ in events.down] == [replica_key]  # once, and only the replica
+        assert status.last_error
         assert not health.replica_ok(replica_key, 10**12, 1e6)
 
         await asyncio.to_thread(replica.start)
-        await eventually(lambda: health.is_up(replica_key), SETTINGS.max_backoff + INTERVAL + TIMEOUT + 3, "back up")
+        await wait_until_async(
+            lambda: health.is_up(replica_key), "back up", within=SETTINGS.max_backoff + INTERVAL + TIMEOUT + 3
+        )
         assert events.up == [replica_key]
         assert status.failures == 0 and status.last_error is None
-        await eventually(lambda: status.lag_bytes == 0, 10, "measured again")
+        await wait_until_async(lambda: status.lag_bytes == 0, "measured again", within=10)
         assert len(events.down) == 1
     finally:
         await health.stop()
@@ -217,7 +210,7 @@ async def test_closed_port_is_down_fast(pg_env: PgEnvironment) -> None:
     await health.start()
     try:
         await health.wait_checked(5)
-        await asyncio.sleep(0.5)
+        await wait_until_async(lambda: status.failures, "background retries", within=5, until=lambda n: n >= 3)
         assert not health.is_up(key) and len(events.down) == 1
         assert health.is_up(key_of("shard_a", pg_env.shards["shard_a"], "primary"))
     finally:
@@ -236,7 +229,7 @@ async def test_report_failure_marks_down_now_then_checks_bring_it_back(pg_env: P
         assert not health.is_up(primary_key)
         assert events.down == [(primary_key, "connection refused")]
         # The server is fine: the backoff retry (2 * interval) reconnects and finds it up.
-        await eventually(lambda: health.is_up(primary_key), 2 * INTERVAL + TIMEOUT + 1, "up again")
+        await wait_until_async(lambda: health.is_up(primary_key), "up again", within=2 * INTERVAL + TIMEOUT + 1)
         assert events.up == [primary_key]
     finally:
         await health.stop()
@@ -266,7 +259,9 @@ async def test_lost_connection_is_not_a_down_server_and_stop_closes_everything(
     assert status.up and events.down == []  # reconnected within the same check
 
     await health.stop()
-    deadline = time.monotonic() + 5
-    while await asyncio.to_thread(primary.execute, ours) != "0":
-        assert time.monotonic() < deadline, "health connection left open after stop()"
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: asyncio.to_thread(primary.execute, ours),
+        "the health connection to close after stop()",
+        within=5,
+        until=lambda n: n == "0",
+    )

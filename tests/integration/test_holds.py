@@ -21,6 +21,7 @@ from router.cluster import HoldCoordinator, HoldNotAcknowledged, list_instances
 from router.testing.deploy import write_configs
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, RouterFactory, url
 
@@ -41,35 +42,33 @@ def test_hold_waits_for_running_transactions_and_blocks_new_ones(router: RouterT
     result: dict[str, object] = {}
 
     def hold() -> None:
-        started = time.monotonic()
         result["hold"] = asyncio.run(coordinator.request_hold("globex", "test cutover", timeout=10))
-        result["waited"] = time.monotonic() - started
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.8)
-    assert "hold" not in result  # not acknowledged while globex's transaction runs
+    # The router has entered the hold: it now waits for globex's running transaction to end.
+    wait_until(lambda: "globex" in router.router.held, "the router to enter the hold on globex", within=10)
+    assert "hold" not in result and holder.is_alive()  # so it cannot have acknowledged
     busy.commit()  # the transaction ends: the router drains and acknowledges
     holder.join(10)
-    assert "hold" in result and float(result["waited"]) >= 0.8  # type: ignore[arg-type]
+    assert "hold" in result
     # While held, a new globex transaction waits; other tenants are not affected.
     with psycopg.connect(url(router, "acme"), autocommit=True) as other:
         assert other.execute("SELECT 1").fetchone() == (1,)
-    waiter_done: dict[str, float] = {}
+    waiter_done: dict[str, object] = {}
 
     def query() -> None:
-        started = time.monotonic()
-        assert busy.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("globex",)
-        waiter_done["after"] = time.monotonic() - started
+        waiter_done["row"] = busy.execute("SELECT current_setting('app.tenant_id')").fetchone()
 
     thread = threading.Thread(target=query)
     thread.start()
-    time.sleep(0.5)
-    assert "after" not in waiter_done
+    # The router has queued the transaction until the release: the query has not run.
+    wait_until(lambda: len(router.router.held["globex"]), "globex's transaction to wait for the release", within=10)
+    assert "row" not in waiter_done and thread.is_alive()
     hold_obj = result["hold"]
     asyncio.run(coordinator.release_hold(hold_obj.hold_id))  # type: ignore[attr-defined]
     thread.join(5)
-    assert waiter_done["after"] >= 0.5
+    assert waiter_done["row"] == ("globex",)
     busy.close()
 
 
@@ -79,11 +78,12 @@ def stoppable_router(deployment: Deployment, tmp_path: Path) -> Iterator[subproc
     config = write_configs(tmp_path / "stoppable", deployment.env, listen_port=port, extra={"workers": 1})
     log = (tmp_path / "stoppable.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "router.cli", "--config", str(config), "serve"], stderr=log)
-    deadline = time.monotonic() + 20
-    while not any(i.endswith(f":{port}") for i in _live_ids(deployment)):
+
+    def registered() -> bool:
         assert proc.poll() is None, (tmp_path / "stoppable.log").read_text()
-        assert time.monotonic() < deadline, "router never registered"
-        time.sleep(0.1)
+        return any(i.endswith(f":{port}") for i in _live_ids(deployment))
+
+    wait_until(registered, "the router to register as an instance", within=20, interval=0.1)
     proc.port = port  # type: ignore[attr-defined]
     yield proc
     if proc.poll() is None:
@@ -124,7 +124,8 @@ def test_two_instances_both_acknowledge(make_router: RouterFactory, deployment: 
     assert any(a.endswith(f":{second.port}") for a in acked)
     assert "initech" in first.router.held and "initech" in second.router.held
     asyncio.run(coordinator.release_hold(hold.hold_id))
-    deadline = time.monotonic() + 5
-    while "initech" in first.router.held or "initech" in second.router.held:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: "initech" not in first.router.held and "initech" not in second.router.held,
+        "both routers to release initech",
+        within=5,
+    )

@@ -22,6 +22,7 @@ import pytest
 from router.testing.deploy import APP_PASSWORD
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, RouterFactory, url
 
@@ -187,14 +188,22 @@ def test_cancel_reaches_the_running_query(router: RouterThread) -> None:
         assert conn.execute("SELECT 42").fetchone() == (42,)
 
 
-def test_psql_ctrl_c_cancels_through_the_router(router: RouterThread) -> None:
+def test_psql_ctrl_c_cancels_through_the_router(router: RouterThread, deployment: Deployment) -> None:
     psql = subprocess.Popen(
         ["psql", url(router, "globex"), "-X", "-c", "SELECT pg_sleep(20)"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    # Ctrl-C once the query runs on the server: a cancel that arrives earlier finds nothing to cancel.
+    running = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE state = 'active' AND query LIKE '%pg_sleep(20)%' AND pid <> pg_backend_pid()"
+    )
+    shard = deployment.env.shards[deployment.placement["globex"]]
+    wait_until(
+        lambda: shard.execute(running), "psql's pg_sleep(20) to run on the shard", within=10, until=lambda n: n == "1"
+    )
     started = time.monotonic()
     psql.send_signal(signal.SIGINT)
     _out, err = psql.communicate(timeout=10)

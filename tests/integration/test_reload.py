@@ -53,6 +53,7 @@ from router.testing.pgcluster import (
 )
 from router.testing.processes import alive, process_tree
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import WaitTimeout, wait_until
 from router.topology import Topology, load_topology
 
 from .conftest import Deployment
@@ -259,16 +260,6 @@ def own_rows(running: Running, tenant: str) -> tuple[list[str], int]:
         return names, int(port[0])
 
 
-def wait_for(condition: Callable[[], bool], within: float, what: str | Callable[[], str]) -> float:
-    """Poll `condition` until it holds; fail after `within` seconds, saying `what` (called then)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > within:
-            pytest.fail(f"{what() if callable(what) else what}: not within {within:g}s")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 def summaries(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("shards.yaml reloaded")]
 
@@ -327,27 +318,37 @@ def test_reloads_under_pgbench_fail_no_transaction(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def served_by_shard_a() -> int:
+        return sum(p.transactions for p in running.pools_on(pg_env.shards["shard_a"].port))
+
+    def under_load(when: str) -> None:
+        """Until pgbench has run 50 more transactions through the router: the reload just applied
+        (`reload()` returns once it is) has traffic in flight on both sides of it."""
+        floor = served_by_shard_a() + 50
+        wait_until(served_by_shard_a, f"50 pgbench transactions {when}", within=10.0, until=lambda n: n >= floor)
+
     try:
-        time.sleep(1.0)
+        under_load("before the first reload")
         assert running.write(heavier_a).shards["shard_a"].weight == 2
         assert running.reload()
-        time.sleep(1.0)
+        under_load("with shard_a's weight doubled")
         running.write(with_c)
         assert running.reload()
         assert running.pins()[bench_tenant] == "shard_a"
-        time.sleep(0.5)
+        under_load("with shard_c added")
         running.write(with_replica)
         assert running.reload()
         # Reads reach the replica before it is taken away again.
-        wait_for(
+        wait_until(
             lambda: sum(p.transactions for p in running.pools_on(replica_a.port)) > 20,
+            "reads on the added replica",
             within=4.0,
-            what="reads on the added replica",
         )
         running.write(with_c)
         assert running.reload()
         assert running.topology.shards["shard_a"].replicas == ()
-        time.sleep(0.5)
+        under_load("with the replica gone")
         # shard_c holds no tenant (those it would take are pinned): it may go again, with the weight.
         running.write(base)
         assert running.reload()
@@ -427,7 +428,9 @@ def test_tenants_a_new_shard_would_take_are_pinned_to_their_old_shard(
     newcomer = next(t for t in (f"rl_new{i:03d}" for i in range(200)) if hashed(new, t) == "shard_c")
     view = asyncio.run(add_tenant(running.config, new, newcomer, "shared"))
     assert (view.shard, view.reason) == ("shard_c", "hashed")
-    wait_for(lambda: running.thread.router.catalog.get(newcomer) is not None, 3.0, "the router hears of the tenant")
+    wait_until(
+        lambda: running.thread.router.catalog.get(newcomer) is not None, "the router hears of the tenant", within=3.0
+    )
     with psycopg.connect(running.url(newcomer), autocommit=True) as conn:
         conn.execute("INSERT INTO items (name) VALUES ('newcomer row')")
         assert conn.execute("SELECT inet_server_port()").fetchone() == (shard_c.port,)
@@ -539,7 +542,9 @@ def test_a_removed_replica_drains(
     running.add_tenants(["rl_reader"], shard="shard_a")
     role = pg_env.ROUTER_ROLE
     replayed = "SELECT count(*) FROM items WHERE tenant_id = 'rl_reader'"
-    wait_for(lambda: replica_a.execute(replayed, dbname=SHARD_DB) == "1", 5.0, "the replica replays the tenant's row")
+    wait_until(
+        lambda: replica_a.execute(replayed, dbname=SHARD_DB) == "1", "the replica replays the tenant's row", within=5.0
+    )
 
     with psycopg.connect(running.url("rl_reader"), autocommit=True) as conn:
 
@@ -551,7 +556,7 @@ def test_a_removed_replica_drains(
             conn.execute("ROLLBACK")
             return False
 
-        wait_for(read_only_on_replica, 5.0, "a read-only transaction on the replica")
+        wait_until(read_only_on_replica, "a read-only transaction on the replica", within=5.0)
         # In a transaction on the replica: idle pooled connections beside it go at the reload.
         assert conn.execute("SELECT inet_server_port()").fetchone() == (replica_a.port,)
         assert _router_backends(replica_a, role) >= 1
@@ -566,7 +571,9 @@ def test_a_removed_replica_drains(
         conn.execute("COMMIT")
 
         # Then the replica sees no connection of the router any more (pool and health checks).
-        wait_for(lambda: _router_backends(replica_a, role) == 0, 5.0, "the router's connections to the replica close")
+        wait_until(
+            lambda: _router_backends(replica_a, role) == 0, "the router's connections to the replica close", within=5.0
+        )
 
         # The next read-only transaction runs on the primary.
         conn.execute("BEGIN READ ONLY")
@@ -586,14 +593,22 @@ def test_the_file_watcher_applies_an_edit(
     caplog.set_level(logging.INFO, logger="router.app")
     running = start_router(shards_doc(pg_env), reload={"watch": True, "watch_interval": 0.2})
     running.add_tenants([f"rl_t{i:03d}" for i in range(1, 11)])
-    time.sleep(0.3)  # the watcher's baseline is the file as written; leave mtime a tick behind
+    # The watcher's baseline is the file as written, and the edit keeps its size: it shows only in
+    # the mtime, so the file system's clock must have moved past the baseline's first.
+    baseline = running.shards_file.stat().st_mtime_ns
+    clock_probe = running.shards_file.with_name("mtime-probe")
+
+    def file_clock() -> int:
+        clock_probe.touch()
+        return clock_probe.stat().st_mtime_ns
+
+    wait_until(file_clock, "the file system's clock to pass the baseline", within=5.0, until=lambda t: t > baseline)
     running.write(shards_doc(pg_env, weights={"shard_b": 3}), in_place=True)
-    took = wait_for(lambda: running.topology.shards["shard_b"].weight == 3, 2.0, "the watcher applies the edit")
-    assert took < 2.0
-    wait_for(lambda: len(summaries(caplog)) == 1, 1.0, "the reload summary")
+    wait_until(lambda: running.topology.shards["shard_b"].weight == 3, "the watcher applies the edit", within=2.0)
+    wait_until(lambda: len(summaries(caplog)) == 1, "the reload summary", within=1.0)
     assert "weights shard_b 1->3" in summaries(caplog)[0]
     # Once applied, an unchanged file is not reloaded again.
-    time.sleep(0.8)
+    time.sleep(0.8)  # elapsed time is the point: four more polls of the watcher (every 0.2 s) find no change
     assert len(summaries(caplog)) == 1, caplog.text
 
 
@@ -631,20 +646,23 @@ class ServeProcess:
     def wait_ready(self) -> None:
         """Until every worker logged that it listens (its SIGHUP handler follows at once) and the
         pid file names the process `tenant-router reload` must signal."""
-        deadline = time.monotonic() + SERVE_READY_TIMEOUT
         pid_file = pid_file_path(self.config)
-        while True:
-            listening = len(re.findall(r"listening on 127\.0\.0\.1:\d+", self.log()))
-            with contextlib.suppress(ValueError):
-                if listening >= self.workers and read_pid_file(pid_file) == self.proc.pid and _accepts(self.config):
-                    break
+
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(self.failure(f"the router exited with {self.proc.returncode} before it was ready"))
-            if time.monotonic() > deadline:
-                pytest.fail(self.failure("the router was not ready in time"))
-            time.sleep(0.05)
+            listening = len(re.findall(r"listening on 127\.0\.0\.1:\d+", self.log()))
+            return listening >= self.workers and read_pid_file(pid_file) == self.proc.pid and _accepts(self.config)
+
+        # A worker's SIGHUP stays blocked until its handler is in place, so ready means ready.
+        wait_until(
+            ready,
+            lambda: self.failure("the router to be ready"),
+            within=SERVE_READY_TIMEOUT,
+            ignoring=(ValueError,),
+            interval=0.05,
+        )
         self.descendants()
-        time.sleep(0.2)
 
     def stop(self) -> list[str]:
         """SIGTERM and wait; SIGKILL whatever is left. Returns what went wrong."""
@@ -661,9 +679,8 @@ class ServeProcess:
                 problems.append(f"exit code {self.proc.returncode} on SIGTERM")
         else:
             problems.append(f"the router exited by itself with {self.proc.returncode}")
-        deadline = time.monotonic() + 5
-        while any(alive(pid) for pid in self.seen) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: not any(alive(pid) for pid in self.seen), "the router's processes to exit", within=5)
         leftovers = sorted(pid for pid in self.seen if alive(pid))
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
@@ -722,7 +739,9 @@ def test_tenant_router_reload_signals_a_serving_router(
         def reloaded() -> int:
             return len(re.findall(r"router\.app: shards\.yaml reloaded: .*weights shard_a 1->3", serving.log()))
 
-        wait_for(lambda: reloaded() >= workers, 10.0, lambda: serving.failure("every worker logs the reload summary"))
+        wait_until(
+            lambda: reloaded() >= workers, lambda: serving.failure("every worker logs the reload summary"), within=10.0
+        )
         assert f"{len(moving)} tenants now map to another shard" in serving.log(), serving.failure("summary")
         assert "reload rejected" not in serving.log(), serving.failure("a rejected reload")
 
@@ -758,13 +777,15 @@ def test_a_reload_while_workers_start_kills_no_worker(
     assert not pid_file_path(config).exists(), f"another router uses port {port}"
     serving = ServeProcess(config, 2)
     try:
-        wait_for(lambda: pid_file_path(config).exists(), SERVE_READY_TIMEOUT, lambda: serving.failure("pid file"))
+        wait_until(
+            lambda: pid_file_path(config).exists(), lambda: serving.failure("pid file"), within=SERVE_READY_TIMEOUT
+        )
         os.kill(serving.proc.pid, signal.SIGHUP)  # what `tenant-router reload` does
         serving.wait_ready()
-        wait_for(
+        wait_until(
             lambda: len(re.findall(r"router\.app: shards\.yaml reloaded", serving.log())) >= 2,
-            10.0,
             lambda: serving.failure("both workers reload once they can"),
+            within=10.0,
         )
         assert "died" not in serving.log(), serving.failure("a worker died")
     finally:

@@ -8,8 +8,7 @@ routers hear of every pin through the catalog's notifications.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -22,6 +21,7 @@ from router.reload import TenantMove, moved_tenants, pin_moved_tenants
 from router.tenant_admin import init_catalog
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import PgEnvironment, free_port
+from router.testing.waiting import wait_until_async
 from router.topology import ServerAddress, Shard, Topology
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,9 @@ async def test_running_routers_hear_of_every_pin(
     cache = CatalogCache(config.catalog.dsn, config.catalog.schema, refresh_interval=60.0, on_change=heard.add)
     async with cache:
         assert await pin_moved_tenants(config, moves) == len(moves)
-        await eventually(lambda: {m.tenant for m in moves} <= heard, within=2.0)
+        await wait_until_async(
+            lambda: {m.tenant for m in moves} <= heard, "{m.tenant for m in moves} <= heard", within=2.0
+        )
         for move in moves:
             tenant = cache.get(move.tenant)
             assert tenant is not None and tenant.shard == move.old_shard
@@ -143,11 +145,3 @@ async def test_nothing_to_pin_needs_no_catalog(config: RouterConfig) -> None:
     assert await pin_moved_tenants(unreachable, []) == 0
     with pytest.raises(CatalogUnavailable, match="is unavailable"):
         await pin_moved_tenants(unreachable, [TenantMove("reload_t1", "shard_a", "shard_c")])
-
-
-async def eventually(check: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)

@@ -35,6 +35,7 @@ from router.testing.deploy import (
 )
 from router.testing.pgcluster import PgCluster, PgEnvironment, free_port, start_cluster
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until, wait_until_async
 
 from .conftest import Deployment, RouterFactory, url
 
@@ -64,15 +65,6 @@ def auth_section() -> dict[str, Any]:
 
 def new_name(prefix: str = "rw") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def eventually(condition: Callable[[], bool], within: float, what: str, pause: float = 0.05) -> float:
-    """Seconds until `condition()` held; fails the test after `within` seconds."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < within, f"not within {within}s: {what}"
-        time.sleep(pause)
-    return time.monotonic() - started
 
 
 def in_recovery(conn: psycopg.Connection[Any]) -> bool:
@@ -108,7 +100,7 @@ def wait_replayed(primary: PgCluster, replica: PgCluster, within: float = 15) ->
     def replayed() -> bool:
         return replica.execute(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t"
 
-    eventually(replayed, within, f"{replica.name} replays up to {lsn}", pause=0.02)
+    wait_until(replayed, f"{replica.name} replays up to {lsn}", within=within, interval=0.02)
 
 
 def touch(primary: PgCluster) -> None:
@@ -134,7 +126,7 @@ def wait_replicas_usable(router: RouterThread, within: float = 10) -> None:
     health = router.router.health
     for key in replica_keys(router):
         usable = functools.partial(health.replica_ok, key, bounds.max_bytes, bounds.max_seconds)
-        eventually(usable, within, f"{key} usable for reads")
+        wait_until(usable, f"{key} usable for reads", within=within)
 
 
 @contextlib.contextmanager
@@ -242,7 +234,7 @@ def test_explicit_mode_sends_only_read_only_transactions_to_the_replica(
         assert count_rows(primary, names[0] + "-rw", "acme") == 1
         conn.execute("RESET ALL")
         # Read-only again; its reads wait for the replica to replay its write (read-your-writes).
-        eventually(lambda: in_recovery(conn), 10, "reads of the session back on the replica")
+        wait_until(lambda: in_recovery(conn), "reads of the session back on the replica", within=10)
 
 
 def test_read_only_user_stays_read_only_on_the_primary(make_router: RouterFactory, deployment: Deployment) -> None:
@@ -306,10 +298,9 @@ def test_auto_mode_sends_plain_reads_to_the_replica(
             # of the prepared statement (Bind, Execute, Sync) run on the replica.
             stmt = await conn.prepare("SELECT pg_is_in_recovery() AND $1::text <> ''")
             await conn.fetchval(query, 0)
-            deadline = time.monotonic() + 10
-            while not await stmt.fetchval("warm-up"):
-                assert time.monotonic() < deadline, "asyncpg's prepared statements never reach the replica"
-                await asyncio.sleep(0.05)
+            await wait_until_async(
+                lambda: stmt.fetchval("warm-up"), "asyncpg's prepared statements to reach the replica", within=10
+            )
             seen = [await conn.fetchval(query, 1), await conn.fetchval(query, 2)]
             seen += [await stmt.fetchval("a"), await stmt.fetchval("b")]
             return seen
@@ -342,7 +333,7 @@ def test_reads_return_to_the_replica_on_an_idle_primary(
         conn.execute("BEGIN")
         assert in_recovery(conn) is False
         conn.execute("COMMIT")  # may have written: this session's reads wait for the replica to replay it
-        eventually(lambda: in_recovery(conn), 5, "reads back on the replica")
+        wait_until(lambda: in_recovery(conn), "reads back on the replica", within=5)
 
 
 def test_tenant_isolation_holds_on_the_replica(
@@ -468,24 +459,30 @@ def test_reads_avoid_a_replica_beyond_the_lag_bound(split_router: SplitRouter, d
         psycopg.connect(url(router, "acme"), autocommit=True, options="-c synchronous_commit=on") as writer,
         psycopg.connect(url(router, "acme"), autocommit=True) as reader,
     ):
-        eventually(lambda: in_recovery(reader), 10, "reads on the caught-up replica")
+        wait_until(lambda: in_recovery(reader), "reads on the caught-up replica", within=10)
         writer.execute("INSERT INTO items (name) VALUES (%s)", (name,))
-        written = time.monotonic()
         on_primary_while_lagging = False
-        while time.monotonic() - written < 15:
+
+        def back_on_the_replica() -> bool:
+            nonlocal on_primary_while_lagging
             on_replica, count = where_and_count(reader, name)
             if not on_replica:
                 assert count == 1
                 # The replica lags at this very moment (it applies commits 2 s late).
                 on_primary_while_lagging = on_primary_while_lagging or count_rows(delayed.replica, name) == 0
-            elif on_primary_while_lagging:
+                return False
+            if on_primary_while_lagging:
                 # Back on the replica only once it has caught up: the row is there.
                 assert count == 1
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"reads did not go to the primary and back (on the primary: {on_primary_while_lagging})")
-        assert on_primary_while_lagging
+                return True
+            return False
+
+        wait_until(
+            back_on_the_replica,
+            lambda: f"reads to go to the primary and back (on the primary while lagging: {on_primary_while_lagging})",
+            within=15,
+            interval=0.05,
+        )
 
 
 # --- a replica stopped under a read load -----------------------------------------------------------
@@ -576,16 +573,8 @@ async def read_in_a_loop(reader: Reader, log: ReadLog, stop: asyncio.Event) -> N
             log.errors.append((started, f"{type(exc).__name__}: {exc}"))
             await reader.close()
             connected = False
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the load's pace: a read every 10 ms or so, elapsed time is the point
     await reader.close()
-
-
-async def until(condition: Callable[[], bool], within: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < within, f"not within {within}s: {what}"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def test_replica_stopped_under_a_read_load(
@@ -605,16 +594,20 @@ async def test_replica_stopped_under_a_read_load(
     ]
     tasks = [asyncio.create_task(read_in_a_loop(r, log, stop)) for r, log in zip(readers, logs, strict=True)]
     try:
-        await until(lambda: all(True in log.reads_since(0) for log in logs), 10, "every client read on the replica")
+        await wait_until_async(
+            lambda: all(True in log.reads_since(0) for log in logs), "every client read on the replica", within=10
+        )
         await asyncio.to_thread(replica.stop, "fast")
         stopped = time.monotonic()
         # Every client keeps reading, from the primary now.
-        await until(lambda: all(len(log.reads_since(stopped + 0.5)) >= 10 for log in logs), 15, "reads go on")
+        await wait_until_async(
+            lambda: all(len(log.reads_since(stopped + 0.5)) >= 10 for log in logs), "reads go on", within=15
+        )
         restarting = time.monotonic()
         await asyncio.to_thread(replica.start)
         restarted = time.monotonic()
-        back = await until(
-            lambda: all(True in log.reads_since(restarted) for log in logs), 5, "reads return to the replica"
+        await wait_until_async(
+            lambda: all(True in log.reads_since(restarted) for log in logs), "reads return to the replica", within=5
         )
     finally:
         stop.set()
@@ -629,7 +622,6 @@ async def test_replica_stopped_under_a_read_load(
         while_down = log.reads_since(stopped, restarting)
         assert while_down and not any(while_down), f"{log.name}: reads while the replica was down: {while_down}"
         assert not [e for e in log.errors if e[0] >= stopped + 0.5], f"{log.name}: {log.errors}"
-    assert back < 5
 
 
 # --- a primary stopped and restarted ---------------------------------------------------------------
@@ -693,7 +685,7 @@ def test_primary_stopped_and_restarted(make_router: RouterFactory, own_primary: 
         victim.execute("INSERT INTO items (name) VALUES ('before the stop')")
         thread = threading.Thread(target=sleep, daemon=True)
         thread.start()
-        eventually(lambda: _sleeping(own_primary), 10, "pg_sleep running on the primary")
+        wait_until(lambda: _sleeping(own_primary), "pg_sleep running on the primary", within=10)
         own_primary.stop(mode="fast")
         try:
             # The query running when the primary stopped ends with an error, not a hang.
@@ -766,7 +758,7 @@ def test_transactions_that_only_read_need_no_wal_position(split_router: SplitRou
             assert session.min_lsn is None
             await conn.execute("CREATE TEMP TABLE rw_scratch (a int)")  # runs on the primary: a write
             # The client has its answer before the router has read the position: wait for it.
-            eventually(lambda: session.min_lsn is not None, 5, "the write's WAL position noted")
+            wait_until(lambda: session.min_lsn is not None, "the write's WAL position noted", within=5)
         finally:
             await conn.close()
 

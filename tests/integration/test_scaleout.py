@@ -54,6 +54,7 @@ from router.cancel_keys import owner_of
 from router.testing.deploy import APP_PASSWORD, APP_USER, write_configs
 from router.testing.pgcluster import free_port
 from router.testing.processes import alive, children, cmdline
+from router.testing.waiting import WaitTimeout, wait_until
 
 from .conftest import Deployment
 
@@ -124,14 +125,15 @@ def established(pid: int) -> list[TcpSocket]:
 def owner_of_connection(pids: list[int], listen_port: int, client_port: int, timeout: float = 3.0) -> int | None:
     """The pid among `pids` that accepted the connection from `client_port` to `listen_port` (None
     if none did within `timeout`: until a worker accepts it, the socket has no inode)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for pid in pids:
-            if any(s.local_port == listen_port and s.remote_port == client_port for s in established(pid)):
-                return pid
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.01)
+
+    def owner() -> int | None:
+        ends = (listen_port, client_port)
+        return next((pid for pid in pids if any((s.local_port, s.remote_port) == ends for s in established(pid))), None)
+
+    try:
+        return wait_until(owner, f"a worker to accept port {client_port}'s connection", within=timeout, interval=0.01)
+    except WaitTimeout:
+        return None
 
 
 def local_port(conn: psycopg.Connection[Any]) -> int:
@@ -230,13 +232,13 @@ class RouterProcess:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> RouterProcess:
         """Until the port accepts connections and /health has every worker answering."""
-        deadline = time.monotonic() + timeout
-        while not (self._accepts() and self._all_workers_answer()):
+
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(self.failure(f"the router exited with {self.proc.returncode} before it was ready"))
-            if time.monotonic() > deadline:
-                pytest.fail(self.failure(f"the router was not ready within {timeout:g}s"))
-            time.sleep(0.1)
+            return self._accepts() and self._all_workers_answer()
+
+        wait_until(ready, lambda: self.failure("the router to be ready"), within=timeout, interval=0.1)
         pids = self.worker_pids()
         assert len(pids) == self.workers, self.failure(f"expected {self.workers} workers, found {pids}")
         self.ready = True
@@ -259,9 +261,8 @@ class RouterProcess:
         elif self.ready:
             problems.append(f"the router exited by itself with {self.proc.returncode}")
         # Workers left without their supervisor exit within a second (they poll their parent).
-        deadline = time.monotonic() + 5
-        while any(alive(pid) for pid in self.seen) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: not any(alive(pid) for pid in self.seen), "the workers to exit", within=5)
         leftovers = sorted(pid for pid in self.seen if alive(pid))
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
@@ -529,10 +530,12 @@ def test_workers_share_the_port_and_metrics_sum_their_clients(launch: Launch) ->
     finally:
         for conn in conns:
             conn.close()
-    deadline = time.monotonic() + 5
-    while router.metric("tenant_router_clients") != 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert router.metric("tenant_router_clients") == 0
+    wait_until(
+        lambda: router.metric("tenant_router_clients"),
+        "the router to count 0 clients",
+        within=5,
+        until=lambda n: n == 0,
+    )
 
 
 def test_cancel_reaches_the_query_whichever_worker_receives_it(launch: Launch) -> None:
@@ -622,7 +625,7 @@ class Probe:
                 self.error, self.failed_at = exc, time.monotonic()
                 return
             self.done.append(time.monotonic())
-            time.sleep(0.005)
+            time.sleep(0.005)  # a paced client, not a busy loop: the pause is the point
 
 
 def _pgbench_on_shard(deployment: Deployment, tenant: str) -> None:
@@ -665,11 +668,19 @@ def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(launch: Launch
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        time.sleep(2.0)
+
+    def bench_on_workers() -> dict[int, int]:
+        """How many of pgbench's connections each worker holds the other end of."""
         bench_ports = {s.local_port for s in established(bench.pid)}
-        bench_on = {pid: sum(s.remote_port in bench_ports for s in established(pid)) for pid in workers}
-        assert sum(bench_on.values()) == 8, bench_on
+        return {pid: sum(s.remote_port in bench_ports for s in established(pid)) for pid in workers}
+
+    try:
+        bench_on = wait_until(
+            bench_on_workers,
+            "pgbench's 8 connections, each held by a worker",
+            within=10,
+            until=lambda on: sum(on.values()) == 8,
+        )
         survivor = max(workers, key=lambda pid: bench_on[pid])  # so that some of pgbench lives on
         victim = next(pid for pid in workers if pid != survivor)
         os.kill(victim, signal.SIGKILL)
@@ -702,9 +713,9 @@ def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(launch: Launch
     assert late and all(tps > 0 for tps in late), err
 
     # The supervisor restarted the worker: both answer, once restarted, and the new one serves.
-    deadline = time.monotonic() + 10
-    while (health := router.health())["workers_answering"] != 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    health = wait_until(
+        router.health, "both workers to answer /health", within=10, until=lambda h: h["workers_answering"] == 2
+    )
     assert health == {"status": "ok", "workers": 2, "workers_answering": 2, "worker_restarts": 1}, router.failure(
         str(health)
     )
@@ -764,7 +775,7 @@ class ShardWatch:
             self.backends = int(row[0])
             self.peak_backends = max(self.peak_backends, self.backends)
             self.peak_sockets = max(self.peak_sockets, held)
-            time.sleep(0.01)
+            time.sleep(0.01)  # the sampling period of the watch: elapsed time is the point
 
     def report(self) -> str:
         return (
@@ -815,10 +826,7 @@ def _peak_connections_to_shard(launch: Launch, deployment: Deployment, tenants: 
         router = launch(workers=3, pool={"size": 5, "wait_timeout": 30.0, "idle_timeout": 0.5}, auth_method="trust")
         watch.start(router.worker_pids())
         for _round in range(3):
-            deadline = time.monotonic() + 10
-            while watch.backends and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert watch.backends == 0, "the idle timeout did not empty the pools"
+            wait_until(lambda: watch.backends, "the idle timeout to empty the pools", within=10, until=lambda n: n == 0)
             _run_transactions(router.port, tenants, clients=30, transactions=8)
     finally:
         watch.stop()

@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import tarfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from router.tenant_lifecycle import (
 )
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import PgEnvironment
+from router.testing.waiting import wait_until
 from router.topology import Topology
 
 from .conftest import RouterFactory, url
@@ -550,13 +550,6 @@ def test_cli_export_erase_import(
 # --- suspend, seen by live clients ---------------------------------------------------------------
 
 
-def _within(seconds: float, condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 @contextlib.contextmanager
 def _client(router: Any, tenant: str) -> Iterator[psycopg.Connection[Any]]:
     conn = psycopg.connect(url(router, tenant), autocommit=True)
@@ -578,11 +571,20 @@ def test_suspend_refuses_live_and_new_clients_of_that_tenant_only(setup: Setup, 
     for name in (tenant, other):
         asyncio.run(add_tenant(config, topology, name, "shared"))
     try:
-        _within(2.0, lambda: None not in (router.router.catalog.get(tenant), router.router.catalog.get(other)))
+        wait_until(
+            lambda: None not in (router.router.catalog.get(tenant), router.router.catalog.get(other)),
+            "None not in (router.router.catalog.get(tenant), router.router.catalog.get(other))",
+            within=2.0,
+        )
         with _client(router, tenant) as live, _client(router, other) as bystander:
             assert live.execute("SELECT 1").fetchone() == (1,)
             asyncio.run(suspend_tenant(config, topology, tenant))
-            _within(2.0, lambda: router.router.catalog.get(tenant).status == "suspended")  # type: ignore[union-attr]
+            wait_until(
+                lambda: router.router.catalog.get(tenant),
+                "the router to see tenant status suspended",
+                within=2.0,
+                until=lambda seen: seen is not None and seen.status == "suspended",
+            )
 
             with pytest.raises(psycopg.OperationalError) as info:
                 live.execute("SELECT 1")
@@ -598,7 +600,12 @@ def test_suspend_refuses_live_and_new_clients_of_that_tenant_only(setup: Setup, 
                 assert fresh.execute("SELECT 1").fetchone() == (1,)
 
             asyncio.run(resume_tenant(config, topology, tenant))
-            _within(2.0, lambda: router.router.catalog.get(tenant).status == "active")  # type: ignore[union-attr]
+            wait_until(
+                lambda: router.router.catalog.get(tenant),
+                "the router to see tenant status active",
+                within=2.0,
+                until=lambda seen: seen is not None and seen.status == "active",
+            )
             with _client(router, tenant) as back:
                 assert back.execute("SELECT 1").fetchone() == (1,)
     finally:

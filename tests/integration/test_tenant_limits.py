@@ -4,7 +4,7 @@ counted through the catalog's instance registry."""
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from router.catalog import CatalogStore
 from router.tenant_admin import init_catalog
 from router.testing.deploy import load, write_configs
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, url
 
@@ -41,10 +42,12 @@ def two_routers(deployment: Deployment, tmp_path: Path) -> Iterator[tuple[Router
             asyncio.run(seed())
         routers.append(RouterThread(config, topology).start())
     try:
-        deadline = time.monotonic() + 10
-        while not all(r.router.live_members == 2 for r in routers):
-            assert time.monotonic() < deadline, [r.router.live_members for r in routers]
-            time.sleep(0.1)
+        wait_until(
+            lambda: [r.router.live_members for r in routers],
+            "both routers to count 2 live members",
+            within=10,
+            until=lambda members: members == [2, 2],
+        )
         yield routers[0], routers[1]
     finally:
         for router in routers:
@@ -61,14 +64,10 @@ def test_each_instance_enforces_its_share_of_the_global_limit(two_routers: tuple
         with pytest.raises(psycopg.OperationalError, match="connection limit"):
             psycopg.connect(url(b, "acme"))
         held.pop(0).close()  # a slot on a frees up
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                held.append(psycopg.connect(url(a, "acme")))
-                break
-            except psycopg.OperationalError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        connect = functools.partial(psycopg.connect, url(a, "acme"))
+        held.append(
+            wait_until(connect, "a connection in the freed slot", within=5, ignoring=(psycopg.OperationalError,))
+        )
     finally:
         for conn in held:
             conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,8 @@ from router.health import (
     parse_lsn,
     record_end,
 )
+from router.testing.virtualtime import in_virtual_time
+from router.testing.waiting import wait_until_async
 from router.topology import RingConfig, ServerAddress, Shard, Topology
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -59,10 +62,12 @@ class FakeProbe:
     def __init__(self) -> None:
         self.answers: dict[ServerKey, Reading | BaseException | Callable[[], Reading]] = {}
         self.calls: list[ServerKey] = []
+        self.timed_calls: list[tuple[ServerKey, float]] = []  # with the loop's time of each call
         self.gate: asyncio.Event | None = None  # when set: every probe waits for it
 
     async def __call__(self, key: ServerKey, address: ServerAddress) -> Reading:
         self.calls.append(key)
+        self.timed_calls.append((key, asyncio.get_running_loop().time()))
         if self.gate is not None:
             await self.gate.wait()
         answer = self.answers.get(key, primary_reading(0) if key.role == "primary" else replica_reading(0))
@@ -271,7 +276,7 @@ async def test_check_started_before_a_report_cannot_bring_it_back() -> None:
     health = monitor(probe, events)
     probe.gate = asyncio.Event()
     running = asyncio.create_task(health.check_now(P_A))
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: probe.calls, "the check to reach the probe", within=5.0)
     assert probe.calls == [P_A]
     health.report_failure(P_A, "connection refused")
     probe.gate.set()
@@ -364,8 +369,11 @@ async def test_wrong_role_counts_as_up_and_warns_once(caplog: pytest.LogCaptureF
 
 
 # --- the background tasks ------------------------------------------------------------------------
+# They run on a virtual clock: `asyncio.sleep(x)` there advances the monitor's schedule by exactly x,
+# so the tests assert the schedule itself, however loaded the machine is.
 
 
+@in_virtual_time
 async def test_rounds_check_primary_before_replicas_and_measure_from_the_same_round() -> None:
     probe = FakeProbe()
     lsn = {"primary": 1000}
@@ -380,7 +388,7 @@ async def test_rounds_check_primary_before_replicas_and_measure_from_the_same_ro
     await health.start()
     try:
         await health.wait_checked(2.0)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # five more rounds
     finally:
         await health.stop()
     shard_a = [k for k in probe.calls if k.shard == "shard_a"]
@@ -393,50 +401,59 @@ async def test_rounds_check_primary_before_replicas_and_measure_from_the_same_ro
     assert all(s.checked_at is not None for s in health.statuses())
 
 
+@in_virtual_time
 async def test_background_backoff_and_recovery() -> None:
     probe, events = FakeProbe(), Events()
     probe.answers[R_A] = ConnectionRefusedError(111, "Connection refused")
     health = monitor(probe, events, interval=0.01, max_backoff=0.08)
+    started = asyncio.get_running_loop().time()
     await health.start()
     try:
-        await asyncio.sleep(0.4)
-        replica_calls = probe.calls.count(R_A)
-        primary_calls = probe.calls.count(P_A)
-        # Backing off: 0.02, 0.04, 0.08, 0.08 ... -> far fewer checks than the primary's ~40.
-        assert 3 <= replica_calls <= 10, replica_calls
-        assert primary_calls >= 2 * replica_calls
+        await asyncio.sleep(0.4)  # 0.4 s of the schedule, on the virtual clock
+        replica_at = [at - started for key, at in probe.timed_calls if key == R_A]
+        primary_at = [at - started for key, at in probe.timed_calls if key == P_A]
+        # The failing replica backs off: 0.02, 0.04, 0.08, then capped at max_backoff ...
+        gaps = [b - a for a, b in itertools.pairwise(replica_at)]
+        assert gaps == pytest.approx([backoff_delay(n, 0.01, 0.08) for n in range(1, len(replica_at))])
+        assert replica_at == pytest.approx([0.0, 0.02, 0.06, 0.14, 0.22, 0.30, 0.38])
+        # ... while the healthy primary keeps its interval.
+        assert [b - a for a, b in itertools.pairwise(primary_at)] == pytest.approx([0.01] * (len(primary_at) - 1))
+        assert len(primary_at) >= 40
         assert events.down == [(R_A, "connection refused")]
-        assert health.status(R_A).failures == replica_calls
+        assert health.status(R_A).failures == len(replica_at)
 
         probe.answers[R_A] = replica_reading(0)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)  # past the next backed-off check, at 0.46
         assert events.up == [R_A]
         assert health.is_up(R_A) and health.status(R_A).failures == 0
     finally:
         await health.stop()
 
 
+@in_virtual_time
 async def test_wait_checked_times_out_without_start() -> None:
     health = monitor(FakeProbe())
     loop = asyncio.get_running_loop()
     started = loop.time()
     await health.wait_checked(0.05)
-    assert 0.04 <= loop.time() - started < 1.0
+    assert loop.time() - started == pytest.approx(0.05)
 
 
+@in_virtual_time
 async def test_stop_never_hangs_on_a_blackholed_probe() -> None:
     probe = FakeProbe()
     probe.gate = asyncio.Event()  # never set
     health = monitor(probe, interval=0.01, timeout=30.0)
     await health.start()
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(health.stop(), 1.0)
+    await wait_until_async(lambda: probe.calls, "the first probe to start", within=1.0)
+    await asyncio.wait_for(health.stop(), 1.0)  # well before the probe's 30 s timeout
     with pytest.raises(RuntimeError):  # a stopped monitor can be started again, a running one not
         await health.start()
         await health.start()
     await health.stop()
 
 
+@in_virtual_time
 async def test_set_topology_adds_and_removes_servers() -> None:
     probe, events = FakeProbe(), Events()
     health = monitor(probe, events, interval=0.02, topo=topology(replicas=()))
@@ -452,10 +469,10 @@ async def test_set_topology_adds_and_removes_servers() -> None:
 
         health.set_topology(topology(replicas=()))
         assert [s.key for s in health.statuses()] == [P_A]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # checks that were due when it changed have run
         probe.calls.clear()
-        await asyncio.sleep(0.1)
-        assert set(probe.calls) == {P_A}
+        await asyncio.sleep(0.1)  # five more intervals: only P_A is checked
+        assert probe.calls and set(probe.calls) == {P_A}
         with pytest.raises(KeyError):
             await health.check_now(R_A)
         assert events.down == []

@@ -32,6 +32,7 @@ from router.reload import (
     summarize,
     write_pid_file,
 )
+from router.testing.virtualtime import in_virtual_time
 from router.topology import RingConfig, ServerAddress, Shard, Topology, diff_topologies
 
 TENANTS = [f"tenant{i:03d}" for i in range(600)]
@@ -215,11 +216,14 @@ def test_summary_of_a_change_that_moves_no_one() -> None:
 
 # --- FileWatcher ---------------------------------------------------------------------------------
 
+# The watcher tests run on a virtual clock: its polls are timers, so `settle()` is exactly six polls
+# and the slow writer's pauses fall exactly between them, however loaded the machine is.
+
 INTERVAL = 0.05
 
 
 async def settle(intervals: int = 6) -> None:
-    await asyncio.sleep(INTERVAL * intervals)
+    await asyncio.sleep(INTERVAL * intervals)  # `intervals` polls of the watcher on the virtual clock
 
 
 @pytest.fixture
@@ -229,6 +233,7 @@ def watched(tmp_path: Path) -> Path:
     return path
 
 
+@in_virtual_time
 async def test_watcher_reports_a_modification_once(watched: Path) -> None:
     calls: list[int] = []
     watcher = FileWatcher([watched], INTERVAL, lambda: calls.append(1))
@@ -248,6 +253,7 @@ async def test_watcher_reports_a_modification_once(watched: Path) -> None:
         await watcher.stop()
 
 
+@in_virtual_time
 async def test_watcher_waits_until_the_file_holds_still(watched: Path) -> None:
     calls: list[int] = []
     interval = 0.3
@@ -258,14 +264,15 @@ async def test_watcher_waits_until_the_file_holds_still(watched: Path) -> None:
             for i in range(15):  # a slow writer: 0.6 s of appends, each well within one interval
                 file.write(f"# line {i}\n")
                 file.flush()
-                await asyncio.sleep(0.04)
+                await asyncio.sleep(0.04)  # the writer's pace: time passing is the point
         assert calls == []
-        await asyncio.sleep(interval * 3)
+        await asyncio.sleep(interval * 3)  # three polls after the last write
         assert len(calls) == 1
     finally:
         await watcher.stop()
 
 
+@in_virtual_time
 async def test_watcher_survives_deletion_and_reports_recreation(watched: Path) -> None:
     calls: list[int] = []
     watcher = FileWatcher([watched], INTERVAL, lambda: calls.append(1))
@@ -287,6 +294,7 @@ async def test_watcher_survives_deletion_and_reports_recreation(watched: Path) -
         await watcher.stop()
 
 
+@in_virtual_time
 async def test_watcher_starts_on_a_missing_file_and_survives_a_failing_callback(tmp_path: Path) -> None:
     path = tmp_path / "later.yaml"
     calls: list[int] = []
@@ -309,6 +317,7 @@ async def test_watcher_starts_on_a_missing_file_and_survives_a_failing_callback(
     await watcher.stop()  # idempotent
 
 
+@in_virtual_time
 async def test_watcher_watches_several_files(tmp_path: Path) -> None:
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("a\n")
