@@ -77,6 +77,7 @@ async def read_fast(_size: int) -> None:
 
 
 async def read_slowly(_size: int) -> None:
+    # Elapsed time on purpose: a slow reader is one that lets time pass between reads.
     await asyncio.sleep(0.0005)
 
 
@@ -87,6 +88,7 @@ def read_in_bursts(seed: int) -> Pace:
     async def pace(size: int) -> None:
         state["left"] -= size
         if state["left"] <= 0:
+            # Elapsed time on purpose: the pause between bursts is what fills the router's buffers.
             await asyncio.sleep(rng.uniform(0.005, 0.03))
             state["left"] = rng.randrange(256 * 1024, 4 * MIB)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 import asyncpg
@@ -15,6 +14,7 @@ import psycopg
 import pytest
 
 from router.testing.routerthread import RouterThread
+from router.testing.waiting import wait_until
 
 from .conftest import Deployment, RouterFactory, url
 
@@ -30,12 +30,8 @@ def _terminate(deployment: Deployment, pid: int) -> None:
     deployment.env.shards[_shard(deployment)].execute(f"SELECT pg_terminate_backend({pid})")
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    wait_until(condition, what, within=10.0)
 
 
 def _terminate_once_sleeping(deployment: Deployment, pid: int) -> None:
