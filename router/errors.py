@@ -111,6 +111,23 @@ class NoTenant(RouterError):
     sqlstate = "28000"
 
 
+# --- prepared statements -------------------------------------------------------------------------
+
+
+class DuplicatePreparedStatement(RouterError):
+    """A Parse of a statement name the client has defined already (as PostgreSQL answers it)."""
+
+    sqlstate = "42P05"
+    severity = "ERROR"
+
+
+class ProtocolStatementFromSql(RouterError):
+    """EXECUTE or DEALLOCATE of a statement the client parsed with the protocol."""
+
+    sqlstate = "0A000"
+    severity = "ERROR"
+
+
 # --- pools and backends --------------------------------------------------------------------------
 
 

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Final, cast
 from router.errors import (
     BackendUnavailable,
     ClientProtocolError,
+    DuplicatePreparedStatement,
     InvalidAuthorization,
     NoTenant,
     PoolRetired,
+    ProtocolStatementFromSql,
     RouterError,
     TenantSwitchRefused,
 )
@@ -42,18 +44,20 @@ from router.net.session_sql import (
     HANDOVER_DEALLOCATE,
     HANDOVER_DISCARD_SEQUENCES,
     HANDOVER_RESET,
+    PREPARED_NAMES_SQL,
     raise_sql,
     session_sync_statements,
     settings_in_force_sql,
 )
 from router.net.tenant_statements import MARKER as TENANT_MARKER
 from router.net.tenant_statements import TenantStatement, parse_tenant_statement
+from router.prepared_sql import statement_names_used
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg import responses as r
-from router.protocol.pg.prepared import ClientStatements
-from router.statements import Effects, classify
+from router.protocol.pg.prepared import UNKNOWN_EPOCH, ClientStatements, ServerStatement, needs_parse
+from router.statements import PREPARE, Effects, classify
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,6 +68,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SERIALS = itertools.count(1)
+# Parse epochs (router.protocol.pg.prepared): one counter for the process, whose server connections
+# are the only ones it compares epochs on.
+_PARSES = itertools.count(1)
 _REMEMBERED_PARSE_LIMIT: Final = 4096  # bytes of the last Parse message a session keeps decoded
 _ROLE_STATEMENTS_REFUSED: Final = (
     "statements on roles (CREATE, ALTER, DROP ROLE or USER, GRANT or REVOKE of a role) are not allowed"
@@ -253,7 +260,7 @@ class ClientSession:
         if server is not self.server or server.tx_status != be.TX_IDLE:
             return
         tracking = self._commit_to_note
-        if self._watched is not None or tracking:
+        if self._watched is not None or tracking or server.prepared_unsure:
             task = asyncio.get_running_loop().create_task(self._after_transaction(server))
             self._acquiring = task
             tenant = self.tenant
@@ -279,6 +286,8 @@ class ClientSession:
         """Bookkeeping on the server before it is let go: settings the transaction changed, and
         the WAL position a write reached (for read-your-writes)."""
         if self._watched is not None and not await self._read_back_settings(server):
+            return
+        if server.prepared_unsure and not await self._read_back_statements(server):
             return
         if self._commit_to_note and not await self._note_commit_position(server):
             return
@@ -329,6 +338,20 @@ class ClientSession:
         self.min_lsn[shard] = max(lsn, self.min_lsn.get(shard, lsn))
         if self.tenant is not None:
             self.router.note_commit(self.tenant, lsn)
+        return True
+
+    async def _read_back_statements(self, server: ServerConnection) -> bool:
+        """After a client's statement that may have dropped the router's statements (DEALLOCATE,
+        DISCARD ALL: it may also have failed): the names the server really has. One whose epoch
+        the record lost is older than any client's parse, so it is parsed again where used."""
+        rows = await self._rows_before_release(server, PREPARED_NAMES_SQL, "read prepared statements back")
+        if rows is None:
+            return False
+        held = server.prepared
+        found = {str(row[0]): held.get(str(row[0]), UNKNOWN_EPOCH) for row in rows}
+        held.clear()
+        held.update(found)
+        server.prepared_unsure = False
         return True
 
     async def _read_back_settings(self, server: ServerConnection) -> bool:
@@ -420,7 +443,13 @@ class ClientSession:
                     break
                 msg = data if size == end else data[pos : pos + size]
                 if self._discarding:
-                    if mtype in (f.SYNC, f.QUERY):
+                    if self.server is not None:
+                        # The server raised the error (_raise_in_pipeline) and skips to the Sync:
+                        # that Sync is its to answer.
+                        if mtype == f.SYNC:
+                            self._discarding = False
+                            self._on_sync(msg)
+                    elif mtype in (f.SYNC, f.QUERY):
                         self._discarding = False
                         self.write_to_client(be.ready_for_query(self._tx_status()))
                     pos += size
@@ -674,6 +703,8 @@ class ClientSession:
             statement = parse_tenant_statement(fe.parse_query(msg))
             if statement is not None:
                 return self._tenant_statement(statement)
+        if len(self.statements) and self._names_protocol_statement(fe.parse_query(msg)):
+            return False
         server = self._server()
         if server is None:
             return False
@@ -714,8 +745,16 @@ class ClientSession:
         if effects.pins or effects.unpins:
             self.pins |= effects.pins
             self.pins -= effects.unpins
-        if effects.discard_all:
+        if PREPARE in effects.unpins:
+            # DEALLOCATE ALL or DISCARD ALL: the client's named statements go, and the router's on
+            # this server connection, unless the statement fails: the names are read back at the
+            # end of the transaction, and meanwhile a Parse replaces whatever may be there.
+            self.statements.forget_all()
+            if self._residues is not None:
+                self._residues.clear()
             server.prepared.clear()
+            server.prepared_unsure = True
+        if effects.discard_all:
             server.unnamed = None
         if effects.reset_all:
             # Back to the connection-time settings; the context is re-applied before the next use.
@@ -772,26 +811,68 @@ class ClientSession:
             self._out.append(message)
             server.plan.expect(r.ENDS_PARSE)
             return True
-        self.statements.define(parse.name, parse)
+        if parse.name in self.statements:
+            # As PostgreSQL: a name is defined once until closed (drivers rely on the error).
+            duplicate = DuplicatePreparedStatement(f'prepared statement "{parse.name}" already exists')
+            return self._raise_in_pipeline(duplicate)
+        if self._names_protocol_statement(parse.query):
+            return False
+        server = self._server()
+        if server is None:
+            return False
+        server.synced = False
+        # Parsed now, on this server, whatever copies exist: DDL may have changed what it means.
+        statement = self.statements.define(parse.name, parse, next(_PARSES))
+        self._parse_on_server(server, statement.on(server.applied.get("search_path", "")), statement.epoch, False)
+        return True
+
+    def _parse_on_server(self, server: ServerConnection, statement: ServerStatement, epoch: int, swallow: bool) -> None:
+        """Parse a server statement on `server`, in place of any copy it has (Close first, in the
+        same write: PostgreSQL refuses a Parse of a name it has), and record its epoch."""
+        name = statement.name
+        before = server.prepared.get(name)
+        if before is not None or server.prepared_unsure:
+            self._out.append(fe.close(b"S", name))
+            server.plan.expect(r.ENDS_CLOSE, swallow=True)
+        self._out.append(statement.parse_message)
+        server.prepared[name] = epoch
+        server.plan.expect(r.ENDS_PARSE, swallow=swallow, statement=name, before=before)
+
+    def _names_protocol_statement(self, sql: str) -> bool:
+        """Refuse (and return True) a text that EXECUTEs or DEALLOCATEs a statement this client
+        parsed with the protocol: the server knows it by another name (see router.prepared_sql)."""
+        named = [name for name in statement_names_used(sql) if name in self.statements]
+        if not named:
+            return False
+        self._raise_in_pipeline(
+            ProtocolStatementFromSql(
+                f'prepared statement "{named[0]}" was prepared with the extended protocol; tenant-router'
+                " does not support using it from SQL (EXECUTE, DEALLOCATE) in transaction pooling",
+                hint="use SQL PREPARE for statements run with EXECUTE, or run the statement through the protocol",
+            )
+        )
+        return True
+
+    def _raise_in_pipeline(self, exc: RouterError) -> bool:
+        """Fail the message at hand as PostgreSQL would: with a server attached (a transaction or
+        pipeline may be open), the server raises the error, so that it aborts what PostgreSQL
+        would abort and skips to the Sync; otherwise the router answers. Returns False: the caller's
+        message is then discarded, up to the Sync."""
         server = self.server
         if server is None:
-            if self._parse_known_valid(parse.name):
-                # Prepared lazily where it is used; no server connection needed to say so.
-                self.write_to_client(be.PARSE_COMPLETE)
-                return True
-            server = self._server()
-            if server is None:
-                return False
+            self._refuse(exc)
+            return False
         server.synced = False
-        statement = self.statements.resolve(parse.name, server.applied.get("search_path", ""))
-        assert statement is not None
-        if statement.name in server.prepared:
-            server.plan.synthesize(be.PARSE_COMPLETE)
-        else:
-            self._out.append(statement.parse_message)
-            server.prepared.add(statement.name)
-            server.plan.expect(r.ENDS_PARSE, statement=statement.name)
-        return True
+        # The unnamed statement raises when executed: its ParseComplete and BindComplete are
+        # swallowed, and the client sees the error in place of its message's response.
+        raising = fe.build_parse("", raise_sql(exc.sqlstate, exc.message), b"\x00\x00")
+        self._out.append(raising + fe.bind("", "", ()) + fe.execute(""))
+        server.plan.expect(r.ENDS_PARSE, swallow=True)
+        server.plan.expect(r.ENDS_BIND, swallow=True)
+        server.plan.expect(r.ENDS_EXECUTE)
+        server.unnamed = None
+        self._discarding = True
+        return False
 
     def _note_residue(self, client_name: str, left: int) -> None:
         """What the statement a Parse defines may leave follows it to the Binds that run it, on
@@ -804,17 +885,6 @@ class ClientSession:
         elif residues is not None:
             residues.pop(client_name, None)
 
-    def _parse_known_valid(self, client_name: str) -> bool:
-        """Whether this statement already parsed on the tenant's database under the same
-        search_path, so a Parse of it can be answered before any server is involved."""
-        try:
-            target = self._target()
-        except RouterError:
-            return False  # let the acquire path report it
-        namespace = self._desired_settings(target).get("search_path", "")
-        statement = self.statements.resolve(client_name, namespace)
-        return statement is not None and statement.name in target.pool.valid_statements
-
     def _prepare_on_server(self, server: ServerConnection, client_name: str) -> str | None:
         """Make sure the statement a client names exists on this server connection; return the
         server's name for it (None: unknown to us, let the server report the error)."""
@@ -825,14 +895,14 @@ class ClientSession:
                 server.unnamed = last
                 server.plan.expect(r.ENDS_PARSE, swallow=True)
             return ""
-        statement = self.statements.resolve(client_name, server.applied.get("search_path", ""))
+        statement = self.statements.get(client_name)
         if statement is None:
             return None
-        if statement.name not in server.prepared:
-            self._out.append(statement.parse_message)
-            server.prepared.add(statement.name)
-            server.plan.expect(r.ENDS_PARSE, swallow=True, statement=statement.name)
-        return statement.name
+        target = statement.on(server.applied.get("search_path", ""))
+        if needs_parse(server.prepared, target.name, statement.epoch):
+            # No copy here, or one older than the client's Parse: parse it now (a newer epoch).
+            self._parse_on_server(server, target, next(_PARSES), True)
+        return target.name
 
     def _on_bind(self, msg: bytes) -> bool:
         server = self._server()
@@ -846,11 +916,11 @@ class ClientSession:
             left = residues.get(client_name, LEAVES_ANYTHING) if residues is not None else LEAVES_ANYTHING
             if left > server.residue:
                 server.residue = left
+        server_name = self._prepare_on_server(server, client_name)
         if self._effects is not None:
             effects = self._effects.get(client_name)
             if effects is not None:
                 self._session_effects(effects, server)
-        server_name = self._prepare_on_server(server, client_name)
         if server_name is None or server_name == client_name:
             self._out.append(msg)
         else:

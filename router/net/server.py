@@ -23,6 +23,7 @@ from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.auth import AuthError, ScramClientExchange, md5_password
+from router.protocol.pg.prepared import ServerStatements
 from router.protocol.pg.responses import ResponsePlan
 from router.protocol.pg.startup import build_cancel_request, build_startup_message
 
@@ -60,8 +61,13 @@ class ServerConnection:
         self.secret_key = b""
         self.created_at = time.monotonic()
         self.last_used = self.created_at
-        # Session state the router has put on this connection.
-        self.prepared: set[str] = set()
+        # Session state the router has put on this connection: its named statements and the epoch
+        # of each one's parse (router.protocol.pg.prepared), changed in place only (the plan holds it).
+        self.prepared: ServerStatements = {}
+        # A client's statement may have dropped some of them (DEALLOCATE, DISCARD ALL) or not (it
+        # failed): `prepared` was emptied of them at once, and the names are read back from the
+        # server when the transaction ends.
+        self.prepared_unsure = False
         self.unnamed: bytes | None = None
         self.applied: dict[str, str] = {}
         # Serial number of the client session that last used this connection: a different one
@@ -72,12 +78,10 @@ class ServerConnection:
         # level of the statements that ran on it, LEAVES_ANYTHING also when a client's search_path
         # that may reach a tenant's objects was applied. The exact hand-over clears what it says.
         self.residue = LEAVES_NOTHING
-        # Server statement names known to parse on this server's database (shared by its pool).
-        self.valid_statements: set[str] = set()
         # Forwarding state.
         self.client: ClientSession | None = None
         self.flow = FlowSide()  # linked to the attached client's while output is forwarded to it
-        self.plan = ResponsePlan()
+        self.plan = ResponsePlan(self.prepared)
         self.synced = True
         self.tx_status = be.TX_IDLE
         self._on_closed = on_closed
@@ -199,12 +203,6 @@ class ServerConnection:
                     run_start = pos
                 client.write_to_client(bytes(plan.ready))
                 plan.ready.clear()
-        if plan.failed_statements:
-            self.prepared.difference_update(plan.failed_statements)
-            plan.failed_statements.clear()
-        if plan.parsed_statements:
-            self.valid_statements.update(plan.parsed_statements)
-            plan.parsed_statements.clear()
         if pos > run_start:
             client.write_to_client(data if run_start == 0 and pos == n else memoryview(data)[run_start:pos])
         if pos < n:

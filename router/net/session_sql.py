@@ -51,6 +51,9 @@ ROLE_DEFAULTS_SQL = (
     " AND (s.setdatabase = 0 OR d.datname = pg_catalog.current_database())"
     " AND (p.context IS NULL OR p.context = 'user'); COMMIT"
 )
+# The router's own statements on a server connection (a client's protocol-level statements all go by
+# the router's names): read back after a client's DEALLOCATE or DISCARD ALL that may have dropped them.
+PREPARED_NAMES_SQL = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
 # What the router asks a server after a transaction changed session settings: the exact values now
 # in force, so that they travel with the client to its next server connection.
 SESSION_SETTINGS_SQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"

@@ -41,6 +41,8 @@ def add_requests(plan: ResponsePlan, requests: str) -> None:
             plan.synthesize(SYNTHETIC[rest])
             continue
         statement = rest.partition(":")[2] or None
+        if statement is not None:
+            plan.prepared[statement] = 1  # recorded when sent, as the router does
         plan.expect(ENDS[kind], swallow=rest.startswith("~"), statement=statement)
 
 
@@ -118,7 +120,8 @@ def test_scenario(requests: str, server: str, client_sees: str, failed: list[str
     plan = ResponsePlan()
     add_requests(plan, requests)
     assert feed(plan, server) == client_sees
-    assert plan.failed_statements == failed
+    named = {token.partition(":")[2] for token in requests.split() if ":" in token}
+    assert sorted(named - plan.prepared.keys()) == failed
     assert len(plan) == 0
 
 
@@ -153,18 +156,18 @@ def test_error_before_the_sync_is_queued_skips_requests_until_it() -> None:
     plan = ResponsePlan()
     add_requests(plan, "P:s1 D")
     assert feed(plan, "E") == "E"
-    assert plan.failed_statements == ["s1"]
+    assert plan.prepared == {}
     add_requests(plan, "B E +1 P:s2 P~:s3 +3")
     assert not plan
+    assert plan.prepared == {}  # skipped by the server: not there
     assert feed(plan, "") == ""  # dropped synthetics are not sent either
     add_requests(plan, "S")
     assert feed(plan, "Z") == "Z"
-    assert plan.failed_statements == ["s1", "s2", "s3"]
     assert not plan
     # The next batch is answered normally.
     add_requests(plan, "P:s4 B E +3 S")
     assert feed(plan, "1 2 C Z") == "1 2 C +3 Z"
-    assert plan.failed_statements == ["s1", "s2", "s3"]
+    assert plan.prepared == {"s4": 1}
 
 
 def test_clear_forgets_everything() -> None:
@@ -173,7 +176,7 @@ def test_clear_forgets_everything() -> None:
     assert feed(plan, "E") == "E"
     plan.ready += be.NO_DATA
     plan.clear()
-    assert not plan and not plan.ready and not plan.failed_statements
+    assert not plan and not plan.ready
     add_requests(plan, "B +3")  # no longer skipping
     assert feed(plan, "2") == "2 +3"
 
@@ -216,9 +219,11 @@ def _route(plan: ResponsePlan, index: int, kind: str, fails: bool) -> list[tuple
         plan.synthesize(ROUTER_ANSWERED[kind])
         return []
     if kind == "P":
+        plan.prepared[f"s{index}"] = index
         plan.expect(r.ENDS_PARSE, statement=f"s{index}")
         return [("P", fails, f"s{index}")]
     if kind == "R":
+        plan.prepared[f"s{index}"] = index
         plan.expect(r.ENDS_PARSE, swallow=True, statement=f"s{index}")
         plan.expect(r.ENDS_BIND)
         return [("P", False, f"s{index}"), ("B", fails, None)]
@@ -262,4 +267,62 @@ def test_plan_matches_the_server_whatever_the_arrival_chunks(
 
     assert [letter.lstrip("+") for letter in seen] == expected
     assert not plan
-    assert set(plan.failed_statements) == names - server.parsed
+    assert set(plan.prepared) == server.parsed == names & server.parsed
+
+
+# --- the record of server statements: what a Parse that failed or was skipped leaves -----------------
+
+
+def _replace(plan: ResponsePlan, name: str, epoch: int) -> None:
+    """Close and Parse in place, as the router replaces a copy a server connection holds."""
+    before = plan.prepared.get(name)
+    plan.expect(r.ENDS_CLOSE, swallow=True)
+    plan.prepared[name] = epoch
+    plan.expect(r.ENDS_PARSE, statement=name, before=before)
+
+
+def test_replaced_statement_takes_the_new_epoch() -> None:
+    plan = ResponsePlan({"s": 3})
+    _replace(plan, "s", 5)
+    plan.expect(r.ENDS_SYNC)
+    assert feed(plan, "3 1 Z") == "1 Z"
+    assert plan.prepared == {"s": 5}
+
+
+def test_failed_replacement_leaves_no_statement() -> None:
+    # The Close ran, then the Parse failed (the table is gone, say): the server has nothing.
+    plan = ResponsePlan({"s": 3})
+    _replace(plan, "s", 5)
+    plan.expect(r.ENDS_BIND)
+    plan.expect(r.ENDS_SYNC)
+    assert feed(plan, "3 E Z") == "E Z"
+    assert plan.prepared == {}
+
+
+def test_skipped_replacements_leave_the_copy_that_was_there() -> None:
+    # An earlier error: the server skips the Close and both Parses; its copy of epoch 3 stays.
+    plan = ResponsePlan({"s": 3, "t": 2})
+    plan.expect(r.ENDS_BIND)
+    _replace(plan, "s", 5)
+    _replace(plan, "s", 6)
+    _replace(plan, "t", 7)
+    plan.expect(r.ENDS_SYNC)
+    assert feed(plan, "E Z") == "E Z"
+    assert plan.prepared == {"s": 3, "t": 2}
+
+
+def test_replacement_queued_while_skipping_is_undone_at_once() -> None:
+    plan = ResponsePlan({"s": 3})
+    plan.expect(r.ENDS_BIND)
+    assert feed(plan, "E") == "E"
+    _replace(plan, "s", 4)  # the server is discarding up to a Sync not sent yet
+    assert plan.prepared == {"s": 3}
+
+
+def test_failed_parse_then_skipped_ones_of_the_same_name() -> None:
+    plan = ResponsePlan({"s": 3})
+    _replace(plan, "s", 5)  # fails: its Close ran, so nothing is left...
+    _replace(plan, "s", 6)  # ...and this one is skipped
+    plan.expect(r.ENDS_SYNC)
+    assert feed(plan, "3 E Z") == "E Z"
+    assert plan.prepared == {}

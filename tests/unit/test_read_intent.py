@@ -57,8 +57,8 @@ def test_extended_batches_need_every_statement_to_read_and_a_sync() -> None:
 
 def test_named_statements_are_judged_by_their_text() -> None:
     statements = ClientStatements()
-    statements.define("s_read", fe.parse_parse(fe.build_parse("s_read", "SELECT 1", b"\x00\x00")))
-    statements.define("s_write", fe.parse_parse(fe.build_parse("s_write", "DELETE FROM t", b"\x00\x00")))
+    statements.define("s_read", fe.parse_parse(fe.build_parse("s_read", "SELECT 1", b"\x00\x00")), 1)
+    statements.define("s_write", fe.parse_parse(fe.build_parse("s_write", "DELETE FROM t", b"\x00\x00")), 1)
     assert request_reads(AUTO, batch(bind("s_read"), execute(), fe.SYNC), 0, statements)
     assert not request_reads(AUTO, batch(bind("s_write"), execute(), fe.SYNC), 0, statements)
     assert not request_reads(AUTO, batch(bind("unknown"), execute(), fe.SYNC), 0, statements)
@@ -74,7 +74,7 @@ def test_a_running_transaction_is_followed_message_by_message() -> None:
     from router.net.read_intent import message_reads
 
     statements = ClientStatements()
-    statements.define("s_read", fe.parse_parse(fe.build_parse("s_read", "SELECT 1", b"\x00\x00")))
+    statements.define("s_read", fe.parse_parse(fe.build_parse("s_read", "SELECT 1", b"\x00\x00")), 1)
     plain = AUTO.plain
     for text in (
         "BEGIN",

@@ -34,7 +34,7 @@ class Expected:
     """One awaited response (or one synthetic response, when `synthetic` is set). Never changed
     once made (plans share the plain ones)."""
 
-    __slots__ = ("ends", "statement", "swallow", "synthetic")
+    __slots__ = ("before", "ends", "statement", "swallow", "synthetic")
 
     def __init__(
         self,
@@ -42,12 +42,15 @@ class Expected:
         swallow: bool = False,
         synthetic: bytes | None = None,
         statement: str | None = None,
+        before: int | None = None,
     ) -> None:
         self.ends = ends
         self.swallow = swallow
         self.synthetic = synthetic
-        # For a Parse of a named server statement: the name, so a failed Parse un-registers it.
+        # For a Parse of a named server statement: its name, and the epoch of the copy the server
+        # held before (None: none), so that what the Parse did not do is undone in the record.
         self.statement = statement
+        self.before = before
 
 
 # The entry of a plain request (forwarded, not swallowed, no statement to account for), one per
@@ -61,19 +64,20 @@ _PLAIN: Final = {
 class ResponsePlan:
     """The ordered list of responses a server connection still owes."""
 
-    __slots__ = ("_queue", "_skipping", "failed_statements", "parsed_statements", "ready")
+    __slots__ = ("_queue", "_skipping", "prepared", "ready")
 
-    def __init__(self) -> None:
+    def __init__(self, prepared: dict[str, int] | None = None) -> None:
         self._queue: deque[Expected] = deque()
         # An error made the server discard messages up to a Sync the router has not sent yet: until
         # that Sync is queued, requests get no response (a pipelining client may still be sending them).
         self._skipping = False
         # Synthetic responses whose turn has come; the caller writes them to the client.
         self.ready = bytearray()
-        # Statement names whose Parse failed; the caller forgets them on the server connection.
-        self.failed_statements: list[str] = []
-        # Statement names whose Parse succeeded; the caller records them as known to be valid.
-        self.parsed_statements: list[str] = []
+        # The server connection's record of its named statements (prepared.ServerStatements). The
+        # router writes a Parse's outcome there when it sends it; the plan corrects the record when
+        # the server says otherwise: a failed Parse leaves no statement (the Close before it ran), a
+        # skipped one (after an earlier error) leaves the copy that was there before.
+        self.prepared: dict[str, int] = prepared if prepared is not None else {}
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -83,14 +87,18 @@ class ResponsePlan:
         queue = self._queue
         return bool(queue) and queue[0].swallow
 
-    def expect(self, ends: frozenset[int], *, swallow: bool = False, statement: str | None = None) -> None:
+    def expect(
+        self, ends: frozenset[int], *, swallow: bool = False, statement: str | None = None, before: int | None = None
+    ) -> None:
+        """Await the response to a request just sent. For a Parse of a named server statement,
+        `statement` and `before` (see Expected) let the plan correct the record of the statements."""
         if self._skipping and ends is not ENDS_SYNC:
             if statement is not None:
-                self.failed_statements.append(statement)
+                self._restore(statement, before)  # the server skips it: nothing changed there
             return
         self._skipping = False
         plain = _PLAIN.get(ends) if not swallow and statement is None else None
-        self._queue.append(plain if plain is not None else Expected(ends, swallow, None, statement))
+        self._queue.append(plain if plain is not None else Expected(ends, swallow, None, statement, before))
 
     def synthesize(self, response: bytes) -> None:
         """Answer a request ourselves, in its place: at once if nothing is outstanding."""
@@ -113,20 +121,40 @@ class ResponsePlan:
             return True
         if mtype in head.ends:
             queue.popleft()
-            if head.statement is not None:
-                self.parsed_statements.append(head.statement)
             if queue and queue[0].synthetic is not None:
                 self._release_synthetic()
         return not head.swallow
 
     def _skip_to_sync(self) -> None:
-        """After an error the server ignores everything up to Sync: so do we (synthetics too)."""
+        """After an error the server ignores everything up to Sync: so do we (synthetics too). The
+        request that failed is the first one dropped; the others were skipped."""
         queue = self._queue
+        failed: Expected | None = None
+        skipped: list[Expected] = []
+        first = True
         while queue and (queue[0].synthetic is not None or queue[0].ends is not ENDS_SYNC):
-            dropped = queue.popleft()
-            if dropped.statement is not None:
-                self.failed_statements.append(dropped.statement)
+            entry = queue.popleft()
+            if entry.statement is not None:
+                if first:
+                    failed = entry
+                else:
+                    skipped.append(entry)
+            first = False
         self._skipping = not queue
+        # Undone latest first, so that each name ends as the earliest skipped entry found it; then
+        # the failed Parse, which ran before them all, leaves no statement (its Close ran).
+        for entry in reversed(skipped):
+            assert entry.statement is not None
+            self._restore(entry.statement, entry.before)
+        if failed is not None:
+            assert failed.statement is not None
+            self._restore(failed.statement, None)
+
+    def _restore(self, name: str, epoch: int | None) -> None:
+        if epoch is None:
+            self.prepared.pop(name, None)
+        else:
+            self.prepared[name] = epoch
 
     def _release_synthetic(self) -> None:
         queue = self._queue
@@ -139,5 +167,3 @@ class ResponsePlan:
         self._queue.clear()
         self._skipping = False
         self.ready.clear()
-        self.failed_statements.clear()
-        self.parsed_statements.clear()
