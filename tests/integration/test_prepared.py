@@ -151,7 +151,9 @@ async def _duplicate_name(dsn: str) -> tuple[str, str, int]:
         await conn.close()
 
 
-async def test_a_second_parse_of_a_name_fails_as_in_postgresql(one_server: RouterThread, deployment: Deployment) -> None:
+async def test_a_second_parse_of_a_name_fails_as_in_postgresql(
+    one_server: RouterThread, deployment: Deployment
+) -> None:
     shard = deployment.env.shards[deployment.placement[TENANT]]
     direct = await _duplicate_name(shard.dsn(dbname="app"))
     assert direct == ("42P05", 'prepared statement "n" already exists', 3)
