@@ -150,6 +150,9 @@ class Pool:
         self.closed = False
         # Server parameters (server_version, ...) as last reported by one of this pool's connections.
         self.server_params: dict[str, str] = {}
+        # Server statement names that parsed successfully on this pool's database: a client's Parse
+        # of one of these, while it has no server connection, is answered without taking one.
+        self.valid_statements: set[str] = set()
         # What logins with a given set of session settings must be told (ParameterStatus values).
         self.login_parameters: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
@@ -302,6 +305,7 @@ class Pool:
         self._opening -= 1
         self._all.add(conn)
         self.server_params.update(conn.params)
+        conn.plan.parsed = self.valid_statements
         if self.closed:
             conn.close("pool removed")
             raise PoolRetired(f"{self.key.label} has been removed from the topology")

@@ -56,7 +56,13 @@ from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg import responses as r
-from router.protocol.pg.prepared import UNKNOWN_EPOCH, ClientStatements, ServerStatement, needs_parse
+from router.protocol.pg.prepared import (
+    UNKNOWN_EPOCH,
+    ClientStatements,
+    ServerStatement,
+    needs_parse,
+    server_statement_for,
+)
 from router.statements import PREPARE, Effects, classify
 
 if TYPE_CHECKING:
@@ -817,6 +823,13 @@ class ClientSession:
             return self._raise_in_pipeline(duplicate)
         if self._names_protocol_statement(parse.query):
             return False
+        if self.server is None and self._parse_known_valid(parse):
+            # Between transactions, a statement that parsed on this database before is answered
+            # at once (pgbench -M prepared waits for its Parse, blocking its other clients, which
+            # may hold connections); its epoch is now's, so it is parsed again where it is used.
+            self.statements.define(parse.name, parse, next(_PARSES))
+            self.write_to_client(be.PARSE_COMPLETE)
+            return True
         server = self._server()
         if server is None:
             return False
@@ -825,6 +838,15 @@ class ClientSession:
         statement = self.statements.define(parse.name, parse, next(_PARSES))
         self._parse_on_server(server, statement.on(server.applied.get("search_path", "")), statement.epoch, False)
         return True
+
+    def _parse_known_valid(self, parse: fe.Parse) -> bool:
+        """Whether this statement parsed on the tenant's database under the same search_path."""
+        try:
+            target = self._target()
+        except RouterError:
+            return False  # let the acquire path report it
+        namespace = self._desired_settings(target).get("search_path", "")
+        return server_statement_for(parse, namespace).name in target.pool.valid_statements
 
     def _parse_on_server(self, server: ServerConnection, statement: ServerStatement, epoch: int, swallow: bool) -> None:
         """Parse a server statement on `server`, in place of any copy it has (Close first, in the

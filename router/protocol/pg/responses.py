@@ -64,7 +64,7 @@ _PLAIN: Final = {
 class ResponsePlan:
     """The ordered list of responses a server connection still owes."""
 
-    __slots__ = ("_queue", "_skipping", "prepared", "ready")
+    __slots__ = ("_queue", "_skipping", "parsed", "prepared", "ready")
 
     def __init__(self, prepared: dict[str, int] | None = None) -> None:
         self._queue: deque[Expected] = deque()
@@ -78,6 +78,8 @@ class ResponsePlan:
         # the server says otherwise: a failed Parse leaves no statement (the Close before it ran), a
         # skipped one (after an earlier error) leaves the copy that was there before.
         self.prepared: dict[str, int] = prepared if prepared is not None else {}
+        # Names of statements the server parsed successfully (the pool's, shared by its connections).
+        self.parsed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -121,6 +123,8 @@ class ResponsePlan:
             return True
         if mtype in head.ends:
             queue.popleft()
+            if head.statement is not None:
+                self.parsed.add(head.statement)
             if queue and queue[0].synthetic is not None:
                 self._release_synthetic()
         return not head.swallow
