@@ -266,7 +266,7 @@ async def seed_catalog(config_path: Path, env: PgEnvironment) -> None:
     """The catalog schema and the one `shared` tenant every router target serves."""
     config, topology = deploy.load(config_path)
     shard = next(iter(env.shards))
-    await deploy.seed(config, topology, env, [(TENANT, "shared", shard)])
+    await deploy.seed(config, topology, [(TENANT, "shared", shard)])
 
 
 def start_router(

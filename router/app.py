@@ -588,6 +588,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         watcher = FileWatcher([config.shards_file], config.reload.watch_interval, router.request_reload)
         watcher.start()
     cluster = await _join_cluster(router, port)
+    warn_if_unsigned(router)
     log.info(
         "tenant-router %slistening on %s:%s (%s pooling, %d shards, %d tenants in the catalog)",
         f"worker {identity.index}/{identity.count} " if identity.count > 1 else "",
@@ -628,26 +629,62 @@ async def _join_cluster(router: Router, port: int) -> list[Any]:
 
 async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:
     """Run until SIGINT/SIGTERM."""
-    from router.reload import pid_file_path, remove_pid_file, write_pid_file
-
     running = await start(config, topology, worker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(NotImplementedError):
+    with answering_reloads(running, worker):
+        await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+@contextlib.contextmanager
+def answering_reloads(running: RunningRouter, worker: WorkerIdentity | None = None) -> Iterator[None]:
+    """While inside: SIGHUP reloads shards.yaml, and a lone process (not one worker of several,
+    whose supervisor hears for them) records its pid where `tenant-router reload` looks for it.
+    For `serve` and for `tenant-router demo`, which runs the router in its own process."""
+    from router.reload import pid_file_path, remove_pid_file, write_pid_file
+
+    loop = asyncio.get_running_loop()
+    handling = True
+    try:
         loop.add_signal_handler(signal.SIGHUP, running.router.request_reload)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (not the main thread)
+        handling = False
+    else:
         # A worker starts with SIGHUP blocked (router.supervisor): one sent meanwhile reloads now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    # A lone process is the one `tenant-router reload` signals; workers hear from their supervisor.
-    pid_file = pid_file_path(config) if worker is None or worker.count == 1 else None
+    config = running.router.config
+    pid_file = pid_file_path(config) if handling and (worker is None or worker.count == 1) else None
     if pid_file is not None:
         write_pid_file(pid_file)
     try:
-        await stop.wait()
+        yield
     finally:
         if pid_file is not None:
             remove_pid_file(pid_file)
-    log.info("shutting down")
-    await running.stop()
+        if handling:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+def warn_if_unsigned(router: Router) -> None:
+    """Say loudly at start (before "listening") when shared tenants are served with an unsigned
+    tenant context: any of their clients can set the tenant setting to another tenant's id and
+    read its rows."""
+    config = router.config
+    if config.tenant.context_secret is not None:
+        return
+    shared = sorted(t.id for t in router.catalog.snapshot().values() if t.isolation == "shared")
+    if not shared and config.tenant.default_isolation != "shared":
+        return
+    which = f"{len(shared)} shared tenant(s) in the catalog" if shared else "shared tenants (the default isolation)"
+    log.warning(
+        "UNSAFE for untrusted SQL: tenant.context_secret is not set, so %s get an unsigned %s that any"
+        " client can overwrite (set_config) to read other tenants' rows; set tenant.context_secret and"
+        " run `tenant-router rls enable TABLE` (see the README, Isolation models)",
+        which,
+        config.tenant.setting,
+    )

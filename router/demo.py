@@ -6,6 +6,12 @@ next to them, four tenants (two shared, one schema, one database) with sample ro
 the router itself, the router running in this process, the ready-to-paste commands it prints, and
 stopping all of it on Ctrl-C or SIGTERM.
 
+The demo is the hardened setup, the one to copy: a context secret generated for the run (written
+into the demo's router.yaml), the admin role owning the shared `items` table, `rls enable` on it,
+schema and database tenants with their own roles, track_activities off for the router's role;
+`tenant-router check` on it finds nothing to fix. Like `serve`, it answers SIGHUP and records its
+pid where `tenant-router reload` looks, so every command it prints works as printed.
+
 Must not: contain routing logic (it starts the router exactly as `serve` does), touch anything in
 the directory that is not one of its own clusters or config files, or return while a PostgreSQL
 server it started is still running.
@@ -18,6 +24,7 @@ import contextlib
 import errno
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,7 +42,7 @@ from typing import Final
 import asyncpg
 import uvloop
 
-from router.app import RunningRouter, start
+from router.app import RunningRouter, answering_reloads, start
 from router.errors import RouterError
 from router.isolation import quote_literal
 from router.testing.deploy import APP_PASSWORD, APP_USER, load, seed, write_configs
@@ -46,6 +53,7 @@ from router.testing.pgcluster import (
     PgClusterError,
     PgEnvironment,
     find_pg_bin_dir,
+    free_port,
     start_environment,
     stop_clusters_under,
 )
@@ -222,10 +230,14 @@ def _clear_previous_run(directory: Path) -> None:
 async def _run_router(env: PgEnvironment, port: int, ready_callback: ReadyCallback | None, began: float) -> int:
     """Configure and seed the deployment, run the router until stopped; the clusters are the caller's."""
     http_port = HTTP_PORT if _listen_problem(HTTP_PORT) is None else 0
-    config_path = write_configs(env.base_dir, env, listen_port=port, http_port=http_port)
+    # A port of our choosing rather than 0, so router.yaml names the port the router listens on
+    # (`tenant-router reload` finds the router by it).
+    listen_port = port or free_port()
+    secret = secrets.token_hex(32)  # this run's context secret: the router signs each tenant id with it
+    config_path = write_configs(env.base_dir, env, listen_port=listen_port, http_port=http_port, context_secret=secret)
     config, topology = load(config_path)
     try:
-        placement = await seed(config, topology, env, [(tenant, isolation, None) for tenant, isolation in TENANTS])
+        placement = await seed(config, topology, [(tenant, isolation, None) for tenant, isolation in TENANTS])
         running = await start(config, topology)
     except OSError as exc:  # the router's port was taken after our check
         print(f"error: the router could not start listening: {exc}", file=sys.stderr)
@@ -286,7 +298,6 @@ async def _serve_until_stopped(
         startup_seconds=time.monotonic() - began,
         stop=request_stop,
     )
-    print(_banner(info), flush=True)
 
     def callback_done(task: asyncio.Future[object]) -> None:
         nonlocal outcome
@@ -296,10 +307,12 @@ async def _serve_until_stopped(
             stop.set()
 
     callback: asyncio.Task[object] | None = None  # referenced here so it cannot be collected mid-run
-    if ready_callback is not None:
-        callback = asyncio.ensure_future(asyncio.to_thread(ready_callback, info))
-        callback.add_done_callback(callback_done)
-    await stop.wait()
+    with answering_reloads(running):
+        print(_banner(info), flush=True)  # once the commands it prints work, `reload` included
+        if ready_callback is not None:
+            callback = asyncio.ensure_future(asyncio.to_thread(ready_callback, info))
+            callback.add_done_callback(callback_done)
+        await stop.wait()
     print("stopping the router and PostgreSQL ...", flush=True)
     return outcome
 
@@ -318,6 +331,8 @@ def _banner(info: DemoInfo) -> str:
         "  try:  SELECT * FROM items;   -- each tenant sees only its own rows",
         "        SET router.tenant = 'globex';   -- user app may switch tenant between transactions",
         f"  tenants: tenant-router --config {info.config_path} tenants list",
+        f"  check:   tenant-router --config {info.config_path} check",
+        f"  reload:  tenant-router --config {info.config_path} reload   # after editing shards.yaml",
     ]
     if info.http_port:
         lines.append(f"  metrics: curl http://{HOST}:{info.http_port}/metrics")

@@ -9,7 +9,7 @@ secret rows), and removing all of it again.
 
 Must not: touch what other tests deploy: every name here (roles, catalog schema, table, tenant ids)
 is the suite's own. The router role is made the way a hardened deployment must make it: LOGIN and
-nothing else (no SUPERUSER, CREATEDB, CREATEROLE, BYPASSRLS), unlike the harness's `tenant_router`.
+nothing else (no SUPERUSER, CREATEDB, CREATEROLE, BYPASSRLS), like the harness's `tenant_router`.
 """
 
 from __future__ import annotations
@@ -174,8 +174,6 @@ def write_layout_configs(directory: Path, env: PgEnvironment, layout: Layout) ->
         "default_isolation": "shared",
         "schema_sql": "tenant.sql",
     }
-    if layout.mode == "hardened":
-        tenant["context_secret"] = SECRET
     extra: dict[str, Any] = {
         "catalog": {"dsn": env.catalog_dsn(), "schema": layout.catalog_schema, "refresh_interval": 5.0},
         "server": {"user": layout.role, "password": ROLE_PASSWORD},
@@ -190,7 +188,15 @@ def write_layout_configs(directory: Path, env: PgEnvironment, layout: Layout) ->
         },
         "reload": {"watch": False},
     }
-    return write_configs(directory, env, pool={"size": 1, "wait_timeout": 10.0}, extra=extra)
+    # The legacy layout is the unsigned mode on purpose: the suite proves it can see leaks there.
+    return write_configs(
+        directory,
+        env,
+        pool={"size": 1, "wait_timeout": 10.0},
+        extra=extra,
+        context_secret=SECRET,
+        legacy_unsigned=layout.mode == "legacy",
+    )
 
 
 async def _superuser(env: PgEnvironment, shard: str, dbname: str | None = None) -> Any:

@@ -511,24 +511,37 @@ def _stop_quietly(cluster: PgCluster) -> str | None:
         return str(exc)
 
 
-def _setup_sql(dbname: str) -> str:
+def _setup_sql(dbname: str, *, router_owns_database: bool) -> str:
+    """The router's role as a hardened deployment makes it: LOGIN and nothing else (no CREATEDB,
+    CREATEROLE, BYPASSRLS). A shard's database belongs to the superuser (the admin), so the router's
+    role can create nothing there (`tenant-router check` fails otherwise); the catalog's database
+    is the router's own, where it creates and migrates the catalog schema."""
+    owner = ROUTER_ROLE if router_owns_database else SUPERUSER
     return (
-        f"CREATE ROLE {_ident(ROUTER_ROLE)} LOGIN CREATEDB CREATEROLE NOSUPERUSER NOBYPASSRLS"
+        f"CREATE ROLE {_ident(ROUTER_ROLE)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
         f" PASSWORD {_literal(ROUTER_PASSWORD)};\n"
-        f"CREATE DATABASE {_ident(dbname)} OWNER {_ident(ROUTER_ROLE)};\n"
+        f"CREATE DATABASE {_ident(dbname)} OWNER {_ident(owner)};\n"
     )
+
+
+# Before PostgreSQL 15 every role may create objects in schema public.
+_LOCK_PUBLIC_SQL: Final = "REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
 
 
 def _bring_up(cluster: PgCluster, dbname: str) -> None:
     cluster.init(SUPERUSER_PASSWORD)
     cluster.start()
-    cluster.execute(_setup_sql(dbname))
+    shard = dbname != CATALOG_DB
+    cluster.execute(_setup_sql(dbname, router_owns_database=not shard))
+    if shard:
+        cluster.execute(_LOCK_PUBLIC_SQL, dbname)
 
 
 def start_cluster(base_dir: Path, name: str, dbname: str = SHARD_DB) -> PgCluster:
-    """One more cluster `base_dir/name`, set up like a shard of `start_environment` (the router's
-    role owning `dbname`) and started: for a test that must stop a primary without touching the
-    shared environment. The caller stops it (`stop_clusters_under(base_dir)` also does)."""
+    """One more cluster `base_dir/name`, set up like a shard of `start_environment` (`dbname`
+    owned by the superuser, the router's role a plain login) and started: for a test that must
+    stop a primary without touching the shared environment. The caller stops it
+    (`stop_clusters_under(base_dir)` also does)."""
     cluster = PgCluster(base_dir, name)
     try:
         _bring_up(cluster, dbname)

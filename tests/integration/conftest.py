@@ -1,5 +1,21 @@
 """Router fixtures for the integration tier: one seeded deployment per session, and a factory for
-routers with their own settings (pool size, pooling mode, auth method) on the same clusters."""
+routers with their own settings (pool size, pooling mode, auth method) on the same clusters.
+
+The deployment is the hardened setup (router/testing/deploy.py): a context secret, the superuser
+as `admin`, the shared `items` table owned by the admin and protected by `rls enable`, and schema
+and database tenants with their own roles. What that means for a test:
+- DDL: the router's role can create nothing in a shard's database, so a shared tenant (acme,
+  globex...) cannot CREATE TABLE/FUNCTION/TYPE there (temporary objects are fine). Run DDL as the
+  schema tenant `initech` (its own role owns its schema, first in its search_path) or the database
+  tenant `umbrella`; or as the admin directly on the shard (`env.shard_dsn(shard, env.SUPERUSER,
+  env.SUPERUSER_PASSWORD)`), granting the router's role what the test needs.
+- `items` exists for every tenant: the shared one (RLS) and each private tenant's own.
+- A shared session's tenant context is signed: RESET ALL or DISCARD ALL inside a transaction
+  drops it, after which `items` refuses (42501) until the next transaction.
+- `make_router(legacy_unsigned=True)` (or write_configs(..., legacy_unsigned=True)) runs the unsafe
+  unsigned mode; say in a comment why a test needs it. It cannot read the shared `items`, whose
+  policy checks the signature.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +56,7 @@ class Deployment:
 def deployment(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     directory = tmp_path_factory.mktemp("deployment")
     config, topology = load(write_configs(directory, pg_env))
-    placement = asyncio.run(seed(config, topology, pg_env, TENANTS))
+    placement = asyncio.run(seed(config, topology, TENANTS))
     from router.tenant_admin import suspend_tenant
 
     asyncio.run(suspend_tenant(config, topology, "hooli"))
@@ -61,7 +77,8 @@ RouterFactory = Callable[..., RouterThread]
 
 @pytest.fixture
 def make_router(deployment: Deployment, tmp_path: Path) -> Iterator[RouterFactory]:
-    """Start a router with its own config (e.g. pool={"size": 1}); stopped after the test."""
+    """Start a router with its own config (e.g. pool={"size": 1}; any write_configs option, such as
+    legacy_unsigned=True); stopped after the test."""
     started: list[RouterThread] = []
 
     def factory(**overrides: Any) -> RouterThread:

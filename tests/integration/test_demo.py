@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -245,3 +246,100 @@ def test_a_busy_port_is_reported_before_anything_starts(demo_dir: Path) -> None:
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr and "already in use" in result.stderr
     assert not demo_dir.exists()
+
+
+# --- one running demo, used as a newcomer would ----------------------------------------------------
+
+COMMAND_LINE = re.compile(r"^\s+(?:\w+:\s+)?(?P<command>(?:psql|tenant-router|curl) .*?)\s*(?:#.*)?$")
+RELOADED = "shards.yaml reloaded"
+
+
+@pytest.fixture(scope="module")
+def running_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoProcess, list[str]]]:
+    """`tenant-router demo` on a free port, with its banner; stopped with Ctrl-C after the module."""
+    base = Path(tempfile.mkdtemp(prefix="tenant-router-demo-", dir="/tmp"))
+    base.chmod(0o755)
+    demo = DemoProcess(base / "demo", free_port(), tmp_path_factory.mktemp("demo") / "demo.stderr")
+    try:
+        yield demo, demo.wait_for(READY_LINE, READY_TIMEOUT)
+        demo.interrupt()
+        assert demo.proc.wait(STOP_TIMEOUT) == 0, demo.transcript()
+    finally:
+        demo.close()
+        stop_clusters_under(base / "demo")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _printed_commands(banner: list[str]) -> list[list[str]]:
+    return [shlex.split(m["command"]) for line in banner if (m := COMMAND_LINE.match(line))]
+
+
+def _run_printed(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """A printed command as a shell would run it: `tenant-router` is this interpreter's, psql runs
+    one query and exits."""
+    program, *args = command
+    if program == "tenant-router":
+        argv = [*_demo_command(), *args]
+    elif program == "psql":
+        psql = shutil.which("psql") or str(find_pg_bin_dir() / "psql")
+        argv = [psql, "-X", "-At", *args, "-c", "SELECT count(*) FROM items"]
+    else:
+        argv = command
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_client_env())
+
+
+def test_every_command_the_demo_prints_works_as_printed(running_demo: tuple[DemoProcess, list[str]]) -> None:
+    demo, banner = running_demo
+    commands = _printed_commands(banner)
+    programs = [(c[0], c[-1]) if c[0] == "tenant-router" else (c[0], "") for c in commands]
+    assert programs == [
+        *[("psql", "")] * len(TENANTS),
+        ("tenant-router", "list"),
+        ("tenant-router", "check"),
+        ("tenant-router", "reload"),
+        ("curl", ""),
+    ], banner
+    for command in commands:
+        result = _run_printed(command)
+        assert result.returncode == 0, f"{shlex.join(command)}: {result.stdout}{result.stderr}"
+        if command[0] == "psql":
+            assert result.stdout.strip() == "2", command
+        elif command[-1] == "check":
+            # The hardened setup: nothing to fix, not even a warning.
+            assert "warning" not in result.stderr and "problem" not in result.stderr, result.stderr
+            assert result.stdout.count("server role tenant_router: ok") == 2, result.stdout
+        elif command[-1] == "reload":
+            assert result.stdout.splitlines()[-1] == f"reload signalled to pid {demo.proc.pid}", result.stdout
+            _wait_for_log(demo, RELOADED)
+        elif command[0] == "curl":
+            assert "tenant_router_" in result.stdout
+    assert demo.proc.poll() is None, demo.transcript()  # SIGHUP reloaded it, did not end it
+    # The switch the banner suggests trying, for the trusted `app` user.
+    urls = _urls(banner)
+    with psycopg.connect(urls["acme"], autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SET router.tenant = 'globex'")
+        assert {row[0] for row in conn.execute("SELECT tenant_id FROM items")} == {"globex"}
+
+
+def _wait_for_log(demo: DemoProcess, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in demo.transcript():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} in the demo's log within {timeout:g}s; {demo.transcript()}")
+        time.sleep(0.1)
+
+
+def test_a_shared_demo_tenant_cannot_disable_rls_or_truncate(running_demo: tuple[DemoProcess, list[str]]) -> None:
+    _demo, banner = running_demo
+    urls = _urls(banner)
+    with psycopg.connect(urls["acme"], autocommit=True, connect_timeout=10) as conn:
+        for statement in (
+            "ALTER TABLE items DISABLE ROW LEVEL SECURITY",
+            "ALTER TABLE items NO FORCE ROW LEVEL SECURITY",
+            "TRUNCATE items",
+            "DROP POLICY tenant_isolation ON items",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    for tenant, _isolation in TENANTS:
+        assert _rows(urls[tenant]) == [(tenant, name) for name in SAMPLE_ITEMS[tenant]], tenant

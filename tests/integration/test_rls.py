@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,6 +38,8 @@ from router.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, re
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import PgEnvironment, free_port
 from router.topology import Topology
+
+from .conftest import TENANTS, Deployment, RouterFactory
 
 pytestmark = pytest.mark.integration
 
@@ -287,10 +290,12 @@ async def test_rows_of_another_tenant_are_invisible_and_untouchable(
 async def test_enable_refuses_a_table_the_router_role_owns(
     pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
 ) -> None:
+    # A table an operator gave to the router's role (which cannot create tables there itself).
     for shard in pg_env.shards:
-        conn = await _router(pg_env, shard)
+        conn = await _superuser(pg_env, shard)
         try:
             await conn.execute(f"CREATE TABLE {OWNED_TABLE} (id int, tenant_id text)")
+            await conn.execute(f"ALTER TABLE {OWNED_TABLE} OWNER TO {pg_env.ROUTER_ROLE}")
         finally:
             await conn.close()
     try:
@@ -358,15 +363,37 @@ def test_check_passes_for_the_router_role_without_a_context_secret(
 
 
 def test_check_fails_for_an_escapable_router_role_once_isolation_is_hardened(
-    config_dir: Path, capsys: pytest.CaptureFixture[str]
+    pg_env: PgEnvironment, config_dir: Path, protected: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # With a context secret the router promises isolation against hostile SQL: a server role that
     # could grant itself other roles (CREATEROLE before 16) or plant schemas is a problem.
-    code = main(["--config", str(config_dir / "router.yaml"), "check"])
-    _out, err = capsys.readouterr()
+    path = str(config_dir / "router.yaml")
+    assert main(["--config", path, "check"]) == 0, capsys.readouterr().err  # the harness's role: LOGIN only
+    capsys.readouterr()
+    role = pg_env.ROUTER_ROLE
+    asyncio.run(
+        _on_every_shard(
+            pg_env,
+            f"ALTER ROLE {role} CREATEROLE",
+            f"GRANT CREATE ON DATABASE {pg_env.SHARD_DB} TO {role}",
+            f"GRANT CREATE ON SCHEMA public TO {role}",
+        )
+    )
+    try:
+        code = main(["--config", path, "check"])
+        _out, err = capsys.readouterr()
+    finally:
+        asyncio.run(
+            _on_every_shard(
+                pg_env,
+                f"ALTER ROLE {role} NOCREATEROLE",
+                f"REVOKE CREATE ON DATABASE {pg_env.SHARD_DB} FROM {role}",
+                f"REVOKE CREATE ON SCHEMA public FROM {role}",
+            )
+        )
     assert code == 2
     assert "has CREATEROLE on PostgreSQL" in err and "may create schemas in database app" in err
-    assert "may create objects in schema" in err  # public: the role owns the database
+    assert "may create objects in schema public" in err
 
 
 PLANTER = "rls_it_planter"
@@ -633,8 +660,10 @@ async def test_a_role_provisioning_did_not_make_is_neither_taken_nor_dropped(
             await add_tenant(config, topology, tenant, "schema", shard="shard_a")
         assert await _leftovers(pg_env, "shard_a", tenant) == (1, 0, 0)
         # Without a context secret no tenant role is made, and removing the tenant keeps the role.
+        # (The legacy layout on purpose: it is what this part is about. The admin creates the
+        # schema, for the router's role, which cannot create schemas.)
         legacy = dataclasses.replace(
-            config, admin=None, tenant=dataclasses.replace(config.tenant, context_secret=None, schema_sql=None)
+            config, tenant=dataclasses.replace(config.tenant, context_secret=None, schema_sql=None)
         )
         await add_tenant(legacy, topology, tenant, "schema", shard="shard_a")
         assert await _leftovers(pg_env, "shard_a", tenant) == (1, 1, 0)
@@ -668,3 +697,20 @@ async def _leftovers(env: PgEnvironment, shard: str, tenant: str) -> tuple[int, 
     finally:
         await admin.close()
     return tuple(row)
+
+
+# --- the unsigned mode ---------------------------------------------------------------------------
+
+
+def test_serve_warns_at_start_when_shared_tenants_run_unsigned(
+    deployment: Deployment, make_router: RouterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="router.app")
+    make_router()  # the default, hardened: nothing to warn about
+    assert not [r for r in caplog.records if "UNSAFE" in r.getMessage()]
+    # legacy_unsigned=True: the unsafe mode is what this test is about.
+    make_router(legacy_unsigned=True)
+    warnings = [r for r in caplog.records if "UNSAFE" in r.getMessage()]
+    assert [r.levelno for r in warnings] == [logging.WARNING]
+    shared = sum(isolation == "shared" for _tenant, isolation, _shard in TENANTS)
+    assert f"{shared} shared tenant(s) in the catalog get an unsigned app.tenant_id" in warnings[0].getMessage()
