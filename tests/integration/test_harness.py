@@ -1,7 +1,8 @@
 """The real-PostgreSQL harness keeps its promises.
 
 Every cluster accepts the router's role over TCP with password authentication (psycopg and asyncpg),
-the role is unprivileged, make_replica gives a real streaming replica, and failures explain themselves.
+the role is a plain login that owns the catalog's database but not a shard's (the superuser, as the
+admin, owns those), make_replica gives a real streaming replica, and failures explain themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from router.testing.pgcluster import (
     ROUTER_PASSWORD,
     ROUTER_ROLE,
     SHARD_DB,
+    SUPERUSER,
     PgCluster,
     PgClusterError,
     PgEnvironment,
@@ -47,6 +49,10 @@ def _database(which: str) -> str:
     return CATALOG_DB if which == "catalog" else SHARD_DB
 
 
+def _owner(which: str) -> str:
+    return ROUTER_ROLE if which == "catalog" else SUPERUSER
+
+
 def test_bin_dir_has_the_server_tools() -> None:
     bin_dir = find_pg_bin_dir()
     for tool in ("initdb", "pg_ctl", "postgres", "pg_basebackup"):
@@ -67,7 +73,7 @@ def test_environment_layout(pg_env: PgEnvironment) -> None:
 def test_psycopg_connects_as_router_role(pg_env: PgEnvironment, which: str) -> None:
     with psycopg.connect(_dsn(pg_env, which), connect_timeout=10) as conn:
         row = conn.execute(WHOAMI).fetchone()
-    assert row == (ROUTER_ROLE, _database(which), _cluster(pg_env, which).port, ROUTER_ROLE)
+    assert row == (ROUTER_ROLE, _database(which), _cluster(pg_env, which).port, _owner(which))
 
 
 @pytest.mark.parametrize("which", CLUSTERS)
@@ -78,7 +84,7 @@ async def test_asyncpg_connects_as_router_role(pg_env: PgEnvironment, which: str
     finally:
         await conn.close(timeout=5)
     assert row is not None
-    assert tuple(row) == (ROUTER_ROLE, _database(which), _cluster(pg_env, which).port, ROUTER_ROLE)
+    assert tuple(row) == (ROUTER_ROLE, _database(which), _cluster(pg_env, which).port, _owner(which))
 
 
 def test_wrong_password_is_rejected(pg_env: PgEnvironment) -> None:
@@ -92,7 +98,7 @@ def test_router_role_is_not_privileged(pg_env: PgEnvironment, which: str) -> Non
         "SELECT rolsuper, rolbypassrls, rolcanlogin, rolcreatedb, rolcreaterole"
         f" FROM pg_roles WHERE rolname = '{ROUTER_ROLE}'"
     )
-    assert attrs == "f|f|t|t|t"
+    assert attrs == "f|f|t|f|f"
 
 
 def test_replica_streams_from_primary(pg_env: PgEnvironment) -> None:

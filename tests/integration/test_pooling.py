@@ -115,7 +115,8 @@ def test_unnamed_statement_survives_a_change_of_server(make_router: RouterFactor
 def test_pgbench_through_the_router(make_router: RouterFactory, deployment: Deployment, mode: str) -> None:
     router = make_router(pool={"size": 3})
     env = {**os.environ, "PGPASSWORD": APP_PASSWORD}
-    target = ["-h", "127.0.0.1", "-p", str(router.port), "-U", "app.acme", "app"]
+    # The schema tenant: `pgbench -i` creates its tables, which only a tenant with its own role may.
+    target = ["-h", "127.0.0.1", "-p", str(router.port), "-U", "app.initech", "app"]
     init = subprocess.run(
         ["pgbench", "-i", "-s", "1", "-q", "--no-vacuum", "-I", "dtg", *target],
         env=env,
@@ -317,10 +318,13 @@ def test_a_copy_from_the_client_is_handed_over_like_a_write(make_router: RouterF
     of the server session gets it after DISCARD SEQUENCES, not the full wipe; COPY ... TO STDOUT is
     a read and leaves nothing to clear. (A table without row-level security: PostgreSQL refuses
     COPY FROM into one with it.)"""
-    shard_dsn = deployment.env.shard_dsn(deployment.placement["acme"])
-    with psycopg.connect(shard_dsn, autocommit=True) as admin:
+    env = deployment.env
+    shard_dsn = env.shard_dsn(deployment.placement["acme"], env.SUPERUSER, env.SUPERUSER_PASSWORD)
+    with psycopg.connect(shard_dsn, autocommit=True) as admin:  # the admin owns shared tables
         admin.execute("DROP TABLE IF EXISTS copy_probe")
         admin.execute("CREATE TABLE copy_probe (id bigserial PRIMARY KEY, name text NOT NULL)")
+        admin.execute(f"GRANT SELECT, INSERT ON copy_probe TO {env.ROUTER_ROLE}")
+        admin.execute(f"GRANT USAGE ON SEQUENCE copy_probe_id_seq TO {env.ROUTER_ROLE}")
     router = make_router(pool={"size": 1}, http_port=free_port())
     try:
         with taking_turns(router) as (loader, reader):
