@@ -91,7 +91,8 @@ def write_configs(
     The hardened setup unless `legacy_unsigned`: `tenant.context_secret` and the superuser as
     `admin` (kept in legacy mode too: the router's role cannot create schemas or databases).
     A section of `extra` that is a mapping is merged into the default section of that name
-    (`extra={"tenant": {"max_connections": 5}}` keeps the context secret); other values replace it.
+    (`extra={"tenant": {"max_connections": 5}}` keeps the context secret); other values replace it,
+    and None removes the section (`extra={"admin": None}`: a router.yaml without an admin).
     """
     directory.mkdir(parents=True, exist_ok=True)
     shards: dict[str, Any] = {
@@ -136,7 +137,12 @@ def write_configs(
     }
     for section, value in (extra or {}).items():
         default = config.get(section)
-        config[section] = {**default, **value} if isinstance(default, dict) and isinstance(value, dict) else value
+        if value is None:
+            config.pop(section, None)
+        elif isinstance(default, dict) and isinstance(value, dict):
+            config[section] = {**default, **value}
+        else:
+            config[section] = value
     path = directory / "router.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)  # it holds the context secret and the admin's password

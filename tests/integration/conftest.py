@@ -10,8 +10,8 @@ and database tenants with their own roles. What that means for a test:
   tenant `umbrella`; or as the admin directly on the shard (`env.shard_dsn(shard, env.SUPERUSER,
   env.SUPERUSER_PASSWORD)`), granting the router's role what the test needs.
 - `items` exists for every tenant: the shared one (RLS) and each private tenant's own.
-- A shared session's tenant context is signed: RESET ALL or DISCARD ALL inside a transaction
-  drops it, after which `items` refuses (42501) until the next transaction.
+- A shared session's tenant context is signed: the policy on `items` calls router.current_tenant(),
+  which raises 42501 where the context is missing (wiped by RESET ALL, say) or forged (set_config).
 - `make_router(legacy_unsigned=True)` (or write_configs(..., legacy_unsigned=True)) runs the unsafe
   unsigned mode; say in a comment why a test needs it. It cannot read the shared `items`, whose
   policy checks the signature.

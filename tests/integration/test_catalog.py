@@ -30,7 +30,7 @@ from router.catalog import (
     channel_name,
     describe_dsn,
 )
-from router.config import RouterConfig, ServerCredentials, load_router_config
+from router.config import AdminCredentials, RouterConfig, load_router_config
 from router.errors import CatalogUnavailable, UnknownTenant
 from router.hashing import Ring
 from router.isolation import database_name, quote_literal, schema_name
@@ -46,6 +46,7 @@ from router.tenant_admin import (
     show_tenant,
     suspend_tenant,
 )
+from router.testing.deploy import CONTEXT_SECRET
 from router.testing.pgcluster import CATALOG_DB, SHARD_DB, PgEnvironment, free_port
 from router.testing.waiting import wait_until_async
 from router.topology import Topology, load_topology
@@ -77,7 +78,9 @@ def config_files(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory
         "shards_file": "shards.yaml",
         "auth": {"method": "trust", "users": [{"name": "app"}]},
         "server": {"user": pg_env.ROUTER_ROLE, "password": pg_env.ROUTER_PASSWORD},
-        "tenant": {"default_isolation": "schema"},
+        # The hardened setup: schema and database tenants get their own roles, made by the admin.
+        "admin": {"user": pg_env.SUPERUSER, "password": pg_env.SUPERUSER_PASSWORD},
+        "tenant": {"default_isolation": "schema", "context_secret": CONTEXT_SECRET},
     }
     (directory / "router.yaml").write_text(yaml.safe_dump(router), encoding="utf-8")
     return directory
@@ -342,7 +345,8 @@ async def test_bad_input_fails_before_touching_anything(
 async def test_failed_provisioning_removes_the_row(
     config: RouterConfig, topology: Topology, store: CatalogStore
 ) -> None:
-    broken = dataclasses.replace(config, server=ServerCredentials(user="tenant_router", password="wrong"))
+    # Provisioning logs in as the admin: a wrong admin password makes it fail.
+    broken = dataclasses.replace(config, admin=AdminCredentials(user="postgres", password="wrong"))
     tenant_id = new_id("fail")
     with pytest.raises(ProvisioningFailed) as info:
         await add_tenant(broken, topology, tenant_id, "database")

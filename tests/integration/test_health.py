@@ -77,8 +77,9 @@ def monitor(pg_env: PgEnvironment, topology: Topology, events: Events) -> Health
 
 
 async def write_on_primary(pg_env: PgEnvironment, table: str) -> None:
-    """One committed write on shard_a, flushed (the harness runs with synchronous_commit off)."""
-    conn = await asyncpg.connect(pg_env.shard_dsn("shard_a"), timeout=10)
+    """One committed write on shard_a, flushed (the harness runs with synchronous_commit off); as
+    the admin, since the router's role may create nothing in a shard's database."""
+    conn = await asyncpg.connect(_admin_dsn(pg_env), timeout=10)
     try:
         await conn.execute("SET synchronous_commit = on")
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id serial PRIMARY KEY, at timestamptz)")
@@ -87,8 +88,12 @@ async def write_on_primary(pg_env: PgEnvironment, table: str) -> None:
         await conn.close()
 
 
+def _admin_dsn(pg_env: PgEnvironment) -> str:
+    return pg_env.shard_dsn("shard_a", pg_env.SUPERUSER, pg_env.SUPERUSER_PASSWORD)
+
+
 async def drop_table(pg_env: PgEnvironment, table: str) -> None:
-    conn = await asyncpg.connect(pg_env.shard_dsn("shard_a"), timeout=10)
+    conn = await asyncpg.connect(_admin_dsn(pg_env), timeout=10)
     try:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
     finally:

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import asyncpg
 import psycopg
 import pytest
 import yaml
@@ -41,7 +40,7 @@ from router.config import RouterConfig
 from router.hashing import Ring
 from router.reload import pid_file_path, read_pid_file
 from router.tenant_admin import add_tenant, init_catalog, show_tenant
-from router.testing.deploy import APP_PASSWORD, APP_USER, SHARED_TABLE_SQL, load, write_configs
+from router.testing.deploy import APP_PASSWORD, APP_USER, install_shared_table, load, write_configs
 from router.testing.pgcluster import (
     CATALOG_DB,
     SHARD_DB,
@@ -69,13 +68,16 @@ SERVE_READY_TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
-def shard_c(pg_env: PgEnvironment) -> Iterator[PgCluster]:
+def shard_c(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     """A third shard: its own cluster with the router's role, the application database and the
-    shared RLS table, like the session's shards."""
+    shared RLS table (the admin's, protected by `rls enable`), like the session's shards."""
     cluster = PgCluster(pg_env.base_dir, "rl_shard_c")
     try:
         _bring_up(cluster, SHARD_DB)
-        asyncio.run(_execute(cluster.dsn(pg_env.ROUTER_ROLE, pg_env.ROUTER_PASSWORD, SHARD_DB), SHARED_TABLE_SQL))
+        path = write_configs(
+            tmp_path_factory.mktemp("rl-shard-c"), pg_env, extra_shards={"shard_c": (cluster.host, cluster.port)}
+        )
+        asyncio.run(install_shared_table(*load(path)))
         yield cluster
     finally:
         cluster.stop()
@@ -113,14 +115,6 @@ def _clean(env: PgEnvironment, shards: list[PgCluster]) -> None:
     env.catalog.execute(f"DELETE FROM {SCHEMA}.tenants", dbname=CATALOG_DB)
     for cluster in shards:
         cluster.execute(r"DELETE FROM items WHERE tenant_id LIKE 'rl\_%'", dbname=SHARD_DB)
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def _extra(env: PgEnvironment, **sections: Any) -> dict[str, Any]:

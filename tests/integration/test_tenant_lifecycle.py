@@ -491,7 +491,10 @@ async def test_without_admin_the_routers_role_works_through_row_level_security(
         write_configs(
             tmp_path / "no-admin",
             env,
-            extra={"tenant": {"resolution": ["user", "option"], "setting": SETTING, "context_secret": SECRET}},
+            extra={
+                "admin": None,
+                "tenant": {"resolution": ["user", "option"], "setting": SETTING, "context_secret": SECRET},
+            },
         )
     )
     assert config.admin is None

@@ -26,7 +26,12 @@ EXAMPLE_ENV = (
     "APP_PASSWORD",
     "REPORTING_PASSWORD",
     "TENANT_ROUTER_SERVER_PASSWORD",
+    "TENANT_ROUTER_ADMIN_USER",
+    "TENANT_ROUTER_ADMIN_PASSWORD",
+    "TENANT_ROUTER_CONTEXT_SECRET",
 )
+# What the README's "Running it" exports before the first command.
+EXAMPLE_SECRETS = {"TENANT_ROUTER_CONTEXT_SECRET": "0123abcd" * 8, "TENANT_ROUTER_ADMIN_PASSWORD": "admin-pw"}
 
 MINIMAL = """\
 catalog: {dsn: "postgresql://u:p@localhost/cat"}
@@ -59,7 +64,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_example_config_loads_with_its_documented_values() -> None:
+def test_example_config_loads_with_its_documented_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in EXAMPLE_SECRETS.items():
+        monkeypatch.setenv(name, value)
     config = load_router_config(REPO / "config" / "router.yaml")
     assert config.path == (REPO / "config" / "router.yaml").resolve()
     assert (config.listen.host, config.listen.port) == ("127.0.0.1", 6432)
@@ -74,8 +81,17 @@ def test_example_config_loads_with_its_documented_values() -> None:
     assert config.auth.user("nobody") is None
     assert (config.server.user, config.server.password) == ("tenant_router", "router-secret")
     assert config.pool == PoolConfig()
-    assert config.tenant == TenantConfig()
+    # The hardened setup: a signed tenant context and an admin for provisioning.
+    assert config.tenant == TenantConfig(context_secret="0123abcd" * 8)
+    assert config.admin is not None and (config.admin.user, config.admin.password) == ("postgres", "admin-pw")
     assert config.log_level == "INFO"
+
+
+def test_example_config_does_not_fall_back_to_the_unsigned_mode() -> None:
+    # Without its secrets the example refuses to load, rather than run unsigned by accident.
+    found = by_field(problems(REPO / "config" / "router.yaml"))
+    assert "TENANT_ROUTER_CONTEXT_SECRET" in found["tenant.context_secret"]
+    assert "TENANT_ROUTER_ADMIN_PASSWORD" in found["admin.password"]
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
