@@ -31,7 +31,9 @@ from router.testing.deploy import (
     APP_USER,
     REPORTING_PASSWORD,
     REPORTING_USER,
-    SHARED_TABLE_SQL,
+    install_shared_table,
+    load,
+    write_configs,
 )
 from router.testing.pgcluster import PgCluster, PgEnvironment, free_port, start_cluster
 from router.testing.routerthread import RouterThread
@@ -628,16 +630,18 @@ async def test_replica_stopped_under_a_read_load(
 
 
 @pytest.fixture(scope="module")
-def own_primary(pg_env: PgEnvironment, deployment: Deployment) -> Iterator[PgCluster]:
+def own_primary(
+    pg_env: PgEnvironment, deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgCluster]:
     """A primary of this module's own (shard OWN_SHARD), with OWN_TENANT pinned to it."""
     cluster = start_cluster(pg_env.base_dir, "rw_split_own_primary")
 
     async def setup() -> None:
-        conn = await asyncpg.connect(cluster.dsn(pg_env.ROUTER_ROLE, pg_env.ROUTER_PASSWORD, pg_env.SHARD_DB))
-        try:
-            await conn.execute(SHARED_TABLE_SQL)
-        finally:
-            await conn.close()
+        # The shared table, the admin's and protected by `rls enable`, as on the session's shards.
+        path = write_configs(
+            tmp_path_factory.mktemp("own-primary"), pg_env, extra_shards={OWN_SHARD: (cluster.host, cluster.port)}
+        )
+        await install_shared_table(*load(path))
         async with CatalogStore(pg_env.catalog_dsn()) as store:
             if await store.get(OWN_TENANT) is None:
                 await store.add(OWN_TENANT, "shared", shard=OWN_SHARD)
@@ -656,7 +660,9 @@ def own_primary(pg_env: PgEnvironment, deployment: Deployment) -> Iterator[PgClu
 
 
 def _sleeping(cluster: PgCluster) -> bool:
-    sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'"
+    # By its wait event: the router's role runs with track_activities off (`rls enable` sets it, so
+    # shared tenants cannot read each other's statements), which hides its state and query text.
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
     return int(cluster.execute(sql)) == 1
 
 

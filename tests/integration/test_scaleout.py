@@ -629,17 +629,20 @@ class Probe:
 
 
 def _pgbench_on_shard(deployment: Deployment, tenant: str) -> None:
-    """pgbench's tables in the application database of the tenant's shard, as the router's role."""
+    """pgbench's tables in the application database of the tenant's shard: made by the admin (the
+    router's role may create nothing there), readable by the router's role for `pgbench -S`."""
     env = deployment.env
-    server = ["-h", "127.0.0.1", "-p", str(deployment.shard_port(tenant)), "-U", env.ROUTER_ROLE, env.SHARD_DB]
+    server = ["-h", "127.0.0.1", "-p", str(deployment.shard_port(tenant)), "-U", env.SUPERUSER, env.SHARD_DB]
     result = subprocess.run(
         ["pgbench", "-i", "-s", "1", "-q", "-I", "dtgp", *server],
-        env={**os.environ, "PGPASSWORD": env.ROUTER_PASSWORD},
+        env={**os.environ, "PGPASSWORD": env.SUPERUSER_PASSWORD},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+    tables = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
+    env.shards[deployment.placement[tenant]].execute(f"GRANT SELECT ON {tables} TO {env.ROUTER_ROLE}", env.SHARD_DB)
 
 
 def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(launch: Launch, deployment: Deployment) -> None:
