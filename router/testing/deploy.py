@@ -33,7 +33,9 @@ APP_USER = "app"
 APP_PASSWORD = "app-secret"
 REPORTING_USER = "reporting"
 REPORTING_PASSWORD = "reporting-secret"
-# The context secret of test deployments (the demo generates one per run).
+# The context secret of test deployments (the demo generates one per run). A shard database holds
+# one key, which every `rls enable` rewrites: every deployment on the same shards must use this one,
+# or the last `rls enable` makes the others' signatures "forged".
 CONTEXT_SECRET: Final = "test-context-secret: known to the router and the shards only"
 SHARED_TABLE: Final = "items"
 SCHEMA_SQL_FILE: Final = "tenant_schema.sql"

@@ -30,7 +30,7 @@ from router.errors import RouterError
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, sign_tenant, tenant_role
 from router.provisioning import RoleAudit, audit_server_role, enable_rls
 from router.tenant_admin import add_tenant, init_catalog, remove_tenant
-from router.testing.deploy import APP_PASSWORD, APP_USER, load, write_configs
+from router.testing.deploy import APP_PASSWORD, APP_USER, CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment
 from router.testing.routerthread import RouterThread
 from router.topology import Topology
@@ -39,7 +39,8 @@ Mode = Literal["hardened", "legacy"]
 MODELS: Final[tuple[Isolation, ...]] = ("shared", "schema", "database")
 
 SETTING: Final = "app.tenant_id"
-SECRET: Final = "escape-suite context secret: known to the router and the shards only"
+# The session's secret: a shard database holds one key, which `rls enable` rewrites.
+SECRET: Final = CONTEXT_SECRET
 SHARD: Final = "shard_a"  # every tenant is pinned here, so pool size 1 means ONE server connection
 ROLE_PASSWORD: Final = "esc-router-password"
 # A user trusted to switch tenants (SET router.tenant); the suite's `app` user is not.

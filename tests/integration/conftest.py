@@ -12,6 +12,9 @@ and database tenants with their own roles. What that means for a test:
 - `items` exists for every tenant: the shared one (RLS) and each private tenant's own.
 - A shared session's tenant context is signed: the policy on `items` calls router.current_tenant(),
   which raises 42501 where the context is missing (wiped by RESET ALL, say) or forged (set_config).
+- A deployment of a test's own on these shards must sign with deploy.CONTEXT_SECRET (write_configs'
+  default): a shard database holds one key, and `rls enable` with another secret would make every
+  other router's context "forged".
 - `make_router(legacy_unsigned=True)` (or write_configs(..., legacy_unsigned=True)) runs the unsafe
   unsigned mode; say in a comment why a test needs it. It cannot read the shared `items`, whose
   policy checks the signature.

@@ -35,7 +35,7 @@ from router.isolation import (
 )
 from router.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, enable_rls
 from router.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
-from router.testing.deploy import load, write_configs
+from router.testing.deploy import CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment, free_port
 from router.topology import Topology
 
@@ -43,7 +43,7 @@ from .conftest import TENANTS, Deployment, RouterFactory
 
 pytestmark = pytest.mark.integration
 
-SECRET = "rls-it-secret: only the router and the shards know it"
+SECRET = CONTEXT_SECRET  # the session's: a shard database holds one key (see deploy.CONTEXT_SECRET)
 SETTING = "app.tenant_id"
 TABLE = "rls_it_items"
 OWNED_TABLE = "rls_it_router_owned"

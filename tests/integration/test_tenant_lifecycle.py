@@ -44,7 +44,7 @@ from router.tenant_lifecycle import (
     export_tenant,
     import_tenant,
 )
-from router.testing.deploy import load, write_configs
+from router.testing.deploy import CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment
 from router.testing.waiting import wait_until
 from router.topology import Topology
@@ -54,7 +54,7 @@ from .conftest import RouterFactory, url
 pytestmark = pytest.mark.integration
 
 SETTING = "app.tenant_id"
-SECRET = "lifecycle-test-secret"
+SECRET = CONTEXT_SECRET  # the session's: a shard database holds one key (see deploy.CONTEXT_SECRET)
 
 
 def _tables_sql(prefix: str, tenant_column: str = "") -> str:
