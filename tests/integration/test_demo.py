@@ -28,6 +28,7 @@ import pytest
 
 from router.demo import SAMPLE_ITEMS, TENANTS, DemoInfo, run_demo
 from router.testing.pgcluster import find_pg_bin_dir, free_port, stop_clusters_under
+from router.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -322,11 +323,7 @@ def test_every_command_the_demo_prints_works_as_printed(running_demo: tuple[Demo
 
 
 def _wait_for_log(demo: DemoProcess, text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in demo.transcript():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {text!r} in the demo's log within {timeout:g}s; {demo.transcript()}")
-        time.sleep(0.1)
+    wait_until(demo.transcript, f"{text!r} in the demo's log", within=timeout, until=lambda log: text in log)
 
 
 def test_a_shared_demo_tenant_cannot_disable_rls_or_truncate(running_demo: tuple[DemoProcess, list[str]]) -> None:
