@@ -53,7 +53,6 @@ from benchmarks.harness import (
     Workspace,
     error_lines,
     find_pgbouncer,
-    init_pgbench,
     load_average,
     machine_info,
     number,
@@ -620,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(env.catalog_dsn(), args.tenants, args.changes)
         reload: RouterUnderReload | None = None
         if args.duration > 0:
-            init_pgbench(ws.direct_target(), 1)
+            ws.init_pgbench(1)
             config_path, _ = write_router_config(ws.dir / "seed", env, workers=1, pool={}, auth_method="scram-sha-256")
             asyncio.run(seed_catalog(config_path, env))
             reload = router_under_reload(ws, args.tenants, args.duration)

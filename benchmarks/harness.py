@@ -3,7 +3,11 @@
 Owns: starting and stopping the long-running children (router, PgBouncer) in their own sessions,
 reading their CPU time and memory from /proc (a router with workers is a process tree: the
 supervisor and its workers), running pgbench against a target, the PgBouncer configuration, and the
-description of the machine and its load printed next to every figure.
+description of the machine and its load printed next to every figure; and the hardened setup every
+benchmark runs by default, as the README tells an operator to deploy: a router role that can log in
+and do nothing else (no ownership, no CREATEDB/CREATEROLE, track_activities off), tables owned by
+the admin (pgbench -i runs as the admin) with grants to the router role, and a context secret
+generated for the run, so that the router signs the tenant context it sets.
 
 Must not: run the router in the benchmark's own process (it has to compete for the machine's cores
 as it would in production), touch anything outside the temp dir it is given, or decide what is
@@ -12,6 +16,7 @@ measured (run.py, idle_clients.py, catalog_scale.py and read_scaling.py do).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -20,6 +25,7 @@ import platform
 import pwd
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -28,12 +34,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import asyncpg
+
 from router import native
+from router.isolation import quote_ident, quote_literal
+from router.tenant_admin import add_tenant, init_catalog
 from router.testing import deploy
 from router.testing.pgcluster import (
     HOST,
@@ -60,6 +70,15 @@ LATENCY_LINE: Final = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 CONNECT_LINE: Final = re.compile(r"^initial connection time = ([\d.]+) ms", re.M)
 FAILED_LINE: Final = re.compile(r"^number of failed transactions: (\d+)", re.M)
 PROCESSED_LINE: Final = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+
+# The hardened setup. The router role is the benchmark's own, made LOGIN and nothing else; the
+# harness's `tenant_router` (CREATEDB, CREATEROLE, owner of the shard database) stays the catalog's.
+ROUTER_ROLE: Final = "bench_router"
+ROUTER_PASSWORD: Final = "bench-router-secret"
+SETTING: Final = "app.tenant_id"
+# Generated per run: the router signs the tenant context with it, `rls enable` gives its key pads
+# to the shards.
+CONTEXT_SECRET: Final = secrets.token_hex(32)
 
 
 class BenchError(RuntimeError):
@@ -112,6 +131,17 @@ def cpu_seconds(pid: int) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def postgres_cpu_seconds(datadir: Path) -> float | None:
+    """CPU time so far of a PostgreSQL server: its postmaster and every backend and helper process
+    now alive (a backend that exited takes its CPU time with it: pooled sessions stay open)."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    times = [cpu_seconds(p) for p in process_tree(pid)]
+    return sum(t for t in times if t is not None) if times else None
 
 
 class Service:
@@ -245,10 +275,17 @@ def write_router_config(
 ) -> tuple[Path, int]:
     """router.yaml for `workers` processes on a free port; `pool` sizes are instance totals.
 
-    `replicas`: (host, port) read replicas per shard name, written to shards.yaml. `extra`: more
-    top-level router.yaml sections (e.g. `{"reads": {"mode": "auto"}}`).
+    The hardened setup: server.user is the benchmark's LOGIN-only role, `admin` the superuser and
+    `tenant.context_secret` the run's secret. `replicas`: (host, port) read replicas per shard
+    name, written to shards.yaml. `extra`: more top-level router.yaml sections (e.g.
+    `{"reads": {"mode": "auto"}}`).
     """
     port = free_port()
+    hardened = {
+        "server": {"user": ROUTER_ROLE, "password": ROUTER_PASSWORD},
+        "admin": {"user": env.SUPERUSER, "password": env.SUPERUSER_PASSWORD},
+        "tenant": {"resolution": ["user", "option"], "setting": SETTING, "context_secret": CONTEXT_SECRET},
+    }
     path = deploy.write_configs(
         directory,
         env,
@@ -256,7 +293,7 @@ def write_router_config(
         http_port=0,
         pool=pool,
         auth_method=auth_method,
-        extra={"workers": workers, **(extra or {})},
+        extra={"workers": workers, **hardened, **(extra or {})},
         replicas=replicas,
     )
     return path, port
@@ -265,8 +302,42 @@ def write_router_config(
 async def seed_catalog(config_path: Path, env: PgEnvironment) -> None:
     """The catalog schema and the one `shared` tenant every router target serves."""
     config, topology = deploy.load(config_path)
-    shard = next(iter(env.shards))
-    await deploy.seed(config, topology, [(TENANT, "shared", shard)])
+    await init_catalog(config)
+    await add_tenant(config, topology, TENANT, "shared", next(iter(env.shards)))
+
+
+async def _admin(env: PgEnvironment, shard: str) -> Any:
+    return await asyncpg.connect(env.shard_dsn(shard, env.SUPERUSER, env.SUPERUSER_PASSWORD))
+
+
+async def make_router_role(env: PgEnvironment) -> None:
+    """On every shard: the router role, LOGIN and nothing else. track_activities off, as `rls
+    enable` sets it: shared tenants all act as this role and must not see each other's statement
+    text (a superuser-only default, which the router accepts)."""
+    role = quote_ident(ROUTER_ROLE)
+    for shard in env.shards:
+        conn = await _admin(env, shard)
+        try:
+            exists = await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", ROUTER_ROLE)
+            await conn.execute(
+                f"{'ALTER' if exists else 'CREATE'} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                f" NOBYPASSRLS NOREPLICATION PASSWORD {quote_literal(ROUTER_PASSWORD)}"
+            )
+            await conn.execute(f"ALTER ROLE {role} SET track_activities = off")
+        finally:
+            await conn.close()
+
+
+async def grant_tables(env: PgEnvironment) -> None:
+    """What the router role may do with the admin's tables in schema public: read and write rows
+    (pgbench's own scripts update and insert), nothing more."""
+    role = quote_ident(ROUTER_ROLE)
+    for shard in env.shards:
+        conn = await _admin(env, shard)
+        try:
+            await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        finally:
+            await conn.close()
 
 
 def start_router(
@@ -339,13 +410,13 @@ ignore_startup_parameters = extra_float_digits
 """
     )
     # Plain text, so PgBouncer can answer the shard's SCRAM challenge with the same password.
-    userlist.write_text(f'"{env.ROUTER_ROLE}" "{env.ROUTER_PASSWORD}"\n')
+    userlist.write_text(f'"{ROUTER_ROLE}" "{ROUTER_PASSWORD}"\n')
     for path in (ini, userlist):
         path.chmod(0o600)
     _chown_for_server(directory, ini, userlist)
     service = Service("pgbouncer", [binary, str(ini)], directory / "stdout.log", as_server_account=True)
     service.wait_ready(port)
-    return service, Target("pgbouncer", port, env.ROUTER_ROLE, env.ROUTER_PASSWORD, env.SHARD_DB)
+    return service, Target("pgbouncer", port, ROUTER_ROLE, ROUTER_PASSWORD, env.SHARD_DB)
 
 
 # --- pgbench -------------------------------------------------------------------------------------
@@ -384,8 +455,8 @@ def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 @dataclass
-class SelectOnlyRun:
-    """What one `pgbench -S` run printed: its figures, and its first error lines if any."""
+class PgbenchRun:
+    """What one pgbench run printed: its figures, and its first error lines if any."""
 
     exit_code: int
     tps: float | None
@@ -396,19 +467,16 @@ class SelectOnlyRun:
     errors: list[str]
 
 
-def select_only(
-    target: Target, mode: str, clients: int, duration: float, extra_args: Sequence[str] = ()
-) -> SelectOnlyRun:
-    """`pgbench -S -n -T duration -c clients -M mode` against `target`, parsed."""
-    args = ["-S", "-n", "-T", f"{duration:g}", "-c", str(clients), "-j", str(min(2, clients)), "-M", mode]
-    proc = pgbench(target, [*args, *extra_args], timeout=duration + PGBENCH_GRACE)
+def pgbench_run(target: Target, args: Sequence[str], duration: float) -> PgbenchRun:
+    """pgbench with `args` (which hold `-T duration`) against `target`, parsed."""
+    proc = pgbench(target, args, timeout=duration + PGBENCH_GRACE)
     tps = number(TPS_LINE, proc.stdout)
     processed = number(PROCESSED_LINE, proc.stdout)
     failed = number(FAILED_LINE, proc.stdout)
     errors = error_lines(proc)
     if tps is None and not errors:
         errors = ["no tps line in pgbench's output:", *proc.stdout.splitlines()[-6:]]
-    return SelectOnlyRun(
+    return PgbenchRun(
         exit_code=proc.returncode,
         tps=tps,
         latency_ms=number(LATENCY_LINE, proc.stdout),
@@ -417,6 +485,12 @@ def select_only(
         failed_transactions=int(failed) if failed is not None else None,
         errors=errors,
     )
+
+
+def select_only(target: Target, mode: str, clients: int, duration: float, extra_args: Sequence[str] = ()) -> PgbenchRun:
+    """`pgbench -S -n -T duration -c clients -M mode` against `target`, parsed."""
+    args = ["-S", "-n", "-T", f"{duration:g}", "-c", str(clients), "-j", str(min(2, clients)), "-M", mode]
+    return pgbench_run(target, [*args, *extra_args], duration)
 
 
 def number(pattern: re.Pattern[str], text: str) -> float | None:
@@ -464,14 +538,28 @@ class Workspace:
         self.env: PgEnvironment | None = None
 
     def start_environment(self) -> PgEnvironment:
-        """A catalog cluster and one shard (max_connections 300, fsync off)."""
+        """A catalog cluster and one shard (max_connections 300, fsync off), with the router role."""
         self.env = start_environment(self.dir / "pg", shard_count=1)
+        asyncio.run(make_router_role(self.env))
         return self.env
 
     def direct_target(self) -> Target:
+        """The shard itself, as the router role (what the routers and PgBouncer log in as)."""
         assert self.env is not None
         shard = next(iter(self.env.shards.values()))
-        return Target("direct", shard.port, self.env.ROUTER_ROLE, self.env.ROUTER_PASSWORD, self.env.SHARD_DB)
+        return Target("direct", shard.port, ROUTER_ROLE, ROUTER_PASSWORD, self.env.SHARD_DB)
+
+    def admin_target(self) -> Target:
+        """The shard as the admin (the superuser), who owns the tables."""
+        assert self.env is not None
+        shard = next(iter(self.env.shards.values()))
+        return Target("admin", shard.port, self.env.SUPERUSER, self.env.SUPERUSER_PASSWORD, self.env.SHARD_DB)
+
+    def init_pgbench(self, scale: int) -> None:
+        """pgbench -i as the admin, who then owns pgbench's tables; the router role gets row access."""
+        assert self.env is not None
+        init_pgbench(self.admin_target(), scale)
+        asyncio.run(grant_tables(self.env))
 
     def add(self, service: Service) -> Service:
         self.services.append(service)
@@ -487,6 +575,23 @@ class Workspace:
             print(
                 f"--- last lines of the {service.name} log ({service.log_path}) ---\n{service.tail()}", file=sys.stderr
             )
+
+    def run_alone(self, body: Callable[[], int]) -> int:
+        """A section run on its own: `body`'s exit code; 130 on Ctrl-C, 1 (with the services' logs)
+        on any failure; everything stopped and removed afterwards."""
+        code = 1
+        try:
+            code = body()
+        except KeyboardInterrupt:
+            print("\ninterrupted: cleaning up", file=sys.stderr)
+            code = 130
+        except Exception as exc:
+            print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            self.dump_logs()
+            code = 1
+        finally:
+            code = self.close() or code
+        return code
 
     def close(self) -> int:
         """Stop everything in reverse order of start; a second Ctrl-C must not cut this short."""
@@ -549,6 +654,18 @@ def machine_info(pgbouncer: str | None) -> dict[str, str]:
         "router": native.describe(),
         "load average at start": load_average(),
     }
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--json, --[no-]wait-quiet and --keep, which every section run on its own takes."""
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument(
+        "--wait-quiet",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"wait up to 180s for the load average to fall below {QUIET_LOAD:g} first (default on)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) afterwards")
 
 
 def load_average() -> str:

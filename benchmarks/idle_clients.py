@@ -39,7 +39,6 @@ from benchmarks.harness import (
     Workspace,
     error_lines,
     find_pgbouncer,
-    init_pgbench,
     load_average,
     machine_info,
     number,
@@ -417,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_until_quiet(QUIET_LOAD, 180)
         print("machine: " + ", ".join(f"{k} {v}" for k, v in machine_info(find_pgbouncer()).items()), flush=True)
         env = ws.start_environment()
-        init_pgbench(ws.direct_target(), 1)
+        ws.init_pgbench(1)
         config_path, _port = write_router_config(ws.dir / "seed", env, workers=1, pool={}, auth_method="trust")
         asyncio.run(seed_catalog(config_path, env))
         results = run(ws, counts, args.clients, args.duration, args.pool_size)

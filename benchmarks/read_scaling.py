@@ -46,9 +46,9 @@ from benchmarks.harness import (
     ServiceDied,
     Target,
     Workspace,
+    add_run_options,
     check_alive,
     find_pgbouncer,
-    init_pgbench,
     load_average,
     machine_info,
     seed_catalog,
@@ -497,14 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, help="pgbench -i scale factor (default 10; 1 with --quick)")
     parser.add_argument("--pool-size", type=int, default=20, help="router server pool size, instance total (20)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 s runs, 1 s warm-up, scale 1")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument(
-        "--wait-quiet",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help=f"wait up to 180s for the load average to fall below {QUIET_LOAD:g} first (default on)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) afterwards")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     try:
         modes = parse_modes(args.modes)
@@ -518,41 +511,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ws = Workspace(keep=args.keep)
-    code = 1
     results: list[ReadResult] = []
     started = time.monotonic()
-    try:
+
+    def body() -> int:
         if args.wait_quiet:
             wait_until_quiet(QUIET_LOAD, 180)
         print("machine: " + ", ".join(f"{k} {v}" for k, v in machine_info(find_pgbouncer()).items()), flush=True)
         env = ws.start_environment()
-        init_pgbench(ws.direct_target(), scale)
+        ws.init_pgbench(scale)
         print(f"postgresql: catalog + 1 shard up, pgbench -i -s {scale} done in {time.monotonic() - started:.0f}s")
         config_path, _port = write_router_config(ws.dir / "seed", env, workers=1, pool={}, auth_method="scram-sha-256")
         asyncio.run(seed_catalog(config_path, env))
-        results = run(
-            ws,
-            modes=modes,
-            clients=clients,
-            duration=duration,
-            workers=workers,
-            pool_size=args.pool_size,
-            warmup=1.0 if args.quick else 3.0,
+        results.extend(
+            run(
+                ws,
+                modes=modes,
+                clients=clients,
+                duration=duration,
+                workers=workers,
+                pool_size=args.pool_size,
+                warmup=1.0 if args.quick else 3.0,
+            )
         )
         report(results)
         print(f"\nload average at end: {load_average()}\n")
         for _holds, line in verdicts(results):
             print(line)
-        code = 0 if results and all(r.ok for r in results) else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        code = 130
-    except Exception as exc:
-        print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        ws.dump_logs()
-        code = 1
-    finally:
-        code = ws.close() or code
+        return 0 if results and all(r.ok for r in results) else 1
+
+    code = ws.run_alone(body)
     print(f"run took {time.monotonic() - started:.0f}s")
     if args.json:
         payload: dict[str, Any] = {

@@ -37,7 +37,7 @@ from typing import Any, Final
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import catalog_scale, idle_clients, read_scaling
+from benchmarks import catalog_scale, idle_clients, read_scaling, rls_cost
 from benchmarks.harness import (
     QUIET_LOAD,
     ServiceDied,
@@ -45,7 +45,6 @@ from benchmarks.harness import (
     Workspace,
     check_alive,
     find_pgbouncer,
-    init_pgbench,
     load_average,
     machine_info,
     percentile,
@@ -64,7 +63,11 @@ MODES: Final = ("simple", "extended", "prepared")
 PGBOUNCER_MISSING: Final = "pgbouncer: not installed (apt-get install pgbouncer)"
 PGBOUNCER_PREPARED: Final = "no prepared-statement tracking in transaction mode (max_prepared_statements)"
 Verdict = tuple[bool | None, str]  # holds (None: not evaluated), and the line that says so
-QUIET_WAIT: Final = 240.0  # seconds to wait for a quiet machine before starting anyway
+QUIET_WAIT: Final = 240.0
+SETUP: Final = (
+    "hardened: signed tenant context (a secret generated for the run), router role LOGIN only"
+    " (track_activities off), tables owned by the admin with row privileges granted to the router role"
+)  # seconds to wait for a quiet machine before starting anyway
 
 
 # --- what is measured ----------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class Plan:
     idle_clients: int  # 0: no idle-clients section
     catalog_tenants: int  # 0: no catalog section
     read_scaling: bool  # the read-scaling section (a replica, routers with reads: auto)
+    rls_cost: bool  # the signed tenant context's cost: protected, legacy-policy and plain tables
     wait_quiet: bool
 
 
@@ -444,13 +448,15 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     bouncer_bin = find_pgbouncer() if plan.pgbouncer else None
     info = machine_info(bouncer_bin)
     report["machine"] = info
+    report["setup"] = SETUP
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    print(f"setup: {SETUP}", flush=True)
     # Inherited by the routers started below: 10 000 idle clients need as many descriptors on each side.
     raise_nofile(2 * plan.idle_clients + 4096)
 
     started = time.monotonic()
     env = ws.start_environment()
-    init_pgbench(ws.direct_target(), plan.scale)
+    ws.init_pgbench(plan.scale)
     print(f"postgresql: catalog + 1 shard up, pgbench -i -s {plan.scale} done in {time.monotonic() - started:.0f}s")
     names = Names("router-1", f"router-{plan.workers}", bouncer_bin is not None)
     targets = start_targets(plan, ws, names, bouncer_bin)
@@ -465,6 +471,13 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     for service in list(ws.services):  # idle now; the sections below start routers of their own
         ws.stop(service)
 
+    costs: list[rls_cost.CostRun] = []
+    if plan.rls_cost:
+        report["load average before rls cost"] = load_average()
+        costs = rls_cost.run(
+            ws, rounds=max(plan.rounds, 3), clients=rls_cost.CLIENTS, duration=plan.duration, workers=1, warmup=1.0
+        )
+        report["rls_cost"] = rls_cost.as_json(costs)
     idle: list[idle_clients.IdleResult] = []
     if plan.idle_clients:
         report["load average before idle clients"] = load_average()
@@ -508,6 +521,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     if problems:
         print("\n## Failures (pgbench's first error lines)\n")
         print(problems)
+    rls_cost.report(costs)
     idle_clients.report(idle)
     if catalog is not None:
         catalog_scale.report(catalog)
@@ -518,6 +532,8 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     report["machine"]["load average at end"] = load_average()
     print(f"\nload average: {info['load average at start']} at start, {load_average()} at end")
     bars = throughput_bars(results, names)
+    if plan.rls_cost:
+        bars += rls_cost.verdicts(costs)
     bars += idle_clients.verdicts(idle)
     if catalog is not None:
         bars.append(catalog_scale.verdict(catalog))
@@ -533,6 +549,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     broken |= catalog is not None and any(s.errors for s in catalog.sizes)
     broken |= reload is not None and bool(reload.small.errors or reload.large.errors)
     broken |= any(not r.ok for r in reads)
+    broken |= any(not r.ok for r in costs)
     return 1 if broken else 0
 
 
@@ -612,6 +629,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         idle_clients=idle,
         catalog_tenants=tenants,
         read_scaling=args.read_scaling if args.read_scaling is not None else not args.quick,
+        rls_cost=args.rls_cost,
         wait_quiet=args.wait_quiet,
     )
 
@@ -655,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-scaling",
         action=argparse.BooleanOptionalAction,
         help="pgbench -S -c 16 through routers with reads: auto and 0 or 1 replicas (default on; off with --quick)",
+    )
+    parser.add_argument(
+        "--rls-cost",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="point selects on a protected, a legacy-policy and a plain table through one router (default on)",
     )
     parser.add_argument(
         "--handover",

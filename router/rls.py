@@ -64,6 +64,12 @@ POLICY: Final = "tenant_isolation"
 CURRENT_TENANT: Final = f"{RLS_SCHEMA}.current_tenant()"
 KEY_TABLE: Final = f"{RLS_SCHEMA}.context_key"
 TABLES_TABLE: Final = f"{RLS_SCHEMA}.rls_tables"
+# The slow path of CURRENT_TENANT: the full check, raising what is wrong; and the key pads as
+# functions whose values the planner folds into current_tenant()'s cached plan (see
+# security_objects_sql).
+CHECK_CONTEXT: Final = f"{RLS_SCHEMA}.check_tenant_context()"
+INNER_PAD: Final = f"{RLS_SCHEMA}.context_inner_pad()"
+OUTER_PAD: Final = f"{RLS_SCHEMA}.context_outer_pad()"
 # pg_advisory_xact_lock key serialising concurrent `rls enable` runs on one database ("tr-rls").
 ENABLE_LOCK: Final = 0x74722D726C73
 
@@ -136,16 +142,45 @@ def rls_schema_sql() -> str:
 
 
 def security_objects_sql(setting: str) -> list[str]:
-    """The key table, the table of protected tables and the verifying function, with their
+    """The key table, the table of protected tables and the verifying functions, with their
     privileges; run as the RLS role (SET LOCAL ROLE) so it owns everything it creates.
 
-    `router.current_tenant()` is SECURITY DEFINER (so it can read the key nobody else can) with a
-    fixed search_path of pg_catalog then pg_temp, so no object a client creates can stand in for
-    anything it calls. It raises 42501 when `setting` or its signature is missing or wrong.
+    `router.current_tenant()` is SECURITY DEFINER (so it can use the key nobody else can read) and
+    returns the tenant id when its signature is right; anything else goes to
+    `router.check_tenant_context()`, which raises 42501 saying what is wrong (the setting or its
+    signature missing, the key not installed, a forged signature). Both are re-created by every
+    `rls enable`, which is how a deployment gets a new version of them.
+
+    Why current_tenant() is built this way (it runs once per statement on a protected table, and
+    was a third of a point select's cost as a plpgsql function with a SET clause reading the key
+    table on every call):
+    - The key pads come from `router.context_inner_pad()` / `context_outer_pad()`: IMMUTABLE SQL
+      functions reading the key table, which the planner evaluates when it plans the expression
+      that calls them. The pads thus become constants of the plan plpgsql caches for that
+      expression in each server session: the key is read once per session, not once per statement.
+      That cache is server memory a session cannot write. `rls enable` replaces current_tenant(),
+      which makes every session compile it again and read the key again (a rotated secret
+      applies to the next call). EXECUTE on both is revoked from PUBLIC.
+    - A plan holding the pads must never be printed: `debug_print_plan` (settable by any
+      session, printed to the client with client_min_messages = log) would show them. So the
+      expression holding them is only ever planned (first use, or after an invalidation such as
+      DISCARD PLANS) when debug_print_plan is off; otherwise the check goes to
+      check_tenant_context(), which reads the key when it runs, not when it is planned.
+    - No SET clause (a SET search_path on a function costs a GUC save and restore and a search
+      path recomputation on every call): instead every name in the body is schema-qualified,
+      operators included (OPERATOR(pg_catalog.=)), so no search_path a session sets and no object
+      it creates (a pg_temp type, a schema it can create in) can stand in for anything it calls.
+    The policies call it as `(SELECT router.current_tenant())`, an InitPlan: once per statement.
     """
     schema = quote_ident(RLS_SCHEMA)
     tenant_setting = quote_literal(setting)
     sig_setting = quote_literal(signature_setting(setting))
+    pad_functions = [
+        f"""CREATE OR REPLACE FUNCTION {pad_function} RETURNS pg_catalog.bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$SELECT k.{column} FROM {KEY_TABLE} AS k WHERE k.id OPERATOR(pg_catalog.=) 1$fn$"""
+        for pad_function, column in ((INNER_PAD, "inner_pad"), (OUTER_PAD, "outer_pad"))
+    ]
     return [
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
         f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC",
@@ -162,8 +197,10 @@ def security_objects_sql(setting: str) -> list[str]:
 )""",
         f"REVOKE ALL ON {TABLES_TABLE} FROM PUBLIC",
         f"GRANT SELECT ON {TABLES_TABLE} TO PUBLIC",
-        f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS text
-    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+        *pad_functions,
+        f"REVOKE ALL ON FUNCTION {INNER_PAD}, {OUTER_PAD} FROM PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {CHECK_CONTEXT} RETURNS text
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -194,6 +231,23 @@ BEGIN
                   HINT = 'only tenant-router can set a valid tenant context';
     END IF;
     RETURN v_tenant;
+END
+$fn$""",
+        f"REVOKE ALL ON FUNCTION {CHECK_CONTEXT} FROM PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS pg_catalog.text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+AS $fn$
+DECLARE
+    v_tenant pg_catalog.text := pg_catalog.current_setting({tenant_setting}, true);
+BEGIN
+    IF pg_catalog.current_setting('debug_print_plan') OPERATOR(pg_catalog.=) 'off' THEN
+        IF pg_catalog.encode(pg_catalog.sha256({OUTER_PAD} OPERATOR(pg_catalog.||)
+                pg_catalog.sha256({INNER_PAD} OPERATOR(pg_catalog.||) pg_catalog.convert_to(v_tenant, 'UTF8'))), 'hex')
+                OPERATOR(pg_catalog.=) pg_catalog.current_setting({sig_setting}, true) THEN
+            RETURN v_tenant;
+        END IF;
+    END IF;
+    RETURN {CHECK_CONTEXT};
 END
 $fn$""",
         f"REVOKE ALL ON FUNCTION {CURRENT_TENANT} FROM PUBLIC",

@@ -212,6 +212,56 @@ async def test_current_tenant_checks_the_signature(pg_env: PgEnvironment, protec
         await conn.close()
 
 
+async def test_the_key_is_read_once_per_session_not_once_per_statement(
+    pg_env: PgEnvironment, protected: list[str]
+) -> None:
+    """The verifying function runs once per statement on a protected table (an InitPlan); reading
+    the key table each time was most of its cost. The key pads are folded into the plan it caches
+    for the session, so a session reads the key table once (once per pad), however many
+    statements it runs. Counted by the server itself, in the transaction that runs them."""
+    statements = 40
+    conn = await _router(pg_env, "shard_a", TENANT_A)
+    try:
+        async with conn.transaction():
+            for _ in range(statements):
+                assert await conn.fetchval(f"SELECT name FROM {TABLE}") == "a1"
+            scans = await conn.fetchval(
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
+                " WHERE relid = 'router.context_key'::regclass"
+            )
+        assert scans <= 2, f"{scans} reads of the key table for {statements} statements"
+        # ... and a forged context is still refused with that cached key.
+        await conn.execute("SELECT set_config($1, $2, false)", SETTING, TENANT_B)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="forged tenant context"):
+            await conn.fetch(f"SELECT name FROM {TABLE}")
+    finally:
+        await conn.close()
+
+
+async def test_debug_print_plan_never_shows_the_key(pg_env: PgEnvironment, protected: list[str]) -> None:
+    """The cached plan holds the key pads: a session that prints plans (debug_print_plan, sent to
+    it with client_min_messages = log) and forces a new plan (DISCARD PLANS, another search_path)
+    must not be shown them."""
+    inner, outer = rls.context_key_pads(SECRET)
+    shown: list[str] = []
+    conn = await _router(pg_env, "shard_a", TENANT_A)
+    conn.add_log_listener(lambda _conn, message: shown.append(f"{message.message} {message.detail}"))
+    try:
+        await conn.execute("SET client_min_messages = log; SET debug_print_plan = on")
+        for force_new_plan in ("DISCARD PLANS", "SET search_path = pg_temp, public", "SET search_path = public"):
+            await conn.execute(force_new_plan)
+            assert await conn.fetchval(f"SELECT name FROM {TABLE}") == "a1"
+        assert await conn.fetchval("SELECT router.current_tenant()") == TENANT_A
+    finally:
+        await conn.close()
+    assert any("PLANNEDSTMT" in message or "constvalue" in message for message in shown)  # plans were shown
+    # A plan prints a bytea constant as its bytes in decimal, wrapped over indented lines.
+    unwrapped = [re.sub(r"\n\s*", "", message) for message in shown]
+    for pad in (inner, outer):
+        printed = " ".join(str(byte) for byte in pad[:16])
+        assert not any(printed in message or pad.hex() in message for message in unwrapped)
+
+
 async def test_router_role_cannot_reach_the_key_or_the_policy(pg_env: PgEnvironment, protected: list[str]) -> None:
     conn = await _router(pg_env, "shard_a", TENANT_A)
     try:

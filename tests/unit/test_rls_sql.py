@@ -46,16 +46,30 @@ def _parses(sql: str) -> None:
     pglast.parse_sql(sql)
 
 
+def _function(statements: list[str], name: str) -> str:
+    return next(s for s in statements if s.startswith(f"CREATE OR REPLACE FUNCTION {name}"))
+
+
 def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     statements = rls.security_objects_sql("myapp.tenant")
     for statement in statements:
         _parses(statement)
-    function = next(s for s in statements if "CREATE OR REPLACE FUNCTION" in s)
-    assert "SECURITY DEFINER" in function and "STABLE" in function
-    assert "SET search_path = pg_catalog, pg_temp" in function
-    assert "current_setting('myapp.tenant', true)" in function
-    assert "current_setting('myapp.tenant_sig', true)" in function
-    assert "ERRCODE = '42501'" in function
+    fast = _function(statements, rls.CURRENT_TENANT)
+    assert "SECURITY DEFINER" in fast and "STABLE" in fast
+    assert "current_setting('myapp.tenant', true)" in fast
+    assert "current_setting('myapp.tenant_sig', true)" in fast
+    check = _function(statements, rls.CHECK_CONTEXT)
+    assert "SET search_path = pg_catalog, pg_temp" in check
+    assert "current_setting('myapp.tenant', true)" in check
+    assert "current_setting('myapp.tenant_sig', true)" in check
+    assert "ERRCODE = '42501'" in check
+    # Anything but the signed tenant goes to the full check, which says what is wrong.
+    assert f"RETURN {rls.CHECK_CONTEXT}" in fast
+    for pad in (rls.INNER_PAD, rls.OUTER_PAD):
+        assert "IMMUTABLE" in _function(statements, pad)
+        assert pad in fast
+    assert f"REVOKE ALL ON FUNCTION {rls.INNER_PAD}, {rls.OUTER_PAD} FROM PUBLIC" in statements
+    assert f"REVOKE ALL ON FUNCTION {rls.CHECK_CONTEXT} FROM PUBLIC" in statements
     _parses(rls.ensure_rls_role_sql())
     _parses(rls.rls_schema_sql())
     # The key only ever travels as bind parameters.
@@ -63,6 +77,48 @@ def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     _parses(rls.STORE_KEY_SQL)
     _parses(rls.RECORD_TABLE_SQL)
     _parses(rls.PRUNE_TABLES_SQL)
+
+
+def _names(node: object, kind: str) -> list[tuple[str, ...]]:
+    """Every name list under `node` in pglast's JSON parse tree: `funcname` of function calls,
+    `name` of operators (A_Expr) and `names` of type names."""
+    found: list[tuple[str, ...]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == kind and isinstance(value, list):
+                found.append(tuple(part.get("String", {}).get("sval", "?") for part in value))
+            found += _names(value, kind)
+    elif isinstance(node, list):
+        for item in node:
+            found += _names(item, kind)
+    return found
+
+
+def test_current_tenant_names_nothing_a_search_path_could_replace() -> None:
+    """current_tenant() has no SET search_path (it costs a GUC save and restore per call), so every
+    function, operator and type in its SQL must be schema-qualified: otherwise a session's
+    search_path (a schema it may create in, or a pg_temp type) could stand in for one."""
+    import json
+
+    fast = _function(rls.security_objects_sql("app.tenant_id"), rls.CURRENT_TENANT)
+    assert "SET " not in fast.split("AS $fn$")[0]
+    body = fast.split("$fn$")[1]
+    expressions = ["SELECT " + line.split(":=", 1)[1].rstrip(";") for line in body.splitlines() if ":=" in line]
+    conditions = body.split("IF ")[1:]
+    expressions += ["SELECT " + c.split(" THEN")[0] for c in conditions]
+    expressions += [
+        "SELECT " + line.strip().removeprefix("RETURN ").rstrip(";")
+        for line in body.splitlines()
+        if line.strip().startswith("RETURN ")
+    ]
+    declared_types = [line.split()[1] for line in body.split("BEGIN")[0].splitlines() if ":=" in line]
+    assert declared_types and all(t.startswith("pg_catalog.") for t in declared_types)
+    assert len(expressions) >= 4
+    for expression in expressions:
+        tree = json.loads(pglast.parser.parse_sql_json(expression))
+        for kind in ("funcname", "name", "names"):
+            for name in _names(tree, kind):
+                assert len(name) == 2, f"unqualified {kind} {'.'.join(name)} in: {expression}"
 
 
 def test_protect_table_sql() -> None:
