@@ -70,6 +70,9 @@ TABLES_TABLE: Final = f"{RLS_SCHEMA}.rls_tables"
 CHECK_CONTEXT: Final = f"{RLS_SCHEMA}.check_tenant_context()"
 INNER_PAD: Final = f"{RLS_SCHEMA}.context_inner_pad()"
 OUTER_PAD: Final = f"{RLS_SCHEMA}.context_outer_pad()"
+# The tenant context as it was when current_tenant()'s plan was built, if it was valid then: the
+# verified (tenant, signature) pair a server session keeps (see security_objects_sql).
+VERIFIED_CONTEXT: Final = f"{RLS_SCHEMA}.context_verified_when_planned()"
 # pg_advisory_xact_lock key serialising concurrent `rls enable` runs on one database ("tr-rls").
 ENABLE_LOCK: Final = 0x74722D726C73
 
@@ -141,6 +144,14 @@ def rls_schema_sql() -> str:
     return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(RLS_SCHEMA)} AUTHORIZATION {quote_ident(RLS_ROLE)}"
 
 
+def _hmac_sql(tenant: str) -> str:
+    """Hex HMAC-SHA256 of the text expression `tenant` under the key pads, every name qualified."""
+    return (
+        f"pg_catalog.encode(pg_catalog.sha256({OUTER_PAD} OPERATOR(pg_catalog.||)"
+        f" pg_catalog.sha256({INNER_PAD} OPERATOR(pg_catalog.||) pg_catalog.convert_to({tenant}, 'UTF8'))), 'hex')"
+    )
+
+
 def security_objects_sql(setting: str) -> list[str]:
     """The key table, the table of protected tables and the verifying functions, with their
     privileges; run as the RLS role (SET LOCAL ROLE) so it owns everything it creates.
@@ -161,7 +172,15 @@ def security_objects_sql(setting: str) -> list[str]:
       That cache is server memory a session cannot write. `rls enable` replaces current_tenant(),
       which makes every session compile it again and read the key again (a rotated secret
       applies to the next call). EXECUTE on both is revoked from PUBLIC.
-    - A plan holding the pads must never be printed: `debug_print_plan` (settable by any
+    - The same way, `router.context_verified_when_planned()` (IMMUTABLE, EXECUTE revoked) is the
+      pair (tenant, signature) in the session's settings at the moment the plan is built, if its
+      signature is right then, else NULL: a verified pair cached per session. A statement whose
+      tenant and signature both equal it needs no HMAC; any other context is checked with the
+      HMAC. The pair stays what it was when planned (typically the session's first tenant), and
+      a session cannot put a pair there whose signature it does not know: the HMAC is checked
+      when the pair is folded in, and both halves must match. Forging a context and forcing a
+      new plan (DISCARD PLANS) folds in NULL: that session then checks every context by HMAC.
+    - A plan holding the pads or a signature must never be printed: `debug_print_plan` (settable by any
       session, printed to the client with client_min_messages = log) would show them. So the
       expression holding them is only ever planned (first use, or after an invalidation such as
       DISCARD PLANS) when debug_print_plan is off; otherwise the check goes to
@@ -234,16 +253,25 @@ BEGIN
 END
 $fn$""",
         f"REVOKE ALL ON FUNCTION {CHECK_CONTEXT} FROM PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {VERIFIED_CONTEXT} RETURNS pg_catalog.text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$SELECT ARRAY[c.tenant, c.signature]
+FROM (SELECT pg_catalog.current_setting({tenant_setting}, true) AS tenant,
+             pg_catalog.current_setting({sig_setting}, true) AS signature) AS c
+WHERE {_hmac_sql("c.tenant")} OPERATOR(pg_catalog.=) c.signature$fn$""",
+        f"REVOKE ALL ON FUNCTION {VERIFIED_CONTEXT} FROM PUBLIC",
         f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS pg_catalog.text
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 AS $fn$
 DECLARE
     v_tenant pg_catalog.text := pg_catalog.current_setting({tenant_setting}, true);
+    v_signature pg_catalog.text := pg_catalog.current_setting({sig_setting}, true);
 BEGIN
     IF pg_catalog.current_setting('debug_print_plan') OPERATOR(pg_catalog.=) 'off' THEN
-        IF pg_catalog.encode(pg_catalog.sha256({OUTER_PAD} OPERATOR(pg_catalog.||)
-                pg_catalog.sha256({INNER_PAD} OPERATOR(pg_catalog.||) pg_catalog.convert_to(v_tenant, 'UTF8'))), 'hex')
-                OPERATOR(pg_catalog.=) pg_catalog.current_setting({sig_setting}, true) THEN
+        IF ARRAY[v_tenant, v_signature] OPERATOR(pg_catalog.=) {VERIFIED_CONTEXT} THEN
+            RETURN v_tenant;
+        END IF;
+        IF {_hmac_sql("v_tenant")} OPERATOR(pg_catalog.=) v_signature THEN
             RETURN v_tenant;
         END IF;
     END IF;

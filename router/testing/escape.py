@@ -165,6 +165,13 @@ class EscapeDeployment:
         self.router.call(close_idle())
 
 
+def printed_in_plan(value: bytes) -> str:
+    """How a plan printed by debug_print_plan shows the start of a constant holding `value`: its
+    first 16 bytes as signed decimals (C chars). Search for it in a plan with its line wrapping
+    removed (`re.sub(r"\\n\\s*", "", plan)`)."""
+    return " ".join(str(byte - 256 if byte > 127 else byte) for byte in value[:16])
+
+
 def write_layout_configs(directory: Path, env: PgEnvironment, layout: Layout) -> Path:
     """router.yaml and shards.yaml for `layout`: pool size 1, the suite's users, role and catalog."""
     directory.mkdir(parents=True, exist_ok=True)

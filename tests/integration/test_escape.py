@@ -24,6 +24,7 @@ export/import` run a schema tenant's own code (casts, triggers) as that tenant, 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, tenant_role
+from router.rls import context_key_pads
 from router.testing.deploy import APP_PASSWORD, APP_USER
 from router.testing.escape import (
     HARDENED,
@@ -44,9 +46,11 @@ from router.testing.escape import (
     MODELS,
     OPS_PASSWORD,
     OPS_USER,
+    SECRET,
     EscapeDeployment,
     Layout,
     deploy,
+    printed_in_plan,
     remove,
 )
 from router.testing.pgcluster import PgEnvironment
@@ -95,7 +99,10 @@ class Probe:
         except psycopg.Error as exc:
             self._error(exc)
             return
-        self.conn.add_notice_handler(lambda diag: self.seen.append(f"NOTICE {diag.message_primary}"))
+        # The detail too: a printed plan (debug_print_plan) comes as a LOG message's detail.
+        self.conn.add_notice_handler(
+            lambda diag: self.seen.append(f"NOTICE {diag.message_primary} {diag.message_detail or ''}")
+        )
 
     @property
     def connected(self) -> bool:
@@ -501,6 +508,30 @@ def _forged_verifier(s: Scene) -> None:
         )
         if rows and s.b in map(str, rows[0]):
             s.leak(f"router.current_tenant() accepted B with signature {signature[:12]}...")
+
+
+@attack("debug_print_plan: the key or B's signature in a plan printed to the client", hardened_only=True)
+def _printed_plan(s: Scene) -> None:
+    v = s.victim()
+    v.run(s.read)  # B's context on the server session (pool size 1), perhaps folded into a plan
+    p = s.attacker()
+    p.run("SET client_min_messages = log")
+    p.run("SET debug_print_plan = on")
+    for force_new_plan in ("DISCARD PLANS", "SET search_path = pg_temp, public", "RESET search_path"):
+        p.run(force_new_plan)
+        p.run(s.read)
+        p.run("SELECT router.current_tenant()")
+    # A plan prints a constant as its bytes in decimal, wrapped over indented lines.
+    printed = re.sub(r"\n\s*", "", "\n".join(p.seen))
+    inner, outer = context_key_pads(SECRET)
+    signature = s.deployment.signature(s.b)
+    for what, value, text in (
+        ("key", inner, inner.hex()),
+        ("key", outer, outer.hex()),
+        ("B's signature", signature.encode(), signature),
+    ):
+        if printed_in_plan(value) in printed or text in printed:
+            s.leak(f"a printed plan showed the {what}")
 
 
 # Prepared statements across hand-overs

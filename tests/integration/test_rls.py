@@ -37,6 +37,7 @@ from router.isolation import (
 from router.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, enable_rls
 from router.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
 from router.testing.deploy import CONTEXT_SECRET, load, write_configs
+from router.testing.escape import printed_in_plan
 from router.testing.pgcluster import PgEnvironment, free_port
 from router.topology import Topology
 
@@ -238,6 +239,45 @@ async def test_the_key_is_read_once_per_session_not_once_per_statement(
         await conn.close()
 
 
+async def test_the_verified_pair_a_session_keeps_serves_that_pair_only(
+    pg_env: PgEnvironment, protected: list[str]
+) -> None:
+    """A session keeps the (tenant, signature) pair that was valid when its plan was built: here
+    the victim B's. Another tenant on the same server session is checked by HMAC, and naming B
+    with anything but B's own signature is still refused."""
+    conn = await _router(pg_env, "shard_a", TENANT_B)  # B's context when the plan is built
+    signature_a = sign_tenant(SECRET, TENANT_A)
+
+    async def use(tenant: str, signature: str) -> list[str]:
+        await conn.execute(
+            "SELECT set_config($1, $2, false), set_config($3, $4, false)",
+            SETTING,
+            tenant,
+            rls.signature_setting(SETTING),
+            signature,
+        )
+        return [r["name"] for r in await conn.fetch(f"SELECT name FROM {TABLE}")]
+
+    try:
+        assert [r["name"] for r in await conn.fetch(f"SELECT name FROM {TABLE}")] == ["b1"]
+        assert await use(TENANT_A, signature_a) == ["a1"]
+        for forged in (signature_a, "", "0" * 64, sign_tenant(SECRET, TENANT_B).upper()):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="tenant context"):
+                await use(TENANT_B, forged)
+        assert await use(TENANT_B, sign_tenant(SECRET, TENANT_B)) == ["b1"]
+        # A forged context while a new plan is built: nothing is kept, every context is checked.
+        await conn.execute("SELECT set_config($1, $2, false)", SETTING, TENANT_A)
+        await conn.execute("DISCARD PLANS")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="forged tenant context"):
+            await conn.fetch(f"SELECT name FROM {TABLE}")
+        assert await use(TENANT_A, signature_a) == ["a1"]
+        assert await use(TENANT_B, sign_tenant(SECRET, TENANT_B)) == ["b1"]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="forged tenant context"):
+            await use(TENANT_A, sign_tenant(SECRET, TENANT_B))
+    finally:
+        await conn.close()
+
+
 async def test_debug_print_plan_never_shows_the_key(pg_env: PgEnvironment, protected: list[str]) -> None:
     """The cached plan holds the key pads: a session that prints plans (debug_print_plan, sent to
     it with client_min_messages = log) and forces a new plan (DISCARD PLANS, another search_path)
@@ -258,8 +298,7 @@ async def test_debug_print_plan_never_shows_the_key(pg_env: PgEnvironment, prote
     # A plan prints a bytea constant as its bytes in decimal, wrapped over indented lines.
     unwrapped = [re.sub(r"\n\s*", "", message) for message in shown]
     for pad in (inner, outer):
-        printed = " ".join(str(byte) for byte in pad[:16])
-        assert not any(printed in message or pad.hex() in message for message in unwrapped)
+        assert not any(printed_in_plan(pad) in message or pad.hex() in message for message in unwrapped)
 
 
 async def test_router_role_cannot_reach_the_key_or_the_policy(pg_env: PgEnvironment, protected: list[str]) -> None:

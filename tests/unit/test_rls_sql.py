@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 
 import pglast
 import pytest
@@ -65,10 +66,14 @@ def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     assert "ERRCODE = '42501'" in check
     # Anything but the signed tenant goes to the full check, which says what is wrong.
     assert f"RETURN {rls.CHECK_CONTEXT}" in fast
-    for pad in (rls.INNER_PAD, rls.OUTER_PAD):
-        assert "IMMUTABLE" in _function(statements, pad)
-        assert pad in fast
+    for folded in (rls.INNER_PAD, rls.OUTER_PAD, rls.VERIFIED_CONTEXT):
+        assert "IMMUTABLE" in _function(statements, folded)  # what the planner folds into the plan
+        assert folded in fast
     assert f"REVOKE ALL ON FUNCTION {rls.INNER_PAD}, {rls.OUTER_PAD} FROM PUBLIC" in statements
+    assert f"REVOKE ALL ON FUNCTION {rls.VERIFIED_CONTEXT} FROM PUBLIC" in statements
+    # The guard comes before anything that folds the key or a signature into a plan.
+    guard = fast.index("current_setting('debug_print_plan')")
+    assert guard < min(fast.index(rls.VERIFIED_CONTEXT), fast.index(rls.INNER_PAD))
     assert f"REVOKE ALL ON FUNCTION {rls.CHECK_CONTEXT} FROM PUBLIC" in statements
     _parses(rls.ensure_rls_role_sql())
     _parses(rls.rls_schema_sql())
@@ -94,31 +99,39 @@ def _names(node: object, kind: str) -> list[tuple[str, ...]]:
     return found
 
 
+def _qualified(expression: str) -> None:
+    tree = json.loads(pglast.parser.parse_sql_json(expression))
+    for kind in ("funcname", "name", "names"):
+        for name in _names(tree, kind):
+            assert len(name) == 2, f"unqualified {kind} {'.'.join(name)} in: {expression}"
+
+
 def test_current_tenant_names_nothing_a_search_path_could_replace() -> None:
     """current_tenant() has no SET search_path (it costs a GUC save and restore per call), so every
-    function, operator and type in its SQL must be schema-qualified: otherwise a session's
-    search_path (a schema it may create in, or a pg_temp type) could stand in for one."""
-    import json
-
-    fast = _function(rls.security_objects_sql("app.tenant_id"), rls.CURRENT_TENANT)
+    function, operator and type in its SQL, and in the SQL functions it folds in, must be
+    schema-qualified: otherwise a session's search_path (a schema it may create in, or a pg_temp
+    type) could stand in for one."""
+    statements = rls.security_objects_sql("app.tenant_id")
+    fast = _function(statements, rls.CURRENT_TENANT)
     assert "SET " not in fast.split("AS $fn$")[0]
     body = fast.split("$fn$")[1]
-    expressions = ["SELECT " + line.split(":=", 1)[1].rstrip(";") for line in body.splitlines() if ":=" in line]
-    conditions = body.split("IF ")[1:]
-    expressions += ["SELECT " + c.split(" THEN")[0] for c in conditions]
+    declarations, block = body.split("BEGIN", 1)
+    declared = [line.split(":=", 1) for line in declarations.splitlines() if ":=" in line]
+    assert len(declared) == 2 and all(name.split()[1].startswith("pg_catalog.") for name, _ in declared)
+    expressions = ["SELECT " + value.strip().rstrip(";") for _, value in declared]
+    expressions += ["SELECT " + condition.split(" THEN")[0] for condition in block.split("IF ")[1:]]
     expressions += [
         "SELECT " + line.strip().removeprefix("RETURN ").rstrip(";")
-        for line in body.splitlines()
+        for line in block.splitlines()
         if line.strip().startswith("RETURN ")
     ]
-    declared_types = [line.split()[1] for line in body.split("BEGIN")[0].splitlines() if ":=" in line]
-    assert declared_types and all(t.startswith("pg_catalog.") for t in declared_types)
-    assert len(expressions) >= 4
+    assert len(expressions) >= 7
+    for folded in (rls.INNER_PAD, rls.OUTER_PAD, rls.VERIFIED_CONTEXT):
+        expressions.append(_function(statements, folded).split("$fn$")[1])
     for expression in expressions:
-        tree = json.loads(pglast.parser.parse_sql_json(expression))
-        for kind in ("funcname", "name", "names"):
-            for name in _names(tree, kind):
-                assert len(name) == 2, f"unqualified {kind} {'.'.join(name)} in: {expression}"
+        _qualified(expression)
+    with pytest.raises(AssertionError, match="unqualified name"):
+        _qualified("SELECT a || b")  # the check itself sees an unqualified operator
 
 
 def test_protect_table_sql() -> None:
