@@ -10,15 +10,18 @@ PgBouncer. pgbench runs one target at a time, the order rotated per cell, and ev
 several rounds (3 by default) interleaved across targets: the tables and bars use each target's
 median run, and the spread over the rounds is printed beside them. Then idle_clients.py
 (10 000 idle logins on a router while pgbench runs through it), catalog_scale.py (100 000
-tenants) and read_scaling.py (routers with `reads: auto` and 0 or 1 streaming replicas of the
-shard) run on the same environment.
+tenants), read_scaling.py (routers with `reads: auto` and 0 or 1 streaming replicas of the
+shard) and rls_cost.py (point selects on a protected, a legacy-policy and a plain table) run on
+the same environment. Everything runs the hardened setup (harness.py): a LOGIN-only router role,
+tables owned by the admin, a context secret generated for the run.
 
 Must not: run a router in this process, change anything outside its temp dir, or leave a process
 behind: routers, PgBouncer and every cluster are stopped on any exit, Ctrl-C included.
 
     python -m benchmarks.run [--duration 10] [--rounds 3] [--clients 16,100] [--modes simple,extended,prepared]
                              [--workers N] [--idle-clients 10000] [--catalog-tenants 100000]
-                             [--[no-]read-scaling] [--quick] [--json FILE] [--no-added-latency] [--keep]
+                             [--[no-]read-scaling] [--[no-]rls-cost] [--quick] [--json FILE]
+                             [--no-added-latency] [--keep]
 """
 
 from __future__ import annotations
