@@ -13,7 +13,8 @@ pg_stat_activity or a statement log.
 How the signature is checked without pgcrypto: HMAC-SHA256(key, msg) is
 sha256(outer_pad || sha256(inner_pad || msg)) where the pads are the key, padded to the 64-byte
 block, XOR 0x5c and 0x36. Python precomputes both pads from `tenant.context_secret`; the shard only
-needs the builtin sha256(bytea) (PostgreSQL 11+).
+needs the builtin sha256(bytea) (PostgreSQL 11+). pgcrypto's hmac() would not be faster: measured
+on PostgreSQL 15, one hmac() call cost more than the two sha256() calls.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ OUTER_PAD: Final = f"{RLS_SCHEMA}.context_outer_pad()"
 # The tenant context as it was when current_tenant()'s plan was built, if it was valid then: the
 # verified (tenant, signature) pair a server session keeps (see security_objects_sql).
 VERIFIED_CONTEXT: Final = f"{RLS_SCHEMA}.context_verified_when_planned()"
+# What current_tenant() calls for any other context: the HMAC with the pads folded in.
+VERIFY_CONTEXT: Final = f"{RLS_SCHEMA}.verify_tenant_context()"
 # pg_advisory_xact_lock key serialising concurrent `rls enable` runs on one database ("tr-rls").
 ENABLE_LOCK: Final = 0x74722D726C73
 
@@ -156,39 +159,42 @@ def security_objects_sql(setting: str) -> list[str]:
     """The key table, the table of protected tables and the verifying functions, with their
     privileges; run as the RLS role (SET LOCAL ROLE) so it owns everything it creates.
 
-    `router.current_tenant()` is SECURITY DEFINER (so it can use the key nobody else can read) and
-    returns the tenant id when its signature is right; anything else goes to
-    `router.check_tenant_context()`, which raises 42501 saying what is wrong (the setting or its
-    signature missing, the key not installed, a forged signature). Both are re-created by every
-    `rls enable`, which is how a deployment gets a new version of them.
+    `router.current_tenant()` returns the tenant id when its signature is right; for anything else
+    `router.check_tenant_context()` raises 42501 saying what is wrong (the setting or its signature
+    missing, the key not installed, a forged signature). All of them are re-created by every `rls
+    enable`, which is how a deployment gets a new version of them.
 
-    Why current_tenant() is built this way (it runs once per statement on a protected table, and
-    was a third of a point select's cost as a plpgsql function with a SET clause reading the key
-    table on every call):
-    - The key pads come from `router.context_inner_pad()` / `context_outer_pad()`: IMMUTABLE SQL
-      functions reading the key table, which the planner evaluates when it plans the expression
-      that calls them. The pads thus become constants of the plan plpgsql caches for that
-      expression in each server session: the key is read once per session, not once per statement.
-      That cache is server memory a session cannot write. `rls enable` replaces current_tenant(),
-      which makes every session compile it again and read the key again (a rotated secret
-      applies to the next call). EXECUTE on both is revoked from PUBLIC.
-    - The same way, `router.context_verified_when_planned()` (IMMUTABLE, EXECUTE revoked) is the
-      pair (tenant, signature) in the session's settings at the moment the plan is built, if its
-      signature is right then, else NULL: a verified pair cached per session. A statement whose
-      tenant and signature both equal it needs no HMAC; any other context is checked with the
-      HMAC. The pair stays what it was when planned (typically the session's first tenant), and
-      a session cannot put a pair there whose signature it does not know: the HMAC is checked
-      when the pair is folded in, and both halves must match. Forging a context and forcing a
-      new plan (DISCARD PLANS) folds in NULL: that session then checks every context by HMAC.
-    - A plan holding the pads or a signature must never be printed: `debug_print_plan` (settable by any
-      session, printed to the client with client_min_messages = log) would show them. So the
-      expression holding them is only ever planned (first use, or after an invalidation such as
-      DISCARD PLANS) when debug_print_plan is off; otherwise the check goes to
-      check_tenant_context(), which reads the key when it runs, not when it is planned.
-    - No SET clause (a SET search_path on a function costs a GUC save and restore and a search
-      path recomputation on every call): instead every name in the body is schema-qualified,
-      operators included (OPERATOR(pg_catalog.=)), so no search_path a session sets and no object
-      it creates (a pg_temp type, a schema it can create in) can stand in for anything it calls.
+    current_tenant() runs once per statement on a protected table; as a plpgsql function with a SET
+    clause reading the key table and computing the HMAC on every call it was a third of a point
+    select's cost. Now each call does as little as a plpgsql call can:
+    - It compares the session's (tenant, signature) with `router.context_verified_when_planned()`:
+      the pair in the session's settings when current_tenant()'s plan was built, if its HMAC was
+      right then, else NULL. That function is IMMUTABLE, so the planner runs it once and its result
+      is a constant of the plan plpgsql keeps for the session: a verified pair cached per server
+      session, in server memory no session can write. A session cannot get a pair in there whose
+      signature it does not know (the HMAC is checked when the pair is folded in, and both halves
+      must match); forging a context and forcing a new plan (DISCARD PLANS) folds in NULL, after
+      which that session checks every context by HMAC. The pair is whatever was current when the
+      plan was built (typically the session's first tenant); a plan printed by debug_print_plan
+      shows only that, the session's own settings. It is SECURITY DEFINER (it needs the key) with
+      EXECUTE for PUBLIC (it tells a session nothing it does not know) and `SET debug_print_plan =
+      off`, so the plan of its own query, which holds the key, is never printed.
+    - Any other context goes to `router.verify_tenant_context()` (SECURITY DEFINER): the HMAC with
+      the key pads from `router.context_inner_pad()` / `context_outer_pad()`, IMMUTABLE SQL
+      functions reading the key table which EXECUTE is revoked on, folded into that function's
+      cached plan the same way: the key is read once per session, not once per statement. A plan
+      holding the pads must never be printed (debug_print_plan is settable by any session and
+      printed to it with client_min_messages = log), so that plan is only built (first use, or
+      after an invalidation such as DISCARD PLANS) when debug_print_plan is off; otherwise, and
+      when the HMAC does not match, the check goes to check_tenant_context(), which reads the key
+      when it runs, not when it is planned.
+    - `rls enable` replaces these functions, which makes every session compile them again and read
+      the key again: a rotated secret applies to the next call.
+    - current_tenant() and verify_tenant_context() have no SET clause (a SET search_path costs a
+      GUC save and restore and a search path recomputation on every call): every name in them is
+      schema-qualified, operators included (OPERATOR(pg_catalog.=)), so no search_path a session
+      sets and no object it creates (a pg_temp type, a schema it can create in) can stand in for
+      anything they call. current_tenant() is not SECURITY DEFINER: it reads nothing private.
     The policies call it as `(SELECT router.current_tenant())`, an InitPlan: once per statement.
     """
     schema = quote_ident(RLS_SCHEMA)
@@ -254,28 +260,40 @@ END
 $fn$""",
         f"REVOKE ALL ON FUNCTION {CHECK_CONTEXT} FROM PUBLIC",
         f"""CREATE OR REPLACE FUNCTION {VERIFIED_CONTEXT} RETURNS pg_catalog.text[]
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    SET debug_print_plan = off
 AS $fn$SELECT ARRAY[c.tenant, c.signature]
 FROM (SELECT pg_catalog.current_setting({tenant_setting}, true) AS tenant,
              pg_catalog.current_setting({sig_setting}, true) AS signature) AS c
 WHERE {_hmac_sql("c.tenant")} OPERATOR(pg_catalog.=) c.signature$fn$""",
         f"REVOKE ALL ON FUNCTION {VERIFIED_CONTEXT} FROM PUBLIC",
-        f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS pg_catalog.text
+        f"GRANT EXECUTE ON FUNCTION {VERIFIED_CONTEXT} TO PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {VERIFY_CONTEXT} RETURNS pg_catalog.text
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 AS $fn$
-DECLARE
-    v_tenant pg_catalog.text := pg_catalog.current_setting({tenant_setting}, true);
-    v_signature pg_catalog.text := pg_catalog.current_setting({sig_setting}, true);
 BEGIN
     IF pg_catalog.current_setting('debug_print_plan') OPERATOR(pg_catalog.=) 'off' THEN
-        IF ARRAY[v_tenant, v_signature] OPERATOR(pg_catalog.=) {VERIFIED_CONTEXT} THEN
-            RETURN v_tenant;
-        END IF;
-        IF {_hmac_sql("v_tenant")} OPERATOR(pg_catalog.=) v_signature THEN
-            RETURN v_tenant;
+        IF {_hmac_sql(f"pg_catalog.current_setting({tenant_setting}, true)")}
+                OPERATOR(pg_catalog.=) pg_catalog.current_setting({sig_setting}, true) THEN
+            RETURN pg_catalog.current_setting({tenant_setting}, true);
         END IF;
     END IF;
     RETURN {CHECK_CONTEXT};
+END
+$fn$""",
+        f"REVOKE ALL ON FUNCTION {VERIFY_CONTEXT} FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {VERIFY_CONTEXT} TO PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS pg_catalog.text
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+AS $fn$
+BEGIN
+    RETURN CASE
+        WHEN ARRAY[pg_catalog.current_setting({tenant_setting}, true), pg_catalog.current_setting({sig_setting}, true)]
+                OPERATOR(pg_catalog.=) {VERIFIED_CONTEXT}
+            THEN pg_catalog.current_setting({tenant_setting}, true)
+        ELSE {VERIFY_CONTEXT}
+    END;
 END
 $fn$""",
         f"REVOKE ALL ON FUNCTION {CURRENT_TENANT} FROM PUBLIC",

@@ -521,6 +521,12 @@ def _printed_plan(s: Scene) -> None:
         p.run(force_new_plan)
         p.run(s.read)
         p.run("SELECT router.current_tenant()")
+    # A context that is not the pair a plan was built with goes through the HMAC's plan, too.
+    p.run("BEGIN")
+    p.run(f"SELECT set_config('app.tenant_id', {lit(s.b)}, true)")
+    p.run("DISCARD PLANS")
+    p.run(s.read)
+    p.run("ROLLBACK")
     # A plan prints a constant as its bytes in decimal, wrapped over indented lines.
     printed = re.sub(r"\n\s*", "", "\n".join(p.seen))
     inner, outer = context_key_pads(SECRET)

@@ -153,7 +153,7 @@ async def test_enable_is_idempotent_and_installs_everything(pg_env: PgEnvironmen
                 " (SELECT count(*) FROM router.context_key) AS keys,"
                 " (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'router') AS schema_owner,"
                 " (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'current_tenant') AS function_owner,"
-                " (SELECT prosecdef FROM pg_proc WHERE proname = 'current_tenant') AS definer,"
+                " (SELECT prosecdef FROM pg_proc WHERE proname = 'verify_tenant_context') AS definer,"
                 " (SELECT column_name FROM router.rls_tables WHERE table_name = $1::regclass) AS recorded,"
                 " (SELECT rolcanlogin FROM pg_roles WHERE rolname = $2) AS rls_role_logs_in"
                 " FROM pg_class c WHERE c.oid = $1::regclass",
@@ -292,6 +292,15 @@ async def test_debug_print_plan_never_shows_the_key(pg_env: PgEnvironment, prote
             await conn.execute(force_new_plan)
             assert await conn.fetchval(f"SELECT name FROM {TABLE}") == "a1"
         assert await conn.fetchval("SELECT router.current_tenant()") == TENANT_A
+        # Another valid context than the pair the plan was built with goes through the HMAC's plan.
+        await conn.execute("SELECT set_config($1, $2, false)", rls.signature_setting(SETTING), SECRET)
+        await conn.execute("DISCARD PLANS")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="forged tenant context"):
+            await conn.fetch(f"SELECT name FROM {TABLE}")
+        await conn.execute(
+            "SELECT set_config($1, $2, false)", rls.signature_setting(SETTING), sign_tenant(SECRET, TENANT_A)
+        )
+        assert await conn.fetchval(f"SELECT name FROM {TABLE}") == "a1"
     finally:
         await conn.close()
     assert any("PLANNEDSTMT" in message or "constvalue" in message for message in shown)  # plans were shown

@@ -56,24 +56,27 @@ def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     for statement in statements:
         _parses(statement)
     fast = _function(statements, rls.CURRENT_TENANT)
-    assert "SECURITY DEFINER" in fast and "STABLE" in fast
-    assert "current_setting('myapp.tenant', true)" in fast
-    assert "current_setting('myapp.tenant_sig', true)" in fast
+    verify = _function(statements, rls.VERIFY_CONTEXT)
+    # current_tenant() acts as the caller: it reads no key, it compares with the pair folded in.
+    assert "SECURITY DEFINER" not in fast and "STABLE" in fast
+    assert rls.VERIFIED_CONTEXT in fast and f"ELSE {rls.VERIFY_CONTEXT}" in fast
+    assert "SECURITY DEFINER" in verify and f"RETURN {rls.CHECK_CONTEXT}" in verify
+    for function in (fast, verify):
+        assert "current_setting('myapp.tenant', true)" in function
+        assert "current_setting('myapp.tenant_sig', true)" in function
     check = _function(statements, rls.CHECK_CONTEXT)
     assert "SET search_path = pg_catalog, pg_temp" in check
     assert "current_setting('myapp.tenant', true)" in check
     assert "current_setting('myapp.tenant_sig', true)" in check
     assert "ERRCODE = '42501'" in check
-    # Anything but the signed tenant goes to the full check, which says what is wrong.
-    assert f"RETURN {rls.CHECK_CONTEXT}" in fast
     for folded in (rls.INNER_PAD, rls.OUTER_PAD, rls.VERIFIED_CONTEXT):
-        assert "IMMUTABLE" in _function(statements, folded)  # what the planner folds into the plan
-        assert folded in fast
+        assert "IMMUTABLE" in _function(statements, folded)  # what the planner folds into a plan
+    # The pads: the verifier's own plan, which it builds only when debug_print_plan is off; the
+    # pair's function folds them into a plan of its own, which it never prints.
+    guard = verify.index("current_setting('debug_print_plan')")
+    assert guard < verify.index(rls.INNER_PAD) and guard < verify.index(rls.OUTER_PAD)
+    assert "SET debug_print_plan = off" in _function(statements, rls.VERIFIED_CONTEXT)
     assert f"REVOKE ALL ON FUNCTION {rls.INNER_PAD}, {rls.OUTER_PAD} FROM PUBLIC" in statements
-    assert f"REVOKE ALL ON FUNCTION {rls.VERIFIED_CONTEXT} FROM PUBLIC" in statements
-    # The guard comes before anything that folds the key or a signature into a plan.
-    guard = fast.index("current_setting('debug_print_plan')")
-    assert guard < min(fast.index(rls.VERIFIED_CONTEXT), fast.index(rls.INNER_PAD))
     assert f"REVOKE ALL ON FUNCTION {rls.CHECK_CONTEXT} FROM PUBLIC" in statements
     _parses(rls.ensure_rls_role_sql())
     _parses(rls.rls_schema_sql())
@@ -107,25 +110,19 @@ def _qualified(expression: str) -> None:
 
 
 def test_current_tenant_names_nothing_a_search_path_could_replace() -> None:
-    """current_tenant() has no SET search_path (it costs a GUC save and restore per call), so every
-    function, operator and type in its SQL, and in the SQL functions it folds in, must be
-    schema-qualified: otherwise a session's search_path (a schema it may create in, or a pg_temp
-    type) could stand in for one."""
+    """current_tenant() and verify_tenant_context() have no SET search_path (it costs a GUC save
+    and restore per call), so every function, operator and type in their SQL, and in the SQL
+    functions they fold in, must be schema-qualified: otherwise a session's search_path (a schema
+    it may create in, or a pg_temp type) could stand in for one."""
     statements = rls.security_objects_sql("app.tenant_id")
-    fast = _function(statements, rls.CURRENT_TENANT)
-    assert "SET " not in fast.split("AS $fn$")[0]
-    body = fast.split("$fn$")[1]
-    declarations, block = body.split("BEGIN", 1)
-    declared = [line.split(":=", 1) for line in declarations.splitlines() if ":=" in line]
-    assert len(declared) == 2 and all(name.split()[1].startswith("pg_catalog.") for name, _ in declared)
-    expressions = ["SELECT " + value.strip().rstrip(";") for _, value in declared]
-    expressions += ["SELECT " + condition.split(" THEN")[0] for condition in block.split("IF ")[1:]]
-    expressions += [
-        "SELECT " + line.strip().removeprefix("RETURN ").rstrip(";")
-        for line in block.splitlines()
-        if line.strip().startswith("RETURN ")
-    ]
-    assert len(expressions) >= 7
+    expressions = []
+    for name in (rls.CURRENT_TENANT, rls.VERIFY_CONTEXT):
+        function = _function(statements, name)
+        assert "SET " not in function.split("AS $fn$")[0]
+        block = function.split("$fn$")[1].split("BEGIN", 1)[1]
+        expressions += ["SELECT " + condition.split(" THEN")[0] for condition in block.split("IF ")[1:]]
+        expressions += ["SELECT " + part.split(";")[0] for part in block.split("RETURN ")[1:]]
+    assert len(expressions) == 5
     for folded in (rls.INNER_PAD, rls.OUTER_PAD, rls.VERIFIED_CONTEXT):
         expressions.append(_function(statements, folded).split("$fn$")[1])
     for expression in expressions:
