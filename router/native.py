@@ -22,12 +22,14 @@ import importlib.machinery
 import json
 from pathlib import Path
 
-# The forwarding path: framing and messages, the client and server connections, the pools, and
-# the check of each Query's text for the exact hand-over (cached verdicts, asked per transaction).
+# The forwarding path: framing and messages, the client and server connections, their flow control
+# (linked and unlinked on every transaction), the pools, and the check of each Query's text for the
+# exact hand-over (cached verdicts, asked per transaction).
 MODULES = (
     "router.net.client",
     "router.inert_statements",
     "router.net.server",
+    "router.net.flow",
     "router.pool",
     "router.protocol.pg.framing",
     "router.protocol.pg.frontend",
