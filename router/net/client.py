@@ -58,10 +58,10 @@ from router.protocol.pg import frontend as fe
 from router.protocol.pg import responses as r
 from router.protocol.pg.prepared import (
     UNKNOWN_EPOCH,
+    ClientStatement,
     ClientStatements,
     ServerStatement,
     needs_parse,
-    server_statement_for,
 )
 from router.statements import PREPARE, Effects, classify
 
@@ -823,13 +823,15 @@ class ClientSession:
             return self._raise_in_pipeline(duplicate)
         if self._names_protocol_statement(parse.query):
             return False
-        if self.server is None and self._parse_known_valid(parse):
-            # Between transactions, a statement that parsed on this database before is answered
-            # at once (pgbench -M prepared waits for its Parse, blocking its other clients, which
-            # may hold connections); its epoch is now's, so it is parsed again where it is used.
-            self.statements.define(parse.name, parse, next(_PARSES))
-            self.write_to_client(be.PARSE_COMPLETE)
-            return True
+        if self.server is None:
+            known = self._known_valid(parse)
+            if known is not None:
+                # Between transactions, a statement that parsed on this database before is answered
+                # at once (pgbench -M prepared waits for its Parse, blocking its other clients, which
+                # may hold connections); its epoch is now's, so it is parsed again where it is used.
+                self.statements.add(parse.name, known)
+                self.write_to_client(be.PARSE_COMPLETE)
+                return True
         server = self._server()
         if server is None:
             return False
@@ -839,14 +841,17 @@ class ClientSession:
         self._parse_on_server(server, statement.on(server.applied.get("search_path", "")), statement.epoch, False)
         return True
 
-    def _parse_known_valid(self, parse: fe.Parse) -> bool:
-        """Whether this statement parsed on the tenant's database under the same search_path."""
+    def _known_valid(self, parse: fe.Parse) -> ClientStatement | None:
+        """This statement, stamped now, if it parsed on the tenant's database under the same
+        search_path; None otherwise. Its server statement is worked out once, here, and kept for
+        the Bind that follows."""
         try:
             target = self._target()
         except RouterError:
-            return False  # let the acquire path report it
+            return None  # let the acquire path report it
+        statement = ClientStatement(parse, next(_PARSES))
         namespace = self._desired_settings(target).get("search_path", "")
-        return server_statement_for(parse, namespace).name in target.pool.valid_statements
+        return statement if statement.on(namespace).name in target.pool.valid_statements else None
 
     def _parse_on_server(self, server: ServerConnection, statement: ServerStatement, epoch: int, swallow: bool) -> None:
         """Parse a server statement on `server`, in place of any copy it has (Close first, in the

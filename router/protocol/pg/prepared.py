@@ -95,7 +95,11 @@ class ClientStatements:
 
     def define(self, client_name: str, parse: Parse, epoch: int) -> ClientStatement:
         """Record a Parse of a new name (the caller refuses a name already defined, 42P05)."""
-        statement = self._by_name[client_name] = ClientStatement(parse, epoch)
+        return self.add(client_name, ClientStatement(parse, epoch))
+
+    def add(self, client_name: str, statement: ClientStatement) -> ClientStatement:
+        """Record a statement made beforehand (with its server statement already worked out)."""
+        self._by_name[client_name] = statement
         return statement
 
     def get(self, client_name: str) -> ClientStatement | None:
