@@ -569,19 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan": asdict(plan),
     }
-    code = 1
     started = time.monotonic()
-    try:
-        code = benchmark(plan, ws, report)
-    except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        code = 130
-    except Exception as exc:
-        print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        ws.dump_logs()
-        code = 1
-    finally:
-        code = ws.close() or code
+    code = ws.run_alone(lambda: benchmark(plan, ws, report))
     report["seconds"] = round(time.monotonic() - started)
     print(f"run took {report['seconds']}s")
     if args.json:
