@@ -36,13 +36,12 @@ from router.inert_statements import LEAVES_NOTHING
 from router.isolation import database_name, schema_name, sign_tenant, tenant_role, tenant_role_password
 from router.janitor import Janitor
 from router.net.client import ClientSession
-from router.net.context import Target
+from router.net.context import Entry, Target
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
 from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
 from router.protocol.pg.auth import ScramVerifier
 from router.read_statements import ReadClassifier
 from router.replicas import LagBounds, ReplicaMember, choose_replica
-from router.rls import signature_setting
 from router.role_guard import RoleGuard
 from router.routing import place_tenant
 from router.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
@@ -116,10 +115,6 @@ class Router:
         self.read_your_writes: str = config.reads.read_your_writes
         self.read_bounds = LagBounds(config.reads.max_lag_bytes, config.reads.max_lag_seconds)
         self._tenant_positions: dict[str, int] = {}
-        secret = config.tenant.context_secret
-        self.hidden_settings: frozenset[str] = (
-            frozenset({signature_setting(config.tenant.setting)}) if secret is not None else frozenset()
-        )
         # Tenants with a write just committed whose WAL position is still being read: their reads
         # go to the primary meanwhile (read-your-writes per tenant).
         self._tenant_pending: Counter[str] = Counter()
@@ -176,11 +171,14 @@ class Router:
         setting, secret = self.config.tenant.setting, self.config.tenant.context_secret
         context = {setting: record.id}
         user, password = self.config.server.user, self.config.server.password
+        entry = None
         if secret is not None:
-            # Unforgeable context: the shard's router.current_tenant() checks this signature; and
-            # schema/database tenants act as their own role, which can reach nothing of others.
-            context[signature_setting(setting)] = sign_tenant(secret, record.id)
-            if record.isolation != "shared":
+            # Unforgeable context: a shared tenant's server sessions enter it with its signature
+            # (router/rls.py); schema/database tenants act as their own role, which can reach
+            # nothing of others.
+            if record.isolation == "shared":
+                entry = Entry(record.id, sign_tenant(secret, record.id))
+            else:
                 user, password = tenant_role(record.id), tenant_role_password(secret, record.id)
         if record.isolation == "schema":
             context["search_path"] = schema_name(record.id)
@@ -194,14 +192,16 @@ class Router:
         )
         primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname, user, password)
         shares_role = secret is not None and record.isolation == "shared"
-        return Target(record.id, shard.name, primary, context, replicas, shares_role)
+        return Target(record.id, shard.name, primary, context, replicas, shares_role, entry)
 
     def default_target(self) -> Target:
         shard = next(iter(self.topology.shards.values()))
         pool = self._pool(
             shard.name, shard.primary, shard.primary.dbname, self.config.server.user, self.config.server.password
         )
-        return Target("", shard.name, pool, {})
+        # With a context secret, a session without tenant leaves whatever one its server had entered.
+        entry = Entry("") if self.config.tenant.context_secret is not None else None
+        return Target("", shard.name, pool, {}, entry=entry)
 
     def _pool(self, shard: str, server: ServerAddress, database: str, user: str, password: str | None) -> Pool:
         key = PoolKey(shard, server.host, server.port, database, user)

@@ -508,6 +508,14 @@ SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole,
              WHERE has_table_privilege(r.oid, 'pg_catalog.pg_largeobject_metadata', 'SELECT')) AS large_objects
 FROM pg_roles r WHERE r.rolname = $1
 """
+# On a shard in the hardened setup (PostgreSQL 15+): whether the router's role ($1) may write the
+# carrier of the entered tenant, and whether the entering function ($2) is installed.
+_ENTERING_SQL: Final = (
+    f"SELECT has_parameter_privilege($1, '{rls.CARRIER}', 'SET') AS router_sets,"
+    " to_regprocedure($2) IS NOT NULL AS enters"
+)
+# Whether a role may write the carrier of the entered tenant (PostgreSQL 15+).
+_SETS_CARRIER_SQL: Final = f"SELECT has_parameter_privilege($1, '{rls.CARRIER}', 'SET')"
 _TABLE_SQL: Final = """
 SELECT c.oid, c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
        pg_get_userbyid(c.relowner)::text AS owner,
@@ -616,7 +624,15 @@ async def _enable_on_shard(
                 raise UnsafeLayout(f"{where}: the router's role {router_role!r} (server.user) does not exist")
             target = await conn.fetchrow(_TABLE_SQL, table, column, router_role, rls.POLICY)
             qualified = _check_table(target, table, column, router_role, admin.user, where)
+            if role["version"] < rls.MIN_SERVER_VERSION:
+                raise UnsafeLayout(
+                    f"{where}: PostgreSQL {role['version'] // 10000} cannot keep shared tenants apart against"
+                    f" their own SQL: the entered tenant needs PostgreSQL {rls.MIN_SERVER_VERSION // 10000}"
+                    " or later (GRANT SET ON PARAMETER)",
+                    hint="upgrade the shard, or serve its tenants with isolation schema or database",
+                )
             await conn.execute(rls.ensure_rls_role_sql())
+            await _grant_carrier(conn, router_role, where)
             if await conn.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", router_role, rls.RLS_ROLE):
                 raise UnsafeLayout(
                     f"{where}: the router's role {router_role!r} is a member of {rls.RLS_ROLE}, so it could"
@@ -636,6 +652,14 @@ async def _enable_on_shard(
             await conn.execute(rls.PRUNE_TABLES_SQL)
             await conn.execute(rls.RECORD_TABLE_SQL, target["oid"], column)
             await conn.execute("RESET ROLE")
+            # Every protected table gets the current policy (a new version of the router's, say),
+            # then what earlier versions installed and no policy uses any more goes.
+            for protected in await conn.fetch(rls.PROTECTED_TABLES_SQL):
+                name = rls.QualifiedName(protected["schema"], protected["name"])
+                for statement in rls.policy_sql(name, protected["column_name"], protected["column_type"]):
+                    await conn.execute(statement)
+            for statement in rls.OLD_OBJECTS_SQL:
+                await conn.execute(statement)
             sequences = tuple(
                 rls.QualifiedName(r["schema"], r["name"]) for r in await conn.fetch(_SEQUENCES_SQL, target["oid"])
             )
@@ -656,6 +680,27 @@ async def _enable_on_shard(
         )
     line = f"{where}: {qualified} protected by {rls.POLICY} on {column} ({target['column_type']}); key written"
     return line + "".join(f"\n  warning: {warning}" for warning in warnings)
+
+
+async def _grant_carrier(conn: Any, router_role: str, where: str) -> None:
+    """Let tenant_router_rls, and make sure no one the router's role can act as, write the setting
+    that carries the entered tenant (router/rls.py)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(rls.grant_carrier_sql())
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise AdminRequired(
+            f"{where}: the admin may not grant SET on {rls.CARRIER} ({exc}), which the shard needs to tell shared"
+            " tenants apart",
+            hint=f"run rls enable with a superuser admin, or have a superuser run once: {rls.grant_carrier_sql()}",
+        ) from exc
+    if await conn.fetchval(_SETS_CARRIER_SQL, router_role):
+        raise UnsafeLayout(
+            f"{where}: the router's role {router_role!r} may set {rls.CARRIER} (it was granted SET on it, directly"
+            " or through a role), so any shared tenant could enter any other",
+            hint=f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {quote_ident(router_role)} (and from the roles it"
+            " belongs to), then run again",
+        )
 
 
 async def _grant_large_objects(conn: Any, role: str) -> None:
@@ -736,6 +781,28 @@ async def _check_rls_schema(conn: Any, where: str) -> None:
 
 
 # --- the router's role ---------------------------------------------------------------------------
+
+
+def _entering_findings(role: str, version: int, row: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Problems and warnings about entering shared tenants (router/rls.py) on a shard, from
+    _ENTERING_SQL (None before PostgreSQL 15)."""
+    if row is None:
+        return (), (
+            f"PostgreSQL {version // 10000} cannot keep shared tenants apart against their own SQL (the entered"
+            f" tenant needs {rls.MIN_SERVER_VERSION // 10000}+): serve this shard's tenants with isolation schema"
+            " or database",
+        )
+    if row["router_sets"]:
+        return (
+            f"role {role} may set {rls.CARRIER}, which carries the entered tenant: any shared tenant could enter"
+            f" any other; REVOKE SET ON PARAMETER {rls.CARRIER} FROM {quote_ident(role)}",
+        ), ()
+    if not row["enters"]:
+        return (), (
+            "router.enter_tenant() is not installed: shared tenants' sessions fail until you run"
+            " tenant-router rls enable TABLE (a deployment of an earlier version: run it again)",
+        )
+    return (), ()
 
 
 def _role_findings(role: str, row: Any, hardened: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -820,6 +887,9 @@ async def audit_server_role(config: RouterConfig, topology: Topology, timeout: f
             conn = await connect(address, login, timeout=limit)
             try:
                 row = await conn.fetchrow(_ROUTER_ROLE_SQL, login.user)
+                entering = None
+                if row["version"] >= rls.MIN_SERVER_VERSION:
+                    entering = await conn.fetchrow(_ENTERING_SQL, login.user, rls.ENTER_TENANT)
             finally:
                 await close(conn)
         except SHARD_ERRORS as exc:
@@ -827,6 +897,10 @@ async def audit_server_role(config: RouterConfig, topology: Topology, timeout: f
             return RoleAudit(shard, address, warnings=(warning,))
         hardened = config.tenant.context_secret is not None
         problems, warnings = _role_findings(login.user, row, hardened=hardened)
+        if hardened:
+            found, notes = _entering_findings(login.user, row["version"], entering)
+            problems += found
+            warnings += notes
         if hardened and config.admin is None:
             problems += (_NO_REPAIR.format(role=login.user),)
         return RoleAudit(shard, address, problems, warnings)

@@ -1,20 +1,40 @@
-"""The SQL of shard-side isolation: the signed tenant context, row-level security, tenant roles.
+"""The SQL of shard-side isolation: the entered tenant, row-level security, tenant roles.
 
 Owns: the names of the security objects every shard gets (`tenant_router_rls`, schema `router`,
-`router.context_key`, `router.rls_tables`, `router.current_tenant()`, policy `tenant_isolation`),
-the HMAC key pads stored for the verifying function, the statements that create and protect them,
-and the DDL that gives a `schema` or `database` tenant its own role and namespace.
+`router.context_key`, `router.rls_tables`, `router.enter_tenant()`, `router.leave_tenant()`,
+`router.current_tenant()`, policy `tenant_isolation`), the HMAC key pads stored for the entering
+function, the statements that create and protect them, and the DDL that gives a `schema` or
+`database` tenant its own role and namespace.
 
 Must not: do I/O, import a driver, or decide anything about shards, the catalog or credentials
 (router/provisioning.py runs these statements with the admin role). Values in, SQL text out; the
-key pads are always sent as bind parameters, never spliced into SQL text, so they cannot appear in
-pg_stat_activity or a statement log.
+key pads and signatures are always sent as bind parameters, never spliced into SQL text, so they
+cannot appear in pg_stat_activity or a statement log.
 
-How the signature is checked without pgcrypto: HMAC-SHA256(key, msg) is
-sha256(outer_pad || sha256(inner_pad || msg)) where the pads are the key, padded to the 64-byte
-block, XOR 0x5c and 0x36. Python precomputes both pads from `tenant.context_secret`; the shard only
-needs the builtin sha256(bytea) (PostgreSQL 11+). pgcrypto's hmac() would not be faster: measured
-on PostgreSQL 15, one hmac() call cost more than the two sha256() calls.
+How a shared tenant's server session is bound to its tenant (the "entered tenant"): every shared
+tenant acts as the router's role, so nothing the router's role can do in SQL can be what tells
+tenants apart; only knowledge can: the signature HMAC-SHA256(tenant.context_secret, tenant id),
+which the router has and tenants do not. The router proves it once per tenant switch, not once per
+statement: it calls `router.enter_tenant(tenant, signature)` (SECURITY DEFINER, owned by the NOLOGIN
+role tenant_router_rls), which checks the signature and writes the tenant id into a setting that
+only a superuser, or a role granted SET on it, can change: `backtrace_functions`. It is the only
+superuser-set text setting every role can read, and its value has no effect unless it names a C
+function in which an error is raised (it then adds a backtrace to the server log); a tenant id
+becomes a value of it with `-` written as `D` (tenant ids are lower case, router/isolation.py),
+which the setting's syntax needs. The policies compare the tenant column with that setting, read
+inline: a builtin call per row, as cheap as the unsigned `current_setting('app.tenant_id')` that
+any session could set (measured: benchmarks/rls_cost.py). A tenant cannot write the setting (SET,
+set_config, ALTER ROLE ... SET are refused for lack of the privilege), cannot make enter_tenant
+write another tenant's id without that tenant's signature, and a value it did not enter is never
+left for it: the router calls `router.leave_tenant()` (empty value) before it applies a new
+client's settings, and enter_tenant after, each in a transaction of its own, so that a failing
+enter leaves no tenant rather than the previous one. RESET ALL and DISCARD ALL empty it too (they
+reset every setting without checking privileges); the router enters again after them. Needs
+PostgreSQL 15 (GRANT SET ON PARAMETER) and a superuser admin for `rls enable`, once.
+
+HMAC without pgcrypto: HMAC-SHA256(key, msg) is sha256(outer_pad || sha256(inner_pad || msg)) where
+the pads are the key, padded to the 64-byte block, XOR 0x5c and 0x36. Python precomputes both pads
+from `tenant.context_secret`; the shard only needs the builtin sha256(bytea) (PostgreSQL 11+).
 """
 
 from __future__ import annotations
@@ -28,9 +48,17 @@ from router.isolation import quote_ident, quote_literal, tenant_role
 from router.protocol.pg.auth import ScramVerifier
 
 __all__ = [
+    "CARRIER",
     "CURRENT_TENANT",
+    "ENTER_TENANT",
+    "ENTER_TENANT_SQL",
     "LARGE_OBJECT_FUNCTIONS_SQL",
+    "LEAVE_TENANT",
+    "LEAVE_TENANT_SQL",
+    "MIN_SERVER_VERSION",
+    "OLD_OBJECTS_SQL",
     "POLICY",
+    "PROTECTED_TABLES_SQL",
     "PRUNE_TABLES_SQL",
     "RECORD_TABLE_SQL",
     "RLS_ROLE",
@@ -38,6 +66,7 @@ __all__ = [
     "SCHEMA_TENANT_ROLES_SQL",
     "STORE_KEY_SQL",
     "QualifiedName",
+    "carried_value",
     "close_large_objects_sql",
     "context_key_pads",
     "create_database_sql",
@@ -47,43 +76,46 @@ __all__ = [
     "drop_schema_sql",
     "ensure_rls_role_sql",
     "ensure_tenant_role_sql",
+    "grant_carrier_sql",
     "grant_large_objects_sql",
     "hmac_from_pads",
     "lock_down_database_sql",
     "lock_down_public_schema_sql",
+    "policy_sql",
     "protect_table_sql",
     "rls_schema_sql",
     "schema_sql_statements",
     "scram_verifier",
     "security_objects_sql",
-    "signature_setting",
 ]
 
 RLS_ROLE: Final = "tenant_router_rls"
 RLS_SCHEMA: Final = "router"
 POLICY: Final = "tenant_isolation"
+# The setting that carries the entered tenant (see the module's docstring).
+CARRIER: Final = "backtrace_functions"
+# GRANT SET ON PARAMETER, which lets tenant_router_rls (and no one else) write the carrier.
+MIN_SERVER_VERSION: Final = 150000
+ENTER_TENANT: Final = f"{RLS_SCHEMA}.enter_tenant(pg_catalog.text, pg_catalog.text)"
+LEAVE_TENANT: Final = f"{RLS_SCHEMA}.leave_tenant()"
 CURRENT_TENANT: Final = f"{RLS_SCHEMA}.current_tenant()"
+# What the policies call when no tenant is entered: raises 42501 saying so.
+NO_TENANT: Final = f"{RLS_SCHEMA}.no_tenant_context()"
 KEY_TABLE: Final = f"{RLS_SCHEMA}.context_key"
 TABLES_TABLE: Final = f"{RLS_SCHEMA}.rls_tables"
-# The slow path of CURRENT_TENANT: the full check, raising what is wrong; and the key pads as
-# functions whose values the planner folds into current_tenant()'s cached plan (see
-# security_objects_sql).
-CHECK_CONTEXT: Final = f"{RLS_SCHEMA}.check_tenant_context()"
-INNER_PAD: Final = f"{RLS_SCHEMA}.context_inner_pad()"
-OUTER_PAD: Final = f"{RLS_SCHEMA}.context_outer_pad()"
-# The tenant context as it was when current_tenant()'s plan was built, if it was valid then: the
-# verified (tenant, signature) pair a server session keeps (see security_objects_sql).
-VERIFIED_CONTEXT: Final = f"{RLS_SCHEMA}.context_verified_when_planned()"
-# What current_tenant() calls for any other context: the HMAC with the pads folded in.
-VERIFY_CONTEXT: Final = f"{RLS_SCHEMA}.verify_tenant_context()"
 # pg_advisory_xact_lock key serialising concurrent `rls enable` runs on one database ("tr-rls").
 ENABLE_LOCK: Final = 0x74722D726C73
 
 _BLOCK: Final = 64  # SHA-256 block size in bytes
 _INNER: Final = 0x36
 _OUTER: Final = 0x5C
-# The SQLSTATE current_tenant() raises: insufficient_privilege, like any other refusal.
+# The SQLSTATE of every refusal here: insufficient_privilege.
 _REFUSED: Final = "42501"
+# Tenant ids (router/isolation.py) are lower case; the carrier's syntax takes letters, digits and
+# `_` only, so `-` travels as `D`.
+_DASH: Final = "-"
+_DASH_CARRIED: Final = "D"
+_TENANT_ID_PATTERN: Final = "^[a-z0-9][a-z0-9_-]*$"
 
 
 @dataclass(frozen=True)
@@ -101,12 +133,25 @@ class QualifiedName:
         return f"{self.schema}.{self.name}"
 
 
-# --- the signed context --------------------------------------------------------------------------
+# --- the entered tenant --------------------------------------------------------------------------
 
 
-def signature_setting(setting: str) -> str:
-    """The setting holding the signature of `setting`'s value (`app.tenant_id` -> `app.tenant_id_sig`)."""
-    return setting + "_sig"
+def carried_value(tenant_id: str) -> str:
+    """The carrier's value for `tenant_id` (what enter_tenant writes)."""
+    return tenant_id.replace(_DASH, _DASH_CARRIED)
+
+
+def _entered_tenant_sql() -> str:
+    """The entered tenant id, or a 42501 error when there is none: builtins read inline, so a
+    policy costs a setting look-up per row and no function call. The function after COALESCE
+    runs only when the carrier is empty."""
+    carried = f"pg_catalog.current_setting('{CARRIER}')"
+    return f"COALESCE(NULLIF(pg_catalog.translate({carried}, '{_DASH_CARRIED}', '{_DASH}'), ''), {NO_TENANT})"
+
+
+# What the router sends to enter a tenant: $1 the tenant id, $2 its signature (bind values).
+ENTER_TENANT_SQL: Final = f"SELECT {RLS_SCHEMA}.enter_tenant($1, $2)"
+LEAVE_TENANT_SQL: Final = f"SELECT {LEAVE_TENANT}"
 
 
 def context_key_pads(secret: str) -> tuple[bytes, bytes]:
@@ -142,70 +187,52 @@ def ensure_rls_role_sql() -> str:
     )
 
 
+def grant_carrier_sql() -> str:
+    """Let tenant_router_rls write the carrier (run as a superuser; PostgreSQL 15+). A cluster-wide
+    grant: the setting is one per server, whichever database."""
+    return f"GRANT SET ON PARAMETER {CARRIER} TO {quote_ident(RLS_ROLE)}"
+
+
 def rls_schema_sql() -> str:
     """Create schema `router` owned by the RLS role (run as the admin)."""
     return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(RLS_SCHEMA)} AUTHORIZATION {quote_ident(RLS_ROLE)}"
 
 
-def _hmac_sql(tenant: str) -> str:
-    """Hex HMAC-SHA256 of the text expression `tenant` under the key pads, every name qualified."""
-    return (
-        f"pg_catalog.encode(pg_catalog.sha256({OUTER_PAD} OPERATOR(pg_catalog.||)"
-        f" pg_catalog.sha256({INNER_PAD} OPERATOR(pg_catalog.||) pg_catalog.convert_to({tenant}, 'UTF8'))), 'hex')"
-    )
+# The objects of the earlier design (a signed setting checked by a plpgsql function on every
+# statement), dropped by `rls enable` once the policies no longer use them.
+OLD_OBJECTS_SQL: Final = [
+    f"DROP FUNCTION IF EXISTS {RLS_SCHEMA}.context_verified_when_planned()",
+    f"DROP FUNCTION IF EXISTS {RLS_SCHEMA}.verify_tenant_context()",
+    f"DROP FUNCTION IF EXISTS {RLS_SCHEMA}.check_tenant_context()",
+    f"DROP FUNCTION IF EXISTS {RLS_SCHEMA}.context_inner_pad()",
+    f"DROP FUNCTION IF EXISTS {RLS_SCHEMA}.context_outer_pad()",
+]
 
 
 def security_objects_sql(setting: str) -> list[str]:
-    """The key table, the table of protected tables and the verifying functions, with their
-    privileges; run as the RLS role (SET LOCAL ROLE) so it owns everything it creates.
+    """The key table, the table of protected tables and the functions that enter, leave and name
+    the tenant, with their privileges; run as the RLS role (SET LOCAL ROLE) so it owns everything
+    it creates. Re-created by every `rls enable`, which is how a deployment gets a new version.
 
-    `router.current_tenant()` returns the tenant id when its signature is right; for anything else
-    `router.check_tenant_context()` raises 42501 saying what is wrong (the setting or its signature
-    missing, the key not installed, a forged signature). All of them are re-created by every `rls
-    enable`, which is how a deployment gets a new version of them.
-
-    current_tenant() runs once per statement on a protected table; as a plpgsql function with a SET
-    clause reading the key table and computing the HMAC on every call it was a third of a point
-    select's cost. Now each call does as little as a plpgsql call can:
-    - It compares the session's (tenant, signature) with `router.context_verified_when_planned()`:
-      the pair in the session's settings when current_tenant()'s plan was built, if its HMAC was
-      right then, else NULL. That function is IMMUTABLE, so the planner runs it once and its result
-      is a constant of the plan plpgsql keeps for the session: a verified pair cached per server
-      session, in server memory no session can write. A session cannot get a pair in there whose
-      signature it does not know (the HMAC is checked when the pair is folded in, and both halves
-      must match); forging a context and forcing a new plan (DISCARD PLANS) folds in NULL, after
-      which that session checks every context by HMAC. The pair is whatever was current when the
-      plan was built (typically the session's first tenant); a plan printed by debug_print_plan
-      shows only that, the session's own settings. It is SECURITY DEFINER (it needs the key) with
-      EXECUTE for PUBLIC (it tells a session nothing it does not know) and `SET debug_print_plan =
-      off`, so the plan of its own query, which holds the key, is never printed.
-    - Any other context goes to `router.verify_tenant_context()` (SECURITY DEFINER): the HMAC with
-      the key pads from `router.context_inner_pad()` / `context_outer_pad()`, IMMUTABLE SQL
-      functions reading the key table which EXECUTE is revoked on, folded into that function's
-      cached plan the same way: the key is read once per session, not once per statement. A plan
-      holding the pads must never be printed (debug_print_plan is settable by any session and
-      printed to it with client_min_messages = log), so that plan is only built (first use, or
-      after an invalidation such as DISCARD PLANS) when debug_print_plan is off; otherwise, and
-      when the HMAC does not match, the check goes to check_tenant_context(), which reads the key
-      when it runs, not when it is planned.
-    - `rls enable` replaces these functions, which makes every session compile them again and read
-      the key again: a rotated secret applies to the next call.
-    - current_tenant() and verify_tenant_context() have no SET clause (a SET search_path costs a
-      GUC save and restore and a search path recomputation on every call): every name in them is
-      schema-qualified, operators included (OPERATOR(pg_catalog.=)), so no search_path a session
-      sets and no object it creates (a pg_temp type, a schema it can create in) can stand in for
-      anything they call. current_tenant() is not SECURITY DEFINER: it reads nothing private.
-    The policies call it as `(SELECT router.current_tenant())`, an InitPlan: once per statement.
+    - `router.enter_tenant(tenant, signature)`: checks the signature against the key pads and the
+      tenant id's syntax, then writes the carrier and the claim `setting` (which applications read
+      with current_setting()); 42501 saying what is wrong otherwise (key not installed, forged
+      signature), in which case the transaction, and with it any change, is undone. SECURITY
+      DEFINER (it reads the key and writes the carrier), EXECUTE for PUBLIC: it tells a caller
+      nothing, and enters only a tenant whose signature the caller already knows. Every name in it
+      is schema-qualified and its search_path pinned, so no object a session creates can stand in
+      for anything it calls.
+    - `router.leave_tenant()`: empties the carrier; SECURITY DEFINER, EXECUTE for PUBLIC.
+    - `router.current_tenant()`: the entered tenant, for applications (a column DEFAULT, say) and
+      for checks; 42501 "no tenant context" when none is entered. Policies inline the same
+      expression rather than call it (a SQL function is inlined anew at every planning).
     """
     schema = quote_ident(RLS_SCHEMA)
-    tenant_setting = quote_literal(setting)
-    sig_setting = quote_literal(signature_setting(setting))
-    pad_functions = [
-        f"""CREATE OR REPLACE FUNCTION {pad_function} RETURNS pg_catalog.bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $fn$SELECT k.{column} FROM {KEY_TABLE} AS k WHERE k.id OPERATOR(pg_catalog.=) 1$fn$"""
-        for pad_function, column in ((INNER_PAD, "inner_pad"), (OUTER_PAD, "outer_pad"))
-    ]
+    claim = quote_literal(setting)
+    hmac = (
+        "pg_catalog.encode(pg_catalog.sha256(k.outer_pad OPERATOR(pg_catalog.||)"
+        " pg_catalog.sha256(k.inner_pad OPERATOR(pg_catalog.||) pg_catalog.convert_to(p_tenant, 'UTF8'))), 'hex')"
+    )
     return [
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
         f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC",
@@ -222,80 +249,58 @@ AS $fn$SELECT k.{column} FROM {KEY_TABLE} AS k WHERE k.id OPERATOR(pg_catalog.=)
 )""",
         f"REVOKE ALL ON {TABLES_TABLE} FROM PUBLIC",
         f"GRANT SELECT ON {TABLES_TABLE} TO PUBLIC",
-        *pad_functions,
-        f"REVOKE ALL ON FUNCTION {INNER_PAD}, {OUTER_PAD} FROM PUBLIC",
-        f"""CREATE OR REPLACE FUNCTION {CHECK_CONTEXT} RETURNS text
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+        f"""CREATE OR REPLACE FUNCTION {NO_TENANT} RETURNS pg_catalog.text
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RAISE EXCEPTION 'no tenant context: this session has not entered a tenant'
+        USING ERRCODE = '{_REFUSED}',
+              HINT = 'connect through tenant-router, which enters the tenant of each client;'
+                     ' after RESET ALL or DISCARD ALL it enters it again with the next transaction';
+END
+$fn$""",
+        f"REVOKE ALL ON FUNCTION {NO_TENANT} FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {NO_TENANT} TO PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {RLS_SCHEMA}.enter_tenant(p_tenant pg_catalog.text, p_signature pg_catalog.text)
+    RETURNS pg_catalog.text
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_tenant text := pg_catalog.current_setting({tenant_setting}, true);
-    v_signature text := pg_catalog.current_setting({sig_setting}, true);
-    v_key record;
+    k record;
 BEGIN
-    IF v_tenant IS NULL OR v_tenant = '' THEN
-        RAISE EXCEPTION 'no tenant context: % is not set', {tenant_setting}
-            USING ERRCODE = '{_REFUSED}',
-                  HINT = 'connect through tenant-router, which sets a signed tenant context';
+    IF p_tenant IS NULL OR p_tenant !~ '{_TENANT_ID_PATTERN}' THEN
+        RAISE EXCEPTION 'cannot enter tenant %: not a tenant id', pg_catalog.quote_nullable(p_tenant)
+            USING ERRCODE = '{_REFUSED}';
     END IF;
-    IF v_signature IS NULL OR v_signature = '' THEN
-        RAISE EXCEPTION 'unsigned tenant context: % is set but % is not', {tenant_setting}, {sig_setting}
-            USING ERRCODE = '{_REFUSED}',
-                  HINT = 'only tenant-router can set a valid tenant context';
-    END IF;
-    SELECT k.inner_pad, k.outer_pad INTO v_key FROM {KEY_TABLE} AS k WHERE k.id = 1;
+    SELECT c.inner_pad, c.outer_pad INTO k FROM {KEY_TABLE} AS c WHERE c.id = 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the tenant context key is not installed in this database'
             USING ERRCODE = '{_REFUSED}', HINT = 'run: tenant-router rls enable TABLE';
     END IF;
-    IF pg_catalog.encode(pg_catalog.sha256(v_key.outer_pad
-            || pg_catalog.sha256(v_key.inner_pad || pg_catalog.convert_to(v_tenant, 'UTF8'))), 'hex')
-            IS DISTINCT FROM v_signature THEN
-        RAISE EXCEPTION 'forged tenant context: the signature in % does not match %', {sig_setting}, {tenant_setting}
+    IF {hmac} IS DISTINCT FROM p_signature THEN
+        RAISE EXCEPTION 'forged tenant context: the signature does not match tenant %', p_tenant
             USING ERRCODE = '{_REFUSED}',
-                  HINT = 'only tenant-router can set a valid tenant context';
+                  HINT = 'only tenant-router can enter a tenant; if it did, its tenant.context_secret'
+                         ' differs from the key of the last rls enable here';
     END IF;
-    RETURN v_tenant;
+    PERFORM pg_catalog.set_config('{CARRIER}', pg_catalog.translate(p_tenant, '{_DASH}', '{_DASH_CARRIED}'), false);
+    PERFORM pg_catalog.set_config({claim}, p_tenant, false);
+    RETURN p_tenant;
 END
 $fn$""",
-        f"REVOKE ALL ON FUNCTION {CHECK_CONTEXT} FROM PUBLIC",
-        f"""CREATE OR REPLACE FUNCTION {VERIFIED_CONTEXT} RETURNS pg_catalog.text[]
-    LANGUAGE sql IMMUTABLE SECURITY DEFINER PARALLEL SAFE
+        f"REVOKE ALL ON FUNCTION {ENTER_TENANT} FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {ENTER_TENANT} TO PUBLIC",
+        f"""CREATE OR REPLACE FUNCTION {LEAVE_TENANT} RETURNS pg_catalog.void
+    LANGUAGE sql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
-    SET debug_print_plan = off
-AS $fn$SELECT ARRAY[c.tenant, c.signature]
-FROM (SELECT pg_catalog.current_setting({tenant_setting}, true) AS tenant,
-             pg_catalog.current_setting({sig_setting}, true) AS signature) AS c
-WHERE {_hmac_sql("c.tenant")} OPERATOR(pg_catalog.=) c.signature$fn$""",
-        f"REVOKE ALL ON FUNCTION {VERIFIED_CONTEXT} FROM PUBLIC",
-        f"GRANT EXECUTE ON FUNCTION {VERIFIED_CONTEXT} TO PUBLIC",
-        f"""CREATE OR REPLACE FUNCTION {VERIFY_CONTEXT} RETURNS pg_catalog.text
-    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
-AS $fn$
-BEGIN
-    IF pg_catalog.current_setting('debug_print_plan') OPERATOR(pg_catalog.=) 'off' THEN
-        IF {_hmac_sql(f"pg_catalog.current_setting({tenant_setting}, true)")}
-                OPERATOR(pg_catalog.=) pg_catalog.current_setting({sig_setting}, true) THEN
-            RETURN pg_catalog.current_setting({tenant_setting}, true);
-        END IF;
-    END IF;
-    RETURN {CHECK_CONTEXT};
-END
-$fn$""",
-        f"REVOKE ALL ON FUNCTION {VERIFY_CONTEXT} FROM PUBLIC",
-        f"GRANT EXECUTE ON FUNCTION {VERIFY_CONTEXT} TO PUBLIC",
+AS $fn$SELECT pg_catalog.set_config('{CARRIER}', '', false)$fn$""",
+        f"REVOKE ALL ON FUNCTION {LEAVE_TENANT} FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {LEAVE_TENANT} TO PUBLIC",
         f"""CREATE OR REPLACE FUNCTION {CURRENT_TENANT} RETURNS pg_catalog.text
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-AS $fn$
-BEGIN
-    RETURN CASE
-        WHEN ARRAY[pg_catalog.current_setting({tenant_setting}, true), pg_catalog.current_setting({sig_setting}, true)]
-                OPERATOR(pg_catalog.=) {VERIFIED_CONTEXT}
-            THEN pg_catalog.current_setting({tenant_setting}, true)
-        ELSE {VERIFY_CONTEXT}
-    END;
-END
-$fn$""",
+    LANGUAGE sql STABLE PARALLEL SAFE
+AS $fn$SELECT {_entered_tenant_sql()}$fn$""",
         f"REVOKE ALL ON FUNCTION {CURRENT_TENANT} FROM PUBLIC",
         f"GRANT EXECUTE ON FUNCTION {CURRENT_TENANT} TO PUBLIC",
     ]
@@ -323,27 +328,50 @@ PRUNE_TABLES_SQL: Final = (
 )
 
 
+# Every protected table with its tenant column and that column's type, for re-creating their
+# policies (after pruning the dropped ones).
+PROTECTED_TABLES_SQL: Final = (
+    f"SELECT n.nspname AS schema, c.relname AS name, t.column_name,"
+    f" pg_catalog.format_type(a.atttypid, a.atttypmod) AS column_type"
+    f" FROM {TABLES_TABLE} AS t JOIN pg_catalog.pg_class c ON c.oid = t.table_name"
+    f" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    f" JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = t.column_name AND NOT a.attisdropped"
+    f" ORDER BY 1, 2"
+)
+
+
+def policy_sql(table: QualifiedName, column: str, column_type: str) -> list[str]:
+    """(Re-)create the policy on `table`: rows whose `column` is the entered tenant, for every
+    command, in USING and WITH CHECK.
+
+    The entered tenant is read inline per row (see _entered_tenant_sql), or once per scan where an
+    index on `column` takes it as its key. A statement cannot change it halfway through to see
+    another tenant's rows: only enter_tenant writes it, and only with a valid signature."""
+    target = table.sql
+    condition = f"{quote_ident(column)} = ({_entered_tenant_sql()})::{column_type}"
+    return [
+        f"DROP POLICY IF EXISTS {quote_ident(POLICY)} ON {target}",
+        f"CREATE POLICY {quote_ident(POLICY)} ON {target} AS PERMISSIVE FOR ALL TO PUBLIC"
+        f" USING ({condition}) WITH CHECK ({condition})",
+    ]
+
+
 def protect_table_sql(
     table: QualifiedName, column: str, column_type: str, router_role: str, sequences: tuple[QualifiedName, ...] = ()
 ) -> list[str]:
     """Row-level security on `table` keyed by `column`, and the router role's privileges on it.
 
-    The policy compares with `(SELECT router.current_tenant())`, a scalar subquery the planner runs
-    once per statement (an InitPlan), not once per row, and which an index on `column` can use.
     The router role gets SELECT, INSERT, UPDATE, DELETE (all filtered by the policy) and USAGE on
     the table's own sequences (nextval for serial/identity columns, not their value); TRUNCATE,
     REFERENCES and TRIGGER are revoked from it and from PUBLIC, since TRUNCATE ignores row-level
     security and foreign keys or triggers could observe other tenants' rows.
     """
     target = table.sql
-    condition = f"{quote_ident(column)} = (SELECT {CURRENT_TENANT})::{column_type}"
     role = quote_ident(router_role)
     statements = [
         f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY",
         f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY",
-        f"DROP POLICY IF EXISTS {quote_ident(POLICY)} ON {target}",
-        f"CREATE POLICY {quote_ident(POLICY)} ON {target} AS PERMISSIVE FOR ALL TO PUBLIC"
-        f" USING ({condition}) WITH CHECK ({condition})",
+        *policy_sql(table, column, column_type),
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {target} TO {role}",
         f"REVOKE TRUNCATE, REFERENCES, TRIGGER ON {target} FROM PUBLIC, {role}",
     ]

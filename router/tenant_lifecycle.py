@@ -67,7 +67,7 @@ from router.provisioning import (
     reason,
     shard_primary,
 )
-from router.rls import TABLES_TABLE, signature_setting
+from router.rls import ENTER_TENANT, ENTER_TENANT_SQL, TABLES_TABLE
 from router.tenant_admin import TenantAdminError, TenantView, _require, _store, _view, add_tenant
 from router.topology import Topology
 
@@ -546,15 +546,12 @@ def _login(config: RouterConfig, view: TenantView | None = None) -> Login:
 
 
 def _session_settings(config: RouterConfig, view: TenantView) -> dict[str, str]:
-    """Deterministic output, and the tenant's context as the router would set it (so defaults,
-    policies and triggers that read it see the tenant)."""
+    """Deterministic output, and the tenant's context as the router would set it (so defaults and
+    triggers that read it see the tenant; a shared tenant is also entered, see _session)."""
     settings = dict(_OUTPUT_SETTINGS)
-    tenant_id, setting, secret = view.tenant.id, config.tenant.setting, config.tenant.context_secret
-    settings[setting] = tenant_id
-    if secret is not None:
-        settings[signature_setting(setting)] = sign_tenant(secret, tenant_id)
+    settings[config.tenant.setting] = view.tenant.id
     if view.tenant.isolation == "schema":
-        settings["search_path"] = quote_ident(schema_name(tenant_id))
+        settings["search_path"] = quote_ident(schema_name(view.tenant.id))
     return settings
 
 
@@ -576,6 +573,12 @@ async def _session(
             list(settings),
             list(settings.values()),
         )
+        secret = config.tenant.context_secret
+        # As the router's sessions do: what policies and router.current_tenant() read.
+        shared = secret is not None and view.tenant.isolation == "shared" and not own_database
+        if shared and await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", ENTER_TENANT):
+            assert secret is not None
+            await conn.execute(ENTER_TENANT_SQL, view.tenant.id, sign_tenant(secret, view.tenant.id))
         yield conn
     finally:
         await close(conn)

@@ -46,7 +46,7 @@ from router.net.session_sql import (
     HANDOVER_RESET,
     PREPARED_NAMES_SQL,
     raise_sql,
-    session_sync_statements,
+    session_sync_sql,
     settings_in_force_sql,
 )
 from router.net.tenant_statements import MARKER as TENANT_MARKER
@@ -63,6 +63,7 @@ from router.protocol.pg.prepared import (
     ServerStatement,
     needs_parse,
 )
+from router.rls import ENTER_TENANT_SQL, LEAVE_TENANT_SQL
 from router.statements import PREPARE, Effects, classify
 
 if TYPE_CHECKING:
@@ -74,6 +75,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SERIALS = itertools.count(1)
+# Leaving the entered tenant: a statement of its own, so that it holds whatever fails after it.
+_LEAVE_TENANT: Final = fe.query(LEAVE_TENANT_SQL)
+_ENTER_TENANT_PARSE: Final = fe.build_parse("", ENTER_TENANT_SQL, b"\x00\x00")
 # Parse epochs (router.protocol.pg.prepared): one counter for the process, whose server connections
 # are the only ones it compares epochs on.
 _PARSES = itertools.count(1)
@@ -370,6 +374,7 @@ class ClientSession:
             return False
         in_force = {str(row[0]): str(row[1]) for row in rows if row[1]}
         server.applied = in_force
+        server.entered = None  # a RESET ALL or DISCARD ALL may have left the tenant: enter again
         context = self._context_keys()
         # What is not set in this session falls back to the startup value, as RESET does on a server.
         self.settings = {**self.startup_settings, **{k: v for k, v in in_force.items() if k not in context}}
@@ -508,7 +513,7 @@ class ClientSession:
                 # Settings changed under a server we keep (pinned, session mode): re-apply them.
                 # Not in a failed transaction: the server would refuse them and the client get the
                 # errors (on its ROLLBACK, say); the first message after the rollback applies them.
-                self._sync_session(server, self._desired_settings(self._target()))
+                self._sync_session(server, self._target())
             return server
         tenant = self.tenant
         if tenant is not None and tenant in self._held_tenants:
@@ -624,7 +629,7 @@ class ClientSession:
                     reset = _handover_reset(conn, pool, self.tenant)
             conn.owner = self.serial
             conn.owner_tenant = self.tenant
-        self._sync_session(conn, self._desired_settings(target), reset)
+        self._sync_session(conn, target, reset)
 
     def _desired_settings(self, target: Target) -> dict[str, str]:
         desired = self._desired
@@ -633,25 +638,37 @@ class ClientSession:
             self._desired_for = target
         return desired
 
-    def _sync_session(self, conn: ServerConnection, desired: dict[str, str], reset: str | None = None) -> None:
-        """Make the server session match this client, in the same write as its first message and
-        as one statement list; the responses are swallowed."""
-        if reset is None and (conn.applied is desired or conn.applied == desired):
+    def _sync_session(self, conn: ServerConnection, target: Target, reset: str | None = None) -> None:
+        """Make the server session match this client, in the same write as its first message; the
+        responses are swallowed. In order, each in a transaction of its own: leave the tenant the
+        session had entered (unless it had none), the reset and settings as one statement list,
+        then enter this client's tenant (router/rls.py). A failing enter thus leaves no tenant,
+        never the previous client's; and the settings, which the client chose, run after the leave
+        and cannot make it fail. A failure marks the connection to be dropped on release."""
+        desired = self._desired_settings(target)
+        entry = target.entry
+        settings_in_sync = reset is None and (conn.applied is desired or conn.applied == desired)
+        if settings_in_sync and (entry is None or conn.entered == entry.tenant):
             return
-        sql, parameterized = session_sync_statements(conn.applied, desired, self.router.hidden_settings)
+        out, plan = self._out, conn.plan
+        if entry is not None and conn.entered != entry.tenant and conn.entered != "":
+            out.append(_LEAVE_TENANT)
+            plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
+            conn.entered = ""
+        sql = None if settings_in_sync else session_sync_sql(conn.applied, desired)
         if reset is not None:
             sql = f"{reset}; {sql}" if sql else reset
         if sql is not None:
-            self._out.append(fe.query(sql))
-            conn.plan.expect(r.ENDS_SYNC, swallow=True)
+            out.append(fe.query(sql))
+            plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
             conn.unnamed = None
-        if parameterized is not None:
-            statement, values = parameterized
-            self._out.append(
-                fe.build_parse("", statement, b"\x00\x00") + fe.bind("", "", values) + fe.execute("") + fe.SYNC
+        if entry is not None and entry.tenant and conn.entered != entry.tenant:
+            out.append(
+                _ENTER_TENANT_PARSE + fe.bind("", "", (entry.tenant, entry.signature)) + fe.execute("") + fe.SYNC
             )
-            conn.plan.expect(r.ENDS_SYNC, swallow=True)
+            plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
             conn.unnamed = None
+            conn.entered = entry.tenant
         conn.applied = desired  # shared, never changed in place: replaced when the settings change
         if conn.residue != LEAVES_ANYTHING and not trusted_search_path(self.settings):
             # The client's search_path may resolve a name in an inert text to a tenant's object,
@@ -665,7 +682,10 @@ class ClientSession:
             return
         pool.transactions += 1
         self._track_writes = False
-        pool.release(conn)
+        if conn.plan.setup_failed:
+            pool.discard(conn, "a statement the router sent to set the session up failed")
+        else:
+            pool.release(conn)
 
     def _tx_status(self) -> int:
         return self.server.tx_status if self.server is not None else be.TX_IDLE
@@ -1073,7 +1093,7 @@ class ClientSession:
         self.tenant = new
         self._desired = None
         if server is not None:  # a kept server (session mode, pins): bring it to the new tenant now
-            self._sync_session(server, self._desired_settings(target))
+            self._sync_session(server, target)
             self._flush_out()
         self.write_to_client(be.command_complete("RESET" if statement.kind == "reset" else "SET") + be.READY_IDLE)
         return True
@@ -1163,6 +1183,7 @@ def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> s
     if left == LEAVES_ANYTHING:
         pool.wipes += 1
         conn.applied = {}
+        conn.entered = None  # the wipe's RESET ALL empties it, if it runs: leave before it
         statements = [HANDOVER_RESET]
         deallocate = own_statements
     elif left == LEAVES_SEQUENCES:

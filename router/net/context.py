@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class Entry:
+    """The tenant a server session of the router's own role must have entered before a client's
+    statements run on it (router/rls.py: what shared tenants' row-level security reads), and the
+    signature that lets the router enter it. Tenant "" is none: the session leaves what it had."""
+
+    tenant: str
+    signature: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where one tenant's transactions run, and the session settings that make a server theirs."""
 
@@ -34,6 +44,8 @@ class Target:
     # Its server sessions act as the router's own role, which every shared tenant shares (hardened
     # setup): what belongs to a role rather than to rows, large objects, is refused.
     shares_role: bool = False
+    # With a context secret, on the router's own role: the tenant to enter (router.enter_tenant).
+    entry: Entry | None = None
 
 
 class RouterContext(Protocol):
@@ -48,8 +60,6 @@ class RouterContext(Protocol):
     read_mode: str  # off | explicit | auto: the default for users that do not set their own
     read_classifier: ReadClassifier
     read_your_writes: str  # off | session | tenant
-    # Settings whose values must never appear in statement text (the context's signature).
-    hidden_settings: frozenset[str]
     # The tenants whose Target is known, by tenant: the same dict for the router's lifetime, from
     # which entries are dropped when they change, so a session may keep it and look up its target
     # without a call (a miss asks `resolve_target`).

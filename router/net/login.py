@@ -215,10 +215,7 @@ async def _server_parameters(session: ClientSession, target: Target) -> dict[str
     from a real server connection (which also proves the shard answers), then served from the
     pool's memory, so a busy pool does not hold up logins."""
     pool = target.pool
-    # Hidden settings (the context's signature) are applied with the first transaction, never in
-    # statement text; they do not change what the server reports.
-    hidden = session.router.hidden_settings
-    desired = {**{k: v for k, v in target.context.items() if k not in hidden}, **session.settings}
+    desired = {**target.context, **session.settings}
     key = frozenset(desired.items())
     known = pool.login_parameters.get(key)
     if known is not None:

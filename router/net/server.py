@@ -70,6 +70,9 @@ class ServerConnection:
         self.prepared_unsure = False
         self.unnamed: bytes | None = None
         self.applied: dict[str, str] = {}
+        # The tenant this session has entered (router/rls.py), "" for none, None when unknown (a new
+        # connection, or after a wipe or a client's own setting changes): the router leaves first.
+        self.entered: str | None = None
         # Serial number of the client session that last used this connection: a different one
         # means the session must be wiped (DISCARD ALL) before it is handed over.
         self.owner: int | None = None

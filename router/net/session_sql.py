@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from router.isolation import quote_literal
+from router.rls import CARRIER
 
 # What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own), when
 # the previous client ran anything not proven inert (router.inert_statements).
@@ -55,24 +56,11 @@ ROLE_DEFAULTS_SQL = (
 # the router's names): read back after a client's DEALLOCATE or DISCARD ALL that may have dropped them.
 PREPARED_NAMES_SQL = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
 # What the router asks a server after a transaction changed session settings: the exact values now
-# in force, so that they travel with the client to its next server connection.
-SESSION_SETTINGS_SQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"
-
-
-def session_sync_statements(
-    applied: dict[str, str], desired: dict[str, str], hidden: frozenset[str] = frozenset()
-) -> tuple[str | None, tuple[str, tuple[str, ...]] | None]:
-    """What turns a server session's settings from `applied` into `desired`: a statement list for
-    a simple Query, and, when a setting in `hidden` changes, a parameterized statement with its
-    values. A hidden value (the tenant context's signature) must never be in a statement's text,
-    which other sessions of the same role can read in pg_stat_activity."""
-    changes = [(name, value) for name, value in desired.items() if applied.get(name) != value]
-    if not any(name in hidden for name, _ in changes):
-        return session_sync_sql(applied, desired), None
-    resets = [f"RESET {name}" for name in applied if name not in desired]
-    calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(changes)))
-    values = tuple(item for change in changes for item in change)
-    return ("; ".join(resets) or None), (f"SELECT {calls}", values)
+# in force, so that they travel with the client to its next server connection. Not the carrier of
+# the entered tenant (router/rls.py): the router's to write, never a client's setting.
+SESSION_SETTINGS_SQL = (
+    f"SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' AND name <> '{CARRIER}'"
+)
 
 
 def session_sync_sql(applied: dict[str, str], desired: dict[str, str]) -> str | None:

@@ -34,7 +34,7 @@ class Expected:
     """One awaited response (or one synthetic response, when `synthetic` is set). Never changed
     once made (plans share the plain ones)."""
 
-    __slots__ = ("before", "ends", "statement", "swallow", "synthetic")
+    __slots__ = ("before", "ends", "setup", "statement", "swallow", "synthetic")
 
     def __init__(
         self,
@@ -43,10 +43,14 @@ class Expected:
         synthetic: bytes | None = None,
         statement: str | None = None,
         before: int | None = None,
+        setup: bool = False,
     ) -> None:
         self.ends = ends
         self.swallow = swallow
         self.synthetic = synthetic
+        # The router's own statement that makes the session the client's (settings, the entered
+        # tenant): if it fails, the session is not what the router believes it is.
+        self.setup = setup
         # For a Parse of a named server statement: its name, and the epoch of the copy the server
         # held before (None: none), so that what the Parse did not do is undone in the record.
         self.statement = statement
@@ -64,7 +68,7 @@ _PLAIN: Final = {
 class ResponsePlan:
     """The ordered list of responses a server connection still owes."""
 
-    __slots__ = ("_queue", "_skipping", "parsed", "prepared", "ready")
+    __slots__ = ("_queue", "_skipping", "parsed", "prepared", "ready", "setup_failed")
 
     def __init__(self, prepared: dict[str, int] | None = None) -> None:
         self._queue: deque[Expected] = deque()
@@ -80,6 +84,8 @@ class ResponsePlan:
         self.prepared: dict[str, int] = prepared if prepared is not None else {}
         # Names of statements the server parsed successfully (the pool's, shared by its connections).
         self.parsed: set[str] = set()
+        # A setup statement failed (see Expected.setup): the connection must not serve again.
+        self.setup_failed = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -90,17 +96,24 @@ class ResponsePlan:
         return bool(queue) and queue[0].swallow
 
     def expect(
-        self, ends: frozenset[int], *, swallow: bool = False, statement: str | None = None, before: int | None = None
+        self,
+        ends: frozenset[int],
+        *,
+        swallow: bool = False,
+        statement: str | None = None,
+        before: int | None = None,
+        setup: bool = False,
     ) -> None:
         """Await the response to a request just sent. For a Parse of a named server statement,
-        `statement` and `before` (see Expected) let the plan correct the record of the statements."""
+        `statement` and `before` (see Expected) let the plan correct the record of the statements;
+        `setup` marks the router's own statements that make the session the client's."""
         if self._skipping and ends is not ENDS_SYNC:
             if statement is not None:
                 self._restore(statement, before)  # the server skips it: nothing changed there
             return
         self._skipping = False
         plain = _PLAIN.get(ends) if not swallow and statement is None else None
-        self._queue.append(plain if plain is not None else Expected(ends, swallow, None, statement, before))
+        self._queue.append(plain if plain is not None else Expected(ends, swallow, None, statement, before, setup))
 
     def synthesize(self, response: bytes) -> None:
         """Answer a request ourselves, in its place: at once if nothing is outstanding."""
@@ -118,6 +131,8 @@ class ResponsePlan:
             return True
         head = queue[0]
         if mtype == f.ERROR_RESPONSE:
+            if head.setup:
+                self.setup_failed = True
             if head.ends is not ENDS_SYNC:
                 self._skip_to_sync()
             return True
