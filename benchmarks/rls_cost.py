@@ -1,10 +1,10 @@
-"""The cost of the signed tenant context: point selects on a protected table, a legacy-policy table
+"""The cost of the entered tenant (router/rls.py): point selects on a protected table, a legacy-policy table
 and an unprotected one, through the same hardened router, in one run.
 
 Owns: three identical tables on the shard, owned by the admin, each with 1,000 rows of the
 benchmark's tenant and SELECT granted to the router role:
-- `items` (`protected`): `tenant-router rls enable items`, the policy comparing with the signed,
-  verified `router.current_tenant()`;
+- `items` (`protected`): `tenant-router rls enable items`, the policy comparing with the tenant the
+  router entered with its signature (router.enter_tenant, once per tenant switch);
 - `items_legacy` (`legacy`): row-level security with the policy of the unsigned setup,
   `tenant_id = current_setting('app.tenant_id', true)`. UNSAFE: a client can set that setting to
   another tenant's id; measured only as the yardstick of a check that costs nothing;
@@ -78,7 +78,7 @@ class Table:
     unsafe: bool = False
 
 
-PROTECTED: Final = Table("items", "protected", "rls enable: policy on the signed router.current_tenant()")
+PROTECTED: Final = Table("items", "protected", "rls enable: policy on the tenant entered with its signature")
 LEGACY: Final = Table(
     "items_legacy",
     "legacy",
@@ -255,7 +255,7 @@ def report(results: list[CostRun]) -> None:
     if not results:
         return
     mid = medians(results)
-    print("\n## The cost of the signed tenant context (pgbench point selects through the hardened router)\n")
+    print("\n## The cost of the entered tenant (pgbench point selects through the hardened router)\n")
     rows = [["table", "median tps", "min-max tps", "vs unprotected", "postgres µs/txn", "router µs/txn", "what"]]
     for table in TABLES:
         runs = [r for r in results if r.table == table.label and r.ok]

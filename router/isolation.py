@@ -77,7 +77,7 @@ def tenant_role_password(secret: str, tenant_id: str) -> str:
 
 
 def sign_tenant(secret: str, tenant_id: str) -> str:
-    """The signature the router sets beside the tenant id (`<setting>_sig`): hex HMAC-SHA256 of
+    """The signature with which the router enters a shared tenant (router/rls.py): hex HMAC-SHA256 of
     the id under the context secret, which the shard's verifying function recomputes."""
     return hmac.new(secret.encode(), tenant_id.encode(), hashlib.sha256).hexdigest()
 

@@ -564,11 +564,14 @@ async def enable_rls(config: RouterConfig, topology: Topology, table: str, colum
 
     Installs: the NOLOGIN role tenant_router_rls (the router's role must not be a member), schema
     `router` it owns, the key pads of `tenant.context_secret` in router.context_key (no privilege
-    for anyone else; rewritten on every run, so rotating the secret is running this again), the
-    verifying function router.current_tenant() (SECURITY DEFINER, EXECUTE for PUBLIC),
-    router.rls_tables (the protected tables and their columns, readable by all; rows of dropped
-    tables are pruned); then on `table`: ENABLE and FORCE ROW LEVEL SECURITY and the policy
-    tenant_isolation for all commands, USING and WITH CHECK `column = router.current_tenant()`.
+    for anyone else; rewritten on every run, so rotating the secret is running this again), SET on
+    the carrier setting for tenant_router_rls, the functions router.enter_tenant(),
+    leave_tenant() and current_tenant() (router/rls.py), router.rls_tables (the protected tables
+    and their columns, readable by all; rows of dropped tables are pruned); then on `table`: ENABLE
+    and FORCE ROW LEVEL SECURITY and the policy tenant_isolation for all commands, USING and WITH
+    CHECK `column` = the entered tenant; every other protected table's policy is re-created the
+    same way, and the objects of earlier versions are dropped. Needs PostgreSQL 15+ and an admin
+    that may grant SET on a parameter (a superuser).
     The router's role gets SELECT, INSERT, UPDATE, DELETE on the table and USAGE on its sequences,
     never TRUNCATE (which ignores row-level security), REFERENCES or TRIGGER. In the database, the
     large-object functions and pg_largeobject_metadata are taken from PUBLIC and given back to the

@@ -682,10 +682,7 @@ class ClientSession:
             return
         pool.transactions += 1
         self._track_writes = False
-        if conn.plan.setup_failed:
-            pool.discard(conn, "a statement the router sent to set the session up failed")
-        else:
-            pool.release(conn)
+        pool.release(conn)
 
     def _tx_status(self) -> int:
         return self.server.tx_status if self.server is not None else be.TX_IDLE

@@ -236,10 +236,12 @@ class ServerConnection:
 
     @property
     def is_clean(self) -> bool:
-        """Nothing outstanding and no transaction open: safe to hand to another client."""
+        """Nothing outstanding and no transaction open: safe to hand to another client. Not after a
+        statement of the router's own set-up failed: the session is not what the router believes."""
         return (
             self.state in (ServerState.IDLE, ServerState.ACTIVE)
             and not self.plan
+            and not self.plan.setup_failed
             and self.synced
             and self.tx_status == be.TX_IDLE
             and not self._tail

@@ -326,3 +326,25 @@ def test_failed_parse_then_skipped_ones_of_the_same_name() -> None:
     plan.expect(r.ENDS_SYNC)
     assert feed(plan, "3 E Z") == "E Z"
     assert plan.prepared == {}
+
+
+def test_a_failed_setup_statement_marks_the_plan_and_a_failed_request_does_not() -> None:
+    """The router's own set-up statements (leave, settings, enter the tenant) are swallowed: when
+    one fails, the session is not what the router believes, and the plan says so (the connection is
+    then not clean, router/net/server.py). A client's failure, or a swallowed re-Parse's, is not that."""
+    plan = ResponsePlan()
+    plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
+    plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
+    assert plan.on_message(ord("C")) is False  # the leave: CommandComplete swallowed
+    assert plan.on_message(ord("Z")) is False
+    assert not plan.setup_failed
+    assert plan.on_message(ord("E")) is True  # the enter fails: the client is told
+    assert plan.on_message(ord("Z")) is False
+    assert plan.setup_failed and not plan
+
+    other = ResponsePlan()
+    other.expect(r.ENDS_PARSE, swallow=True)
+    other.expect(r.ENDS_SYNC)
+    assert other.on_message(ord("E")) is True
+    assert other.on_message(ord("Z")) is True
+    assert not other.setup_failed
