@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 
 import pglast
 import pytest
 from scramp import ScramMechanism
 
 from router import rls
-from router.isolation import sign_tenant
+from router.isolation import sign_tenant, validate_tenant_id
 
 SECRETS = [
     "s",
@@ -39,8 +40,18 @@ def test_pads_differ_per_secret() -> None:
     assert rls.context_key_pads("one") != rls.context_key_pads("two")
 
 
-def test_signature_setting() -> None:
-    assert rls.signature_setting("app.tenant_id") == "app.tenant_id_sig"
+def test_carried_value_is_the_tenant_id_with_dashes_written_as_d() -> None:
+    assert rls.carried_value("tenant-with-dashes_and_underscores") == "tenantDwithDdashes_and_underscores"
+    assert rls.carried_value("acme") == "acme"
+    for tenant in TENANTS:
+        carried = rls.carried_value(tenant)
+        # What backtrace_functions accepts: letters, digits and `_` (no `-`) ...
+        assert re.fullmatch(r"[A-Za-z0-9_]+", carried), carried
+        # ... and what the policies read back: translate(D -> -) gives the id again. A tenant id is
+        # lower case, so no `D` in one can be mistaken for a dash.
+        assert carried.replace("D", "-") == tenant
+    with pytest.raises(ValueError):
+        validate_tenant_id("aDb")
 
 
 def _parses(sql: str) -> None:
@@ -55,36 +66,82 @@ def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     statements = rls.security_objects_sql("myapp.tenant")
     for statement in statements:
         _parses(statement)
-    fast = _function(statements, rls.CURRENT_TENANT)
-    verify = _function(statements, rls.VERIFY_CONTEXT)
-    # current_tenant() acts as the caller: it reads no key, it compares with the pair folded in.
-    assert "SECURITY DEFINER" not in fast and "STABLE" in fast
-    assert rls.VERIFIED_CONTEXT in fast and f"ELSE {rls.VERIFY_CONTEXT}" in fast
-    assert "SECURITY DEFINER" in verify and f"RETURN {rls.CHECK_CONTEXT}" in verify
-    for function in (fast, verify):
-        assert "current_setting('myapp.tenant', true)" in function
-        assert "current_setting('myapp.tenant_sig', true)" in function
-    check = _function(statements, rls.CHECK_CONTEXT)
-    assert "SET search_path = pg_catalog, pg_temp" in check
-    assert "current_setting('myapp.tenant', true)" in check
-    assert "current_setting('myapp.tenant_sig', true)" in check
-    assert "ERRCODE = '42501'" in check
-    for folded in (rls.INNER_PAD, rls.OUTER_PAD, rls.VERIFIED_CONTEXT):
-        assert "IMMUTABLE" in _function(statements, folded)  # what the planner folds into a plan
-    # The pads: the verifier's own plan, which it builds only when debug_print_plan is off; the
-    # pair's function folds them into a plan of its own, which it never prints.
-    guard = verify.index("current_setting('debug_print_plan')")
-    assert guard < verify.index(rls.INNER_PAD) and guard < verify.index(rls.OUTER_PAD)
-    assert "SET debug_print_plan = off" in _function(statements, rls.VERIFIED_CONTEXT)
-    assert f"REVOKE ALL ON FUNCTION {rls.INNER_PAD}, {rls.OUTER_PAD} FROM PUBLIC" in statements
-    assert f"REVOKE ALL ON FUNCTION {rls.CHECK_CONTEXT} FROM PUBLIC" in statements
+    text = "\n".join(statements)
+    enter = _function(statements, f"{rls.RLS_SCHEMA}.enter_tenant(")
+    leave = _function(statements, rls.LEAVE_TENANT)
+    current = _function(statements, rls.CURRENT_TENANT)
+    header = {
+        name: function.split("AS $fn$")[0]
+        for name, function in (("enter", enter), ("leave", leave), ("current", current))
+    }
+    # enter_tenant: reads the key and writes the carrier, so SECURITY DEFINER with a pinned path;
+    # checks the id's syntax and the signature, refusing with 42501; writes the carrier (dashes as
+    # D) and then the claim only after both checks.
+    assert "SECURITY DEFINER" in header["enter"] and "VOLATILE" in header["enter"]
+    assert "SET search_path = pg_catalog, pg_temp" in header["enter"]
+    body = enter.split("$fn$")[1]
+    syntax = body.index("not a tenant id")
+    key = body.index(f"FROM {rls.KEY_TABLE}")
+    forged = body.index("forged tenant context")
+    carrier = body.index(f"pg_catalog.set_config('{rls.CARRIER}', pg_catalog.translate(p_tenant, '-', 'D'), false)")
+    claim = body.index("pg_catalog.set_config('myapp.tenant', p_tenant, false)")
+    assert syntax < key < forged < carrier < claim
+    assert body.count("ERRCODE = '42501'") == 3
+    assert "'^[a-z0-9][a-z0-9_-]*$'" in body
+    assert "IS DISTINCT FROM p_signature" in body  # NULL and '' signatures are forged, not let through
+    # leave_tenant: empties the carrier, nothing else.
+    assert "SECURITY DEFINER" in header["leave"]
+    assert leave.split("$fn$")[1] == f"SELECT pg_catalog.set_config('{rls.CARRIER}', '', false)"
+    # current_tenant: as the caller, no SET clause (so it can be inlined), reads the carrier only:
+    # the claim a session can set decides nothing.
+    assert "SECURITY DEFINER" not in header["current"] and "SET " not in header["current"]
+    assert "LANGUAGE sql" in header["current"] and "STABLE" in header["current"]
+    assert f"current_setting('{rls.CARRIER}')" in current and "myapp.tenant" not in current
+    assert rls.NO_TENANT in current
+    no_tenant = _function(statements, rls.NO_TENANT)
+    assert "no tenant context" in no_tenant and "ERRCODE = '42501'" in no_tenant
+    for function in (rls.ENTER_TENANT, rls.LEAVE_TENANT, rls.CURRENT_TENANT, rls.NO_TENANT):
+        revoke = statements.index(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
+        assert statements[revoke + 1] == f"GRANT EXECUTE ON FUNCTION {function} TO PUBLIC"
+    assert f"REVOKE ALL ON {rls.KEY_TABLE} FROM PUBLIC" in statements
+    assert f"GRANT SELECT ON {rls.KEY_TABLE}" not in text
+    # Nothing of the earlier design: no signature setting, no plan-folded key.
+    assert "myapp.tenant_sig" not in text and "debug_print_plan" not in text and "IMMUTABLE" not in text
+    for secret in SECRETS:  # the key is never in the statements (it travels as bind values)
+        inner, outer = rls.context_key_pads(secret)
+        assert inner.hex() not in text and outer.hex() not in text
     _parses(rls.ensure_rls_role_sql())
     _parses(rls.rls_schema_sql())
-    # The key only ever travels as bind parameters.
+    assert rls.grant_carrier_sql() == 'GRANT SET ON PARAMETER backtrace_functions TO "tenant_router_rls"'
+    _parses(rls.grant_carrier_sql())
+    # The key and the signature only ever travel as bind parameters.
     assert "$1" in rls.STORE_KEY_SQL and "$2" in rls.STORE_KEY_SQL
-    _parses(rls.STORE_KEY_SQL)
-    _parses(rls.RECORD_TABLE_SQL)
-    _parses(rls.PRUNE_TABLES_SQL)
+    assert rls.ENTER_TENANT_SQL == "SELECT router.enter_tenant($1, $2)"
+    assert rls.LEAVE_TENANT_SQL == "SELECT router.leave_tenant()"
+    for statement in (
+        rls.STORE_KEY_SQL,
+        rls.RECORD_TABLE_SQL,
+        rls.PRUNE_TABLES_SQL,
+        rls.PROTECTED_TABLES_SQL,
+        rls.ENTER_TENANT_SQL,
+        rls.LEAVE_TENANT_SQL,
+        *rls.OLD_OBJECTS_SQL,
+    ):
+        _parses(statement)
+
+
+def test_old_objects_are_the_earlier_designs_functions() -> None:
+    dropped = [statement.removeprefix("DROP FUNCTION IF EXISTS ") for statement in rls.OLD_OBJECTS_SQL]
+    assert dropped == [
+        "router.context_verified_when_planned()",
+        "router.verify_tenant_context()",
+        "router.check_tenant_context()",
+        "router.context_inner_pad()",
+        "router.context_outer_pad()",
+    ]
+    # Never one of the current objects.
+    current = {rls.ENTER_TENANT, rls.LEAVE_TENANT, rls.CURRENT_TENANT, rls.NO_TENANT}
+    assert not current & set(dropped)
 
 
 def _names(node: object, kind: str) -> list[tuple[str, ...]]:
@@ -102,33 +159,38 @@ def _names(node: object, kind: str) -> list[tuple[str, ...]]:
     return found
 
 
-def _qualified(expression: str) -> None:
+def _qualified(expression: str, unqualified_operators: int = 0) -> None:
     tree = json.loads(pglast.parser.parse_sql_json(expression))
-    for kind in ("funcname", "name", "names"):
+    for kind in ("funcname", "names"):
         for name in _names(tree, kind):
             assert len(name) == 2, f"unqualified {kind} {'.'.join(name)} in: {expression}"
+    # NULLIF's `=` cannot be written qualified; every other operator must be.
+    operators = [name for name in _names(tree, "name") if len(name) != 2]
+    assert len(operators) == unqualified_operators, f"unqualified name {operators} in: {expression}"
 
 
 def test_current_tenant_names_nothing_a_search_path_could_replace() -> None:
-    """current_tenant() and verify_tenant_context() have no SET search_path (it costs a GUC save
-    and restore per call), so every function, operator and type in their SQL, and in the SQL
-    functions they fold in, must be schema-qualified: otherwise a session's search_path (a schema
-    it may create in, or a pg_temp type) could stand in for one."""
+    """current_tenant() has no SET search_path (it would stop it being inlined), so every function
+    and type in its SQL must be schema-qualified: otherwise a session's search_path could stand in
+    for one. The one operator is NULLIF's implicit `=` (text = text): SQL has no qualified form of
+    it, and pg_temp, the one schema the router's role may create in, is never searched for
+    operators."""
     statements = rls.security_objects_sql("app.tenant_id")
-    expressions = []
-    for name in (rls.CURRENT_TENANT, rls.VERIFY_CONTEXT):
-        function = _function(statements, name)
-        assert "SET " not in function.split("AS $fn$")[0]
-        block = function.split("$fn$")[1].split("BEGIN", 1)[1]
-        expressions += ["SELECT " + condition.split(" THEN")[0] for condition in block.split("IF ")[1:]]
-        expressions += ["SELECT " + part.split(";")[0] for part in block.split("RETURN ")[1:]]
-    assert len(expressions) == 5
-    for folded in (rls.INNER_PAD, rls.OUTER_PAD, rls.VERIFIED_CONTEXT):
-        expressions.append(_function(statements, folded).split("$fn$")[1])
-    for expression in expressions:
-        _qualified(expression)
+    current = _function(statements, rls.CURRENT_TENANT)
+    assert "SET " not in current.split("AS $fn$")[0]
+    body = current.split("$fn$")[1]
+    tree = json.loads(pglast.parser.parse_sql_json(body))
+    assert "AEXPR_NULLIF" in json.dumps(tree)
+    assert sorted(_names(tree, "funcname")) == [
+        ("pg_catalog", "current_setting"),
+        ("pg_catalog", "translate"),
+        ("router", "no_tenant_context"),
+    ]
+    _qualified(body, unqualified_operators=1)
     with pytest.raises(AssertionError, match="unqualified name"):
         _qualified("SELECT a || b")  # the check itself sees an unqualified operator
+    with pytest.raises(AssertionError, match="unqualified funcname"):
+        _qualified("SELECT current_setting('x')")
 
 
 def test_protect_table_sql() -> None:
@@ -141,11 +203,21 @@ def test_protect_table_sql() -> None:
     target = '"public"."odd ""name"""'
     assert f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY" in text
     assert f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY" in text
-    condition = '"tenant id" = (SELECT router.current_tenant())::uuid'
-    assert f"USING ({condition}) WITH CHECK ({condition})" in text
+    assert f'DROP POLICY IF EXISTS "tenant_isolation" ON {target}' in statements
+    # The entered tenant, read inline from the carrier (no function call unless none is entered);
+    # never the claim app.tenant_id, never router.current_tenant() (no InitPlan).
+    entered = (
+        "COALESCE(NULLIF(pg_catalog.translate(pg_catalog.current_setting('backtrace_functions'), 'D', '-'), ''),"
+        " router.no_tenant_context())"
+    )
+    condition = f'"tenant id" = ({entered})::uuid'
+    policy = f'CREATE POLICY "tenant_isolation" ON {target} AS PERMISSIVE FOR ALL TO PUBLIC'
+    assert f"{policy} USING ({condition}) WITH CHECK ({condition})" in statements
+    assert "current_tenant" not in text and "app.tenant_id" not in text
     assert 'REVOKE TRUNCATE, REFERENCES, TRIGGER ON "public"."odd ""name""" FROM PUBLIC, "router role"' in text
     assert 'GRANT USAGE ON SEQUENCE "public"."odd_seq" TO "router role"' in text
     assert "TRUNCATE" not in next(s for s in statements if s.startswith("GRANT SELECT"))
+    assert rls.policy_sql(table, "tenant id", "uuid") == statements[2:4]
 
 
 def test_scram_verifier_matches_scramp() -> None:

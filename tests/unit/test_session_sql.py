@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from router.net.session_sql import raise_sql, session_sync_sql, settings_in_force_sql
+import pglast
+
+from router.net.session_sql import SESSION_SETTINGS_SQL, raise_sql, session_sync_sql, settings_in_force_sql
+from router.rls import CARRIER
 
 
 def test_nothing_to_do_gives_no_statement() -> None:
@@ -22,35 +25,35 @@ def test_only_resets() -> None:
 
 def test_settings_in_force_names_placeholders_only() -> None:
     sql = settings_in_force_sql(["work_mem", "myapp.b", "myapp.a", "myapp.a"])
-    assert sql.endswith("FROM unnest(ARRAY['myapp.a', 'myapp.b']::text[]) AS n")
-    assert "work_mem" not in sql
-    assert settings_in_force_sql(["work_mem"]) == (
+    assert sql == (
         "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session'"
+        " AND name <> 'backtrace_functions'"
+        " UNION ALL SELECT n, current_setting(n, true) FROM unnest(ARRAY['myapp.a', 'myapp.b']::text[]) AS n"
     )
+    assert "work_mem" not in sql
+    assert settings_in_force_sql(["work_mem"]) == SESSION_SETTINGS_SQL
+
+
+def test_the_carrier_of_the_entered_tenant_is_never_read_back() -> None:
+    """The entered tenant's setting is the router's to write (router/rls.py): read back as a
+    client's setting it would travel with the client and be applied with set_config, which the
+    router's role may not do (and must not, as another tenant's connection)."""
+    assert CARRIER == "backtrace_functions"
+    assert SESSION_SETTINGS_SQL == (
+        "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' AND name <> 'backtrace_functions'"
+    )
+    pglast.parse_sql(SESSION_SETTINGS_SQL)
+    # Not even when a client is known to have named it: only placeholders are named explicitly.
+    for known in ([CARRIER], [CARRIER, "myapp.a"], ["BACKTRACE_FUNCTIONS"]):
+        sql = settings_in_force_sql(known)
+        assert sql.count(CARRIER) == 1 and sql.lower().count(CARRIER) == 1, sql
+        pglast.parse_sql(sql)
 
 
 def test_raise_sql_quotes_the_message() -> None:
     assert raise_sql("25001", "can't") == (
         "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '25001', MESSAGE = 'can''t'; END$$"
     )
-
-
-def test_hidden_settings_travel_as_parameters_never_in_statement_text() -> None:
-    from router.net.session_sql import session_sync_statements
-
-    applied = {"app.tenant_id": "a", "app.tenant_id_sig": "sig-a", "work_mem": "4MB"}
-    desired = {"app.tenant_id": "b", "app.tenant_id_sig": "sig-b"}
-    text, parameterized = session_sync_statements(applied, desired, frozenset({"app.tenant_id_sig"}))
-    assert text == "RESET work_mem"
-    assert parameterized == (
-        "SELECT set_config($1, $2, false), set_config($3, $4, false)",
-        ("app.tenant_id", "b", "app.tenant_id_sig", "sig-b"),
-    )
-    # Nothing hidden changes: the plain statement list, as before.
-    text, parameterized = session_sync_statements(
-        desired, {**desired, "work_mem": "8MB"}, frozenset({"app.tenant_id_sig"})
-    )
-    assert parameterized is None and text is not None and "sig-b" not in text
 
 
 def test_bind_and_execute_messages() -> None:
