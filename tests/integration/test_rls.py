@@ -35,7 +35,7 @@ from router.isolation import (
     tenant_role,
     tenant_role_password,
 )
-from router.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, enable_rls
+from router.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, audit_server_role, enable_rls
 from router.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
 from router.testing.deploy import CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment, free_port
@@ -453,6 +453,12 @@ async def test_router_role_cannot_reach_the_key_or_the_policy(pg_env: PgEnvironm
             "CREATE OR REPLACE FUNCTION router.current_tenant() RETURNS text LANGUAGE sql AS $$SELECT 'x'$$",
             "ALTER FUNCTION router.current_tenant() SECURITY INVOKER",
             "CREATE FUNCTION router.mine() RETURNS int LANGUAGE sql AS $$SELECT 1$$",
+            "CREATE OR REPLACE FUNCTION router.enter_tenant(text, text) RETURNS text LANGUAGE sql AS $$SELECT $1$$",
+            "CREATE OR REPLACE FUNCTION router.leave_tenant() RETURNS void LANGUAGE sql AS $$SELECT$$",
+            "ALTER FUNCTION router.enter_tenant(text, text) SET search_path = public",
+            "ALTER FUNCTION router.no_tenant_context() RENAME TO gone",
+            "DELETE FROM router.rls_tables",
+            "COPY router.context_key TO STDOUT",
             f"SET ROLE {rls.RLS_ROLE}",
             f"ALTER TABLE {TABLE} DISABLE ROW LEVEL SECURITY",
             f"ALTER TABLE {TABLE} NO FORCE ROW LEVEL SECURITY",
@@ -465,6 +471,10 @@ async def test_router_role_cannot_reach_the_key_or_the_policy(pg_env: PgEnvironm
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():
                     await conn.execute(sql)
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await conn.execute(attacks[-1])
+        # The key through the function that reads it: no way to make enter_tenant show it.
+        assert await conn.fetchval("SELECT has_table_privilege('router.context_key', 'SELECT')") is False
         row = await conn.fetchrow(
             "SELECT rolsuper, rolbypassrls, pg_has_role(current_user, $1, 'MEMBER') AS in_rls_role,"
             " row_security_active($2::regclass) AS applies,"
@@ -505,6 +515,8 @@ async def test_rows_of_another_tenant_are_invisible_and_untouchable(
                 f"INSERT INTO {TABLE} (tenant_id, name) VALUES ('{TENANT_B}', 'planted')",
                 f"UPDATE {TABLE} SET tenant_id = '{TENANT_B}'",
                 f"COPY {TABLE} (tenant_id, name) FROM STDIN",
+                # The column's default is the claim, which the session may point at B: still A's rows only.
+                f"SET LOCAL {SETTING} = '{TENANT_B}'; INSERT INTO {TABLE} (name) VALUES ('planted')",
             ):
                 with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.FeatureNotSupportedError)) as info:
                     async with conn.transaction():
@@ -558,6 +570,177 @@ async def test_enable_refuses_a_table_the_router_role_owns(
                 await conn.execute(f"DROP TABLE IF EXISTS {OWNED_TABLE}")
             finally:
                 await conn.close()
+
+
+OLD_TABLE = "rls_it_old_items"
+# The objects of the signed-context design (its function names, simplified bodies): what a database
+# protected by an earlier version holds.
+OLD_FUNCTIONS = [
+    "CREATE FUNCTION router.context_inner_pad() RETURNS bytea LANGUAGE sql IMMUTABLE AS $$SELECT '\\x00'::bytea$$",
+    "CREATE FUNCTION router.context_outer_pad() RETURNS bytea LANGUAGE sql IMMUTABLE AS $$SELECT '\\x00'::bytea$$",
+    "CREATE FUNCTION router.context_verified_when_planned() RETURNS text LANGUAGE sql IMMUTABLE AS $$SELECT ''$$",
+    f"CREATE FUNCTION router.check_tenant_context() RETURNS text LANGUAGE plpgsql STABLE"
+    f" AS $$BEGIN RETURN current_setting('{SETTING}', true); END$$",
+    "CREATE FUNCTION router.verify_tenant_context() RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER"
+    " AS $$BEGIN RETURN router.check_tenant_context(); END$$",
+    "CREATE OR REPLACE FUNCTION router.current_tenant() RETURNS text LANGUAGE plpgsql STABLE"
+    " AS $$BEGIN RETURN router.verify_tenant_context(); END$$",
+]
+OLD_NAMES = [
+    "check_tenant_context",
+    "context_inner_pad",
+    "context_outer_pad",
+    "context_verified_when_planned",
+    "verify_tenant_context",
+]
+
+
+def _old_policy(table: str, function: str) -> list[str]:
+    condition = f"tenant_id = (SELECT router.{function}())"
+    return [
+        f"DROP POLICY IF EXISTS tenant_isolation ON {table}",
+        f"CREATE POLICY tenant_isolation ON {table} USING ({condition}) WITH CHECK ({condition})",
+    ]
+
+
+async def test_enable_upgrades_a_database_of_the_signed_context_design(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
+) -> None:
+    """The old functions and policies, made by hand as an earlier version left them: `rls enable`
+    (of any one table) gives every recorded table the new policy and drops the old functions, which
+    the old policies depended on."""
+    try:
+        await _on_every_shard(
+            pg_env,
+            f"CREATE TABLE {OLD_TABLE} (id serial PRIMARY KEY, tenant_id text NOT NULL, name text NOT NULL)",
+            f"INSERT INTO {OLD_TABLE} (tenant_id, name) VALUES ('{TENANT_A}', 'old-a'), ('{TENANT_B}', 'old-b')",
+            f"ALTER TABLE {OLD_TABLE} ENABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE {OLD_TABLE} FORCE ROW LEVEL SECURITY",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {OLD_TABLE} TO {pg_env.ROUTER_ROLE}",
+            f"SET ROLE {rls.RLS_ROLE}",
+            *OLD_FUNCTIONS,
+            "RESET ROLE",
+            *_old_policy(OLD_TABLE, "current_tenant"),
+            *_old_policy(TABLE, "verify_tenant_context"),  # depends on a function that goes
+            f"INSERT INTO router.rls_tables VALUES ('{OLD_TABLE}'::regclass, 'tenant_id')",
+        )
+        # The old layout is live: the claim alone decides there.
+        conn = await _router(pg_env, "shard_a")
+        try:
+            await conn.execute("SELECT set_config($1, $2, false)", SETTING, TENANT_B)
+            assert [r["name"] for r in await conn.fetch(f"SELECT name FROM {OLD_TABLE}")] == ["old-b"]
+        finally:
+            await conn.close()
+
+        reports = await enable_rls(config, topology, TABLE)
+        assert len(reports) == len(pg_env.shards)
+
+        for shard in pg_env.shards:
+            admin = await _superuser(pg_env, shard)
+            try:
+                functions = await admin.fetchval(
+                    "SELECT array_agg(proname::text ORDER BY proname) FROM pg_proc"
+                    " WHERE pronamespace = 'router'::regnamespace"
+                )
+                policies = await admin.fetch(
+                    "SELECT c.relname::text AS name, pg_get_expr(p.polqual, p.polrelid) AS using_,"
+                    " pg_get_expr(p.polwithcheck, p.polrelid) AS check_"
+                    " FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE c.relname = ANY($1) ORDER BY 1",
+                    [OLD_TABLE, TABLE],
+                )
+                current_language = await admin.fetchval(
+                    "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+                    " WHERE p.oid = 'router.current_tenant()'::regprocedure"
+                )
+            finally:
+                await admin.close()
+            assert functions == ["current_tenant", "enter_tenant", "leave_tenant", "no_tenant_context"], shard
+            assert not set(OLD_NAMES) & set(functions)
+            assert current_language == "sql"
+            assert [p["name"] for p in policies] == sorted([OLD_TABLE, TABLE]), shard
+            for policy in policies:
+                assert policy["using_"] == policy["check_"]
+                assert f"current_setting('{rls.CARRIER}'" in policy["using_"], policy
+                assert "current_tenant" not in policy["using_"] and "verify" not in policy["using_"], policy
+
+            conn = await _router(pg_env, shard)
+            try:
+                await conn.execute("SELECT set_config($1, $2, false)", SETTING, TENANT_B)
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="no tenant context"):
+                    await conn.fetch(f"SELECT name FROM {OLD_TABLE}")
+                await _enter(conn, TENANT_A)
+                await conn.execute("SELECT set_config($1, $2, false)", SETTING, TENANT_B)
+                assert [r["name"] for r in await conn.fetch(f"SELECT name FROM {OLD_TABLE}")] == ["old-a"]
+                assert await _names_seen(conn) == ["a1"]
+            finally:
+                await conn.close()
+    finally:
+        await _on_every_shard(
+            pg_env,
+            f"DELETE FROM router.rls_tables WHERE table_name = to_regclass('{OLD_TABLE}')",
+            f"DROP TABLE IF EXISTS {OLD_TABLE}",
+            *(f"DROP FUNCTION IF EXISTS router.{name}() CASCADE" for name in OLD_NAMES),
+        )
+        await enable_rls(config, topology, TABLE)  # TABLE's policy back, whatever happened above
+
+
+async def test_enable_refuses_a_router_role_that_may_set_the_carrier(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
+) -> None:
+    role = pg_env.ROUTER_ROLE
+    setter = "rls_it_carrier_setter"
+    for grants, revokes in (
+        ([f"GRANT SET ON PARAMETER {rls.CARRIER} TO {role}"], [f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {role}"]),
+        (  # through a role it is a member of
+            [
+                f"CREATE ROLE {setter} NOLOGIN",
+                f"GRANT SET ON PARAMETER {rls.CARRIER} TO {setter}",
+                f"GRANT {setter} TO {role}",
+            ],
+            [f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {setter}", f"DROP ROLE IF EXISTS {setter}"],
+        ),
+    ):
+        await _on_every_shard(pg_env, *grants)
+        try:
+            # What the refusal is about: with the grant, a tenant's own SQL enters any tenant.
+            conn = await _router(pg_env, "shard_a", TENANT_A)
+            try:
+                await conn.execute(f"SET {rls.CARRIER} = '{rls.carried_value(TENANT_B)}'")
+                assert await _names_seen(conn) == ["b1"]
+            finally:
+                await conn.close()
+            with pytest.raises(UnsafeLayout, match=f"may set {rls.CARRIER}") as info:
+                await enable_rls(config, topology, TABLE)
+            assert info.value.hint is not None and f"REVOKE SET ON PARAMETER {rls.CARRIER}" in info.value.hint
+            audits = await audit_server_role(config, topology)
+            assert [a.shard for a in audits] == list(pg_env.shards)
+            for audit in audits:
+                found = [p for p in audit.problems if f"may set {rls.CARRIER}" in p]
+                assert len(found) == 1, audit
+                assert f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {quote_ident(role)}" in found[0]
+        finally:
+            await _on_every_shard(pg_env, *revokes)
+    # Revoked: enabled again, and nothing about the carrier in the audit.
+    assert len(await enable_rls(config, topology, TABLE)) == len(pg_env.shards)
+    for audit in await audit_server_role(config, topology):
+        assert not [line for line in (*audit.problems, *audit.warnings) if rls.CARRIER in line], audit
+
+
+async def test_check_warns_when_enter_tenant_is_missing(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
+) -> None:
+    for audit in await audit_server_role(config, topology):
+        assert not [w for w in audit.warnings if "enter_tenant" in w], audit
+    await _on_every_shard(pg_env, "ALTER FUNCTION router.enter_tenant(text, text) RENAME TO rls_it_away")
+    try:
+        audits = await audit_server_role(config, topology)
+    finally:
+        await _on_every_shard(pg_env, "ALTER FUNCTION router.rls_it_away(text, text) RENAME TO enter_tenant")
+    assert [a.shard for a in audits] == list(pg_env.shards)
+    for audit in audits:
+        warnings = [w for w in audit.warnings if "router.enter_tenant() is not installed" in w]
+        assert len(warnings) == 1 and "rls enable" in warnings[0], audit
+        assert not [p for p in audit.problems if "enter_tenant" in p], audit
 
 
 async def test_enable_needs_the_secret_and_the_admin(config: RouterConfig, topology: Topology) -> None:
