@@ -508,14 +508,17 @@ SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole,
              WHERE has_table_privilege(r.oid, 'pg_catalog.pg_largeobject_metadata', 'SELECT')) AS large_objects
 FROM pg_roles r WHERE r.rolname = $1
 """
+# Whether a role ($1) may write the carrier of the entered tenant (PostgreSQL 15+): itself or any
+# role it is a member of, inherited or not (a NOINHERIT member can still SET ROLE to it, set the
+# carrier and RESET ROLE; has_parameter_privilege alone only sees inherited privileges).
+_ROLE_SETS_CARRIER: Final = (
+    "EXISTS (SELECT FROM pg_roles r WHERE pg_has_role($1, r.oid, 'MEMBER')"
+    f" AND has_parameter_privilege(r.oid, '{rls.CARRIER}', 'SET'))"
+)
 # On a shard in the hardened setup (PostgreSQL 15+): whether the router's role ($1) may write the
 # carrier of the entered tenant, and whether the entering function ($2) is installed.
-_ENTERING_SQL: Final = (
-    f"SELECT has_parameter_privilege($1, '{rls.CARRIER}', 'SET') AS router_sets,"
-    " to_regprocedure($2) IS NOT NULL AS enters"
-)
-# Whether a role may write the carrier of the entered tenant (PostgreSQL 15+).
-_SETS_CARRIER_SQL: Final = f"SELECT has_parameter_privilege($1, '{rls.CARRIER}', 'SET')"
+_ENTERING_SQL: Final = f"SELECT {_ROLE_SETS_CARRIER} AS router_sets, to_regprocedure($2) IS NOT NULL AS enters"
+_SETS_CARRIER_SQL: Final = f"SELECT {_ROLE_SETS_CARRIER}"
 _TABLE_SQL: Final = """
 SELECT c.oid, c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
        pg_get_userbyid(c.relowner)::text AS owner,
