@@ -699,13 +699,27 @@ async def test_enable_refuses_a_router_role_that_may_set_the_carrier(
             ],
             [f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {setter}", f"DROP ROLE IF EXISTS {setter}"],
         ),
+        (  # ... which it does not inherit the privileges of, but may SET ROLE to
+            [
+                f"CREATE ROLE {setter} NOLOGIN",
+                f"GRANT SET ON PARAMETER {rls.CARRIER} TO {setter}",
+                f"GRANT {setter} TO {role}",
+                f"ALTER ROLE {role} NOINHERIT",
+            ],
+            [
+                f"ALTER ROLE {role} INHERIT",
+                f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {setter}",
+                f"DROP ROLE IF EXISTS {setter}",
+            ],
+        ),
     ):
         await _on_every_shard(pg_env, *grants)
         try:
             # What the refusal is about: with the grant, a tenant's own SQL enters any tenant.
             conn = await _router(pg_env, "shard_a", TENANT_A)
             try:
-                await conn.execute(f"SET {rls.CARRIER} = '{rls.carried_value(TENANT_B)}'")
+                become = f"SET ROLE {setter}; " if "NOINHERIT" in grants[-1] else ""
+                await conn.execute(f"{become}SET {rls.CARRIER} = '{rls.carried_value(TENANT_B)}'; RESET ROLE")
                 assert await _names_seen(conn) == ["b1"]
             finally:
                 await conn.close()
