@@ -517,8 +517,24 @@ _ROLE_SETS_CARRIER: Final = (
 )
 # On a shard in the hardened setup (PostgreSQL 15+): whether the router's role ($1) may write the
 # carrier of the entered tenant, and whether the entering function ($2) is installed.
-_ENTERING_SQL: Final = f"SELECT {_ROLE_SETS_CARRIER} AS router_sets, to_regprocedure($2) IS NOT NULL AS enters"
+# The carrier's default in a session of the router's role ($1) in this database: what RESET ALL and
+# DISCARD ALL leave, and what a new session starts with; it must be empty, or such a session acts as
+# the tenant it names. From the server's configuration and ALTER ROLE / ALTER DATABASE ... SET (the
+# admin's own defaults count too when the admin runs it: over-cautious, never blind).
+_CARRIER_DEFAULT: Final = (
+    f"concat_ws(', ', NULLIF((SELECT reset_val FROM pg_settings WHERE name = '{rls.CARRIER}'), ''),"
+    " (SELECT string_agg(c.setting, ', ') FROM pg_db_role_setting s"
+    " CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)"
+    f" WHERE c.setting LIKE '{rls.CARRIER}=_%'"
+    " AND s.setrole IN (0, (SELECT r.oid FROM pg_roles r WHERE r.rolname = $1))"
+    " AND s.setdatabase IN (0, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))))"
+)
+_ENTERING_SQL: Final = (
+    f"SELECT {_ROLE_SETS_CARRIER} AS router_sets, to_regprocedure($2) IS NOT NULL AS enters,"
+    f" {_CARRIER_DEFAULT} AS carrier_default"
+)
 _SETS_CARRIER_SQL: Final = f"SELECT {_ROLE_SETS_CARRIER}"
+_CARRIER_DEFAULT_SQL: Final = f"SELECT {_CARRIER_DEFAULT}"
 _TABLE_SQL: Final = """
 SELECT c.oid, c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
        pg_get_userbyid(c.relowner)::text AS owner,
@@ -707,6 +723,14 @@ async def _grant_carrier(conn: Any, router_role: str, where: str) -> None:
             hint=f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {quote_ident(router_role)} (and from the roles it"
             " belongs to), then run again",
         )
+    default = await conn.fetchval(_CARRIER_DEFAULT_SQL, router_role)
+    if default:
+        raise UnsafeLayout(
+            f"{where}: {rls.CARRIER} has a default ({default}): a session of the router's role that has not"
+            " entered a tenant, or ran RESET ALL, would act as the tenant it names",
+            hint=f"remove it (ALTER SYSTEM RESET {rls.CARRIER}, ALTER ROLE/DATABASE ... RESET {rls.CARRIER}),"
+            " then run again",
+        )
 
 
 async def _grant_large_objects(conn: Any, role: str) -> None:
@@ -802,6 +826,12 @@ def _entering_findings(role: str, version: int, row: Any) -> tuple[tuple[str, ..
         return (
             f"role {role} may set {rls.CARRIER}, which carries the entered tenant: any shared tenant could enter"
             f" any other; REVOKE SET ON PARAMETER {rls.CARRIER} FROM {quote_ident(role)}",
+        ), ()
+    if row["carrier_default"]:
+        return (
+            f"{rls.CARRIER} has a default ({row['carrier_default']}): a session of role {role} that has not"
+            " entered a tenant, or ran RESET ALL, acts as the tenant it names; remove it (ALTER SYSTEM /"
+            f" ROLE / DATABASE ... RESET {rls.CARRIER})",
         ), ()
     if not row["enters"]:
         return (), (

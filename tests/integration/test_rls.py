@@ -740,6 +740,41 @@ async def test_enable_refuses_a_router_role_that_may_set_the_carrier(
         assert not [line for line in (*audit.problems, *audit.warnings) if rls.CARRIER in line], audit
 
 
+async def test_enable_and_check_refuse_a_default_of_the_carrier(
+    pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
+) -> None:
+    """A default of the carrier is what a session of the router's role has before it enters a
+    tenant and after RESET ALL: with one, that session acts as the tenant it names."""
+    role, db = pg_env.ROUTER_ROLE, pg_env.SHARD_DB
+    carried = rls.carried_value(TENANT_B)
+    for grant, revoke in (
+        (f"ALTER ROLE {role} SET {rls.CARRIER} = '{carried}'", f"ALTER ROLE {role} RESET {rls.CARRIER}"),
+        (f"ALTER DATABASE {db} SET {rls.CARRIER} = '{carried}'", f"ALTER DATABASE {db} RESET {rls.CARRIER}"),
+        (
+            f"ALTER ROLE {role} IN DATABASE {db} SET {rls.CARRIER} = '{carried}'",
+            f"ALTER ROLE {role} IN DATABASE {db} RESET {rls.CARRIER}",
+        ),
+    ):
+        await _on_every_shard(pg_env, grant)
+        try:
+            # What the refusal is about: A's session, after RESET ALL, is B's.
+            conn = await _router(pg_env, "shard_a", TENANT_A)
+            try:
+                await conn.execute("RESET ALL")
+                assert await _names_seen(conn) == ["b1"]
+            finally:
+                await conn.close()
+            with pytest.raises(UnsafeLayout, match=f"{rls.CARRIER} has a default"):
+                await enable_rls(config, topology, TABLE)
+            for audit in await audit_server_role(config, topology):
+                assert [p for p in audit.problems if f"{rls.CARRIER} has a default" in p], audit
+        finally:
+            await _on_every_shard(pg_env, revoke)
+    assert len(await enable_rls(config, topology, TABLE)) == len(pg_env.shards)
+    for audit in await audit_server_role(config, topology):
+        assert not [line for line in (*audit.problems, *audit.warnings) if rls.CARRIER in line], audit
+
+
 async def test_check_warns_when_enter_tenant_is_missing(
     pg_env: PgEnvironment, config: RouterConfig, topology: Topology, protected: list[str]
 ) -> None:
