@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, tenant_role
-from router.rls import context_key_pads
+from router.rls import carried_value, context_key_pads
 from router.testing.deploy import APP_PASSWORD, APP_USER
 from router.testing.escape import (
     HARDENED,
@@ -291,10 +291,11 @@ def _set_forge(s: Scene) -> None:
     s.forged(f"SET app.tenant_id = {lit(s.b)}")
 
 
-@attack("SET app.tenant_id_sig = A's signature, app.tenant_id = B")
+@attack("claim B with A's signature beside it (app.tenant_id_sig, a setting nothing reads now)")
 def _own_signature(s: Scene) -> None:
-    p = s.attacker()
-    own = p.value("SELECT current_setting('app.tenant_id_sig', true)") or ""
+    # The earlier design verified the pair (app.tenant_id, app.tenant_id_sig) on every statement;
+    # now the claim decides nothing, and the signature setting no longer exists.
+    own = s.deployment.signature(s.a) if s.deployment.hardened else "x"
     s.forged(f"SET app.tenant_id = {lit(s.b)}; SET app.tenant_id_sig = {lit(own)}")
     s.forged(
         f"SELECT set_config('app.tenant_id', {lit(s.b)}, false), set_config('app.tenant_id_sig', {lit(own)}, false)"
@@ -330,8 +331,9 @@ def _forge_and_write(s: Scene) -> None:
 @attack("RESET app.tenant_id then read")
 def _reset_setting(s: Scene) -> None:
     p = s.forged("RESET app.tenant_id")
-    if s.model == "shared":
-        s.expect("42501" in p.errors, "a read without the tenant context fails with 42501")
+    if s.model == "shared" and s.deployment.hardened:
+        # The claim decides nothing now: without it the session still reads its entered tenant's rows.
+        s.expect(not p.errors, f"reads after RESET app.tenant_id still work (got {p.errors})")
 
 
 @attack("RESET ALL then read")
@@ -497,17 +499,24 @@ def _read_key(s: Scene) -> None:
         s.leak("COPY of the key succeeded")
 
 
-@attack("router.current_tenant() with a forged context", hardened_only=True)
+@attack("router.current_tenant() after claiming B (app.tenant_id, with any signature)", hardened_only=True)
 def _forged_verifier(s: Scene) -> None:
+    """current_tenant() names the entered tenant and ignores the claim: it must say A (or fail),
+    never B, whatever claim and signature the session set before or in the same statement."""
     p = s.attacker()
     own = s.deployment.signature(s.a)
     for signature in (secrets.token_hex(32), own, own.upper(), ""):
-        rows = p.run(
-            f"SELECT set_config('app.tenant_id', {lit(s.b)}, false),"
-            f" set_config('app.tenant_id_sig', {lit(signature)}, false), router.current_tenant()"
-        )
-        if rows and s.b in map(str, rows[0]):
-            s.leak(f"router.current_tenant() accepted B with signature {signature[:12]}...")
+        sig = lit(signature)
+        forge = f"set_config('app.tenant_id', {lit(s.b)}, false), set_config('app.tenant_id_sig', {sig}, false)"
+        # In the statement that claims B, and in the next one of the same query string.
+        current_sql = "router.current_tenant()"
+        for sql in (f"SELECT {forge}, {current_sql}", f"SELECT {forge}; SELECT 0, 0, {current_sql}"):
+            rows = p.run(sql)
+            current = rows[0][2] if rows else None  # the third column: current_tenant()'s, not set_config's
+            if current == s.b:
+                s.leak(f"router.current_tenant() said B after claiming B (signature {signature[:12]}...)")
+            if s.model == "shared":
+                s.expect(current == s.a, f"router.current_tenant() is still A after claiming B: {sql[:60]}")
 
 
 @attack("debug_print_plan: the key or B's signature in a plan printed to the client", hardened_only=True)
@@ -521,12 +530,14 @@ def _printed_plan(s: Scene) -> None:
         p.run(force_new_plan)
         p.run(s.read)
         p.run("SELECT router.current_tenant()")
-    # A context that is not the pair a plan was built with goes through the HMAC's plan, too.
+    # A claim of B planned in (it decides nothing now), and the plans of router.enter_tenant's
+    # statements, which read the key, when A calls it with a wrong signature.
     p.run("BEGIN")
     p.run(f"SELECT set_config('app.tenant_id', {lit(s.b)}, true)")
     p.run("DISCARD PLANS")
     p.run(s.read)
     p.run("ROLLBACK")
+    p.run(f"SELECT router.enter_tenant({lit(s.b)}, {lit(secrets.token_hex(32))})")
     # A plan prints a constant as its bytes in decimal, wrapped over indented lines.
     printed = re.sub(r"\n\s*", "", "\n".join(p.seen))
     inner, outer = context_key_pads(SECRET)
@@ -538,6 +549,180 @@ def _printed_plan(s: Scene) -> None:
     ):
         if printed_in_plan(value) in printed or text in printed:
             s.leak(f"a printed plan showed the {what}")
+
+
+# The entered tenant: the carrier setting, router.enter_tenant / leave_tenant (router/rls.py)
+
+
+def _carried(s: Scene) -> str:
+    """B's tenant id as the carrier holds it (what enter_tenant would write for B)."""
+    return carried_value(s.b)
+
+
+@attack("SET / SET LOCAL / set_config / RESET backtrace_functions (the carrier) = B", hardened_only=True)
+def _set_carrier(s: Scene) -> None:
+    b = lit(_carried(s))
+    for forge in (
+        f"SET backtrace_functions = {b}",
+        f"SET SESSION backtrace_functions = {b}",
+        f"SELECT set_config('backtrace_functions', {b}, false)",
+        "RESET backtrace_functions",
+        "SET backtrace_functions TO DEFAULT",
+    ):
+        p = s.forged(forge)
+        s.expect(p.errors[:1] == ["42501"], f"refused with 42501: {forge}")
+    p = s.attacker()
+    p.run("BEGIN")
+    p.run(f"SET LOCAL backtrace_functions = {b}")
+    s.expect(p.errors[-1:] == ["42501"], "SET LOCAL backtrace_functions is refused with 42501")
+    p.run("ROLLBACK")
+    p.run("BEGIN")
+    p.run(f"SELECT set_config('backtrace_functions', {b}, true)")
+    p.run(s.read)
+    p.run("ROLLBACK")
+
+
+@attack("the carrier set in a DO block, a function's SET clause, startup options", hardened_only=True)
+def _hidden_carrier(s: Scene) -> None:
+    b = _carried(s)
+    for body in (
+        f"PERFORM set_config('backtrace_functions', {lit(b)}, false)",
+        f"SET backtrace_functions = {lit(b)}",
+        f"EXECUTE {lit(f'SET backtrace_functions = {lit(b)}')}",
+        "RESET backtrace_functions",
+    ):
+        s.forged(f"DO $$BEGIN {body}; END$$")
+    # A function whose SET clause names the carrier: refused when made, or when called.
+    p = s.attacker()
+    p.run(
+        f"CREATE FUNCTION pg_temp.esc_as_b() RETURNS SETOF text LANGUAGE sql SET backtrace_functions = {lit(b)}"
+        f" AS $$SELECT secret FROM {s.table if s.model == 'shared' else 'items'}$$"
+    )
+    p.run("SELECT * FROM pg_temp.esc_as_b()")
+    # The router applies a client's startup options with SET, as its own role.
+    p = s.attacker(options=f"-c backtrace_functions={b}")
+    p.run(s.read)
+    p.run("SELECT current_setting('backtrace_functions')")
+
+
+@attack("ALTER ROLE CURRENT_USER / ALTER DATABASE SET backtrace_functions = B, then new sessions", hardened_only=True)
+def _carrier_role_default(s: Scene) -> None:
+    b = lit(_carried(s))
+    role = quote_ident(s.server_user)
+    dbname = database_name(s.a) if s.model == "database" else s.deployment.env.SHARD_DB
+    database = quote_ident(dbname)
+    s.cleanup += [
+        f"ALTER ROLE {role} RESET backtrace_functions",
+        f"ALTER ROLE {role} IN DATABASE {database} RESET backtrace_functions",
+        f"ALTER DATABASE {database} RESET backtrace_functions",
+    ]
+    p = s.attacker()
+    for ddl in (
+        f"ALTER ROLE CURRENT_USER SET backtrace_functions = {b}",
+        f"ALTER ROLE CURRENT_USER IN DATABASE {database} SET backtrace_functions = {b}",
+        f"ALTER DATABASE {database} SET backtrace_functions = {b}",
+    ):
+        p.run(ddl)
+        s.expect(p.errors[-1:] == ["42501"], f"refused with 42501: {ddl}")
+        p.run(f"DO $$BEGIN EXECUTE {lit(ddl)}; END$$")  # hidden from the router
+        s.expect(p.errors[-1:] == ["42501"], f"refused with 42501 in a DO block: {ddl}")
+    p.run(s.read)  # a new transaction on the same session
+    p.close()
+    s.deployment.close_idle_server_connections()  # new server sessions start with the role's defaults
+    p = s.attacker()
+    p.run(s.read)
+    p.run("SELECT current_setting('backtrace_functions')")
+
+
+@attack("SELECT router.enter_tenant(B, <forged signature>) then read", models=("shared",), hardened_only=True)
+def _enter_forged(s: Scene) -> None:
+    own = s.deployment.signature(s.a)  # A cannot know it; suppose it does
+    b = lit(s.b)
+    # B's signature in upper case would be the same HMAC; the suite cannot know B's (nor can A): not tried.
+    for signature in (lit(secrets.token_hex(32)), lit(own), lit(own.upper()), "''", "NULL"):
+        enter = f"SELECT router.enter_tenant({b}, {signature})"
+        p = s.forged(enter)
+        s.expect(p.errors[:1] == ["42501"], f"refused with 42501: {enter[:70]}")
+        # Entered in a transaction that goes on after the error is caught: the change is undone.
+        p.run(
+            f"DO $$BEGIN PERFORM router.enter_tenant({b}, {signature}); EXCEPTION WHEN OTHERS THEN NULL; END$$;"
+            f" {s.read}"
+        )
+    # Other spellings of B's id (the carrier's form, upper case, padded): not tenant ids, or not B's.
+    p = s.attacker()
+    for other in (_carried(s), s.b.upper(), f" {s.b}", f"{s.b}\n"):
+        p.run(f"SELECT router.enter_tenant({lit(other)}, {lit(own)}); {s.read}")
+        s.expect(p.errors[-1:] == ["42501"], f"enter_tenant({other!r}) with A's signature is refused with 42501")
+    # A may enter itself (with its own signature): that stays A.
+    p.run(f"SELECT router.enter_tenant({lit(s.a)}, {lit(own)}); {s.read}")
+    p.run(s.read)
+
+
+@attack("SELECT router.leave_tenant() then read", models=("shared",), hardened_only=True)
+def _leave(s: Scene) -> None:
+    p = s.attacker()
+    p.run("SELECT router.leave_tenant()")
+    before = len(p.errors)
+    rows = p.run(s.read)
+    s.expect(rows is None and p.errors[before:] == ["42501"], "a read after leave_tenant() fails with 42501")
+    rows = p.run(f"SELECT router.leave_tenant(); {s.read}")
+    s.expect(rows is None and p.errors[-1:] == ["42501"], "leave_tenant(); read (one query) fails with 42501")
+    p.run("BEGIN")
+    p.run("SELECT router.leave_tenant()")
+    rows = p.run(s.read)
+    s.expect(rows is None and p.errors[-1:] == ["42501"], "leave_tenant() then read in a transaction fails")
+    p.run("ROLLBACK")
+    p.run(f"SELECT router.leave_tenant(); SELECT set_config('app.tenant_id', {lit(s.b)}, false); {s.read}")
+    # B takes the server session in between (pool size 1), then A again: A's own rows, or an error.
+    s.victim().run(s.read)
+    p.run("SELECT router.leave_tenant()")
+    s.victim().run(s.read)
+    p.run(s.read)
+
+
+@attack("one statement changes app.tenant_id halfway (set_config per row)", models=("shared",))
+def _halfway(s: Scene) -> None:
+    b = lit(s.b)
+    p = s.attacker()
+    for sql in (
+        f"SELECT secret, set_config('app.tenant_id', {b}, false) FROM {s.table}",
+        f"SELECT set_config('app.tenant_id', {b}, false), tenant_id, secret FROM {s.table}",
+        f"SELECT tenant_id, secret FROM {s.table} WHERE set_config('app.tenant_id', {b}, false) IS NOT NULL",
+        f"SELECT t.secret FROM (SELECT set_config('app.tenant_id', {b}, false)) AS c, {s.table} AS t",
+        f"SELECT secret FROM {s.table} ORDER BY set_config('app.tenant_id', {b}, false), secret",
+    ):
+        rows = p.run(sql)
+        if s.deployment.hardened:
+            s.expect(rows is not None and len(rows) == len(s.deployment.secrets[s.a]), f"A's rows, all: {sql[:70]}")
+        p.run(s.read)  # and after it
+
+
+@attack("RESET ALL / DISCARD ALL in a DO block, then read", hardened_only=True)
+def _hidden_reset_all(s: Scene) -> None:
+    for body in ("RESET ALL", "EXECUTE 'RESET ALL'", "EXECUTE 'DISCARD ALL'"):
+        do = f"DO $$BEGIN {body}; END$$"
+        s.forged(do)
+        p = s.attacker()
+        p.run(do)
+        # B takes the server session in between (the router leaves and enters), then A reads again.
+        s.victim().run(s.read)
+        p.run(s.read)
+        p.run(f"{do}; SELECT set_config('app.tenant_id', {lit(s.b)}, false); {s.read}")
+
+
+@attack("read the carrier: current_setting('backtrace_functions') is A's own id", models=("shared",))
+def _read_carrier(s: Scene) -> None:
+    read = f"SELECT current_setting('backtrace_functions'), tenant_id, secret FROM {s.table}"
+    p = s.attacker()
+    for sql in ("SELECT current_setting('backtrace_functions')", "SHOW backtrace_functions"):
+        value = p.value(sql)
+        if s.deployment.hardened:
+            s.expect(value == carried_value(s.a), f"{sql} shows A's id as the carrier holds it: {value!r}")
+    s.victim().run(s.read)  # B had the one server session just now
+    value = p.value("SELECT setting FROM pg_settings WHERE name = 'backtrace_functions'")
+    if s.deployment.hardened:
+        s.expect(value == carried_value(s.a), f"after B, the carrier holds A's id again: {value!r}")
+    p.run(read)  # B's rows here, if the carrier held B
 
 
 # Prepared statements across hand-overs
