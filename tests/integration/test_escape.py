@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, tenant_role
@@ -1167,22 +1167,54 @@ def test_legacy_setup_leaks_and_the_table(hardened_results: Results, legacy_resu
 
 
 def test_lost_context_fails_closed(hardened: EscapeDeployment) -> None:
-    """Without its context a shared session reads nothing: an error, never every tenant's rows."""
-    a, _b = HARDENED.tenants("shared")
+    """The claim app.tenant_id decides nothing: changing or resetting it leaves the entered tenant.
+    RESET ALL and DISCARD ALL empty the carrier: then a shared session reads nothing (an error,
+    never every tenant's rows) until the router enters its tenant again, with the next transaction."""
+    a, b = HARDENED.tenants("shared")
     table = quote_ident(HARDENED.table)
+    read = f"SELECT tenant_id FROM {table}"
+
+    def own_rows(conn: psycopg.Connection[Any], sql: str = read) -> None:
+        cur = conn.execute(sql)  # type: ignore[call-overload]
+        while cur.nextset():  # the read is the last statement of the string
+            pass
+        rows = cur.fetchall()
+        assert len(rows) == len(hardened.secrets[a]) and {row[0] for row in rows} == {a}, (sql, rows)
+
     with psycopg.connect(hardened.url(a), autocommit=True) as conn:
-        for lose in ("RESET ALL", "RESET app.tenant_id", "SET app.tenant_id_sig = ''", "SET app.tenant_id = ''"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
-                conn.execute(f"{lose}; SELECT * FROM {table}")  # type: ignore[call-overload]
-        # Inside a transaction: it fails, and ROLLBACK ends it cleanly (no re-applied context in
+        for claim in ("RESET app.tenant_id", "SET app.tenant_id = ''", f"SET app.tenant_id = {lit(b)}"):
+            own_rows(conn, f"{claim}; {read}")
+            conn.execute(claim)  # type: ignore[call-overload]
+            own_rows(conn)
+        # RESET ALL empties the carrier: a read in the same transaction fails.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
+            conn.execute(f"RESET ALL; {read}")  # type: ignore[call-overload]
+        own_rows(conn)
+        # Inside a transaction: it fails, and ROLLBACK ends it cleanly (no context re-entered in
         # the failed transaction, whose errors the client would get on its ROLLBACK).
         conn.execute("BEGIN")
+        conn.execute("RESET ALL")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
-            conn.execute(f"RESET ALL; SELECT * FROM {table}")  # type: ignore[call-overload]
+            conn.execute(read)  # type: ignore[call-overload]
         conn.execute("ROLLBACK")
-        # And the router puts the context back for the next statement.
-        rows = conn.execute(f"SELECT tenant_id FROM {table}").fetchall()  # type: ignore[call-overload]
-        assert rows and {row[0] for row in rows} == {a}
+        own_rows(conn)  # the rollback undid the RESET ALL; the router enters anyway
+        # Committed: after it, the router enters again for the next transaction.
+        conn.execute("BEGIN")
+        conn.execute(f"RESET ALL; SELECT set_config('app.tenant_id', {lit(b)}, false)")  # type: ignore[call-overload]
+        assert conn.execute("SELECT current_setting('backtrace_functions')").fetchone() == ("",)
+        conn.execute("COMMIT")
+        own_rows(conn)
+        assert conn.execute("SELECT current_setting('backtrace_functions')").fetchone() == (carried_value(a),)
+        for discard in ("RESET ALL", "DISCARD ALL"):
+            conn.execute(discard)  # type: ignore[call-overload]
+            own_rows(conn)
+        # Left by the client itself (hidden from the router): errors, until another tenant's turn.
+        conn.execute("SELECT router.leave_tenant()")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
+            conn.execute(read)  # type: ignore[call-overload]
+        with psycopg.connect(hardened.url(b), autocommit=True) as other:
+            other.execute(read)  # type: ignore[call-overload]
+        own_rows(conn)
 
 
 # --- property: two tenants on one server connection --------------------------------------------------
@@ -1198,7 +1230,12 @@ STEPS = st.lists(st.tuples(OPS, st.integers(0, 1)), min_size=4, max_size=16)
 
 
 class TwoTenants:
-    """The model: each tenant's committed rows, and the open transaction (one at most, pool size 1)."""
+    """The model: each tenant's committed rows, and the open transaction (one at most, pool size 1).
+
+    The entered tenant decides what a session sees; the claim app.tenant_id does not: forging it
+    (alone, with a signature beside it, for the next statement) changes nothing, every read still
+    equals the model. RESET ALL empties the carrier: in the transaction that ran it (`lost`) every
+    protected statement fails with 42501; after that transaction the router enters again."""
 
     def __init__(self, deployment: EscapeDeployment, shard: Shard) -> None:
         self.tenants = HARDENED.tenants("shared")
@@ -1208,17 +1245,30 @@ class TwoTenants:
         self.committed = [set(shard.rows(t) or ()) for t in self.tenants]
         self.pending: list[set[str]] = [set(), set()]
         self.in_tx: int | None = None
+        self.lost = False  # the open transaction ran RESET ALL: no tenant until it ends
         self.conns = [psycopg.connect(deployment.url(t), autocommit=True, prepare_threshold=None) for t in self.tenants]
         self.counter = 0
 
     def visible(self, who: int) -> set[str]:
         return self.committed[who] | (self.pending[who] if self.in_tx == who else set())
 
-    def read(self, who: int, prepare: bool | None = None) -> set[str]:
-        cur = self.conns[who].execute(f"SELECT tenant_id, secret FROM {self.table}", prepare=prepare)  # type: ignore[call-overload]
+    def rows(self, who: int, sql: str, prepare: bool | None = None) -> set[str]:
+        """The secrets of the last result of `sql`, whose last statement reads (tenant_id, secret)."""
+        cur = self.conns[who].execute(sql, prepare=prepare)  # type: ignore[call-overload]
+        while cur.nextset():
+            pass
         rows = cur.fetchall()
         assert {row[0] for row in rows} <= {self.tenants[who]}, rows
         return {row[1] for row in rows}
+
+    def read(self, who: int, sql: str = "", prepare: bool | None = None) -> None:
+        """`sql` (by default a plain read) sees exactly the model's rows, or fails with 42501 when
+        the transaction has no tenant any more."""
+        sql = sql or f"SELECT tenant_id, secret FROM {self.table}"
+        if self.lost and self.in_tx == who:
+            self.refused(who, sql, prepare)
+        else:
+            assert self.rows(who, sql, prepare) == self.visible(who), (who, sql)
 
     def end(self, who: int, commit: bool) -> None:
         self.conns[who].execute("COMMIT" if commit else "ROLLBACK")
@@ -1226,11 +1276,12 @@ class TwoTenants:
             self.committed[who] |= self.pending[who]
         self.pending[who] = set()
         self.in_tx = None
+        self.lost = False
 
-    def refused(self, who: int, sql: str) -> None:
+    def refused(self, who: int, sql: str, prepare: bool | None = None) -> None:
         """`sql` must fail with 42501; inside a transaction that aborts it (rolled back here)."""
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            self.conns[who].execute(sql)  # type: ignore[call-overload]
+            self.conns[who].execute(sql, prepare=prepare)  # type: ignore[call-overload]
         if self.in_tx == who:
             self.end(who, commit=False)
 
@@ -1240,35 +1291,37 @@ class TwoTenants:
             self.end(other, commit=True)
         me, them = lit(self.tenants[who]), lit(self.tenants[other])
         conn = self.conns[who]
+        read = f"SELECT tenant_id, secret FROM {self.table}"
         forge = f"SELECT set_config('app.tenant_id', {them}, false)"
         if op == "select":
-            assert self.read(who) == self.visible(who)
+            self.read(who)
         elif op == "prepared":
-            assert self.read(who, prepare=True) == self.visible(who)
+            self.read(who, prepare=True)
         elif op == "insert":
             self.counter += 1
             secret = f"{self.tenants[who]}-prop-{self.counter}-{secrets.token_hex(4)}"
-            conn.execute(f"INSERT INTO {self.table} (tenant_id, secret) VALUES ({me}, {lit(secret)})")  # type: ignore[call-overload]
-            (self.pending[who] if self.in_tx == who else self.committed[who]).add(secret)
+            insert = f"INSERT INTO {self.table} (tenant_id, secret) VALUES ({me}, {lit(secret)})"
+            if self.lost and self.in_tx == who:
+                self.refused(who, insert)
+            else:
+                conn.execute(insert)  # type: ignore[call-overload]
+                (self.pending[who] if self.in_tx == who else self.committed[who]).add(secret)
         elif op == "insert_other":
             self.refused(who, f"INSERT INTO {self.table} (tenant_id, secret) VALUES ({them}, 'stolen')")
-        elif op == "forge_same":
-            self.refused(who, f"{forge}; SELECT tenant_id, secret FROM {self.table}")
-        elif op == "forge_sig":
-            own = self.deployment.signature(self.tenants[who])
-            self.refused(
-                who, f"SET app.tenant_id = {them}; SET app.tenant_id_sig = {lit(own)}; SELECT secret FROM {self.table}"
-            )
-        elif op == "forge_next":
+        elif op == "forge_same":  # the claim of the other tenant, then a read in the same query string
+            self.read(who, f"{forge}; {read}")
+        elif op == "forge_sig":  # the claim with this tenant's own signature beside it
+            own = lit(self.deployment.signature(self.tenants[who]))
+            self.read(who, f"SET app.tenant_id = {them}; SET app.tenant_id_sig = {own}; {read}")
+        elif op == "forge_next":  # the claim, then a read in the next statement
             conn.execute(forge)  # type: ignore[call-overload]
-            if self.in_tx == who:  # the forged context lasts until the end of the transaction
-                self.refused(who, f"SELECT secret FROM {self.table}")
-            else:  # the router puts the signed context back before the next transaction
-                assert self.read(who) == self.visible(who)
+            self.read(who)
         elif op == "reset_all":
             conn.execute("RESET ALL")
-        elif op == "reset_all_same":
-            self.refused(who, f"RESET ALL; SELECT secret FROM {self.table}")
+            if self.in_tx == who:
+                self.lost = True
+        elif op == "reset_all_same":  # fails; outside a transaction its implicit one undoes the RESET ALL
+            self.refused(who, f"RESET ALL; {read}")
         elif op == "begin" and self.in_tx is None:
             conn.execute("BEGIN")
             self.in_tx = who
@@ -1276,10 +1329,20 @@ class TwoTenants:
             self.end(who, commit=op == "commit")
 
     def check(self) -> None:
-        """Every client that can run now sees exactly its model's rows."""
+        """Every client that can run now sees exactly its model's rows; a transaction without a
+        tenant fails to read (tried under a savepoint, so the transaction goes on)."""
         for who in range(2):
-            if self.in_tx is None or self.in_tx == who:
-                assert self.read(who) == self.visible(who), (who, self.in_tx)
+            if self.in_tx == who and self.lost:
+                conn = self.conns[who]
+                conn.execute("SAVEPOINT probe")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
+                    conn.execute(f"SELECT secret FROM {self.table}")  # type: ignore[call-overload]
+                conn.execute("ROLLBACK TO SAVEPOINT probe")
+            elif self.in_tx is None or self.in_tx == who:
+                assert self.rows(who, f"SELECT tenant_id, secret FROM {self.table}") == self.visible(who), (
+                    who,
+                    self.in_tx,
+                )
 
     def finish(self) -> None:
         """End the open transaction; then the shard holds exactly the committed model."""
@@ -1304,6 +1367,10 @@ def hardened_shard(hardened: EscapeDeployment, hardened_results: Results) -> Ite
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=STEPS)
+# Always tried: RESET ALL outside and inside a transaction, each followed by reads and forged claims.
+@example(steps=[("reset_all", 0), ("select", 0), ("forge_next", 0), ("select", 1), ("prepared", 0)])
+@example(steps=[("begin", 0), ("insert", 0), ("reset_all", 0), ("forge_same", 0), ("commit", 0), ("select", 0)])
+@example(steps=[("begin", 1), ("reset_all", 1), ("commit", 1), ("insert", 1), ("forge_sig", 1), ("select", 0)])
 def test_two_tenants_interleaved_on_one_server_connection(
     hardened: EscapeDeployment, hardened_shard: Shard, steps: list[tuple[str, int]]
 ) -> None:
