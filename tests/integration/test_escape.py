@@ -34,11 +34,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, tenant_role
-from router.rls import context_key_pads
+from router.rls import carried_value, context_key_pads
 from router.testing.deploy import APP_PASSWORD, APP_USER
 from router.testing.escape import (
     HARDENED,
@@ -291,10 +291,11 @@ def _set_forge(s: Scene) -> None:
     s.forged(f"SET app.tenant_id = {lit(s.b)}")
 
 
-@attack("SET app.tenant_id_sig = A's signature, app.tenant_id = B")
+@attack("claim B with A's signature beside it (app.tenant_id_sig, a setting nothing reads now)")
 def _own_signature(s: Scene) -> None:
-    p = s.attacker()
-    own = p.value("SELECT current_setting('app.tenant_id_sig', true)") or ""
+    # The earlier design verified the pair (app.tenant_id, app.tenant_id_sig) on every statement;
+    # now the claim decides nothing, and the signature setting no longer exists.
+    own = s.deployment.signature(s.a) if s.deployment.hardened else "x"
     s.forged(f"SET app.tenant_id = {lit(s.b)}; SET app.tenant_id_sig = {lit(own)}")
     s.forged(
         f"SELECT set_config('app.tenant_id', {lit(s.b)}, false), set_config('app.tenant_id_sig', {lit(own)}, false)"
@@ -330,8 +331,9 @@ def _forge_and_write(s: Scene) -> None:
 @attack("RESET app.tenant_id then read")
 def _reset_setting(s: Scene) -> None:
     p = s.forged("RESET app.tenant_id")
-    if s.model == "shared":
-        s.expect("42501" in p.errors, "a read without the tenant context fails with 42501")
+    if s.model == "shared" and s.deployment.hardened:
+        # The claim decides nothing now: without it the session still reads its entered tenant's rows.
+        s.expect(not p.errors, f"reads after RESET app.tenant_id still work (got {p.errors})")
 
 
 @attack("RESET ALL then read")
@@ -497,17 +499,24 @@ def _read_key(s: Scene) -> None:
         s.leak("COPY of the key succeeded")
 
 
-@attack("router.current_tenant() with a forged context", hardened_only=True)
+@attack("router.current_tenant() after claiming B (app.tenant_id, with any signature)", hardened_only=True)
 def _forged_verifier(s: Scene) -> None:
+    """current_tenant() names the entered tenant and ignores the claim: it must say A (or fail),
+    never B, whatever claim and signature the session set before or in the same statement."""
     p = s.attacker()
     own = s.deployment.signature(s.a)
     for signature in (secrets.token_hex(32), own, own.upper(), ""):
-        rows = p.run(
-            f"SELECT set_config('app.tenant_id', {lit(s.b)}, false),"
-            f" set_config('app.tenant_id_sig', {lit(signature)}, false), router.current_tenant()"
-        )
-        if rows and s.b in map(str, rows[0]):
-            s.leak(f"router.current_tenant() accepted B with signature {signature[:12]}...")
+        sig = lit(signature)
+        forge = f"set_config('app.tenant_id', {lit(s.b)}, false), set_config('app.tenant_id_sig', {sig}, false)"
+        # In the statement that claims B, and in the next one of the same query string.
+        current_sql = "router.current_tenant()"
+        for sql in (f"SELECT {forge}, {current_sql}", f"SELECT {forge}; SELECT 0, 0, {current_sql}"):
+            rows = p.run(sql)
+            current = rows[0][2] if rows else None  # the third column: current_tenant()'s, not set_config's
+            if current == s.b:
+                s.leak(f"router.current_tenant() said B after claiming B (signature {signature[:12]}...)")
+            if s.model == "shared":
+                s.expect(current == s.a, f"router.current_tenant() is still A after claiming B: {sql[:60]}")
 
 
 @attack("debug_print_plan: the key or B's signature in a plan printed to the client", hardened_only=True)
@@ -521,12 +530,14 @@ def _printed_plan(s: Scene) -> None:
         p.run(force_new_plan)
         p.run(s.read)
         p.run("SELECT router.current_tenant()")
-    # A context that is not the pair a plan was built with goes through the HMAC's plan, too.
+    # A claim of B planned in (it decides nothing now), and the plans of router.enter_tenant's
+    # statements, which read the key, when A calls it with a wrong signature.
     p.run("BEGIN")
     p.run(f"SELECT set_config('app.tenant_id', {lit(s.b)}, true)")
     p.run("DISCARD PLANS")
     p.run(s.read)
     p.run("ROLLBACK")
+    p.run(f"SELECT router.enter_tenant({lit(s.b)}, {lit(secrets.token_hex(32))})")
     # A plan prints a constant as its bytes in decimal, wrapped over indented lines.
     printed = re.sub(r"\n\s*", "", "\n".join(p.seen))
     inner, outer = context_key_pads(SECRET)
@@ -538,6 +549,180 @@ def _printed_plan(s: Scene) -> None:
     ):
         if printed_in_plan(value) in printed or text in printed:
             s.leak(f"a printed plan showed the {what}")
+
+
+# The entered tenant: the carrier setting, router.enter_tenant / leave_tenant (router/rls.py)
+
+
+def _carried(s: Scene) -> str:
+    """B's tenant id as the carrier holds it (what enter_tenant would write for B)."""
+    return carried_value(s.b)
+
+
+@attack("SET / SET LOCAL / set_config / RESET backtrace_functions (the carrier) = B", hardened_only=True)
+def _set_carrier(s: Scene) -> None:
+    b = lit(_carried(s))
+    for forge in (
+        f"SET backtrace_functions = {b}",
+        f"SET SESSION backtrace_functions = {b}",
+        f"SELECT set_config('backtrace_functions', {b}, false)",
+        "RESET backtrace_functions",
+        "SET backtrace_functions TO DEFAULT",
+    ):
+        p = s.forged(forge)
+        s.expect(p.errors[:1] == ["42501"], f"refused with 42501: {forge}")
+    p = s.attacker()
+    p.run("BEGIN")
+    p.run(f"SET LOCAL backtrace_functions = {b}")
+    s.expect(p.errors[-1:] == ["42501"], "SET LOCAL backtrace_functions is refused with 42501")
+    p.run("ROLLBACK")
+    p.run("BEGIN")
+    p.run(f"SELECT set_config('backtrace_functions', {b}, true)")
+    p.run(s.read)
+    p.run("ROLLBACK")
+
+
+@attack("the carrier set in a DO block, a function's SET clause, startup options", hardened_only=True)
+def _hidden_carrier(s: Scene) -> None:
+    b = _carried(s)
+    for body in (
+        f"PERFORM set_config('backtrace_functions', {lit(b)}, false)",
+        f"SET backtrace_functions = {lit(b)}",
+        f"EXECUTE {lit(f'SET backtrace_functions = {lit(b)}')}",
+        "RESET backtrace_functions",
+    ):
+        s.forged(f"DO $$BEGIN {body}; END$$")
+    # A function whose SET clause names the carrier: refused when made, or when called.
+    p = s.attacker()
+    p.run(
+        f"CREATE FUNCTION pg_temp.esc_as_b() RETURNS SETOF text LANGUAGE sql SET backtrace_functions = {lit(b)}"
+        f" AS $$SELECT secret FROM {s.table if s.model == 'shared' else 'items'}$$"
+    )
+    p.run("SELECT * FROM pg_temp.esc_as_b()")
+    # The router applies a client's startup options with SET, as its own role.
+    p = s.attacker(options=f"-c backtrace_functions={b}")
+    p.run(s.read)
+    p.run("SELECT current_setting('backtrace_functions')")
+
+
+@attack("ALTER ROLE CURRENT_USER / ALTER DATABASE SET backtrace_functions = B, then new sessions", hardened_only=True)
+def _carrier_role_default(s: Scene) -> None:
+    b = lit(_carried(s))
+    role = quote_ident(s.server_user)
+    dbname = database_name(s.a) if s.model == "database" else s.deployment.env.SHARD_DB
+    database = quote_ident(dbname)
+    s.cleanup += [
+        f"ALTER ROLE {role} RESET backtrace_functions",
+        f"ALTER ROLE {role} IN DATABASE {database} RESET backtrace_functions",
+        f"ALTER DATABASE {database} RESET backtrace_functions",
+    ]
+    p = s.attacker()
+    for ddl in (
+        f"ALTER ROLE CURRENT_USER SET backtrace_functions = {b}",
+        f"ALTER ROLE CURRENT_USER IN DATABASE {database} SET backtrace_functions = {b}",
+        f"ALTER DATABASE {database} SET backtrace_functions = {b}",
+    ):
+        p.run(ddl)
+        s.expect(p.errors[-1:] == ["42501"], f"refused with 42501: {ddl}")
+        p.run(f"DO $$BEGIN EXECUTE {lit(ddl)}; END$$")  # hidden from the router
+        s.expect(p.errors[-1:] == ["42501"], f"refused with 42501 in a DO block: {ddl}")
+    p.run(s.read)  # a new transaction on the same session
+    p.close()
+    s.deployment.close_idle_server_connections()  # new server sessions start with the role's defaults
+    p = s.attacker()
+    p.run(s.read)
+    p.run("SELECT current_setting('backtrace_functions')")
+
+
+@attack("SELECT router.enter_tenant(B, <forged signature>) then read", models=("shared",), hardened_only=True)
+def _enter_forged(s: Scene) -> None:
+    own = s.deployment.signature(s.a)  # A cannot know it; suppose it does
+    b = lit(s.b)
+    # B's signature in upper case would be the same HMAC; the suite cannot know B's (nor can A): not tried.
+    for signature in (lit(secrets.token_hex(32)), lit(own), lit(own.upper()), "''", "NULL"):
+        enter = f"SELECT router.enter_tenant({b}, {signature})"
+        p = s.forged(enter)
+        s.expect(p.errors[:1] == ["42501"], f"refused with 42501: {enter[:70]}")
+        # Entered in a transaction that goes on after the error is caught: the change is undone.
+        p.run(
+            f"DO $$BEGIN PERFORM router.enter_tenant({b}, {signature}); EXCEPTION WHEN OTHERS THEN NULL; END$$;"
+            f" {s.read}"
+        )
+    # Other spellings of B's id (the carrier's form, upper case, padded): not tenant ids, or not B's.
+    p = s.attacker()
+    for other in (_carried(s), s.b.upper(), f" {s.b}", f"{s.b}\n"):
+        p.run(f"SELECT router.enter_tenant({lit(other)}, {lit(own)}); {s.read}")
+        s.expect(p.errors[-1:] == ["42501"], f"enter_tenant({other!r}) with A's signature is refused with 42501")
+    # A may enter itself (with its own signature): that stays A.
+    p.run(f"SELECT router.enter_tenant({lit(s.a)}, {lit(own)}); {s.read}")
+    p.run(s.read)
+
+
+@attack("SELECT router.leave_tenant() then read", models=("shared",), hardened_only=True)
+def _leave(s: Scene) -> None:
+    p = s.attacker()
+    p.run("SELECT router.leave_tenant()")
+    before = len(p.errors)
+    rows = p.run(s.read)
+    s.expect(rows is None and p.errors[before:] == ["42501"], "a read after leave_tenant() fails with 42501")
+    rows = p.run(f"SELECT router.leave_tenant(); {s.read}")
+    s.expect(rows is None and p.errors[-1:] == ["42501"], "leave_tenant(); read (one query) fails with 42501")
+    p.run("BEGIN")
+    p.run("SELECT router.leave_tenant()")
+    rows = p.run(s.read)
+    s.expect(rows is None and p.errors[-1:] == ["42501"], "leave_tenant() then read in a transaction fails")
+    p.run("ROLLBACK")
+    p.run(f"SELECT router.leave_tenant(); SELECT set_config('app.tenant_id', {lit(s.b)}, false); {s.read}")
+    # B takes the server session in between (pool size 1), then A again: A's own rows, or an error.
+    s.victim().run(s.read)
+    p.run("SELECT router.leave_tenant()")
+    s.victim().run(s.read)
+    p.run(s.read)
+
+
+@attack("one statement changes app.tenant_id halfway (set_config per row)", models=("shared",))
+def _halfway(s: Scene) -> None:
+    b = lit(s.b)
+    p = s.attacker()
+    for sql in (
+        f"SELECT secret, set_config('app.tenant_id', {b}, false) FROM {s.table}",
+        f"SELECT set_config('app.tenant_id', {b}, false), tenant_id, secret FROM {s.table}",
+        f"SELECT tenant_id, secret FROM {s.table} WHERE set_config('app.tenant_id', {b}, false) IS NOT NULL",
+        f"SELECT t.secret FROM (SELECT set_config('app.tenant_id', {b}, false)) AS c, {s.table} AS t",
+        f"SELECT secret FROM {s.table} ORDER BY set_config('app.tenant_id', {b}, false), secret",
+    ):
+        rows = p.run(sql)
+        if s.deployment.hardened:
+            s.expect(rows is not None and len(rows) == len(s.deployment.secrets[s.a]), f"A's rows, all: {sql[:70]}")
+        p.run(s.read)  # and after it
+
+
+@attack("RESET ALL / DISCARD ALL in a DO block, then read", hardened_only=True)
+def _hidden_reset_all(s: Scene) -> None:
+    for body in ("RESET ALL", "EXECUTE 'RESET ALL'", "EXECUTE 'DISCARD ALL'"):
+        do = f"DO $$BEGIN {body}; END$$"
+        s.forged(do)
+        p = s.attacker()
+        p.run(do)
+        # B takes the server session in between (the router leaves and enters), then A reads again.
+        s.victim().run(s.read)
+        p.run(s.read)
+        p.run(f"{do}; SELECT set_config('app.tenant_id', {lit(s.b)}, false); {s.read}")
+
+
+@attack("read the carrier: current_setting('backtrace_functions') is A's own id", models=("shared",))
+def _read_carrier(s: Scene) -> None:
+    read = f"SELECT current_setting('backtrace_functions'), tenant_id, secret FROM {s.table}"
+    p = s.attacker()
+    for sql in ("SELECT current_setting('backtrace_functions')", "SHOW backtrace_functions"):
+        value = p.value(sql)
+        if s.deployment.hardened:
+            s.expect(value == carried_value(s.a), f"{sql} shows A's id as the carrier holds it: {value!r}")
+    s.victim().run(s.read)  # B had the one server session just now
+    value = p.value("SELECT setting FROM pg_settings WHERE name = 'backtrace_functions'")
+    if s.deployment.hardened:
+        s.expect(value == carried_value(s.a), f"after B, the carrier holds A's id again: {value!r}")
+    p.run(read)  # B's rows here, if the carrier held B
 
 
 # Prepared statements across hand-overs
@@ -982,22 +1167,54 @@ def test_legacy_setup_leaks_and_the_table(hardened_results: Results, legacy_resu
 
 
 def test_lost_context_fails_closed(hardened: EscapeDeployment) -> None:
-    """Without its context a shared session reads nothing: an error, never every tenant's rows."""
-    a, _b = HARDENED.tenants("shared")
+    """The claim app.tenant_id decides nothing: changing or resetting it leaves the entered tenant.
+    RESET ALL and DISCARD ALL empty the carrier: then a shared session reads nothing (an error,
+    never every tenant's rows) until the router enters its tenant again, with the next transaction."""
+    a, b = HARDENED.tenants("shared")
     table = quote_ident(HARDENED.table)
+    read = f"SELECT tenant_id FROM {table}"
+
+    def own_rows(conn: psycopg.Connection[Any], sql: str = read) -> None:
+        cur = conn.execute(sql)  # type: ignore[call-overload]
+        while cur.nextset():  # the read is the last statement of the string
+            pass
+        rows = cur.fetchall()
+        assert len(rows) == len(hardened.secrets[a]) and {row[0] for row in rows} == {a}, (sql, rows)
+
     with psycopg.connect(hardened.url(a), autocommit=True) as conn:
-        for lose in ("RESET ALL", "RESET app.tenant_id", "SET app.tenant_id_sig = ''", "SET app.tenant_id = ''"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
-                conn.execute(f"{lose}; SELECT * FROM {table}")  # type: ignore[call-overload]
-        # Inside a transaction: it fails, and ROLLBACK ends it cleanly (no re-applied context in
+        for claim in ("RESET app.tenant_id", "SET app.tenant_id = ''", f"SET app.tenant_id = {lit(b)}"):
+            own_rows(conn, f"{claim}; {read}")
+            conn.execute(claim)  # type: ignore[call-overload]
+            own_rows(conn)
+        # RESET ALL empties the carrier: a read in the same transaction fails.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
+            conn.execute(f"RESET ALL; {read}")  # type: ignore[call-overload]
+        own_rows(conn)
+        # Inside a transaction: it fails, and ROLLBACK ends it cleanly (no context re-entered in
         # the failed transaction, whose errors the client would get on its ROLLBACK).
         conn.execute("BEGIN")
+        conn.execute("RESET ALL")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
-            conn.execute(f"RESET ALL; SELECT * FROM {table}")  # type: ignore[call-overload]
+            conn.execute(read)  # type: ignore[call-overload]
         conn.execute("ROLLBACK")
-        # And the router puts the context back for the next statement.
-        rows = conn.execute(f"SELECT tenant_id FROM {table}").fetchall()  # type: ignore[call-overload]
-        assert rows and {row[0] for row in rows} == {a}
+        own_rows(conn)  # the rollback undid the RESET ALL; the router enters anyway
+        # Committed: after it, the router enters again for the next transaction.
+        conn.execute("BEGIN")
+        conn.execute(f"RESET ALL; SELECT set_config('app.tenant_id', {lit(b)}, false)")  # type: ignore[call-overload]
+        assert conn.execute("SELECT current_setting('backtrace_functions')").fetchone() == ("",)
+        conn.execute("COMMIT")
+        own_rows(conn)
+        assert conn.execute("SELECT current_setting('backtrace_functions')").fetchone() == (carried_value(a),)
+        for discard in ("RESET ALL", "DISCARD ALL"):
+            conn.execute(discard)  # type: ignore[call-overload]
+            own_rows(conn)
+        # Left by the client itself (hidden from the router): errors, until another tenant's turn.
+        conn.execute("SELECT router.leave_tenant()")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
+            conn.execute(read)  # type: ignore[call-overload]
+        with psycopg.connect(hardened.url(b), autocommit=True) as other:
+            other.execute(read)  # type: ignore[call-overload]
+        own_rows(conn)
 
 
 # --- property: two tenants on one server connection --------------------------------------------------
@@ -1013,7 +1230,12 @@ STEPS = st.lists(st.tuples(OPS, st.integers(0, 1)), min_size=4, max_size=16)
 
 
 class TwoTenants:
-    """The model: each tenant's committed rows, and the open transaction (one at most, pool size 1)."""
+    """The model: each tenant's committed rows, and the open transaction (one at most, pool size 1).
+
+    The entered tenant decides what a session sees; the claim app.tenant_id does not: forging it
+    (alone, with a signature beside it, for the next statement) changes nothing, every read still
+    equals the model. RESET ALL empties the carrier: in the transaction that ran it (`lost`) every
+    protected statement fails with 42501; after that transaction the router enters again."""
 
     def __init__(self, deployment: EscapeDeployment, shard: Shard) -> None:
         self.tenants = HARDENED.tenants("shared")
@@ -1023,17 +1245,30 @@ class TwoTenants:
         self.committed = [set(shard.rows(t) or ()) for t in self.tenants]
         self.pending: list[set[str]] = [set(), set()]
         self.in_tx: int | None = None
+        self.lost = False  # the open transaction ran RESET ALL: no tenant until it ends
         self.conns = [psycopg.connect(deployment.url(t), autocommit=True, prepare_threshold=None) for t in self.tenants]
         self.counter = 0
 
     def visible(self, who: int) -> set[str]:
         return self.committed[who] | (self.pending[who] if self.in_tx == who else set())
 
-    def read(self, who: int, prepare: bool | None = None) -> set[str]:
-        cur = self.conns[who].execute(f"SELECT tenant_id, secret FROM {self.table}", prepare=prepare)  # type: ignore[call-overload]
+    def rows(self, who: int, sql: str, prepare: bool | None = None) -> set[str]:
+        """The secrets of the last result of `sql`, whose last statement reads (tenant_id, secret)."""
+        cur = self.conns[who].execute(sql, prepare=prepare)  # type: ignore[call-overload]
+        while cur.nextset():
+            pass
         rows = cur.fetchall()
         assert {row[0] for row in rows} <= {self.tenants[who]}, rows
         return {row[1] for row in rows}
+
+    def read(self, who: int, sql: str = "", prepare: bool | None = None) -> None:
+        """`sql` (by default a plain read) sees exactly the model's rows, or fails with 42501 when
+        the transaction has no tenant any more."""
+        sql = sql or f"SELECT tenant_id, secret FROM {self.table}"
+        if self.lost and self.in_tx == who:
+            self.refused(who, sql, prepare)
+        else:
+            assert self.rows(who, sql, prepare) == self.visible(who), (who, sql)
 
     def end(self, who: int, commit: bool) -> None:
         self.conns[who].execute("COMMIT" if commit else "ROLLBACK")
@@ -1041,11 +1276,12 @@ class TwoTenants:
             self.committed[who] |= self.pending[who]
         self.pending[who] = set()
         self.in_tx = None
+        self.lost = False
 
-    def refused(self, who: int, sql: str) -> None:
+    def refused(self, who: int, sql: str, prepare: bool | None = None) -> None:
         """`sql` must fail with 42501; inside a transaction that aborts it (rolled back here)."""
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            self.conns[who].execute(sql)  # type: ignore[call-overload]
+            self.conns[who].execute(sql, prepare=prepare)  # type: ignore[call-overload]
         if self.in_tx == who:
             self.end(who, commit=False)
 
@@ -1055,35 +1291,37 @@ class TwoTenants:
             self.end(other, commit=True)
         me, them = lit(self.tenants[who]), lit(self.tenants[other])
         conn = self.conns[who]
+        read = f"SELECT tenant_id, secret FROM {self.table}"
         forge = f"SELECT set_config('app.tenant_id', {them}, false)"
         if op == "select":
-            assert self.read(who) == self.visible(who)
+            self.read(who)
         elif op == "prepared":
-            assert self.read(who, prepare=True) == self.visible(who)
+            self.read(who, prepare=True)
         elif op == "insert":
             self.counter += 1
             secret = f"{self.tenants[who]}-prop-{self.counter}-{secrets.token_hex(4)}"
-            conn.execute(f"INSERT INTO {self.table} (tenant_id, secret) VALUES ({me}, {lit(secret)})")  # type: ignore[call-overload]
-            (self.pending[who] if self.in_tx == who else self.committed[who]).add(secret)
+            insert = f"INSERT INTO {self.table} (tenant_id, secret) VALUES ({me}, {lit(secret)})"
+            if self.lost and self.in_tx == who:
+                self.refused(who, insert)
+            else:
+                conn.execute(insert)  # type: ignore[call-overload]
+                (self.pending[who] if self.in_tx == who else self.committed[who]).add(secret)
         elif op == "insert_other":
             self.refused(who, f"INSERT INTO {self.table} (tenant_id, secret) VALUES ({them}, 'stolen')")
-        elif op == "forge_same":
-            self.refused(who, f"{forge}; SELECT tenant_id, secret FROM {self.table}")
-        elif op == "forge_sig":
-            own = self.deployment.signature(self.tenants[who])
-            self.refused(
-                who, f"SET app.tenant_id = {them}; SET app.tenant_id_sig = {lit(own)}; SELECT secret FROM {self.table}"
-            )
-        elif op == "forge_next":
+        elif op == "forge_same":  # the claim of the other tenant, then a read in the same query string
+            self.read(who, f"{forge}; {read}")
+        elif op == "forge_sig":  # the claim with this tenant's own signature beside it
+            own = lit(self.deployment.signature(self.tenants[who]))
+            self.read(who, f"SET app.tenant_id = {them}; SET app.tenant_id_sig = {own}; {read}")
+        elif op == "forge_next":  # the claim, then a read in the next statement
             conn.execute(forge)  # type: ignore[call-overload]
-            if self.in_tx == who:  # the forged context lasts until the end of the transaction
-                self.refused(who, f"SELECT secret FROM {self.table}")
-            else:  # the router puts the signed context back before the next transaction
-                assert self.read(who) == self.visible(who)
+            self.read(who)
         elif op == "reset_all":
             conn.execute("RESET ALL")
-        elif op == "reset_all_same":
-            self.refused(who, f"RESET ALL; SELECT secret FROM {self.table}")
+            if self.in_tx == who:
+                self.lost = True
+        elif op == "reset_all_same":  # fails; outside a transaction its implicit one undoes the RESET ALL
+            self.refused(who, f"RESET ALL; {read}")
         elif op == "begin" and self.in_tx is None:
             conn.execute("BEGIN")
             self.in_tx = who
@@ -1091,10 +1329,20 @@ class TwoTenants:
             self.end(who, commit=op == "commit")
 
     def check(self) -> None:
-        """Every client that can run now sees exactly its model's rows."""
+        """Every client that can run now sees exactly its model's rows; a transaction without a
+        tenant fails to read (tried under a savepoint, so the transaction goes on)."""
         for who in range(2):
-            if self.in_tx is None or self.in_tx == who:
-                assert self.read(who) == self.visible(who), (who, self.in_tx)
+            if self.in_tx == who and self.lost:
+                conn = self.conns[who]
+                conn.execute("SAVEPOINT probe")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant context"):
+                    conn.execute(f"SELECT secret FROM {self.table}")  # type: ignore[call-overload]
+                conn.execute("ROLLBACK TO SAVEPOINT probe")
+            elif self.in_tx is None or self.in_tx == who:
+                assert self.rows(who, f"SELECT tenant_id, secret FROM {self.table}") == self.visible(who), (
+                    who,
+                    self.in_tx,
+                )
 
     def finish(self) -> None:
         """End the open transaction; then the shard holds exactly the committed model."""
@@ -1119,6 +1367,10 @@ def hardened_shard(hardened: EscapeDeployment, hardened_results: Results) -> Ite
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=STEPS)
+# Always tried: RESET ALL outside and inside a transaction, each followed by reads and forged claims.
+@example(steps=[("reset_all", 0), ("select", 0), ("forge_next", 0), ("select", 1), ("prepared", 0)])
+@example(steps=[("begin", 0), ("insert", 0), ("reset_all", 0), ("forge_same", 0), ("commit", 0), ("select", 0)])
+@example(steps=[("begin", 1), ("reset_all", 1), ("commit", 1), ("insert", 1), ("forge_sig", 1), ("select", 0)])
 def test_two_tenants_interleaved_on_one_server_connection(
     hardened: EscapeDeployment, hardened_shard: Shard, steps: list[tuple[str, int]]
 ) -> None:
