@@ -785,6 +785,10 @@ class ClientSession:
             server.applied = {}
             self._desired = None
             self._follow_read_only()
+            # It also emptied the entered tenant (router/rls.py): the read-back at the end of the
+            # transaction says to enter again, not before (the rest of this one has no tenant).
+            if self._watched is None:
+                self._watched = set()
         if effects.settings or effects.unparsed:
             watched = self._watched if self._watched is not None else set()
             watched.update(change.name for change in effects.settings)
