@@ -10,14 +10,15 @@ and database tenants with their own roles. What that means for a test:
   tenant `umbrella`; or as the admin directly on the shard (`env.shard_dsn(shard, env.SUPERUSER,
   env.SUPERUSER_PASSWORD)`), granting the router's role what the test needs.
 - `items` exists for every tenant: the shared one (RLS) and each private tenant's own.
-- A shared session's tenant context is signed: the policy on `items` calls router.current_tenant(),
-  which raises 42501 where the context is missing (wiped by RESET ALL, say) or forged (set_config).
+- A shared session's server session has *entered* its tenant (router/rls.py): the router calls
+  router.enter_tenant(tenant, signature), and the policy on `items` reads the entered tenant; a
+  session that entered none (or ran RESET ALL) gets 42501 "no tenant context".
 - A deployment of a test's own on these shards must sign with deploy.CONTEXT_SECRET (write_configs'
   default): a shard database holds one key, and `rls enable` with another secret would make every
-  other router's context "forged".
+  other router's entries "forged".
 - `make_router(legacy_unsigned=True)` (or write_configs(..., legacy_unsigned=True)) runs the unsafe
-  unsigned mode; say in a comment why a test needs it. It cannot read the shared `items`, whose
-  policy checks the signature.
+  unsigned mode; say in a comment why a test needs it. It cannot read the shared `items`: it enters
+  no tenant.
 """
 
 from __future__ import annotations
