@@ -141,12 +141,18 @@ def carried_value(tenant_id: str) -> str:
     return tenant_id.replace(_DASH, _DASH_CARRIED)
 
 
+def _carried_tenant_sql() -> str:
+    """The entered tenant as the policies read it, NULL when none is entered: builtins inline, a
+    setting look-up per row and no function call of ours (measured: 11 µs of planning and execution
+    per point select over an unprotected table; the unsafe legacy policy 7; raising "no tenant
+    context" inline instead of NULL 14). NULL, not "": no row matches it and the WITH CHECK refuses
+    every write (42501), where "" would be a bucket that every session without a tenant shares."""
+    return f"NULLIF(pg_catalog.translate(pg_catalog.current_setting('{CARRIER}'), '{_DASH_CARRIED}', '{_DASH}'), '')"
+
+
 def _entered_tenant_sql() -> str:
-    """The entered tenant id, or a 42501 error when there is none: builtins read inline, so a
-    policy costs a setting look-up per row and no function call. The function after COALESCE
-    runs only when the carrier is empty."""
-    carried = f"pg_catalog.current_setting('{CARRIER}')"
-    return f"COALESCE(NULLIF(pg_catalog.translate({carried}, '{_DASH_CARRIED}', '{_DASH}'), ''), {NO_TENANT})"
+    """The entered tenant, or a 42501 error when there is none (router.current_tenant())."""
+    return f"COALESCE({_carried_tenant_sql()}, {NO_TENANT})"
 
 
 # What the router sends to enter a tenant: $1 the tenant id, $2 its signature (bind values).
@@ -224,8 +230,8 @@ def security_objects_sql(setting: str) -> list[str]:
       for anything it calls.
     - `router.leave_tenant()`: empties the carrier; SECURITY DEFINER, EXECUTE for PUBLIC.
     - `router.current_tenant()`: the entered tenant, for applications (a column DEFAULT, say) and
-      for checks; 42501 "no tenant context" when none is entered. Policies inline the same
-      expression rather than call it (a SQL function is inlined anew at every planning).
+      for checks; 42501 "no tenant context" when none is entered. Policies read the carrier inline
+      rather than call it (a SQL function is inlined anew at every planning; the error costs too).
     """
     schema = quote_ident(RLS_SCHEMA)
     claim = quote_literal(setting)
@@ -344,11 +350,11 @@ def policy_sql(table: QualifiedName, column: str, column_type: str) -> list[str]
     """(Re-)create the policy on `table`: rows whose `column` is the entered tenant, for every
     command, in USING and WITH CHECK.
 
-    The entered tenant is read inline per row (see _entered_tenant_sql), or once per scan where an
+    The entered tenant is read inline per row (see _carried_tenant_sql), or once per scan where an
     index on `column` takes it as its key. A statement cannot change it halfway through to see
     another tenant's rows: only enter_tenant writes it, and only with a valid signature."""
     target = table.sql
-    condition = f"{quote_ident(column)} = ({_entered_tenant_sql()})::{column_type}"
+    condition = f"{quote_ident(column)} = ({_carried_tenant_sql()})::{column_type}"
     return [
         f"DROP POLICY IF EXISTS {quote_ident(POLICY)} ON {target}",
         f"CREATE POLICY {quote_ident(POLICY)} ON {target} AS PERMISSIVE FOR ALL TO PUBLIC"

@@ -204,16 +204,14 @@ def test_protect_table_sql() -> None:
     assert f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY" in text
     assert f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY" in text
     assert f'DROP POLICY IF EXISTS "tenant_isolation" ON {target}' in statements
-    # The entered tenant, read inline from the carrier (no function call unless none is entered);
-    # never the claim app.tenant_id, never router.current_tenant() (no InitPlan).
-    entered = (
-        "COALESCE(NULLIF(pg_catalog.translate(pg_catalog.current_setting('backtrace_functions'), 'D', '-'), ''),"
-        " router.no_tenant_context())"
-    )
+    # The entered tenant, read inline from the carrier (no function call; NULL when none is
+    # entered, so no row matches and no write passes); never the claim app.tenant_id, never
+    # router.current_tenant() (no InitPlan, no function call).
+    entered = "NULLIF(pg_catalog.translate(pg_catalog.current_setting('backtrace_functions'), 'D', '-'), '')"
     condition = f'"tenant id" = ({entered})::uuid'
     policy = f'CREATE POLICY "tenant_isolation" ON {target} AS PERMISSIVE FOR ALL TO PUBLIC'
     assert f"{policy} USING ({condition}) WITH CHECK ({condition})" in statements
-    assert "current_tenant" not in text and "app.tenant_id" not in text
+    assert "current_tenant" not in text and "app.tenant_id" not in text and "no_tenant_context" not in text
     assert 'REVOKE TRUNCATE, REFERENCES, TRIGGER ON "public"."odd ""name""" FROM PUBLIC, "router role"' in text
     assert 'GRANT USAGE ON SEQUENCE "public"."odd_seq" TO "router role"' in text
     assert "TRUNCATE" not in next(s for s in statements if s.startswith("GRANT SELECT"))
