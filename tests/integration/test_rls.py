@@ -206,7 +206,7 @@ async def test_enable_is_idempotent_and_installs_everything(pg_env: PgEnvironmen
             "functions": [
                 f"current_tenant:{rls.RLS_ROLE}:false:",
                 f"enter_tenant:{rls.RLS_ROLE}:true:search_path=pg_catalog, pg_temp",
-                f"leave_tenant:{rls.RLS_ROLE}:true:search_path=pg_catalog, pg_temp",
+                f"leave_tenant:{rls.RLS_ROLE}:true:",
                 f"no_tenant_context:{rls.RLS_ROLE}:false:search_path=pg_catalog, pg_temp",
             ],
             "public_functions": ["current_tenant", "enter_tenant", "leave_tenant", "no_tenant_context"],

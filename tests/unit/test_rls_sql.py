@@ -89,9 +89,18 @@ def test_security_objects_are_valid_sql_and_hold_no_key() -> None:
     assert body.count("ERRCODE = '42501'") == 3
     assert "'^[a-z0-9][a-z0-9_-]*$'" in body
     assert "IS DISTINCT FROM p_signature" in body  # NULL and '' signatures are forged, not let through
-    # leave_tenant: empties the carrier, nothing else.
-    assert "SECURITY DEFINER" in header["leave"]
-    assert leave.split("$fn$")[1] == f"SELECT pg_catalog.set_config('{rls.CARRIER}', '', false)"
+    # leave_tenant: empties the carrier, nothing else; plpgsql without a SET clause (it runs at
+    # every tenant switch), so it names nothing unqualified.
+    assert "SECURITY DEFINER" in header["leave"] and "LANGUAGE plpgsql" in header["leave"]
+    assert "SET " not in header["leave"]
+    assert leave.split("$fn$")[1].split() == [
+        "BEGIN",
+        "PERFORM",
+        f"pg_catalog.set_config('{rls.CARRIER}',",
+        "'',",
+        "false);",
+        "END",
+    ]
     # current_tenant: as the caller, no SET clause (so it can be inlined), reads the carrier only:
     # the claim a session can set decides nothing.
     assert "SECURITY DEFINER" not in header["current"] and "SET " not in header["current"]
