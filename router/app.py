@@ -86,6 +86,7 @@ class Router:
         self.auth_method: str = config.auth.method
         self.tenant_resolution: tuple[str, ...] = tuple(config.tenant.resolution)
         self.tenant_separator = config.tenant.separator
+        self.tenant_setting: str = config.tenant.setting
         self.transaction_pooling = config.pool.mode == "transaction"
         self.login_timeout = LOGIN_TIMEOUT
         self.refused_state: frozenset[str] = frozenset(config.pool.refuse)
@@ -169,7 +170,7 @@ class Router:
     def _target_for(self, record: Tenant, shard: Shard) -> Target:
         own_database = database_name(record.id) if record.isolation == "database" else None
         setting, secret = self.config.tenant.setting, self.config.tenant.context_secret
-        context = {setting: record.id}
+        context = {setting: record.id}  # what applications read with current_setting()
         user, password = self.config.server.user, self.config.server.password
         entry = None
         if secret is not None:
@@ -178,6 +179,9 @@ class Router:
             # nothing of others.
             if record.isolation == "shared":
                 entry = Entry(record.id, sign_tenant(secret, record.id))
+                # enter_tenant sets it too: left out of the settings, a switch between tenants
+                # with the same settings sends no settings statement at all.
+                del context[setting]
             else:
                 user, password = tenant_role(record.id), tenant_role_password(secret, record.id)
         if record.isolation == "schema":

@@ -226,8 +226,10 @@ def security_objects_sql(setting: str) -> list[str]:
       signature), in which case the transaction, and with it any change, is undone. SECURITY
       DEFINER (it reads the key and writes the carrier), EXECUTE for PUBLIC: it tells a caller
       nothing, and enters only a tenant whose signature the caller already knows. Every name in it
-      is schema-qualified and its search_path pinned, so no object a session creates can stand in
-      for anything it calls.
+      is schema-qualified, operators included (OPERATOR(pg_catalog.=)), so no search_path a caller
+      sets and no object it creates (a schema tenant owns a schema it may create operators in) can
+      stand in for anything it calls; hence no SET search_path clause either, which cost 9 µs of
+      its 31 at every tenant switch (a SET clause saves and restores settings at every call).
     - `router.leave_tenant()`: empties the carrier; SECURITY DEFINER, EXECUTE for PUBLIC. plpgsql
       (its plan is cached per session; a SQL function is planned at every call) and without a SET
       clause (it names nothing but pg_catalog.set_config, qualified): it runs at every tenant
@@ -274,21 +276,20 @@ $fn$""",
         f"""CREATE OR REPLACE FUNCTION {RLS_SCHEMA}.enter_tenant(p_tenant pg_catalog.text, p_signature pg_catalog.text)
     RETURNS pg_catalog.text
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
-    SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     k record;
 BEGIN
-    IF p_tenant IS NULL OR p_tenant !~ '{_TENANT_ID_PATTERN}' THEN
+    IF p_tenant IS NULL OR p_tenant OPERATOR(pg_catalog.!~) '{_TENANT_ID_PATTERN}' THEN
         RAISE EXCEPTION 'cannot enter tenant %: not a tenant id', pg_catalog.quote_nullable(p_tenant)
             USING ERRCODE = '{_REFUSED}';
     END IF;
-    SELECT c.inner_pad, c.outer_pad INTO k FROM {KEY_TABLE} AS c WHERE c.id = 1;
+    SELECT c.inner_pad, c.outer_pad INTO k FROM {KEY_TABLE} AS c WHERE c.id OPERATOR(pg_catalog.=) 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the tenant context key is not installed in this database'
             USING ERRCODE = '{_REFUSED}', HINT = 'run: tenant-router rls enable TABLE';
     END IF;
-    IF {hmac} IS DISTINCT FROM p_signature THEN
+    IF p_signature IS NULL OR {hmac} OPERATOR(pg_catalog.<>) p_signature THEN
         RAISE EXCEPTION 'forged tenant context: the signature does not match tenant %', p_tenant
             USING ERRCODE = '{_REFUSED}',
                   HINT = 'only tenant-router can enter a tenant; if it did, its tenant.context_secret'

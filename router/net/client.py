@@ -394,9 +394,9 @@ class ClientSession:
 
     def _context_keys(self) -> frozenset[str]:
         try:
-            return frozenset(self._target().context)
+            return frozenset(self._target().context) | {self.router.tenant_setting}
         except RouterError:
-            return frozenset()
+            return frozenset({self.router.tenant_setting})
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         if server is not self.server:

@@ -52,6 +52,7 @@ class RouterContext(Protocol):
     auth_method: str
     tenant_resolution: tuple[str, ...]
     tenant_separator: str
+    tenant_setting: str  # the tenant id's setting (app.tenant_id): the router's, never a client's
     transaction_pooling: bool
     login_timeout: float
     refused_state: frozenset[str]

@@ -205,7 +205,7 @@ async def test_enable_is_idempotent_and_installs_everything(pg_env: PgEnvironmen
             # as the caller (current_tenant() without SET, so that it can be inlined).
             "functions": [
                 f"current_tenant:{rls.RLS_ROLE}:false:",
-                f"enter_tenant:{rls.RLS_ROLE}:true:search_path=pg_catalog, pg_temp",
+                f"enter_tenant:{rls.RLS_ROLE}:true:",
                 f"leave_tenant:{rls.RLS_ROLE}:true:",
                 f"no_tenant_context:{rls.RLS_ROLE}:false:search_path=pg_catalog, pg_temp",
             ],
