@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     rls.set_defaults(func=cmd_rls)
     rls_actions = rls.add_subparsers(dest="rls_action", required=True)
     enable = rls_actions.add_parser(
-        "enable", help="protect TABLE on every shard: only the signed tenant context's rows (uses admin)"
+        "enable", help="protect TABLE on every shard: only the rows of the tenant the router entered (uses admin)"
     )
     enable.add_argument("table", help="the shared table, optionally schema-qualified")
     enable.add_argument("--column", default="tenant_id", help="its tenant id column (default tenant_id)")
