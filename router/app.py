@@ -123,6 +123,7 @@ class Router:
         self._clients: dict[int, ClientSession] = {}
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
+        self._background: set[asyncio.Task[None]] = set()  # cancels waiting for a set-up to finish
         self.connections_total = 0
         # Per-tenant connection limits: the live router processes the global limit is shared by.
         self.live_members = 1
@@ -400,12 +401,31 @@ class Router:
         server, pool = session.server, session.pool
         if server is None or pool is None:
             return  # nothing running: nothing to cancel
+        if server.plan.setting_up():
+            # Never the router's own set-up statements (leaving and entering the tenant, the
+            # settings): a client that could cancel its entry would run on without its tenant, or,
+            # had its leave been cancelled too, as the tenant the session had before. Once their
+            # responses are in, the server has finished them: the cancel goes then, to the client's
+            # own statement. Rare (a cancel within the microseconds of a set-up): a short poll, in
+            # the background, so the cancel connection is answered at once as PostgreSQL answers it.
+            task = asyncio.get_running_loop().create_task(self._cancel_after_set_up(session, server, pool))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        await self._send_cancel(server, pool)
+
+    async def _cancel_after_set_up(self, session: ClientSession, server: ServerConnection, pool: Pool) -> None:
+        deadline = asyncio.get_running_loop().time() + self.config.pool.connect_timeout
+        while server.plan.setting_up():
+            if asyncio.get_running_loop().time() > deadline or session.server is not server:
+                log.info("cancel request dropped: the server session was still being set up")
+                return
+            await asyncio.sleep(0.001)  # elapsed time: set-up statements take microseconds
+        await self._send_cancel(server, pool)
+
+    async def _send_cancel(self, server: ServerConnection, pool: Pool) -> None:
         await send_cancel(
-            pool.key.host,
-            pool.key.port,
-            server.process_id,
-            server.secret_key,
-            self.config.pool.connect_timeout,
+            pool.key.host, pool.key.port, server.process_id, server.secret_key, self.config.pool.connect_timeout
         )
 
     def end_session(self, server: ServerConnection, pool: Pool, reset: bool) -> None:

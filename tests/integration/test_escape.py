@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, tenant_role
+from router.net.server import send_cancel
 from router.rls import carried_value, context_key_pads
 from router.testing.deploy import APP_PASSWORD, APP_USER
 from router.testing.escape import (
@@ -55,7 +57,7 @@ from router.testing.escape import (
 )
 from router.testing.pgcluster import PgEnvironment
 from router.testing.routerthread import RouterThread
-from router.testing.waiting import wait_until
+from router.testing.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -1476,3 +1478,47 @@ def test_export_and_import_run_a_tenants_code_as_the_tenant(hardened: EscapeDepl
                 f"REVOKE ALL ON {schema_b}.items FROM {quote_ident(role)}",
             ):
                 admin.execute(sql)  # type: ignore[call-overload]
+
+
+def test_a_cancel_never_interrupts_the_router_entering_the_tenant(hardened: EscapeDeployment) -> None:
+    """A client's cancel that arrives while the router is still entering its tenant (held up here
+    by a lock on the key table) reaches the client's own statement once the entry is done, never
+    the entry: a cancelled entry would leave the session without its tenant, or, had the leave
+    before it been cancelled too, with the previous tenant's. (asyncpg and a CancelRequest of our
+    own: psycopg's blocking cancel() holds the GIL, which the in-process router thread needs.)"""
+    a, b = HARDENED.tenants("shared")
+    table = quote_ident(HARDENED.table)
+
+    async def scenario() -> None:
+        victim = await asyncpg.connect(hardened.url(b))
+        await victim.fetch(f"SELECT count(*) FROM {table}")  # B entered (pool size 1)
+        await victim.close()
+        admin = await asyncpg.connect(hardened.superuser_dsn())
+        attacker = await asyncpg.connect(hardened.url(a), statement_cache_size=0)
+        try:
+            lock = admin.transaction()
+            await lock.start()
+            await admin.execute("LOCK TABLE router.context_key IN ACCESS EXCLUSIVE MODE")
+            query = asyncio.ensure_future(attacker.fetch(f"SELECT pg_sleep(2), tenant_id FROM {table}"))
+            try:
+                await wait_until_async(
+                    lambda: admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"),
+                    what="the entry waiting for the key table",
+                    within=10,
+                )
+                protocol = attacker._protocol
+                key = (protocol.backend_secret & 0xFFFFFFFF).to_bytes(4, "big")  # asyncpg keeps it as an int
+                await send_cancel("127.0.0.1", hardened.router.port, protocol.backend_pid, key, 5)
+                await asyncio.sleep(0.3)  # elapsed time: the cancel would have hit the entry by now
+            finally:
+                await lock.rollback()
+            with pytest.raises(asyncpg.QueryCanceledError) as info:
+                await query  # the client's own statement was cancelled, after the entry
+            assert "enter_tenant" not in (info.value.context or ""), info.value.context
+            rows = await attacker.fetch(f"SELECT tenant_id FROM {table}")
+            assert rows and {row[0] for row in rows} == {a}
+        finally:
+            await attacker.close()
+            await admin.close()
+
+    asyncio.run(scenario())

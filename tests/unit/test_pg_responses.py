@@ -335,12 +335,13 @@ def test_a_failed_setup_statement_marks_the_plan_and_a_failed_request_does_not()
     plan = ResponsePlan()
     plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
     plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
+    assert plan.setting_up()  # a client's cancel waits (router/app.py)
     assert plan.on_message(ord("C")) is False  # the leave: CommandComplete swallowed
     assert plan.on_message(ord("Z")) is False
-    assert not plan.setup_failed
+    assert not plan.setup_failed and plan.setting_up()
     assert plan.on_message(ord("E")) is True  # the enter fails: the client is told
     assert plan.on_message(ord("Z")) is False
-    assert plan.setup_failed and not plan
+    assert plan.setup_failed and not plan and not plan.setting_up()
 
     other = ResponsePlan()
     other.expect(r.ENDS_PARSE, swallow=True)

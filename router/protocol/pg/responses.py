@@ -90,6 +90,10 @@ class ResponsePlan:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def setting_up(self) -> bool:
+        """Whether a set-up statement of the router's own (Expected.setup) has not finished yet."""
+        return any(entry.setup for entry in self._queue)
+
     def swallowing(self) -> bool:
         """Whether the response now arriving goes to the router, not the client."""
         queue = self._queue
