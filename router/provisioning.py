@@ -515,8 +515,6 @@ _ROLE_SETS_CARRIER: Final = (
     "EXISTS (SELECT FROM pg_roles r WHERE pg_has_role($1, r.oid, 'MEMBER')"
     f" AND has_parameter_privilege(r.oid, '{rls.CARRIER}', 'SET'))"
 )
-# On a shard in the hardened setup (PostgreSQL 15+): whether the router's role ($1) may write the
-# carrier of the entered tenant, and whether the entering function ($2) is installed.
 # The carrier's default in a session of the router's role ($1) in this database: what RESET ALL and
 # DISCARD ALL leave, and what a new session starts with; it must be empty, or such a session acts as
 # the tenant it names. From the server's configuration and ALTER ROLE / ALTER DATABASE ... SET (the
@@ -529,12 +527,12 @@ _CARRIER_DEFAULT: Final = (
     " AND s.setrole IN (0, (SELECT r.oid FROM pg_roles r WHERE r.rolname = $1))"
     " AND s.setdatabase IN (0, (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))))"
 )
+# On a shard in the hardened setup (PostgreSQL 15+): whether the router's role ($1) may write the
+# carrier, whether the entering function ($2) is installed, and the carrier's default.
 _ENTERING_SQL: Final = (
     f"SELECT {_ROLE_SETS_CARRIER} AS router_sets, to_regprocedure($2) IS NOT NULL AS enters,"
     f" {_CARRIER_DEFAULT} AS carrier_default"
 )
-_SETS_CARRIER_SQL: Final = f"SELECT {_ROLE_SETS_CARRIER}"
-_CARRIER_DEFAULT_SQL: Final = f"SELECT {_CARRIER_DEFAULT}"
 _TABLE_SQL: Final = """
 SELECT c.oid, c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
        pg_get_userbyid(c.relowner)::text AS owner,
@@ -716,14 +714,15 @@ async def _grant_carrier(conn: Any, router_role: str, where: str) -> None:
             " tenants apart",
             hint=f"run rls enable with a superuser admin, or have a superuser run once: {rls.grant_carrier_sql()}",
         ) from exc
-    if await conn.fetchval(_SETS_CARRIER_SQL, router_role):
+    entering = await conn.fetchrow(_ENTERING_SQL, router_role, rls.ENTER_TENANT)
+    if entering["router_sets"]:
         raise UnsafeLayout(
             f"{where}: the router's role {router_role!r} may set {rls.CARRIER} (it was granted SET on it, directly"
             " or through a role), so any shared tenant could enter any other",
             hint=f"REVOKE SET ON PARAMETER {rls.CARRIER} FROM {quote_ident(router_role)} (and from the roles it"
             " belongs to), then run again",
         )
-    default = await conn.fetchval(_CARRIER_DEFAULT_SQL, router_role)
+    default = entering["carrier_default"]
     if default:
         raise UnsafeLayout(
             f"{where}: {rls.CARRIER} has a default ({default}): a session of the router's role that has not"
