@@ -22,7 +22,9 @@ TENANT_ID_MAX_LEN: Final = 48
 # PostgreSQL silently truncates identifiers to NAMEDATALEN - 1 bytes; we refuse instead.
 IDENTIFIER_MAX_BYTES: Final = 63
 
-_TENANT_ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# Also what the shards' router.enter_tenant() accepts (router/rls.py).
+TENANT_ID_PATTERN: Final = "[a-z0-9][a-z0-9_-]*"
+_TENANT_ID_RE: Final = re.compile(TENANT_ID_PATTERN)
 _PREFIX: Final = "tenant_"
 
 
