@@ -196,8 +196,7 @@ class Router:
             for replica in shard.replicas
         )
         primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname, user, password)
-        shares_role = secret is not None and record.isolation == "shared"
-        return Target(record.id, shard.name, primary, context, replicas, shares_role, entry)
+        return Target(record.id, shard.name, primary, context, replicas, entry)
 
     def default_target(self) -> Target:
         shard = next(iter(self.topology.shards.values()))

@@ -41,11 +41,14 @@ class Target:
     pool: Pool  # the primary's
     context: dict[str, str]
     replicas: tuple[ReplicaMember, ...] = ()
-    # Its server sessions act as the router's own role, which every shared tenant shares (hardened
-    # setup): what belongs to a role rather than to rows, large objects, is refused.
-    shares_role: bool = False
     # With a context secret, on the router's own role: the tenant to enter (router.enter_tenant).
     entry: Entry | None = None
+
+    @property
+    def shares_role(self) -> bool:
+        """Its server sessions act as the router's own role, which every shared tenant shares
+        (hardened setup): what belongs to a role rather than to rows, large objects, is refused."""
+        return self.entry is not None and self.entry.tenant != ""
 
 
 class RouterContext(Protocol):
