@@ -65,12 +65,12 @@ from benchmarks.harness import (
     write_router_config,
 )
 from benchmarks.harness import rss_kib as process_rss_kib
-from router.catalog import CatalogCache, CatalogStore, Status, Tenant
-from router.hashing import Ring
+from router.catalog.store import CatalogCache, CatalogStore, Status, Tenant
+from router.core.hashing import Ring
+from router.core.routing import place_tenant
+from router.core.topology import RingConfig, ServerAddress, Shard, Topology
 from router.isolation import quote_ident
-from router.routing import place_tenant
 from router.testing import deploy
-from router.topology import RingConfig, ServerAddress, Shard, Topology
 
 SMALL: Final = 100
 MIDDLE: Final = 10_000  # between the two: shows whether a cost keeps growing with the catalog

@@ -42,8 +42,8 @@ from typing import Any, Final
 import asyncpg
 
 from router import native
+from router.admin.tenant_admin import add_tenant, init_catalog
 from router.isolation import quote_ident, quote_literal
-from router.tenant_admin import add_tenant, init_catalog
 from router.testing import deploy
 from router.testing.pgcluster import (
     HOST,

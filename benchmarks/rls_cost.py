@@ -1,4 +1,4 @@
-"""The cost of the entered tenant (router/rls.py): point selects on a protected table, a legacy-policy table
+"""The cost of the entered tenant (router/admin/rls.py): point selects on a protected table, a legacy-policy table
 and an unprotected one, through the same hardened router, in one run.
 
 Owns: three identical tables on the shard, owned by the admin, each with 1,000 rows of the
@@ -59,8 +59,8 @@ from benchmarks.harness import (
     wait_until_quiet,
     write_router_config,
 )
+from router.admin.provisioning import enable_rls
 from router.isolation import quote_ident, quote_literal
-from router.provisioning import enable_rls
 from router.testing import deploy
 from router.testing.pgcluster import PgEnvironment
 

@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from router.cancel_keys import new_process_id, owner_of
-from router.catalog import CatalogCache, Tenant
+from router.catalog.store import CatalogCache, Tenant
 from router.config import RouterConfig, UserConfig
+from router.core.cancel_keys import new_process_id, owner_of
+from router.core.hashing import Ring
+from router.core.pool import Pool, PoolKey, PoolSettings, ShardCapacity
+from router.core.replicas import LagBounds, ReplicaMember, choose_replica
+from router.core.routing import place_tenant
+from router.core.target import Entry, Target
+from router.core.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
 from router.errors import (
     BackendUnavailable,
     ConfigError,
@@ -30,21 +36,15 @@ from router.errors import (
     TooManyClients,
     UnknownTenant,
 )
-from router.hashing import Ring
-from router.health import HealthMonitor, ServerKey
-from router.inert_statements import LEAVES_NOTHING
 from router.isolation import database_name, schema_name, sign_tenant, tenant_role, tenant_role_password
-from router.janitor import Janitor
 from router.net.client import ClientSession
-from router.net.context import Entry, Target
+from router.net.role_guard import RoleGuard
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
-from router.pool import Pool, PoolKey, PoolSettings, ShardCapacity
+from router.ops.health import HealthMonitor, ServerKey
+from router.ops.janitor import Janitor
 from router.protocol.pg.auth import ScramVerifier
-from router.read_statements import ReadClassifier
-from router.replicas import LagBounds, ReplicaMember, choose_replica
-from router.role_guard import RoleGuard
-from router.routing import place_tenant
-from router.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
+from router.sql.inert_statements import LEAVES_NOTHING
+from router.sql.read_statements import ReadClassifier
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Router:
         )
         self.targets: dict[str, Target] = {}
         self._capacities: dict[tuple[str, int], ShardCapacity] = {}
-        # Read/write splitting over replicas (router.replicas), with lag and health from the monitor.
+        # Read/write splitting over replicas (router.core.replicas), with lag and health from the monitor.
         self.read_mode: str = config.reads.mode
         self.read_classifier = ReadClassifier(config.reads.volatile_functions)
         self.read_your_writes: str = config.reads.read_your_writes
@@ -176,7 +176,7 @@ class Router:
         entry = None
         if secret is not None:
             # Unforgeable context: a shared tenant's server sessions enter it with its signature
-            # (router/rls.py); schema/database tenants act as their own role, which can reach
+            # (router/admin/rls.py); schema/database tenants act as their own role, which can reach
             # nothing of others.
             if record.isolation == "shared":
                 entry = Entry(record.id, sign_tenant(secret, record.id))
@@ -290,7 +290,7 @@ class Router:
         removes a shard still holding tenants; the running topology then stays as it was. Tenants
         that would hash to another shard are first pinned to their old shard in the catalog (their
         data has not moved), so a reload never sends a tenant to a shard that lacks its data."""
-        from router.reload import moved_tenants, pin_moved_tenants, reload_problems, summarize
+        from router.ops.reload import moved_tenants, pin_moved_tenants, reload_problems, summarize
 
         async with self._reload_lock:
             try:
@@ -441,7 +441,7 @@ class Router:
                 closed = pool.close_idle()
                 log.info("closed %d idle connections to %s before a database-level command", closed, key.label)
 
-    # --- holds (see router.cluster) ----------------------------------------------------------------
+    # --- holds (see router.catalog.cluster) ----------------------------------------------------------------
 
     async def hold_tenant(self, tenant: str) -> None:
         """Stop starting transactions for `tenant` and wait until those running have finished: then
@@ -569,7 +569,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     """Start serving: catalog first (a router without its catalog cannot route), then listeners.
     A worker of several shares the listen port (SO_REUSEPORT) and also listens on its private
     sockets: cancels forwarded by its siblings, and metrics for the supervisor."""
-    from router.http import start_http
+    from router.ops.http import start_http
 
     router = Router(config, topology, worker)
     identity = router.worker
@@ -606,7 +606,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     await router.health.start()
     watcher = None
     if config.reload.watch:
-        from router.reload import FileWatcher
+        from router.ops.reload import FileWatcher
 
         watcher = FileWatcher([config.shards_file], config.reload.watch_interval, router.request_reload)
         watcher.start()
@@ -629,7 +629,7 @@ async def _join_cluster(router: Router, port: int) -> list[Any]:
     own participant, so a hold is acknowledged only once every process has drained the tenant.
     Without it (catalog not migrated, unreachable) the router still serves, and holds simply cannot
     be acknowledged, which makes cutovers abort: the safe side."""
-    from router.cluster import HoldParticipant, InstanceRegistry, default_instance_id
+    from router.catalog.cluster import HoldParticipant, InstanceRegistry, default_instance_id
 
     config, identity = router.config, router.worker
     instance_id = default_instance_id(None, port)
@@ -669,7 +669,7 @@ def answering_reloads(running: RunningRouter, worker: WorkerIdentity | None = No
     """While inside: SIGHUP reloads shards.yaml, and a lone process (not one worker of several,
     whose supervisor hears for them) records its pid where `tenant-router reload` looks for it.
     For `serve` and for `tenant-router demo`, which runs the router in its own process."""
-    from router.reload import pid_file_path, remove_pid_file, write_pid_file
+    from router.ops.reload import pid_file_path, remove_pid_file, write_pid_file
 
     loop = asyncio.get_running_loop()
     handling = True

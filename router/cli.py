@@ -21,8 +21,8 @@ from typing import Any
 
 from router import native
 from router.config import RouterConfig
+from router.core.topology import Topology, load_both
 from router.errors import ConfigError, ConfigProblem, RouterError
-from router.topology import Topology, load_both
 
 DEFAULT_CONFIG = "config/router.yaml"
 
@@ -51,7 +51,7 @@ def _check(args: argparse.Namespace, *, server_role: bool = False) -> tuple[Rout
 
 
 def _check_server_role(config: RouterConfig, topology: Topology) -> None:
-    from router.provisioning import audit_server_role, describe
+    from router.admin.provisioning import audit_server_role, describe
 
     problems = []
     for audit in _run(audit_server_role(config, topology)):
@@ -71,7 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from router.reload import ReloadSignalError, signal_reload
+    from router.ops.reload import ReloadSignalError, signal_reload
 
     config, _topology = _check(args)
     try:
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_init(args: argparse.Namespace) -> int:
-    from router.tenant_admin import init_catalog
+    from router.admin.tenant_admin import init_catalog
 
     config, _topology = load_both(args.config)
     _run(init_catalog(config))
@@ -107,7 +107,7 @@ def cmd_catalog_init(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
-    from router import tenant_admin as admin
+    from router.admin import tenant_admin as admin
 
     config, topology = load_both(args.config)
     action = args.tenants_action
@@ -133,7 +133,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
 
 def _tenants_lifecycle(args: argparse.Namespace, config: RouterConfig, topology: Topology) -> int:
-    from router import tenant_lifecycle as lifecycle
+    from router.admin import tenant_lifecycle as lifecycle
 
     if args.tenants_action == "export":
         manifest = _run(lifecycle.export_tenant(config, topology, args.id, Path(args.output)))
@@ -150,7 +150,7 @@ def _tenants_lifecycle(args: argparse.Namespace, config: RouterConfig, topology:
 
 
 def cmd_rls(args: argparse.Namespace) -> int:
-    from router.provisioning import enable_rls
+    from router.admin.provisioning import enable_rls
 
     config, topology = load_both(args.config)
     if args.rls_action == "enable":
@@ -160,7 +160,7 @@ def cmd_rls(args: argparse.Namespace) -> int:
 
 
 def cmd_instances(args: argparse.Namespace) -> int:
-    from router.cluster import DEFAULT_STALE_AFTER, list_instances
+    from router.catalog.cluster import DEFAULT_STALE_AFTER, list_instances
 
     config, _topology = load_both(args.config)
     stale_after = DEFAULT_STALE_AFTER if args.stale_after is None else args.stale_after

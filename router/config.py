@@ -201,7 +201,7 @@ class PoolConfig:
     # What a server connection goes through when it passes to another client in transaction mode:
     # "exact" wipes it (RESET ALL, DEALLOCATE ALL...) unless its client ran only statements proven
     # inert, or ones that also wrote rows, after which DISCARD SEQUENCES suffices
-    # (router.inert_statements), so nothing a client did reaches the next one, even changes made
+    # (router.sql.inert_statements), so nothing a client did reaches the next one, even changes made
     # inside functions; "tracked" only undoes the changes the router saw (as PgBouncer's
     # parameter tracking does): cheaper, but not exact.
     handover: Literal["exact", "tracked"] = "exact"

@@ -156,7 +156,7 @@ class BackendAuthFailed(RouterError):
 
 class BackendPasswordRejected(BackendAuthFailed):
     """The server said the password is wrong (28P01): the role's password may have been changed
-    on the server (router/role_guard.py repairs it through the admin credentials)."""
+    on the server (router/net/role_guard.py repairs it through the admin credentials)."""
 
 
 class CatalogUnavailable(RouterError):

@@ -22,7 +22,7 @@ TENANT_ID_MAX_LEN: Final = 48
 # PostgreSQL silently truncates identifiers to NAMEDATALEN - 1 bytes; we refuse instead.
 IDENTIFIER_MAX_BYTES: Final = 63
 
-# Also what the shards' router.enter_tenant() accepts (router/rls.py).
+# Also what the shards' router.enter_tenant() accepts (router/admin/rls.py).
 TENANT_ID_PATTERN: Final = "[a-z0-9][a-z0-9_-]*"
 _TENANT_ID_RE: Final = re.compile(TENANT_ID_PATTERN)
 _PREFIX: Final = "tenant_"
@@ -79,7 +79,7 @@ def tenant_role_password(secret: str, tenant_id: str) -> str:
 
 
 def sign_tenant(secret: str, tenant_id: str) -> str:
-    """The signature with which the router enters a shared tenant (router/rls.py): hex HMAC-SHA256 of
+    """The signature with which the router enters a shared tenant (router/admin/rls.py): hex HMAC-SHA256 of
     the id under the context secret, which the shard's verifying function recomputes."""
     return hmac.new(secret.encode(), tenant_id.encode(), hashlib.sha256).hexdigest()
 

@@ -27,10 +27,10 @@ from pathlib import Path
 # exact hand-over (cached verdicts, asked per transaction).
 MODULES = (
     "router.net.client",
-    "router.inert_statements",
+    "router.sql.inert_statements",
     "router.net.server",
     "router.net.flow",
-    "router.pool",
+    "router.core.pool",
     "router.protocol.pg.framing",
     "router.protocol.pg.frontend",
     "router.protocol.pg.backend",

@@ -20,8 +20,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from router.config import RouterConfig
-from router.http import NOT_FOUND, Response, get_only, json_response
-from router.metrics import merge_expositions
+from router.ops.http import NOT_FOUND, Response, get_only, json_response
+from router.ops.metrics import merge_expositions
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def worker_main(config_path: str, index: int, count: int, run_dir: str, log_leve
     import uvloop
 
     from router.app import WorkerIdentity, serve
-    from router.topology import load_both
+    from router.core.topology import load_both
 
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
     config, topology = load_both(config_path)
@@ -91,7 +91,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         for index in range(self.count):
             self._spawn(index)
-        from router.reload import pid_file_path, remove_pid_file, write_pid_file
+        from router.ops.reload import pid_file_path, remove_pid_file, write_pid_file
 
         pid_file = pid_file_path(self.config)  # the process `tenant-router reload` signals
         write_pid_file(pid_file)

@@ -27,31 +27,9 @@ from router.errors import (
     RouterError,
     TenantSwitchRefused,
 )
-from router.health import parse_lsn, record_end
-from router.inert_statements import (
-    LEAVES_ANYTHING,
-    LEAVES_NOTHING,
-    LEAVES_SEQUENCES,
-    residue,
-    residue_text,
-    trusted_search_path,
-)
 from router.isolation import quote_literal
 from router.net.flow import FlowSide
-from router.net.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
 from router.net.server import ServerConnection, ServerState
-from router.net.session_sql import (
-    HANDOVER_DEALLOCATE,
-    HANDOVER_DISCARD_SEQUENCES,
-    HANDOVER_RESET,
-    PREPARED_NAMES_SQL,
-    raise_sql,
-    session_sync_sql,
-    settings_in_force_sql,
-)
-from router.net.tenant_statements import MARKER as TENANT_MARKER
-from router.net.tenant_statements import TenantStatement, parse_tenant_statement
-from router.prepared_sql import statement_names_used
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
@@ -63,14 +41,37 @@ from router.protocol.pg.prepared import (
     ServerStatement,
     needs_parse,
 )
-from router.rls import ENTER_TENANT_SQL, LEAVE_TENANT_SQL
-from router.statements import PREPARE, Effects, classify
+from router.protocol.pg.read_intent import ReadPolicy, message_reads, read_only_session, request_reads
+from router.protocol.pg.wal import COMMIT_POSITION_SQL, parse_lsn, record_end
+from router.sql.inert_statements import (
+    LEAVES_ANYTHING,
+    LEAVES_NOTHING,
+    LEAVES_SEQUENCES,
+    residue,
+    residue_text,
+    trusted_search_path,
+)
+from router.sql.prepared_sql import statement_names_used
+from router.sql.session_sql import (
+    HANDOVER_DEALLOCATE,
+    HANDOVER_DISCARD_SEQUENCES,
+    HANDOVER_RESET,
+    PREPARED_NAMES_SQL,
+    raise_sql,
+    session_sync_sql,
+    settings_in_force_sql,
+)
+from router.sql.statements import PREPARE, Effects, classify
+from router.sql.tenant_entry import ENTER_TENANT_SQL, LEAVE_TENANT_SQL
+from router.sql.tenant_statements import MARKER as TENANT_MARKER
+from router.sql.tenant_statements import TenantStatement, parse_tenant_statement
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from router.net.context import Cancellable, RouterContext, Target
-    from router.pool import Pool, Waiter
+    from router.core.pool import Pool, Waiter
+    from router.core.target import Target
+    from router.net.context import Cancellable, RouterContext
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,6 @@ _LARGE_OBJECTS_REFUSED: Final = (
 _FUNCTION_CALLS_REFUSED: Final = (
     "the fast-path function call protocol (used for large objects, e.g. psql's \\lo_import) is not available"
     " to shared tenants: large objects belong to the server role that every shared tenant acts as"
-)
-# Where the last WAL record ends on the primary, for read-your-writes (see record_end).
-_COMMIT_POSITION_SQL = (
-    "SELECT w.lsn, (pg_walfile_name_offset(w.lsn)).file_offset, current_setting('wal_block_size')"
-    " FROM (SELECT pg_current_wal_insert_lsn() AS lsn) AS w"
 )
 
 
@@ -191,7 +187,7 @@ class ClientSession:
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
         self._last_parse: tuple[bytes, fe.Parse, Effects | None, int] | None = None  # the last Parse, judged
         # What the prepared statements may leave in a session, by name, when less than anything
-        # (router.inert_statements): the level follows a statement to the Binds that run it.
+        # (router.sql.inert_statements): the level follows a statement to the Binds that run it.
         self._residues: dict[str, int] | None = None
         self._desired: dict[str, str] | None = None  # settings + tenant context, for the target below
         self._desired_for: Target | None = None
@@ -334,7 +330,7 @@ class ClientSession:
         """The end of the primary's WAL now, after the commit: any replica that has replayed
         up to it has the commit, so this session's (or tenant's) next reads go only to those."""
         self._track_writes = False
-        rows = await self._rows_before_release(server, _COMMIT_POSITION_SQL, "read the WAL position")
+        rows = await self._rows_before_release(server, COMMIT_POSITION_SQL, "read the WAL position")
         if rows is None:
             return False
         if not rows:
@@ -642,7 +638,7 @@ class ClientSession:
         """Make the server session match this client, in the same write as its first message; the
         responses are swallowed. In order, each in a transaction of its own: leave the tenant the
         session had entered (unless it had none), the reset and settings as one statement list,
-        then enter this client's tenant (router/rls.py). A failing enter thus leaves no tenant,
+        then enter this client's tenant (router/admin/rls.py). A failing enter thus leaves no tenant,
         never the previous client's; and the settings, which the client chose, run after the leave
         and cannot make it fail. A failure marks the connection to be dropped on release."""
         desired = self._desired_settings(target)
@@ -785,7 +781,7 @@ class ClientSession:
             server.applied = {}
             self._desired = None
             self._follow_read_only()
-            # It also emptied the entered tenant (router/rls.py): the read-back at the end of the
+            # It also emptied the entered tenant (router/admin/rls.py): the read-back at the end of the
             # transaction says to enter again, not before (the rest of this one has no tenant).
             if self._watched is None:
                 self._watched = set()
@@ -888,7 +884,7 @@ class ClientSession:
 
     def _names_protocol_statement(self, sql: str) -> bool:
         """Refuse (and return True) a text that EXECUTEs or DEALLOCATEs a statement this client
-        parsed with the protocol: the server knows it by another name (see router.prepared_sql)."""
+        parsed with the protocol: the server knows it by another name (see router.sql.prepared_sql)."""
         named = [name for name in statement_names_used(sql) if name in self.statements]
         if not named:
             return False
@@ -1167,7 +1163,7 @@ def _shared_settings(settings: dict[str, str]) -> dict[str, str]:
 
 def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> str | None:
     """What the exact hand-over sends ahead of the new client's first message: what the session's
-    residue (router.inert_statements) says may be left. The full wipe when the previous client ran
+    residue (router.sql.inert_statements) says may be left. The full wipe when the previous client ran
     anything not judged, or under a search_path the router cannot vouch for: settings changed inside
     functions, temporary tables made by EXECUTE... are invisible to the router. DISCARD SEQUENCES
     when it also wrote rows: a serial column's currval() would otherwise tell the next client the

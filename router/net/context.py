@@ -8,47 +8,17 @@ the composition root that implements it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from router.config import UserConfig
+    from router.core.pool import Pool
+    from router.core.target import Target
     from router.errors import RouterError
     from router.net.client import ClientSession
     from router.net.server import ServerConnection
-    from router.pool import Pool
     from router.protocol.pg.auth import ScramVerifier
-    from router.read_statements import ReadClassifier
-    from router.replicas import ReplicaMember
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """The tenant a server session of the router's own role must have entered before a client's
-    statements run on it (router/rls.py: what shared tenants' row-level security reads), and the
-    signature that lets the router enter it. Tenant "" is none: the session leaves what it had."""
-
-    tenant: str
-    signature: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where one tenant's transactions run, and the session settings that make a server theirs."""
-
-    tenant: str
-    shard: str
-    pool: Pool  # the primary's
-    context: dict[str, str]
-    replicas: tuple[ReplicaMember, ...] = ()
-    # With a context secret, on the router's own role: the tenant to enter (router.enter_tenant).
-    entry: Entry | None = None
-
-    @property
-    def shares_role(self) -> bool:
-        """Its server sessions act as the router's own role, which every shared tenant shares
-        (hardened setup): what belongs to a role rather than to rows, large objects, is refused."""
-        return self.entry is not None and self.entry.tenant != ""
+    from router.sql.read_statements import ReadClassifier
 
 
 class RouterContext(Protocol):

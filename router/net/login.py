@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from router.core.target import Target
 from router.errors import (
     AuthenticationFailed,
     ClientProtocolError,
@@ -20,14 +21,12 @@ from router.errors import (
     UnsupportedProtocolVersion,
 )
 from router.net.client import ClientSession
-from router.net.context import Target
-from router.net.read_intent import ReadPolicy, read_only_session
 from router.net.server import ServerConnection
-from router.net.session_sql import session_sync_sql
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.auth import SCRAM, AuthError, check_md5, new_md5_salt
+from router.protocol.pg.read_intent import ReadPolicy, read_only_session
 from router.protocol.pg.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -37,6 +36,7 @@ from router.protocol.pg.startup import (
     parse_startup_packet,
     startup_packet_length,
 )
+from router.sql.session_sql import session_sync_sql
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
-from router.inert_statements import LEAVES_NOTHING
 from router.net.flow import FlowSide
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
@@ -26,6 +25,7 @@ from router.protocol.pg.auth import AuthError, ScramClientExchange, md5_password
 from router.protocol.pg.prepared import ServerStatements
 from router.protocol.pg.responses import ResponsePlan
 from router.protocol.pg.startup import build_cancel_request, build_startup_message
+from router.sql.inert_statements import LEAVES_NOTHING
 
 if TYPE_CHECKING:
     # For the type only (no import at run time): compiled, a call on a field of this concrete class
@@ -70,14 +70,14 @@ class ServerConnection:
         self.prepared_unsure = False
         self.unnamed: bytes | None = None
         self.applied: dict[str, str] = {}
-        # The tenant this session has entered (router/rls.py), "" for none, None when unknown (a new
+        # The tenant this session has entered (router/admin/rls.py), "" for none, None when unknown (a new
         # connection, or after a wipe or a client's own setting changes): the router leaves first.
         self.entered: str | None = None
         # Serial number of the client session that last used this connection: a different one
         # means the session must be wiped (DISCARD ALL) before it is handed over.
         self.owner: int | None = None
         self.owner_tenant: str | None = None  # ... and its tenant
-        # What the session may hold since it was last wiped (router.inert_statements): the highest
+        # What the session may hold since it was last wiped (router.sql.inert_statements): the highest
         # level of the statements that ran on it, LEAVES_ANYTHING also when a client's search_path
         # that may reach a tenant's objects was applied. The exact hand-over clears what it says.
         self.residue = LEAVES_NOTHING

@@ -22,12 +22,12 @@ from typing import Any, Final
 
 import yaml
 
+from router.admin.provisioning import admin_login, connect, enable_rls
+from router.admin.tenant_admin import add_tenant, init_catalog
 from router.config import RouterConfig, load_router_config
+from router.core.topology import Topology, load_topology
 from router.isolation import quote_ident
-from router.provisioning import admin_login, connect, enable_rls
-from router.tenant_admin import add_tenant, init_catalog
 from router.testing.pgcluster import PgEnvironment
-from router.topology import Topology, load_topology
 
 APP_USER = "app"
 APP_PASSWORD = "app-secret"

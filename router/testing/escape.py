@@ -25,15 +25,23 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
+from router.admin.provisioning import RoleAudit, audit_server_role, enable_rls
+from router.admin.tenant_admin import add_tenant, init_catalog, remove_tenant
 from router.config import RouterConfig
+from router.core.topology import Topology
 from router.errors import RouterError
-from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, sign_tenant, tenant_role
-from router.provisioning import RoleAudit, audit_server_role, enable_rls
-from router.tenant_admin import add_tenant, init_catalog, remove_tenant
+from router.isolation import (
+    Isolation,
+    database_name,
+    quote_ident,
+    quote_literal,
+    schema_name,
+    sign_tenant,
+    tenant_role,
+)
 from router.testing.deploy import APP_PASSWORD, APP_USER, CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment
 from router.testing.routerthread import RouterThread
-from router.topology import Topology
 
 Mode = Literal["hardened", "legacy"]
 MODELS: Final[tuple[Isolation, ...]] = ("shared", "schema", "database")
@@ -231,7 +239,7 @@ async def _prepare_shards(env: PgEnvironment, layout: Layout) -> None:
             else:
                 # Every shared tenant acts as this role, and pg_stat_activity shows a role the text of
                 # its other sessions' statements: other tenants' literals. Only a superuser can set
-                # this default (so the router keeps it, see router/role_guard.py).
+                # this default (so the router keeps it, see router/net/role_guard.py).
                 await conn.execute(f"ALTER ROLE {role} SET track_activities = off")
         finally:
             await conn.close()

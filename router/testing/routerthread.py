@@ -16,7 +16,7 @@ import uvloop
 
 from router.app import Router, RunningRouter, start
 from router.config import RouterConfig
-from router.topology import Topology
+from router.core.topology import Topology
 
 T = TypeVar("T")
 

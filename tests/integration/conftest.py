@@ -10,7 +10,7 @@ and database tenants with their own roles. What that means for a test:
   tenant `umbrella`; or as the admin directly on the shard (`env.shard_dsn(shard, env.SUPERUSER,
   env.SUPERUSER_PASSWORD)`), granting the router's role what the test needs.
 - `items` exists for every tenant: the shared one (RLS) and each private tenant's own.
-- A shared session's server session has *entered* its tenant (router/rls.py): the router calls
+- A shared session's server session has *entered* its tenant (router/admin/rls.py): the router calls
   router.enter_tenant(tenant, signature), and the policy on `items` reads the entered tenant; a
   session that entered none (or ran RESET ALL) gets 42501 "no tenant context".
 - A deployment of a test's own on these shards must sign with deploy.CONTEXT_SECRET (write_configs'
@@ -61,7 +61,7 @@ def deployment(pg_env: PgEnvironment, tmp_path_factory: pytest.TempPathFactory) 
     directory = tmp_path_factory.mktemp("deployment")
     config, topology = load(write_configs(directory, pg_env))
     placement = asyncio.run(seed(config, topology, TENANTS))
-    from router.tenant_admin import suspend_tenant
+    from router.admin.tenant_admin import suspend_tenant
 
     asyncio.run(suspend_tenant(config, topology, "hooli"))
     return Deployment(pg_env, directory, placement)

@@ -20,21 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.catalog import (
-    SCHEMA_VERSION,
-    CatalogCache,
-    CatalogError,
-    CatalogStore,
-    Tenant,
-    TenantExists,
-    channel_name,
-    describe_dsn,
-)
-from router.config import AdminCredentials, RouterConfig, load_router_config
-from router.errors import CatalogUnavailable, UnknownTenant
-from router.hashing import Ring
-from router.isolation import database_name, quote_literal, schema_name
-from router.tenant_admin import (
+from router.admin.tenant_admin import (
     ProvisioningFailed,
     TenantView,
     UnknownShard,
@@ -46,10 +32,24 @@ from router.tenant_admin import (
     show_tenant,
     suspend_tenant,
 )
+from router.catalog.store import (
+    SCHEMA_VERSION,
+    CatalogCache,
+    CatalogError,
+    CatalogStore,
+    Tenant,
+    TenantExists,
+    channel_name,
+    describe_dsn,
+)
+from router.config import AdminCredentials, RouterConfig, load_router_config
+from router.core.hashing import Ring
+from router.core.topology import Topology, load_topology
+from router.errors import CatalogUnavailable, UnknownTenant
+from router.isolation import database_name, quote_literal, schema_name
 from router.testing.deploy import CONTEXT_SECRET
 from router.testing.pgcluster import CATALOG_DB, SHARD_DB, PgEnvironment, free_port
 from router.testing.waiting import wait_until_async
-from router.topology import Topology, load_topology
 
 pytestmark = pytest.mark.integration
 

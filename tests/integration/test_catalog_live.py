@@ -83,7 +83,7 @@ def test_cli_add_suspend_resume_remove_seen_live(router: RouterThread, deploymen
 
 
 def test_pin_change_moves_new_transactions(router: RouterThread, deployment: Deployment) -> None:
-    from router.catalog import CatalogStore
+    from router.catalog.store import CatalogStore
 
     tenant = "movable"
 
@@ -117,7 +117,7 @@ def test_check_command(deployment: Deployment, tmp_path: object) -> None:
 
 
 def test_a_catalog_change_reaches_every_instance_within_a_second(make_router: object, deployment: Deployment) -> None:
-    from router.catalog import CatalogStore
+    from router.catalog.store import CatalogStore
 
     first, second = make_router(), make_router()  # type: ignore[operator]
     tenant = "fanout"

@@ -22,8 +22,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from router.catalog import CatalogError
-from router.cluster import (
+from router.admin.tenant_admin import init_catalog
+from router.catalog.cluster import (
     HoldCoordinator,
     HoldNotAcknowledged,
     HoldParticipant,
@@ -33,8 +33,8 @@ from router.cluster import (
     default_instance_id,
     list_instances,
 )
+from router.catalog.store import CatalogError
 from router.config import RouterConfig
-from router.tenant_admin import init_catalog
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import CATALOG_DB, PgEnvironment
 from router.testing.waiting import wait_until_async

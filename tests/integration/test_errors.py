@@ -14,7 +14,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from router.catalog import CatalogStore
+from router.catalog.store import CatalogStore
 from router.protocol.pg.backend import parse_error_fields
 from router.protocol.pg.startup import build_startup_message
 from router.testing.pgcluster import free_port

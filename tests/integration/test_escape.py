@@ -38,9 +38,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from router.admin.rls import carried_value, context_key_pads
 from router.isolation import Isolation, database_name, quote_ident, quote_literal, schema_name, tenant_role
 from router.net.server import send_cancel
-from router.rls import carried_value, context_key_pads
 from router.testing.deploy import APP_PASSWORD, APP_USER
 from router.testing.escape import (
     HARDENED,
@@ -555,7 +555,7 @@ def _printed_plan(s: Scene) -> None:
             s.leak(f"a printed plan showed the {what}")
 
 
-# The entered tenant: the carrier setting, router.enter_tenant / leave_tenant (router/rls.py)
+# The entered tenant: the carrier setting, router.enter_tenant / leave_tenant (router/admin/rls.py)
 
 
 def _carried(s: Scene) -> str:
@@ -1389,7 +1389,7 @@ def test_two_tenants_interleaved_on_one_server_connection(
 def test_router_removes_role_defaults_its_role_could_have_set(hardened: EscapeDeployment) -> None:
     """Role defaults of the router's role may be a shared tenant's doing (ALTER ROLE CURRENT_USER
     SET search_path ..., hidden in a DO block): before a new server session of that role is used,
-    the router removes them as the admin (router/role_guard.py; without an admin it refuses the
+    the router removes them as the admin (router/net/role_guard.py; without an admin it refuses the
     session, see tests/integration/test_lockout.py)."""
     shared_a, _ = HARDENED.tenants("shared")
     schema_a, _ = HARDENED.tenants("schema")
@@ -1444,7 +1444,7 @@ CREATE TRIGGER esc_grab AFTER INSERT OR DELETE ON items FOR EACH STATEMENT EXECU
 
 
 def test_export_and_import_run_a_tenants_code_as_the_tenant(hardened: EscapeDeployment, tmp_path: Path) -> None:
-    from router.tenant_lifecycle import export_tenant, import_tenant
+    from router.admin.tenant_lifecycle import export_tenant, import_tenant
 
     a, b = HARDENED.tenants("schema")
     schema_a, schema_b = quote_ident(schema_name(a)), quote_ident(schema_name(b))

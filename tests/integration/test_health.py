@@ -13,12 +13,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import router.health as health_module
+import router.ops.health as health_module
 from router.config import HealthConfig, ServerCredentials
-from router.health import HealthMonitor, ServerKey
+from router.core.topology import RingConfig, ServerAddress, Shard, Topology
+from router.ops.health import HealthMonitor, ServerKey
 from router.testing.pgcluster import PgCluster, PgEnvironment, free_port
 from router.testing.waiting import wait_until_async
-from router.topology import RingConfig, ServerAddress, Shard, Topology
 
 pytestmark = pytest.mark.integration
 

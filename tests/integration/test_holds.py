@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from router.cluster import HoldCoordinator, HoldNotAcknowledged, list_instances
+from router.catalog.cluster import HoldCoordinator, HoldNotAcknowledged, list_instances
 from router.testing.deploy import write_configs
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread

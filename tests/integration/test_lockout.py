@@ -25,9 +25,9 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from router.admin.provisioning import audit_server_role, enable_rls
 from router.isolation import quote_ident
-from router.metrics import RouterCollector
-from router.provisioning import audit_server_role, enable_rls
+from router.ops.metrics import RouterCollector
 from router.testing.escape import ROLE_PASSWORD, EscapeDeployment, Layout, deploy, remove
 from router.testing.pgcluster import PgEnvironment
 from router.testing.routerthread import RouterThread
@@ -153,7 +153,7 @@ def test_hidden_password_change_is_repaired(
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(deployment.env.shard_dsn("shard_a", LOCKOUT.role, ROLE_PASSWORD, deployment.env.SHARD_DB))
     fresh_server_sessions(deployment, superuser)
-    with caplog.at_level(logging.ERROR, logger="router.role_guard"):
+    with caplog.at_level(logging.ERROR, logger="router.net.role_guard"):
         shared_tenants_work(deployment)
     assert repairs(deployment).get("password", 0.0) == before + 1
     assert any(LOCKOUT.role in r.getMessage() and "repairing" in r.getMessage() for r in caplog.records), caplog.text

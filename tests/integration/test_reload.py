@@ -35,11 +35,12 @@ import psycopg
 import pytest
 import yaml
 
-from router.catalog import CatalogStore
+from router.admin.tenant_admin import add_tenant, init_catalog, show_tenant
+from router.catalog.store import CatalogStore
 from router.config import RouterConfig
-from router.hashing import Ring
-from router.reload import pid_file_path, read_pid_file
-from router.tenant_admin import add_tenant, init_catalog, show_tenant
+from router.core.hashing import Ring
+from router.core.topology import Topology, load_topology
+from router.ops.reload import pid_file_path, read_pid_file
 from router.testing.deploy import APP_PASSWORD, APP_USER, install_shared_table, load, write_configs
 from router.testing.pgcluster import (
     CATALOG_DB,
@@ -53,7 +54,6 @@ from router.testing.pgcluster import (
 from router.testing.processes import alive, process_tree
 from router.testing.routerthread import RouterThread
 from router.testing.waiting import WaitTimeout, wait_until
-from router.topology import Topology, load_topology
 
 from .conftest import Deployment
 

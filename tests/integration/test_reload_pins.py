@@ -13,16 +13,16 @@ from dataclasses import replace
 
 import pytest
 
-from router.catalog import CatalogCache, CatalogStore
+from router.admin.tenant_admin import init_catalog
+from router.catalog.store import CatalogCache, CatalogStore
 from router.config import RouterConfig
+from router.core.hashing import Ring
+from router.core.topology import ServerAddress, Shard, Topology
 from router.errors import CatalogUnavailable
-from router.hashing import Ring
-from router.reload import TenantMove, moved_tenants, pin_moved_tenants
-from router.tenant_admin import init_catalog
+from router.ops.reload import TenantMove, moved_tenants, pin_moved_tenants
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import PgEnvironment, free_port
 from router.testing.waiting import wait_until_async
-from router.topology import ServerAddress, Shard, Topology
 
 pytestmark = pytest.mark.integration
 

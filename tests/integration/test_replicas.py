@@ -24,8 +24,9 @@ import asyncpg
 import psycopg
 import pytest
 
-from router.catalog import CatalogStore
-from router.health import ServerKey, format_lsn, parse_lsn, record_end
+from router.catalog.store import CatalogStore
+from router.ops.health import ServerKey
+from router.protocol.pg.wal import format_lsn, parse_lsn, record_end
 from router.testing.deploy import (
     APP_PASSWORD,
     APP_USER,

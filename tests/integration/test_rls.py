@@ -23,9 +23,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from router import rls
+from router.admin import rls
+from router.admin.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, audit_server_role, enable_rls
+from router.admin.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
 from router.cli import main
 from router.config import RouterConfig
+from router.core.topology import Topology
 from router.errors import UnknownTenant
 from router.isolation import (
     database_name,
@@ -35,11 +38,8 @@ from router.isolation import (
     tenant_role,
     tenant_role_password,
 )
-from router.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, audit_server_role, enable_rls
-from router.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
 from router.testing.deploy import CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment, free_port
-from router.topology import Topology
 
 from .conftest import TENANTS, Deployment, RouterFactory
 

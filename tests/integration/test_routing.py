@@ -9,8 +9,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from router.hashing import Ring
-from router.routing import place_tenant
+from router.core.hashing import Ring
+from router.core.routing import place_tenant
 from router.testing.deploy import load
 from router.testing.routerthread import RouterThread
 

@@ -50,7 +50,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.cancel_keys import owner_of
+from router.core.cancel_keys import owner_of
 from router.testing.deploy import APP_PASSWORD, APP_USER, write_configs
 from router.testing.pgcluster import free_port
 from router.testing.processes import alive, children, cmdline

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from router.tenant_admin import add_tenant, remove_tenant
+from router.admin.tenant_admin import add_tenant, remove_tenant
 from router.testing.deploy import load, write_configs
 from router.testing.routerthread import RouterThread
 from router.testing.waiting import wait_until

@@ -25,14 +25,9 @@ import asyncpg
 import psycopg
 import pytest
 
-from router.catalog import CatalogStore
-from router.cli import main
-from router.config import RouterConfig
-from router.errors import UnknownTenant
-from router.isolation import Isolation, database_name, quote_ident, schema_name, tenant_role
-from router.provisioning import enable_rls
-from router.tenant_admin import add_tenant, init_catalog, resume_tenant, show_tenant, suspend_tenant
-from router.tenant_lifecycle import (
+from router.admin.provisioning import enable_rls
+from router.admin.tenant_admin import add_tenant, init_catalog, resume_tenant, show_tenant, suspend_tenant
+from router.admin.tenant_lifecycle import (
     MANIFEST_NAME,
     ArchiveInvalid,
     ConfirmationMismatch,
@@ -44,10 +39,15 @@ from router.tenant_lifecycle import (
     export_tenant,
     import_tenant,
 )
+from router.catalog.store import CatalogStore
+from router.cli import main
+from router.config import RouterConfig
+from router.core.topology import Topology
+from router.errors import UnknownTenant
+from router.isolation import Isolation, database_name, quote_ident, schema_name, tenant_role
 from router.testing.deploy import CONTEXT_SECRET, load, write_configs
 from router.testing.pgcluster import PgEnvironment
 from router.testing.waiting import wait_until
-from router.topology import Topology
 
 from .conftest import RouterFactory, url
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from router.catalog import CatalogStore
-from router.tenant_admin import init_catalog
+from router.admin.tenant_admin import init_catalog
+from router.catalog.store import CatalogStore
 from router.testing.deploy import load, write_configs
 from router.testing.routerthread import RouterThread
 from router.testing.waiting import wait_until

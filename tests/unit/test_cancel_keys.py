@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.cancel_keys import MAX_PEERS, MAX_WORKERS, new_process_id, owner_of
+from router.core.cancel_keys import MAX_PEERS, MAX_WORKERS, new_process_id, owner_of
 
 
 @given(st.integers(0, MAX_PEERS - 1), st.integers(0, MAX_WORKERS - 1))

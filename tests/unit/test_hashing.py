@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from router.hashing import Ring
-from router.topology import RingConfig, ServerAddress, Shard, Topology
+from router.core.hashing import Ring
+from router.core.topology import RingConfig, ServerAddress, Shard, Topology
 
 TENANTS = [f"tenant-{i}" for i in range(10_000)]
 THREE = {"shard_a": 1, "shard_b": 1, "shard_c": 1}
@@ -93,7 +93,7 @@ def test_ring_is_the_documented_algorithm() -> None:
 
 def test_placement_does_not_depend_on_the_process_hash_seed() -> None:
     script = (
-        "import json, sys; from router.hashing import Ring;"
+        "import json, sys; from router.core.hashing import Ring;"
         "r = Ring({'shard_a': 1, 'shard_b': 1, 'shard_c': 1}, 160);"
         "print(json.dumps([r.shard_for(f'tenant-{i}') for i in range(200)]))"
     )

@@ -12,19 +12,17 @@ from pathlib import Path
 import pytest
 
 from router.config import HealthConfig, ServerCredentials
-from router.health import (
+from router.core.topology import RingConfig, ServerAddress, Shard, Topology
+from router.ops.health import (
     HealthMonitor,
     Reading,
     ServerKey,
     backoff_delay,
     compute_lag,
-    format_lsn,
-    parse_lsn,
-    record_end,
 )
+from router.protocol.pg.wal import format_lsn, parse_lsn, record_end
 from router.testing.virtualtime import in_virtual_time
 from router.testing.waiting import wait_until_async
-from router.topology import RingConfig, ServerAddress, Shard, Topology
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 PRIMARY_A = ServerAddress("10.0.0.1", 5432, "app")
@@ -295,7 +293,7 @@ async def test_callback_errors_are_contained(caplog: pytest.LogCaptureFixture) -
 
     health = HealthMonitor(topology(), ServerCredentials(user="router"), HealthConfig(), boom, boom, probe=probe)
     probe.answers[P_A] = OSError(113, "No route to host")
-    with caplog.at_level(logging.ERROR, logger="router.health"):
+    with caplog.at_level(logging.ERROR, logger="router.ops.health"):
         status = await health.check_now(P_A)
     assert not status.up and status.last_error == "No route to host"
     assert "on_down callback failed" in caplog.text
@@ -353,7 +351,7 @@ async def test_wrong_role_counts_as_up_and_warns_once(caplog: pytest.LogCaptureF
     probe, events = FakeProbe(), Events()
     health = monitor(probe, events)
     probe.answers[R_A] = Reading(in_recovery=False, current_lsn=7000, replay_lsn=3000, now=NOW)
-    with caplog.at_level(logging.WARNING, logger="router.health"):
+    with caplog.at_level(logging.WARNING, logger="router.ops.health"):
         await health.check_now(R_A)
         status = await health.check_now(R_A)
     assert status.up and events.down == []
@@ -362,7 +360,7 @@ async def test_wrong_role_counts_as_up_and_warns_once(caplog: pytest.LogCaptureF
 
     probe.answers[P_A] = Reading(in_recovery=True, replay_lsn=3000, receive_lsn=3000, now=NOW)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="router.health"):
+    with caplog.at_level(logging.WARNING, logger="router.ops.health"):
         primary = await health.check_now(P_A)
     assert primary.up and primary.current_lsn is None
     assert "is in recovery" in caplog.text
@@ -483,7 +481,7 @@ async def test_set_topology_adds_and_removes_servers() -> None:
 def test_lag_seconds_is_capped_by_the_time_since_the_replica_was_caught_up() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from router.health import Reading, compute_lag
+    from router.ops.health import Reading, compute_lag
 
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     reading = Reading(

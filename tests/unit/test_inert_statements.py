@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import inert_statements
-from router.inert_statements import (
+from router.sql import inert_statements
+from router.sql.inert_statements import (
     INERT_FUNCTIONS,
     LEAVES_ANYTHING,
     LEAVES_NOTHING,
@@ -19,7 +19,7 @@ from router.inert_statements import (
     residue_text,
     trusted_search_path,
 )
-from router.read_statements import _LITERAL
+from router.sql.read_statements import _LITERAL
 
 INERT: list[str] = [
     "select currval('s'), lastval()",  # reads only what this session's own writes left

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from router.net.read_intent import ReadPolicy, request_reads
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.prepared import ClientStatements
-from router.read_statements import ReadClassifier
+from router.protocol.pg.read_intent import ReadPolicy, request_reads
+from router.sql.read_statements import ReadClassifier
 
 AUTO = ReadPolicy("auto", False, ReadClassifier())
 EXPLICIT = ReadPolicy("explicit", False, ReadClassifier())
@@ -71,7 +71,7 @@ def test_other_messages_go_to_the_primary() -> None:
 
 
 def test_a_running_transaction_is_followed_message_by_message() -> None:
-    from router.net.read_intent import message_reads
+    from router.protocol.pg.read_intent import message_reads
 
     statements = ClientStatements()
     statements.define("s_read", fe.parse_parse(fe.build_parse("s_read", "SELECT 1", b"\x00\x00")), 1)

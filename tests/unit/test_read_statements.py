@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import read_statements
-from router.read_statements import ReadClassifier, begins_read_only
+from router.sql import read_statements
+from router.sql.read_statements import ReadClassifier, begins_read_only
 
 READS: list[str] = [
     "select 1",
@@ -297,7 +297,7 @@ def test_begin_read_only_is_not_a_plain_read() -> None:
 
 
 def test_statement_shape_replaces_literals_only_where_it_can_see_them() -> None:
-    from router.read_statements import statement_shape
+    from router.sql.read_statements import statement_shape
 
     assert statement_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;") == (
         "SELECT abalance FROM pgbench_accounts WHERE aid = 0;"

@@ -17,8 +17,9 @@ import pytest
 
 from router.cli import main
 from router.config import RouterConfig, load_router_config
-from router.hashing import Ring
-from router.reload import (
+from router.core.hashing import Ring
+from router.core.topology import RingConfig, ServerAddress, Shard, Topology, diff_topologies
+from router.ops.reload import (
     FileWatcher,
     NoRunningRouter,
     ReloadSignalError,
@@ -33,7 +34,6 @@ from router.reload import (
     write_pid_file,
 )
 from router.testing.virtualtime import in_virtual_time
-from router.topology import RingConfig, ServerAddress, Shard, Topology, diff_topologies
 
 TENANTS = [f"tenant{i:03d}" for i in range(600)]
 

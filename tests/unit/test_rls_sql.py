@@ -1,4 +1,4 @@
-"""The pure SQL builders of router/rls.py: the HMAC pads the shard verifies with, and the statements
+"""The pure SQL builders of router/admin/rls.py: the HMAC pads the shard verifies with, and the statements
 (parsed with PostgreSQL's own parser, so a typo fails here rather than on a shard)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pglast
 import pytest
 from scramp import ScramMechanism
 
-from router import rls
+from router.admin import rls
 from router.isolation import sign_tenant, validate_tenant_id
 
 SECRETS = [

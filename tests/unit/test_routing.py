@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.hashing import Ring
-from router.routing import Placement, place_tenant
-from router.topology import RingConfig, ServerAddress, Shard, Topology
+from router.core.hashing import Ring
+from router.core.routing import Placement, place_tenant
+from router.core.topology import RingConfig, ServerAddress, Shard, Topology
 
 SHARDS = {name: Shard(name, ServerAddress(f"{name}.db", 5432, "app"), (), 1) for name in ("shard_a", "shard_b")}
 TOPOLOGY = Topology(shards=SHARDS, ring=RingConfig(), pins={"bigcorp": "shard_b"}, source=Path("shards.yaml"))

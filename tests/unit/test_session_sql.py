@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pglast
 
-from router.net.session_sql import SESSION_SETTINGS_SQL, raise_sql, session_sync_sql, settings_in_force_sql
-from router.rls import CARRIER
+from router.admin.rls import CARRIER
+from router.sql.session_sql import SESSION_SETTINGS_SQL, raise_sql, session_sync_sql, settings_in_force_sql
 
 
 def test_nothing_to_do_gives_no_statement() -> None:
@@ -35,7 +35,7 @@ def test_settings_in_force_names_placeholders_only() -> None:
 
 
 def test_the_carrier_of_the_entered_tenant_is_never_read_back() -> None:
-    """The entered tenant's setting is the router's to write (router/rls.py): read back as a
+    """The entered tenant's setting is the router's to write (router/admin/rls.py): read back as a
     client's setting it would travel with the client and be applied with set_config, which the
     router's role may not do (and must not, as another tenant's connection)."""
     assert CARRIER == "backtrace_functions"

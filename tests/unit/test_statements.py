@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast import parser as pg_parser
 
-from router import statements
-from router.statements import (
+from router.sql import statements
+from router.sql.statements import (
     ADVISORY_LOCK,
     EMPTY,
     HOLD_CURSOR,

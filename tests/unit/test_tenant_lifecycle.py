@@ -1,4 +1,4 @@
-"""Unit tests for the pure parts of router.tenant_lifecycle: the manifest, the archive, the checksum,
+"""Unit tests for the pure parts of router.admin.tenant_lifecycle: the manifest, the archive, the checksum,
 the export query and the load order."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from router.errors import RouterError
-from router.tenant_lifecycle import (
+from router.admin.tenant_lifecycle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ArchiveInvalid,
@@ -26,6 +25,7 @@ from router.tenant_lifecycle import (
     select_rows_sql,
     write_archive,
 )
+from router.errors import RouterError
 
 ROWS = b"1\tacme\t\\N\n2\tline\\nbreak \\\\ tab\\t\t{}\n"
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.net.tenant_statements import TenantStatement, parse_tenant_statement
 from router.protocol.pg import backend as be
+from router.sql.tenant_statements import TenantStatement, parse_tenant_statement
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router.errors import ConfigError, ConfigProblem
-from router.topology import (
+from router.core.topology import (
     RingConfig,
     ServerAddress,
     Shard,
@@ -17,6 +16,7 @@ from router.topology import (
     diff_topologies,
     load_topology,
 )
+from router.errors import ConfigError, ConfigProblem
 
 REPO = Path(__file__).resolve().parents[2]
 

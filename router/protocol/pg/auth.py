@@ -146,3 +146,17 @@ class ScramClientExchange:
             self._client.set_server_final(server_final.decode())
         except (ScramException, UnicodeDecodeError) as exc:
             raise AuthError(f"server signature invalid: {exc}") from exc
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password`: given to CREATE/ALTER ROLE
+    instead of the password, so the password itself never reaches the server or its logs."""
+    verifier = ScramVerifier(password, salt)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return (
+        f"SCRAM-SHA-256${verifier.ITERATIONS}:{b64(verifier.salt)}"
+        f"${b64(verifier.stored_key)}:{b64(verifier.server_key)}"
+    )

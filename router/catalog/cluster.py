@@ -35,7 +35,7 @@ from typing import Any, Final, Self
 import asyncpg
 
 from router import __version__
-from router.catalog import (
+from router.catalog.store import (
     _CONNECTION_ERRORS,
     DEFAULT_SCHEMA,
     CatalogError,

@@ -5,7 +5,7 @@ judged by its text; an extended-protocol batch only when every message up to its
 and every statement in it qualifies (a batch without Sync is one implicit transaction whose end
 we cannot see yet, so it goes to the primary). Anything unrecognised goes to the primary.
 
-Must not: choose a replica (router.replicas), parse SQL itself (router.read_statements), or keep
+Must not: choose a replica (router.core.replicas), parse SQL itself (router.sql.read_statements), or keep
 state between requests.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.prepared import ClientStatements
-from router.read_statements import ReadClassifier, begins_read_only
+from router.sql.read_statements import ReadClassifier, begins_read_only
 
 # One transaction-control statement: it writes nothing itself (COMMIT PREPARED, which commits a
 # prepared transaction's writes, is not among them).

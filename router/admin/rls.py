@@ -7,7 +7,7 @@ function, the statements that create and protect them, and the DDL that gives a 
 `database` tenant its own role and namespace.
 
 Must not: do I/O, import a driver, or decide anything about shards, the catalog or credentials
-(router/provisioning.py runs these statements with the admin role). Values in, SQL text out; the
+(router/admin/provisioning.py runs these statements with the admin role). Values in, SQL text out; the
 key pads and signatures are always sent as bind parameters, never spliced into SQL text, so they
 cannot appear in pg_stat_activity or a statement log.
 
@@ -40,13 +40,13 @@ from `tenant.context_secret`; the shard only needs the builtin sha256(bytea) (Po
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Final
 
 from router.isolation import TENANT_ID_PATTERN, quote_ident, quote_literal, tenant_role
-from router.protocol.pg.auth import ScramVerifier
+from router.protocol.pg.auth import scram_verifier
+from router.sql.tenant_entry import CARRIER, ENTER_TENANT_SQL, LEAVE_TENANT, LEAVE_TENANT_SQL, RLS_SCHEMA
 
 __all__ = [
     "CARRIER",
@@ -91,14 +91,10 @@ __all__ = [
 ]
 
 RLS_ROLE: Final = "tenant_router_rls"
-RLS_SCHEMA: Final = "router"
 POLICY: Final = "tenant_isolation"
-# The setting that carries the entered tenant (see the module's docstring).
-CARRIER: Final = "backtrace_functions"
 # GRANT SET ON PARAMETER, which lets tenant_router_rls (and no one else) write the carrier.
 MIN_SERVER_VERSION: Final = 150000
 ENTER_TENANT: Final = f"{RLS_SCHEMA}.enter_tenant(pg_catalog.text, pg_catalog.text)"
-LEAVE_TENANT: Final = f"{RLS_SCHEMA}.leave_tenant()"
 CURRENT_TENANT: Final = f"{RLS_SCHEMA}.current_tenant()"
 # What router.current_tenant() calls when no tenant is entered: raises 42501 saying so.
 NO_TENANT: Final = f"{RLS_SCHEMA}.no_tenant_context()"
@@ -157,8 +153,6 @@ def _entered_tenant_sql() -> str:
 
 
 # What the router sends to enter a tenant: $1 the tenant id, $2 its signature (bind values).
-ENTER_TENANT_SQL: Final = f"SELECT {RLS_SCHEMA}.enter_tenant($1, $2)"
-LEAVE_TENANT_SQL: Final = f"SELECT {LEAVE_TENANT}"
 
 
 def context_key_pads(secret: str) -> tuple[bytes, bytes]:
@@ -436,20 +430,6 @@ def grant_large_objects_sql(functions: list[str], role: str) -> list[str]:
 
 
 # --- tenant roles and namespaces -----------------------------------------------------------------
-
-
-def scram_verifier(password: str, salt: bytes | None = None) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password`: given to CREATE/ALTER ROLE
-    instead of the password, so the password itself never reaches the server or its logs."""
-    verifier = ScramVerifier(password, salt)
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return (
-        f"SCRAM-SHA-256${verifier.ITERATIONS}:{b64(verifier.salt)}"
-        f"${b64(verifier.stored_key)}:{b64(verifier.server_key)}"
-    )
 
 
 def ensure_tenant_role_sql(tenant_id: str, password: str, salt: bytes | None = None) -> str:

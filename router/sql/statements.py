@@ -16,7 +16,7 @@ function bodies, and whatever EXECUTE of a prepared statement runs, are invisibl
 Cost: a prefilter looks for trigger words in the lower-cased text and returns the shared `EMPTY`
 without parsing when there are none (about 1 µs for a 100-character query); otherwise the text goes
 through an LRU cache keyed by the exact text (a hit is one dict lookup) to PostgreSQL's own parser
-(pglast; tens of µs for a short statement). Run `python -m router.statements` for the numbers.
+(pglast; tens of µs for a short statement). Run `python -m router.sql.statements` for the numbers.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def _effects(sql: str) -> Effects:
 
 def parse_statements(sql: str) -> list[_Node] | None:
     """PostgreSQL's own parse tree of `sql` (pglast's JSON form, one node a statement), or None
-    when the parser rejects it. Shared with router.read_statements."""
+    when the parser rejects it. Shared with router.sql.read_statements."""
     try:
         tree: _Node = json.loads(_pg.parse_sql_json(sql))
     except (_pg.ParseError, ValueError, RecursionError):  # ValueError: lone surrogates, bad JSON

@@ -17,7 +17,7 @@ Cost: `is_plain_read` looks the exact text up in a per-classifier dict (a hit is
 on a miss, a text whose first word cannot start a read (INSERT, UPDATE, BEGIN, ...) is answered
 without parsing, and the rest goes to PostgreSQL's own parser (pglast; tens of µs for a short
 statement) and is cached by its shape (`statement_shape`: literals replaced), so texts that differ
-only in their literals share one parse. Run `python -m router.read_statements` for the numbers.
+only in their literals share one parse. Run `python -m router.sql.read_statements` for the numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Final
 
-from router.statements import node_strings, parse_statements, tree_fields
+from router.sql.statements import node_strings, parse_statements, tree_fields
 
 __all__ = ["ReadClassifier", "begins_read_only"]
 
@@ -95,7 +95,7 @@ _CACHE_ENTRIES: Final = 10_000
 # (at most 10 000 x 8 KiB) whatever clients send.
 _CACHED_TEXT_LIMIT: Final = 8192
 
-# The tree is read as libpg_query's JSON, as in router.statements: several times faster than
+# The tree is read as libpg_query's JSON, as in router.sql.statements: several times faster than
 # building pglast's node objects. JSON is untyped, so `Any` stays in the private helpers.
 _Node = dict[str, Any]
 
@@ -103,7 +103,7 @@ _Node = dict[str, Any]
 # A regular expression finds every literal only in texts with no double-quoted identifiers, dollar
 # quotes, backslashes (escape strings) or comments, where quotes or digits would mean otherwise
 # (statement_shape tests for those). Shapes are computed for every statement on the hot path
-# (router.inert_statements): substring tests, and a pattern that opens with a look-ahead for a
+# (router.sql.inert_statements): substring tests, and a pattern that opens with a look-ahead for a
 # character class, which `re` scans for quickly; about twice as fast as a regular expression for
 # the marks and a plain alternation for the literals.
 _LITERAL: Final = re.compile(r"(?=['\d])(?:'[^']*(?:''[^']*)*'|(?<![\w.])\d+(?:\.\d+)?(?![\w.]))")

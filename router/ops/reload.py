@@ -29,7 +29,7 @@ from typing import Final
 
 import asyncpg
 
-from router.catalog import (
+from router.catalog.store import (
     _CONNECTION_ERRORS,
     _connect,
     _not_initialised,
@@ -38,11 +38,11 @@ from router.catalog import (
     describe_dsn,
 )
 from router.config import RouterConfig
+from router.core.hashing import Ring
+from router.core.routing import place_tenant
+from router.core.topology import Topology, TopologyDiff, diff_topologies
 from router.errors import listing
-from router.hashing import Ring
 from router.isolation import quote_ident
-from router.routing import place_tenant
-from router.topology import Topology, TopologyDiff, diff_topologies
 
 __all__ = [
     "FileWatcher",

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from router.isolation import quote_literal
-from router.rls import CARRIER
+from router.sql.tenant_entry import CARRIER
 
 # What a hand-over wipes, in one statement list (DISCARD ALL would need a message of its own), when
-# the previous client ran anything not proven inert (router.inert_statements).
+# the previous client ran anything not proven inert (router.sql.inert_statements).
 # Session state that RESET ALL does not cover (LISTEN, temp tables, advisory locks, cursors WITH
 # HOLD, SQL PREPARE) pins its client, and a pinned connection is wiped with DISCARD ALL on release.
 # Temporary objects are dropped anyway: one created where the router cannot see it (EXECUTE in a
@@ -35,7 +35,7 @@ HANDOVER_DISCARD_SEQUENCES = "DISCARD SEQUENCES"
 # router's role, such a default may be a tenant's trap rather than the operator's configuration: a
 # search_path naming a schema an accomplice tenant opened up sends other tenants' unqualified
 # statements to its tables. RESET ALL returns to them, so the router removes them through the admin
-# or refuses such connections (router/role_guard.py). Defaults only a superuser can set
+# or refuses such connections (router/net/role_guard.py). Defaults only a superuser can set
 # (track_activities = off, say) are the operator's and allowed. Rows: the database (NULL: every
 # database), the setting's name as stored, and `name=value`.
 # The defaults under suspicion are in force while this runs: a statement_timeout of 1 ms or a
@@ -57,7 +57,7 @@ ROLE_DEFAULTS_SQL = (
 PREPARED_NAMES_SQL = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
 # What the router asks a server after a transaction changed session settings: the exact values now
 # in force, so that they travel with the client to its next server connection. Not the carrier of
-# the entered tenant (router/rls.py): the router's to write, never a client's setting.
+# the entered tenant (router/admin/rls.py): the router's to write, never a client's setting.
 SESSION_SETTINGS_SQL = (
     f"SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' AND name <> '{CARRIER}'"
 )

@@ -106,7 +106,7 @@ class Waiter:
 
 # How a pool opens a connection: given its key and the plain opening (connect and log in), a
 # connection ready for use, or an exception that refuses it. It may check the connection, repair
-# the server role through other credentials and open again (router/role_guard.py); a connection it
+# the server role through other credentials and open again (router/net/role_guard.py); a connection it
 # does not return is its to close.
 ConnectionGuard = Callable[["PoolKey", Callable[[], Awaitable[ServerConnection]]], Awaitable[ServerConnection]]
 

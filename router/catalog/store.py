@@ -168,7 +168,7 @@ def _migration_1(schema: str) -> builtins.list[str]:
 
 
 def _migration_2(schema: str) -> builtins.list[str]:
-    """What router instances agree on (router/cluster.py): the registry, holds and their acks."""
+    """What router instances agree on (router/catalog/cluster.py): the registry, holds and their acks."""
     s = quote_ident(schema)
     return [
         f"""CREATE TABLE {s}.instances (

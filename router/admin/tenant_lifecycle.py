@@ -9,7 +9,7 @@ export/import/erase` call (and an HTTP API may).
 
 Must not: parse arguments or print (router/cli.py does), find a tenant or its shard its own way
 (the catalog through tenant_admin's store helpers, the shard as routing places it), open shard
-connections other than through router/provisioning.py (`connect`, as `admin`, else `server`; as
+connections other than through router/admin/provisioning.py (`connect`, as `admin`, else `server`; as
 the tenant's own role where it has one to read and write its tables, see `_login`), create
 or drop a tenant's schema, database or role itself (`tenant_admin.add_tenant` provisions them, with
 the application schema `tenant.schema_sql`; `provisioning.drop_tenant` drops them), or run on the
@@ -42,10 +42,23 @@ from typing import IO, Annotated, Any, Final, Literal, TypeVar
 import asyncpg
 from pydantic import Field, TypeAdapter, ValidationError
 
-from router.catalog import Tenant
+from router.admin.provisioning import (
+    SHARD_ERRORS,
+    Login,
+    close,
+    connect,
+    describe,
+    drop_tenant,
+    reason,
+    shard_primary,
+)
+from router.admin.rls import ENTER_TENANT, ENTER_TENANT_SQL, TABLES_TABLE
+from router.admin.tenant_admin import TenantAdminError, TenantView, _require, _store, _view, add_tenant
+from router.catalog.store import Tenant
 from router.config import RouterConfig
+from router.core.hashing import Ring
+from router.core.topology import Topology
 from router.errors import UnknownTenant
-from router.hashing import Ring
 from router.isolation import (
     Isolation,
     database_name,
@@ -57,19 +70,6 @@ from router.isolation import (
     tenant_role_password,
     validate_tenant_id,
 )
-from router.provisioning import (
-    SHARD_ERRORS,
-    Login,
-    close,
-    connect,
-    describe,
-    drop_tenant,
-    reason,
-    shard_primary,
-)
-from router.rls import ENTER_TENANT, ENTER_TENANT_SQL, TABLES_TABLE
-from router.tenant_admin import TenantAdminError, TenantView, _require, _store, _view, add_tenant
-from router.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from router.hashing import Ring
-from router.topology import Topology
+from router.core.hashing import Ring
+from router.core.topology import Topology
 
 __all__ = ["Placement", "PlacementReason", "place_tenant"]
 

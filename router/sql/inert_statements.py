@@ -22,7 +22,7 @@ What it trusts: code that runs without appearing in the text (triggers, views, r
 security policies, column defaults, operators, casts, foreign-key actions) is the operator's as long
 as it lives in `TRUSTED_SCHEMAS`, where only the database's owner creates objects: with
 `tenant.context_secret` set, `tenant-router check` makes sure that the router's role can create
-nothing and owns nothing in the shared database (router/provisioning.py). A schema tenant's own
+nothing and owns nothing in the shared database (router/admin/provisioning.py). A schema tenant's own
 schema is not trusted: its owner, a tenant, can open it to others (GRANT USAGE ... TO PUBLIC), and a
 view there whose function makes a temporary table, selected by a shared tenant, would shadow the
 shared table for the next client of that server session. (A schema or database tenant's own sessions
@@ -36,7 +36,7 @@ texts differing only in their literals share one parse: a text without literals 
 dict lookup, one with literals (pgbench's `WHERE aid = 4711`) a shape and a second lookup. On a
 miss, a text whose first word cannot start a statement of the first two levels (SET, CREATE...) is
 answered without parsing; the rest goes to PostgreSQL's parser (pglast; tens of µs). The caller asks
-only while its server connection is not yet at LEAVES_ANYTHING. Run `python -m router.inert_statements`
+only while its server connection is not yet at LEAVES_ANYTHING. Run `python -m router.sql.inert_statements`
 for the numbers.
 """
 
@@ -46,8 +46,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from router.read_statements import digits_only_in_literals, statement_shape
-from router.statements import node_strings, parse_statements, tree_fields
+from router.sql.read_statements import digits_only_in_literals, statement_shape
+from router.sql.statements import node_strings, parse_statements, tree_fields
 
 __all__ = [
     "INERT_FUNCTIONS",
@@ -138,7 +138,7 @@ _TRUSTED_PATH: Final = TRUSTED_SCHEMAS | {"$user", "pg_temp"}
 _NAME_KEYS: Final = frozenset({"names", "name", "operName", "useOp"})
 
 # Catalogs that reading leaves nothing, but that the router refuses to shared tenants
-# (router.statements, large objects): a text naming one must not skip that judgement as inert.
+# (router.sql.statements, large objects): a text naming one must not skip that judgement as inert.
 _JUDGED_RELATIONS: Final = frozenset({"pg_largeobject", "pg_largeobject_metadata"})
 # Statements with no session-level effect, and statements that may appear inside them (in a CTE).
 _INERT_NESTED: Final = frozenset({"SelectStmt", "UpdateStmt", "DeleteStmt"})
@@ -166,7 +166,7 @@ _KNOWN_WORDS: Final = frozenset(
     {"select", "values", "with", "table", "update", "delete", "insert", "merge", "copy", "show", "explain"}
     | {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"}
 )
-# PostgreSQL's scanner: white space, then an identifier or keyword (as in router.read_statements).
+# PostgreSQL's scanner: white space, then an identifier or keyword (as in router.sql.read_statements).
 _FIRST_WORD: Final = re.compile(r"[ \t\n\r\f\v]*([A-Za-z_][A-Za-z0-9_$]*)")
 
 _CACHE_ENTRIES: Final = 10_000

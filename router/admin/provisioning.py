@@ -12,7 +12,7 @@ apply the application schema in that layout.
 
 Must not: touch the catalog (tenant_admin.py decides which tenants exist), parse arguments or print
 (cli.py), or be used on the router's hot path: every call opens and closes its own connections.
-The SQL text comes from router/rls.py; only catalog look-ups are written here.
+The SQL text comes from router/admin/rls.py; only catalog look-ups are written here.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Any, Final
 
 import asyncpg
 
-from router import rls
-from router.catalog import close_connection
+from router.admin import rls
+from router.catalog.store import close_connection
 from router.config import RouterConfig
+from router.core.topology import ServerAddress, Topology
 from router.errors import RouterError, listing
 from router.isolation import (
     Isolation,
@@ -40,7 +41,6 @@ from router.isolation import (
     validate_isolation,
     validate_tenant_id,
 )
-from router.topology import ServerAddress, Topology
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ async def _undo(
 # --- row-level security --------------------------------------------------------------------------
 
 # Also what the role could plant code in, to run inside other tenants' statements where no statement
-# text shows it (see router/inert_statements.py): schemas it may create objects in, and tables,
+# text shows it (see router/sql/inert_statements.py): schemas it may create objects in, and tables,
 # views, functions and domains it owns, or a role it belongs to does. Not the system schemas, nor
 # temporary ones: what is in them goes with the session that made it, which the router wipes.
 _ROUTER_ROLE_SQL: Final = """
@@ -583,7 +583,7 @@ async def enable_rls(config: RouterConfig, topology: Topology, table: str, colum
     `router` it owns, the key pads of `tenant.context_secret` in router.context_key (no privilege
     for anyone else; rewritten on every run, so rotating the secret is running this again), SET on
     the carrier setting for tenant_router_rls, the functions router.enter_tenant(),
-    leave_tenant() and current_tenant() (router/rls.py), router.rls_tables (the protected tables
+    leave_tenant() and current_tenant() (router/admin/rls.py), router.rls_tables (the protected tables
     and their columns, readable by all; rows of dropped tables are pruned); then on `table`: ENABLE
     and FORCE ROW LEVEL SECURITY and the policy tenant_isolation for all commands, USING and WITH
     CHECK `column` = the entered tenant; every other protected table's policy is re-created the
@@ -704,7 +704,7 @@ async def _enable_on_shard(
 
 async def _grant_carrier(conn: Any, router_role: str, where: str) -> None:
     """Let tenant_router_rls, and make sure no one the router's role can act as, write the setting
-    that carries the entered tenant (router/rls.py)."""
+    that carries the entered tenant (router/admin/rls.py)."""
     try:
         async with conn.transaction():
             await conn.execute(rls.grant_carrier_sql())
@@ -813,7 +813,7 @@ async def _check_rls_schema(conn: Any, where: str) -> None:
 
 
 def _entering_findings(role: str, version: int, row: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Problems and warnings about entering shared tenants (router/rls.py) on a shard, from
+    """Problems and warnings about entering shared tenants (router/admin/rls.py) on a shard, from
     _ENTERING_SQL (None before PostgreSQL 15)."""
     if row is None:
         return (), (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.metrics import RouterCollector
+from router.ops.metrics import RouterCollector
 
 if TYPE_CHECKING:
     from router.app import Router

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,9 +27,10 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from router.catalog import close_connection
+from router.catalog.store import close_connection
 from router.config import HealthConfig, ServerCredentials
-from router.topology import ServerAddress, Topology
+from router.core.topology import ServerAddress, Topology
+from router.protocol.pg.wal import parse_lsn
 
 __all__ = [
     "HealthMonitor",
@@ -41,9 +41,6 @@ __all__ = [
     "ServerStatus",
     "backoff_delay",
     "compute_lag",
-    "format_lsn",
-    "parse_lsn",
-    "record_end",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,10 +58,6 @@ _PROBE_SQL: Final = (
     " pg_last_xact_replay_timestamp() AS replay_timestamp,"
     " now() AS now"
 )
-_LSN_RE: Final = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-# Sizes of WAL page headers (SizeOfXLogShortPHD, SizeOfXLogLongPHD on 64-bit platforms).
-_SHORT_PAGE_HEADER: Final = 24
-_LONG_PAGE_HEADER: Final = 40
 # A server whose next check is this close is due now (timers may fire a hair early).
 _DUE_SLACK: Final = 1e-3
 
@@ -129,33 +122,6 @@ Probe = Callable[[ServerKey, ServerAddress], Awaitable[Reading]]
 
 
 # --- pure helpers --------------------------------------------------------------------------------
-
-
-def parse_lsn(text: str) -> int:
-    """PostgreSQL's "16/B374D848" text form of a WAL position -> its byte position."""
-    match = _LSN_RE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"invalid LSN {text!r}: expected two hexadecimal numbers like 16/B374D848")
-    return (int(match[1], 16) << 32) | int(match[2], 16)
-
-
-def record_end(insert_lsn: int, segment_offset: int, block_size: int) -> int:
-    """The end of the last WAL record, from pg_current_wal_insert_lsn() and its offset in its WAL
-    segment (pg_walfile_name_offset). At a page boundary that function points past the new page's
-    header, where no record ends: a replica that has replayed everything reports the boundary
-    itself (pg_last_wal_replay_lsn()), and would never seem to reach the insert position."""
-    if segment_offset == _LONG_PAGE_HEADER:  # the first page of a segment
-        return insert_lsn - _LONG_PAGE_HEADER
-    if segment_offset % block_size == _SHORT_PAGE_HEADER:
-        return insert_lsn - _SHORT_PAGE_HEADER
-    return insert_lsn
-
-
-def format_lsn(lsn: int) -> str:
-    """The inverse of parse_lsn, as PostgreSQL prints it."""
-    if not 0 <= lsn < 1 << 64:
-        raise ValueError(f"LSN out of range: {lsn}")
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:

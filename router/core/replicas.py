@@ -5,7 +5,7 @@ within both bounds, and (for read-your-writes) it has replayed the client's last
 those, the fewest busy connections per unit of weight wins, ties broken at random by weight.
 No replica qualifying means the read goes to the primary (the caller's fallback).
 
-Must not: measure lag or health (router.health does), open connections (router.pool), or know any
+Must not: measure lag or health (router.ops.health does), open connections (router.core.pool), or know any
 wire protocol. It reads the monitor's last measurements, which are lower bounds on a replica's
 progress (replay only moves forward), so a replica chosen for a minimum LSN really has it.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from router.health import ServerKey
-    from router.pool import Pool
+    from router.core.pool import Pool
+    from router.ops.health import ServerKey
 
 
 class ReplicaHealth(Protocol):

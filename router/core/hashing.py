@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from uhashring import HashRing
 
 if TYPE_CHECKING:
-    from router.topology import Topology
+    from router.core.topology import Topology
 
 __all__ = ["Ring"]
 

@@ -6,7 +6,7 @@ suspending, resuming and removing tenants (optionally dropping their data and ro
 `TenantView`, the text those commands show.
 
 Must not: parse arguments or print (router/cli.py does both), decide placement itself (it asks
-routing.place_tenant), talk to shards itself (router/provisioning.py does, as the admin role), or be
+routing.place_tenant), talk to shards itself (router/admin/provisioning.py does, as the admin role), or be
 used on the router's hot path: every call opens and closes its own connections.
 """
 
@@ -19,18 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.catalog import CatalogStore, Status, Tenant
-from router.config import RouterConfig
-from router.errors import RouterError, UnknownTenant
-from router.hashing import Ring
-from router.isolation import (
-    Isolation,
-    database_name,
-    schema_name,
-    validate_isolation,
-    validate_tenant_id,
-)
-from router.provisioning import (
+from router.admin.provisioning import (
     SHARD_CONNECT_TIMEOUT,
     SHARD_ERRORS,
     ProvisioningError,
@@ -42,8 +31,19 @@ from router.provisioning import (
     reason,
     shard_primary,
 )
-from router.routing import place_tenant
-from router.topology import Topology
+from router.catalog.store import CatalogStore, Status, Tenant
+from router.config import RouterConfig
+from router.core.hashing import Ring
+from router.core.routing import place_tenant
+from router.core.topology import Topology
+from router.errors import RouterError, UnknownTenant
+from router.isolation import (
+    Isolation,
+    database_name,
+    schema_name,
+    validate_isolation,
+    validate_tenant_id,
+)
 
 __all__ = [
     "SHARD_CONNECT_TIMEOUT",

@@ -4,7 +4,7 @@ Owns: opening a pool's server connection when the role it logs in as may have be
 session acting as that role, and the repair. Every shared tenant acts as the router's role, and
 PostgreSQL lets a role change its own password and its own session defaults (ALTER ROLE
 CURRENT_USER PASSWORD / SET), also where the router cannot see the statement: in a DO block or a
-function of pg_temp. The router refuses the statements it sees (router.statements); this covers
+function of pg_temp. The router refuses the statements it sees (router.sql.statements); this covers
 the rest, on the path where they would do harm, the opening of a new server connection:
 
 - A login refused for its password (28P01): connect as `admin`, set the role's password back to
@@ -38,12 +38,12 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from router.config import AdminCredentials
+from router.core.pool import ConnectionGuard, PoolKey
 from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
 from router.isolation import quote_ident, quote_literal
 from router.net.server import ServerConnection, open_server_connection
-from router.net.session_sql import ROLE_DEFAULTS_SQL
-from router.pool import ConnectionGuard, PoolKey
-from router.rls import scram_verifier
+from router.protocol.pg.auth import scram_verifier
+from router.sql.session_sql import ROLE_DEFAULTS_SQL
 
 log = logging.getLogger(__name__)
 
