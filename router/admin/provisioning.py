@@ -27,9 +27,9 @@ from typing import Any, Final
 import asyncpg
 
 from router.admin import rls
-from router.catalog.store import close_connection
 from router.config import RouterConfig
 from router.core.topology import ServerAddress, Topology
+from router.dbconnect import close_connection, open_connection
 from router.errors import RouterError, listing
 from router.isolation import (
     Isolation,
@@ -132,14 +132,14 @@ def reason(exc: BaseException, timeout: float = SHARD_CONNECT_TIMEOUT) -> str:
 async def connect(
     address: ServerAddress, login: Login, database: str | None = None, timeout: float = SHARD_CONNECT_TIMEOUT
 ) -> Any:
-    return await asyncpg.connect(
+    return await open_connection(
         host=address.host,
         port=address.port,
         database=database or address.dbname,
         user=login.user,
         password=login.password,
         timeout=timeout,
-        server_settings={"application_name": _APP_NAME},
+        application_name=_APP_NAME,
     )
 
 

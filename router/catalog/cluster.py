@@ -42,9 +42,9 @@ from router.catalog.store import (
     _connect,
     _unavailable,
     _validate_schema,
-    close_connection,
     describe_dsn,
 )
+from router.dbconnect import close_connection
 from router.errors import CatalogUnavailable, RouterError
 from router.isolation import quote_ident, quote_literal, validate_tenant_id
 

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
+from router.dbconnect import CONNECTION_ERRORS, close_connection, open_connection
 from router.errors import CatalogUnavailable, RouterError, UnknownTenant
 from router.isolation import Isolation, quote_ident, quote_literal, validate_isolation, validate_tenant_id
 
@@ -205,18 +206,7 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 # --- connections ---------------------------------------------------------------------------------
 
-# Errors that mean "the catalog connection is gone or unusable", as opposed to a SQL error.
-# asyncpg can raise InternalClientError ("cannot switch to state ...") on a connection the server
-# just terminated (MagicStack/asyncpg#1069): a lost connection too.
-_CONNECTION_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-)
+_CONNECTION_ERRORS: Final = CONNECTION_ERRORS
 
 
 def _unavailable(where: str, exc: BaseException, timeout: float) -> CatalogUnavailable:
@@ -234,17 +224,10 @@ def _unavailable(where: str, exc: BaseException, timeout: float) -> CatalogUnava
 async def _connect(dsn: str, timeout: float, application_name: str) -> Any:
     where = describe_dsn(dsn)
     try:
-        return await asyncpg.connect(dsn, timeout=timeout, server_settings={"application_name": application_name})
+        return await open_connection(dsn=dsn, timeout=timeout, application_name=application_name)
     except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
         # Bad credentials or a missing database also leave the router without a catalog.
         raise _unavailable(where, exc, timeout) from exc
-
-
-async def close_connection(conn: Any, timeout: float) -> None:
-    """Close politely; asyncpg aborts the socket itself if that fails or takes longer than `timeout`."""
-    if conn is not None and not conn.is_closed():
-        with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError):
-            await conn.close(timeout=timeout)
 
 
 def _not_initialised(where: str, schema: str) -> CatalogError:

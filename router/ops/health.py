@@ -27,9 +27,9 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from router.catalog.store import close_connection
 from router.config import HealthConfig, ServerCredentials
 from router.core.topology import ServerAddress, Topology
+from router.dbconnect import close_connection, open_connection
 from router.protocol.pg.wal import parse_lsn
 
 __all__ = [
@@ -207,14 +207,14 @@ class _PgProbe:
                     # Lost since the last check (terminated backend, server restart, idle timeout):
                     # only a fresh connection failing too says the server is down.
                     self.terminate(key)
-            conn = await asyncpg.connect(
+            conn = await open_connection(
                 host=address.host,
                 port=address.port,
                 database=address.dbname,
                 user=self._credentials.user,
                 password=self._credentials.password,
                 timeout=self._timeout,
-                server_settings={"application_name": _APP_NAME},
+                application_name=_APP_NAME,
             )
             self._conns[key] = conn
             return await self._query(conn)

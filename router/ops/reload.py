@@ -34,13 +34,13 @@ from router.catalog.store import (
     _connect,
     _not_initialised,
     _unavailable,
-    close_connection,
     describe_dsn,
 )
 from router.config import RouterConfig
 from router.core.hashing import Ring
 from router.core.routing import place_tenant
 from router.core.topology import Topology, TopologyDiff, diff_topologies
+from router.dbconnect import close_connection
 from router.errors import listing
 from router.isolation import quote_ident
 
