@@ -147,7 +147,15 @@ def postgres_cpu_seconds(datadir: Path) -> float | None:
 class Service:
     """A long-running child in its own session (so Ctrl-C reaches us, and we stop it in order)."""
 
-    def __init__(self, name: str, args: Sequence[str], log_path: Path, *, as_server_account: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        as_server_account: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         account = _server_account() if as_server_account else None
@@ -162,7 +170,7 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=str(log_path.parent),
-            env=client_env(),
+            env={**client_env(), **(extra_env or {})},
             **extra,
         )
 
@@ -256,7 +264,10 @@ def raise_nofile(wanted: int) -> int:
 # --- the router ----------------------------------------------------------------------------------
 
 
-def router_command(config_path: Path) -> list[str]:
+def router_command(config_path: Path, checkout: Path | None = None) -> list[str]:
+    """`tenant-router serve`; from another `checkout` (its own, compiled or not) when given."""
+    if checkout is not None:
+        return [sys.executable, "-m", "router.cli", "--config", str(config_path), "serve"]
     beside_python = Path(sys.executable).parent / "tenant-router"
     found = str(beside_python) if beside_python.exists() else shutil.which("tenant-router")
     prefix = [found] if found else [sys.executable, "-m", "router.cli"]
@@ -351,15 +362,22 @@ def start_router(
     seed: bool = False,
     replicas: dict[str, list[tuple[str, int]]] | None = None,
     extra: dict[str, Any] | None = None,
+    checkout: Path | None = None,
 ) -> tuple[Service, Target]:
     """A router process (a supervisor and `workers` workers when workers > 1) for tenant `bench`;
-    `replicas` and `extra` as in write_router_config."""
+    `replicas` and `extra` as in write_router_config; `checkout`: run the router of another checkout
+    (a worktree of an earlier commit, say) instead of this one."""
     config_path, port = write_router_config(
         directory, env, workers=workers, pool=pool, auth_method=auth_method, replicas=replicas, extra=extra
     )
     if seed:
         asyncio.run(seed_catalog(config_path, env))
-    service = Service(name, router_command(config_path), directory / "router.log")
+    service = Service(
+        name,
+        router_command(config_path, checkout),
+        directory / "router.log",
+        extra_env=None if checkout is None else {"PYTHONPATH": str(checkout)},
+    )
     try:
         service.wait_ready(port)
     except BaseException:

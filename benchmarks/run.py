@@ -156,15 +156,18 @@ class Names:
     router_1: str
     router_n: str
     pgbouncer: bool
+    baseline: str | None = None  # the router of another checkout, 1 worker (--baseline)
 
     @property
     def targets(self) -> list[str]:
         names = ["direct", *(["pgbouncer"] if self.pgbouncer else []), self.router_1]
-        return names + ([self.router_n] if self.router_n != self.router_1 else [])
+        names += [self.router_n] if self.router_n != self.router_1 else []
+        return names + ([self.baseline] if self.baseline else [])
 
     @property
     def ratios(self) -> list[tuple[str, str]]:
         pairs = [(self.router_n, "pgbouncer"), (self.router_n, "direct"), (self.router_1, "direct")]
+        pairs += [(self.router_1, self.baseline)] if self.baseline else []
         pairs += [("pgbouncer", "direct")]
         return [(a, b) for a, b in dict.fromkeys(pairs) if a in self.targets and b in self.targets]
 
@@ -287,6 +290,29 @@ def prepared_bar(results: list[Result], names: Names) -> Verdict:
     return True, f"bar ({bar}): HOLDS: no errors, no failed transactions ({done})"
 
 
+def baseline_bars(results: list[Result], latency: list[Result], names: Names) -> list[Verdict]:
+    """This checkout's router against the --baseline one, same sitting: at least 0.97x the
+    baseline's median tps in every cell, and no more latency added at -c 1 (within 3%: the spread of
+    one 10 s run)."""
+    if names.baseline is None:
+        return []
+    cells = sorted({(r.mode, r.clients) for r in results if r.target == names.baseline})
+    bars = [ratio_bar(results, names.router_1, names.baseline, mode, clients, 0.97) for mode, clients in cells]
+    direct = next((r for r in latency if r.target == "direct"), None)
+    ours = next((r for r in latency if r.target == names.router_1), None)
+    theirs = next((r for r in latency if r.target == names.baseline), None)
+    bar = f"{names.router_1} adds no more latency than {names.baseline} at -c 1 (mean, within 3%)"
+    if direct is None or ours is None or theirs is None or None in (direct.mean_us, ours.mean_us, theirs.mean_us):
+        bars.append((None, f"bar ({bar}): NOT EVALUATED (needs the added-latency section)"))
+    else:
+        assert direct.mean_us is not None and ours.mean_us is not None and theirs.mean_us is not None
+        added, before = ours.mean_us - direct.mean_us, theirs.mean_us - direct.mean_us
+        holds = ours.mean_us <= theirs.mean_us * 1.03
+        verdict = "HOLDS" if holds else "DOES NOT HOLD"
+        bars.append((holds, f"bar ({bar}): {verdict}: +{added:.0f} µs against +{before:.0f} µs"))
+    return bars
+
+
 def throughput_bars(results: list[Result], names: Names) -> list[tuple[bool | None, str]]:
     rn, r1 = names.router_n, names.router_1
     return [
@@ -338,6 +364,7 @@ class Plan:
     read_scaling: bool  # the read-scaling section (a replica, routers with reads: auto)
     rls_cost: bool  # the signed tenant context's cost: protected, legacy-policy and plain tables
     wait_quiet: bool
+    baseline: Path | None = None  # another checkout's router, measured beside this one (--baseline)
 
 
 def _progress(result: Result) -> None:
@@ -399,6 +426,18 @@ def start_targets(plan: Plan, ws: Workspace, names: Names, bouncer_bin: str | No
             f" pids {service.pids()}",
             flush=True,
         )
+    if names.baseline is not None and plan.baseline is not None:
+        service, router = start_router(
+            names.baseline,
+            ws.dir / names.baseline,
+            env,
+            workers=1,
+            pool={"size": plan.pool_size},
+            checkout=plan.baseline,
+        )
+        ws.add(service)
+        targets.append(router)
+        print(f"{names.baseline}: {HOST}:{router.port}, 1 worker, the router of {plan.baseline}", flush=True)
     return targets
 
 
@@ -461,7 +500,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
     env = ws.start_environment()
     ws.init_pgbench(plan.scale)
     print(f"postgresql: catalog + 1 shard up, pgbench -i -s {plan.scale} done in {time.monotonic() - started:.0f}s")
-    names = Names("router-1", f"router-{plan.workers}", bouncer_bin is not None)
+    names = Names("router-1", f"router-{plan.workers}", bouncer_bin is not None, "before-1" if plan.baseline else None)
     targets = start_targets(plan, ws, names, bouncer_bin)
     report["targets"] = [t.name for t in targets]
 
@@ -534,7 +573,7 @@ def benchmark(plan: Plan, ws: Workspace, report: dict[str, Any]) -> int:
 
     report["machine"]["load average at end"] = load_average()
     print(f"\nload average: {info['load average at start']} at start, {load_average()} at end")
-    bars = throughput_bars(results, names)
+    bars = throughput_bars(results, names) + baseline_bars(results, latency, names)
     if plan.rls_cost:
         bars += rls_cost.verdicts(costs)
     bars += idle_clients.verdicts(idle)
@@ -623,6 +662,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         read_scaling=args.read_scaling if args.read_scaling is not None else not args.quick,
         rls_cost=args.rls_cost,
         wait_quiet=args.wait_quiet,
+        baseline=args.baseline.resolve() if args.baseline is not None else None,
     )
 
 
@@ -690,6 +730,14 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help=f"wait up to {QUIET_WAIT:g}s for the load average to fall below {QUIET_LOAD:g} first (default on)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also measure the router of another checkout (e.g. a worktree of an earlier commit, built"
+        " with its own setup.py build_ext) as target before-1, 1 worker, with bars: >= 0.97x its tps per"
+        " cell, no more added latency",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) afterwards")
     return parser

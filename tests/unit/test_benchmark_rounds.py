@@ -58,3 +58,18 @@ def test_a_cell_that_failed_in_several_rounds_is_listed_once() -> None:
     assert listing.splitlines()[0] == "pgbouncer -M simple -c 100: exit code 2, 2 of 3 runs"
     assert listing.count("already exists") == 1
     assert "router-2" not in listing
+
+
+def test_the_baseline_bars_compare_every_cell_and_the_added_latency() -> None:
+    from benchmarks.run import baseline_bars
+
+    names = Names("router-1", "router-1", False, "before-1")
+    results = [run("router-1", 9_800), run("before-1", 10_000), run("router-1", 9_000, clients=16)]
+    results.append(run("before-1", 10_000, clients=16))
+    latency = [
+        Result(target=t, mode="simple", clients=1, duration=10, exit_code=0, mean_us=us)
+        for t, us in (("direct", 100.0), ("router-1", 160.0), ("before-1", 158.0))
+    ]
+    holds = [holds for holds, _line in baseline_bars(results, latency, names)]
+    assert holds == [False, True, True]  # -c 16 at 0.90x fails; -c 100 at 0.98x holds; 160 <= 158 * 1.03
+    assert baseline_bars(results, latency, Names("router-1", "router-1", False)) == []
