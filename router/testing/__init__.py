@@ -1,0 +1,6 @@
+"""What tests, benchmarks and the demo share: real PostgreSQL clusters started in temp dirs
+(pgcluster), deployments of the router on them (deploy, escape), an in-process router (routerthread),
+child processes, waiting helpers and virtual time.
+
+Never imported by the router itself.
+"""
