@@ -1499,7 +1499,11 @@ def test_a_cancel_never_interrupts_the_router_entering_the_tenant(hardened: Esca
             lock = admin.transaction()
             await lock.start()
             await admin.execute("LOCK TABLE router.context_key IN ACCESS EXCLUSIVE MODE")
-            query = asyncio.ensure_future(attacker.fetch(f"SELECT pg_sleep(2), tenant_id FROM {table}"))
+            # A simple Query (execute without arguments), in the same write as the router's set-up:
+            # it is running when the set-up ends. With fetch, asyncpg waits for its Parse's answer
+            # before sending Bind/Execute, and a cancel that lands in between finds the server idle
+            # and is lost, as it would be on a direct connection.
+            query = asyncio.ensure_future(attacker.execute(f"SELECT pg_sleep(2), tenant_id FROM {table}"))
             try:
                 await wait_until_async(
                     lambda: admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"),
