@@ -59,7 +59,7 @@ from benchmarks.harness import (
     wait_until_quiet,
     write_router_config,
 )
-from router.admin.provisioning import enable_rls
+from router.admin.rls_enable import enable_rls
 from router.isolation import quote_ident, quote_literal
 from router.testing import deploy
 from router.testing.pgcluster import PgEnvironment

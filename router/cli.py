@@ -51,7 +51,8 @@ def _check(args: argparse.Namespace, *, server_role: bool = False) -> tuple[Rout
 
 
 def _check_server_role(config: RouterConfig, topology: Topology) -> None:
-    from router.admin.provisioning import audit_server_role, describe
+    from router.admin.role_audit import audit_server_role
+    from router.admin.shard_access import describe
 
     problems = []
     for audit in _run(audit_server_role(config, topology)):
@@ -150,7 +151,7 @@ def _tenants_lifecycle(args: argparse.Namespace, config: RouterConfig, topology:
 
 
 def cmd_rls(args: argparse.Namespace) -> int:
-    from router.admin.provisioning import enable_rls
+    from router.admin.rls_enable import enable_rls
 
     config, topology = load_both(args.config)
     if args.rls_action == "enable":

@@ -161,3 +161,66 @@ class BackendPasswordRejected(BackendAuthFailed):
 
 class CatalogUnavailable(RouterError):
     sqlstate = "08006"
+
+
+# --- admin (router/admin/: provisioning, tenant admin, tenant lifecycle) -------------------------
+
+
+class ProvisioningError(RouterError):
+    """Something on a shard is not as isolation needs it; the message says what and how to fix it."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+
+class UnknownShard(ProvisioningError):
+    sqlstate = "42704"
+
+
+class AdminRequired(ProvisioningError):
+    """The operation needs `admin` (or `tenant.context_secret`) in router.yaml."""
+
+    sqlstate = "F0000"
+
+
+class UnsafeLayout(ProvisioningError):
+    """Carrying on would leave something the router's role could use to reach other tenants."""
+
+    sqlstate = "42501"
+
+
+class TenantAdminError(RouterError):
+    """A tenant command could not be carried out; the message says what and where."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+
+class ProvisioningFailed(TenantAdminError):
+    """The tenant's schema or database could not be created (the catalog row was removed again)."""
+
+
+class TenantLifecycleError(TenantAdminError):
+    """An export, import or erase could not be carried out; the message says what and where."""
+
+
+class ArchiveInvalid(TenantLifecycleError):
+    """The file is not an export archive this router can read, or its contents do not match its manifest."""
+
+    sqlstate = "22000"
+
+
+class ImportRefused(TenantLifecycleError):
+    """The import would mix the archive's rows with rows the tenant already has (and `replace` is off)."""
+
+
+class VerificationFailed(TenantLifecycleError):
+    """The rows read back after loading differ from the manifest; the import was rolled back."""
+
+    sqlstate = "XX001"
+
+
+class ConfirmationMismatch(TenantLifecycleError):
+    """`erase_tenant` needs the tenant id typed again; nothing was done."""
+
+    sqlstate = "22023"

@@ -19,24 +19,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.admin.provisioning import (
-    SHARD_CONNECT_TIMEOUT,
-    SHARD_ERRORS,
-    ProvisioningError,
-    UnknownShard,
-    check_can_provision,
-    describe,
-    drop_tenant,
-    provision_tenant,
-    reason,
-    shard_primary,
-)
+from router.admin.provisioning import check_can_provision, drop_tenant, provision_tenant
+from router.admin.shard_access import SHARD_ERRORS, describe, reason, shard_primary
 from router.catalog.store import CatalogStore, Status, Tenant
 from router.config import RouterConfig
 from router.core.hashing import Ring
 from router.core.routing import place_tenant
 from router.core.topology import Topology
-from router.errors import RouterError, UnknownTenant
+from router.errors import (
+    ProvisioningError,
+    ProvisioningFailed,
+    RouterError,
+    TenantAdminError,
+    UnknownShard,
+    UnknownTenant,
+)
 from router.isolation import (
     Isolation,
     database_name,
@@ -46,7 +43,6 @@ from router.isolation import (
 )
 
 __all__ = [
-    "SHARD_CONNECT_TIMEOUT",
     "ProvisioningFailed",
     "TenantAdminError",
     "TenantView",
@@ -61,17 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class TenantAdminError(RouterError):
-    """A tenant command could not be carried out; the message says what and where."""
-
-    sqlstate = "55000"
-    severity = "ERROR"
-
-
-class ProvisioningFailed(TenantAdminError):
-    """The tenant's schema or database could not be created (the catalog row was removed again)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +101,7 @@ def _labels_text(labels: Mapping[str, Any]) -> str:
 
 async def init_catalog(config: RouterConfig) -> None:
     """Create or migrate the catalog schema (idempotent)."""
-    async with _store(config) as store:
+    async with catalog_store(config) as store:
         await store.init_schema()
 
 
@@ -142,9 +127,9 @@ async def add_tenant(
             hint=f"known shards: {', '.join(sorted(topology.shards)) or '(none)'}",
         )
     check_can_provision(config, tenant_id, level)  # before the row: a missing admin or schema file
-    async with _store(config) as store:
+    async with catalog_store(config) as store:
         tenant = await store.add(tenant_id, level, shard=shard, labels=labels)
-        view = _view(tenant, topology, Ring.from_topology(topology))
+        view = tenant_view(tenant, topology, Ring.from_topology(topology))
         try:
             await provision_tenant(config, topology, tenant.id, tenant.isolation, view.shard)
         except BaseException as exc:
@@ -163,16 +148,16 @@ async def add_tenant(
 
 
 async def list_tenants(config: RouterConfig, topology: Topology) -> list[TenantView]:
-    async with _store(config) as store:
+    async with catalog_store(config) as store:
         tenants = await store.list()
     ring = Ring.from_topology(topology)
-    return [_view(t, topology, ring) for t in tenants]
+    return [tenant_view(t, topology, ring) for t in tenants]
 
 
 async def show_tenant(config: RouterConfig, topology: Topology, tenant_id: str) -> TenantView:
-    async with _store(config) as store:
-        tenant = await _require(store, tenant_id)
-    return _view(tenant, topology, Ring.from_topology(topology))
+    async with catalog_store(config) as store:
+        tenant = await require_tenant(store, tenant_id)
+    return tenant_view(tenant, topology, Ring.from_topology(topology))
 
 
 async def suspend_tenant(config: RouterConfig, topology: Topology, tenant_id: str) -> TenantView:
@@ -191,10 +176,10 @@ async def remove_tenant(config: RouterConfig, topology: Topology, tenant_id: str
     is gone, so a failed drop leaves a suspended tenant that the same command can retry.
     A shared tenant's rows live in shared tables and are not touched.
     """
-    async with _store(config) as store:
-        tenant = await _require(store, tenant_id)
+    async with catalog_store(config) as store:
+        tenant = await require_tenant(store, tenant_id)
         if drop_data and tenant.isolation != "shared":
-            view = _view(tenant, topology, Ring.from_topology(topology))
+            view = tenant_view(tenant, topology, Ring.from_topology(topology))
             await store.set_status(tenant_id, "suspended")
             try:
                 await drop_tenant(config, topology, tenant.id, tenant.isolation, view.shard)
@@ -213,11 +198,13 @@ async def remove_tenant(config: RouterConfig, topology: Topology, tenant_id: str
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _store(config: RouterConfig) -> CatalogStore:
+def catalog_store(config: RouterConfig) -> CatalogStore:
+    """The catalog, for admin work (tenant_lifecycle/ reads and writes tenants through it too)."""
     return CatalogStore(config.catalog.dsn, config.catalog.schema)
 
 
-async def _require(store: CatalogStore, tenant_id: str) -> Tenant:
+async def require_tenant(store: CatalogStore, tenant_id: str) -> Tenant:
+    """The tenant's catalog row; UnknownTenant if there is none."""
     tenant = await store.get(tenant_id)
     if tenant is None:
         raise UnknownTenant(f"tenant {tenant_id!r} is not in the catalog")
@@ -225,13 +212,14 @@ async def _require(store: CatalogStore, tenant_id: str) -> Tenant:
 
 
 async def _set_status(config: RouterConfig, topology: Topology, tenant_id: str, status: Status) -> TenantView:
-    async with _store(config) as store:
+    async with catalog_store(config) as store:
         await store.set_status(tenant_id, status)
-        tenant = await _require(store, tenant_id)
-    return _view(tenant, topology, Ring.from_topology(topology))
+        tenant = await require_tenant(store, tenant_id)
+    return tenant_view(tenant, topology, Ring.from_topology(topology))
 
 
-def _view(tenant: Tenant, topology: Topology, ring: Ring) -> TenantView:
+def tenant_view(tenant: Tenant, topology: Topology, ring: Ring) -> TenantView:
+    """The tenant with the shard placement puts it on now, and why."""
     placement = place_tenant(tenant.id, tenant.shard, topology, ring)
     return TenantView(tenant=tenant, shard=placement.shard, reason=placement.reason)
 

@@ -22,7 +22,8 @@ from typing import Any, Final
 
 import yaml
 
-from router.admin.provisioning import admin_login, connect, enable_rls
+from router.admin.rls_enable import enable_rls
+from router.admin.shard_access import admin_login, connect
 from router.admin.tenant_admin import add_tenant, init_catalog
 from router.config import RouterConfig, load_router_config
 from router.core.topology import Topology, load_topology

@@ -25,7 +25,8 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from router.admin.provisioning import RoleAudit, audit_server_role, enable_rls
+from router.admin.rls_enable import enable_rls
+from router.admin.role_audit import RoleAudit, audit_server_role
 from router.admin.tenant_admin import add_tenant, init_catalog, remove_tenant
 from router.config import RouterConfig
 from router.core.topology import Topology

@@ -25,7 +25,8 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from router.admin.provisioning import audit_server_role, enable_rls
+from router.admin.rls_enable import enable_rls
+from router.admin.role_audit import audit_server_role
 from router.isolation import quote_ident
 from router.ops.metrics import RouterCollector
 from router.testing.escape import ROLE_PASSWORD, EscapeDeployment, Layout, deploy, remove

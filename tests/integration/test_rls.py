@@ -24,12 +24,13 @@ import asyncpg
 import pytest
 
 from router.admin import rls
-from router.admin.provisioning import AdminRequired, ProvisioningError, UnsafeLayout, audit_server_role, enable_rls
+from router.admin.rls_enable import enable_rls
+from router.admin.role_audit import audit_server_role
 from router.admin.tenant_admin import ProvisioningFailed, add_tenant, init_catalog, remove_tenant
 from router.cli import main
 from router.config import RouterConfig
 from router.core.topology import Topology
-from router.errors import UnknownTenant
+from router.errors import AdminRequired, ProvisioningError, UnknownTenant, UnsafeLayout
 from router.isolation import (
     database_name,
     quote_ident,

@@ -25,7 +25,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from router.admin.provisioning import enable_rls
+from router.admin.rls_enable import enable_rls
 from router.admin.tenant_admin import add_tenant, init_catalog, resume_tenant, show_tenant, suspend_tenant
 from router.admin.tenant_lifecycle import (
     MANIFEST_NAME,
