@@ -1,5 +1,6 @@
-"""Unit tests for the pure parts of router.admin.tenant_lifecycle: the manifest, the archive, the checksum,
-the export query and the load order."""
+"""Unit tests for the parts of router.admin.tenant_lifecycle that need no shard: the manifest, the
+archive, the checksum, the export query, the rows filter and the load order, and how a lifecycle
+session logs in and what it sets."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from router.admin.shard_access import Login
+from router.admin.tenant_admin import TenantView
 from router.admin.tenant_lifecycle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -25,7 +28,13 @@ from router.admin.tenant_lifecycle import (
     select_rows_sql,
     write_archive,
 )
+from router.admin.tenant_lifecycle.archive import copy_file_name
+from router.admin.tenant_lifecycle.queries import rows_filter
+from router.admin.tenant_lifecycle.shard import OUTPUT_SETTINGS, ShardTable, session_login, session_settings
+from router.catalog.store import Tenant
+from router.config import RouterConfig, load_router_config
 from router.errors import RouterError
+from router.isolation import Isolation, tenant_role_password
 
 ROWS = b"1\tacme\t\\N\n2\tline\\nbreak \\\\ tab\\t\t{}\n"
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -275,3 +284,73 @@ def test_load_order_survives_cycles() -> None:
     ordered = load_order(["x", "y", "z", "root"], {"x": ["y"], "y": ["x"], "z": ["root"]})
     assert sorted(ordered) == ["root", "x", "y", "z"]
     assert ordered.index("root") < ordered.index("z")
+
+
+def test_rows_filter() -> None:
+    assert rows_filter(None, "acme") == ""
+    assert rows_filter("tenant_id", "o'brien") == " WHERE \"tenant_id\" = 'o''brien'"
+
+
+def test_copy_files_are_named_by_position_only() -> None:
+    assert [copy_file_name(i) for i in (0, 7, 1234)] == ["0000.copy", "0007.copy", "1234.copy"]
+
+
+def test_shard_tables_name_and_select_as_the_archive_does() -> None:
+    shared = ShardTable(1, "public", "notes", ("tenant_id", "body"), "tenant_id")
+    assert shared.sql == '"public"."notes"'
+    assert shared.name("shared") == "public.notes"
+    assert shared.rows_filter("acme") == " WHERE \"tenant_id\" = 'acme'"
+    assert shared.select_sql(["body"], "acme") == select_rows_sql("public", "notes", ["body"], "tenant_id", "acme")
+    own = ShardTable(2, "tenant_acme", "items", ("id",), None)
+    assert own.name("schema") == "items"  # as TableData names it: the schema differs per target
+    assert own.name("database") == "tenant_acme.items"
+    assert own.rows_filter("acme") == ""
+    assert own.select_sql(["id"], "acme") == 'SELECT "id" FROM "tenant_acme"."items" ORDER BY "id"::text COLLATE "C"'
+
+
+# --- the lifecycle session -----------------------------------------------------------------------
+
+CONFIG = """\
+catalog: {dsn: "postgresql://u:p@localhost/cat"}
+auth:
+  users: [{name: app, password: secret}]
+server: {user: tenant_router, password: router-pw}
+"""
+
+
+def config(tmp_path: Path, extra: str = "") -> RouterConfig:
+    path = tmp_path / "router.yaml"
+    path.write_text(CONFIG + extra)
+    return load_router_config(path)
+
+
+def view(isolation: Isolation, tenant_id: str = "acme") -> TenantView:
+    return TenantView(Tenant(tenant_id, isolation, None, "active", CREATED, {}), "shard_a", "hashed")
+
+
+def test_session_settings_make_output_deterministic_and_carry_the_tenant(tmp_path: Path) -> None:
+    plain = config(tmp_path)
+    assert session_settings(plain, view("shared")) == {**dict(OUTPUT_SETTINGS), "app.tenant_id": "acme"}
+    assert session_settings(plain, view("database"))["app.tenant_id"] == "acme"
+    assert "search_path" not in session_settings(plain, view("database"))
+    assert session_settings(plain, view("schema"))["search_path"] == '"tenant_acme"'
+    custom = config(tmp_path, "tenant: {setting: myapp.tenant}\n")
+    assert session_settings(custom, view("shared"))["myapp.tenant"] == "acme"
+    assert dict(OUTPUT_SETTINGS)["TimeZone"] == "UTC"
+
+
+def test_session_login(tmp_path: Path) -> None:
+    router_role = Login("tenant_router", "router-pw")
+    admin = Login("boss", "boss-pw")
+    plain = config(tmp_path)
+    assert session_login(plain) == router_role
+    assert session_login(plain, view("schema")) == router_role  # no secret: no tenant role exists
+    with_admin = config(tmp_path, "admin: {user: boss, password: boss-pw}\n")
+    assert session_login(with_admin, view("database")) == admin
+    hardened = config(tmp_path, "admin: {user: boss, password: boss-pw}\ntenant: {context_secret: s3cret}\n")
+    assert session_login(hardened) == admin
+    assert session_login(hardened, view("shared")) == admin  # shared tenants have no role of their own
+    for isolation in ("schema", "database"):
+        # the tenant's own code runs as the tenant, never with the admin's rights
+        own = session_login(hardened, view(isolation))  # type: ignore[arg-type]
+        assert own == Login("tenant_acme", tenant_role_password("s3cret", "acme"))
