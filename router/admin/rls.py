@@ -7,9 +7,9 @@ function, the statements that create and protect them, and the DDL that gives a 
 `database` tenant its own role and namespace.
 
 Must not: do I/O, import a driver, or decide anything about shards, the catalog or credentials
-(router/admin/provisioning.py runs these statements with the admin role). Values in, SQL text out; the
-key pads and signatures are always sent as bind parameters, never spliced into SQL text, so they
-cannot appear in pg_stat_activity or a statement log.
+(router/admin/provisioning.py and rls_enable.py run these statements with the admin role). Values
+in, SQL text out; the key pads and signatures are always sent as bind parameters, never spliced
+into SQL text, so they cannot appear in pg_stat_activity or a statement log.
 
 How a shared tenant's server session is bound to its tenant (the "entered tenant"): every shared
 tenant acts as the router's role, so nothing the router's role can do in SQL can be what tells

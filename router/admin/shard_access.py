@@ -51,6 +51,7 @@ def shard_primary(topology: Topology, shard: str, tenant_id: str | None = None) 
 
 
 def describe(address: ServerAddress, database: str | None = None) -> str:
+    """`host:port/database`, how messages name a shard's server."""
     return f"{address.host}:{address.port}/{database or address.dbname}"
 
 
@@ -66,6 +67,7 @@ def reason(exc: BaseException, timeout: float = SHARD_CONNECT_TIMEOUT) -> str:
 async def connect(
     address: ServerAddress, login: Login, database: str | None = None, timeout: float = SHARD_CONNECT_TIMEOUT
 ) -> Any:
+    """A new connection to `address` as `login`, to `database` (default: the shard's own)."""
     return await open_connection(
         host=address.host,
         port=address.port,
@@ -78,10 +80,12 @@ async def connect(
 
 
 async def close(conn: Any) -> None:
+    """Close a connection `connect` opened; never raises for a connection already lost."""
     await close_connection(conn, SHARD_CONNECT_TIMEOUT)
 
 
 def admin_login(config: RouterConfig, purpose: str) -> Login:
+    """The `admin` credentials; AdminRequired, naming `purpose`, if router.yaml has none."""
     if config.admin is None:
         raise AdminRequired(
             f"{purpose} needs the admin role: router.yaml has no `admin` section",
