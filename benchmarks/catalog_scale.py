@@ -65,7 +65,8 @@ from benchmarks.harness import (
     write_router_config,
 )
 from benchmarks.harness import rss_kib as process_rss_kib
-from router.catalog.store import CatalogCache, CatalogStore, Status, Tenant
+from router.catalog.cache import CatalogCache
+from router.catalog.store import CatalogStore, Status, Tenant
 from router.core.hashing import Ring
 from router.core.routing import place_tenant
 from router.core.topology import RingConfig, ServerAddress, Shard, Topology

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from router.catalog.store import CatalogCache, Tenant
+from router.catalog.cache import CatalogCache
+from router.catalog.store import Tenant
 from router.config import RouterConfig, UserConfig
 from router.core.cancel_keys import new_process_id, owner_of
 from router.core.hashing import Ring
@@ -609,7 +610,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         from router.ops.reload import FileWatcher
 
         watcher = FileWatcher([config.shards_file], config.reload.watch_interval, router.request_reload)
-        watcher.start()
+        await watcher.start()
     cluster = await _join_cluster(router, port)
     warn_if_unsigned(router)
     log.info(

@@ -2,7 +2,14 @@
 
 Every error the router raises on purpose is a RouterError carrying the SQLSTATE a PostgreSQL client
 should see and a message a person understands. The session boundary turns them into ErrorResponse
-messages; the command line prints them. Nothing here knows about sockets or wire formats.
+messages; the command line prints them. Grouped by subsystem, one section each; every class names
+its own SQLSTATE, even where it equals its parent's, so the table below is complete as read.
+
+Must not import anything from the router (every layer imports this module, the sans-IO protocol
+code included), nor know about sockets, drivers or wire formats.
+
+Not here, on purpose: exceptions of the test harness (router/testing/, not the router's own), and
+`router.sql.statements._Dynamic`, a private signal inside one analysis that never leaves it.
 """
 
 from __future__ import annotations
@@ -55,20 +62,45 @@ class ConfigError(RouterError):
         super().__init__("\n".join(str(p) for p in problems) or "invalid configuration")
 
 
-# --- client protocol -----------------------------------------------------------------------------
+# --- wire protocol and authentication (raised by router/protocol/pg/ and the adapters) ------------
 
 
-class ClientProtocolError(RouterError):
+class ProtocolViolation(RouterError):
+    """A peer, client or server, broke the PostgreSQL wire protocol."""
+
+    sqlstate = "08P01"
+
+
+class ClientProtocolError(ProtocolViolation):
     """The client broke the wire protocol (malformed or oversized message, wrong order)."""
 
     sqlstate = "08P01"
 
 
+class FramingError(ProtocolViolation, ValueError):
+    """Bytes that cannot be a valid message (impossible length, missing terminator, truncated
+    field), from either peer: what the sans-IO codecs raise. Also a ValueError, which bad bytes are,
+    so that code parsing them under `except ValueError` still catches it."""
+
+    sqlstate = "08P01"
+
+
+class AuthError(RouterError):
+    """The peer's credentials or SCRAM exchange were wrong (the authentication math's verdict; the
+    adapters turn it into AuthenticationFailed towards a client, BackendAuthFailed towards a server)."""
+
+    sqlstate = "28P01"
+
+
 class UnsupportedProtocolVersion(RouterError):
+    """A startup packet asks for a protocol version the router does not speak."""
+
     sqlstate = "0A000"
 
 
 class AuthenticationFailed(RouterError):
+    """A client's password (or SCRAM proof) is wrong."""
+
     sqlstate = "28P01"
 
 
@@ -79,6 +111,8 @@ class InvalidAuthorization(RouterError):
 
 
 class TooManyClients(RouterError):
+    """The router's client limit is reached."""
+
     sqlstate = "53300"
 
 
@@ -86,10 +120,14 @@ class TooManyClients(RouterError):
 
 
 class UnknownTenant(RouterError):
+    """The tenant is in neither the catalog nor shards.yaml."""
+
     sqlstate = "3D000"
 
 
 class TenantSuspended(RouterError):
+    """The tenant's catalog status is `suspended`."""
+
     sqlstate = "08004"
 
 
@@ -108,6 +146,8 @@ class TenantHeld(RouterError):
 
 
 class NoTenant(RouterError):
+    """The session names no tenant and the user has no default one."""
+
     sqlstate = "28000"
 
 
@@ -147,6 +187,8 @@ class PoolRetired(BackendUnavailable):
     """A pool was removed by a topology reload while a client waited for it or reached for it:
     the client retries with the new topology, it never sees this."""
 
+    sqlstate = "08006"
+
 
 class BackendAuthFailed(RouterError):
     """The router's own credentials towards a shard were rejected."""
@@ -158,9 +200,79 @@ class BackendPasswordRejected(BackendAuthFailed):
     """The server said the password is wrong (28P01): the role's password may have been changed
     on the server (router/net/role_guard.py repairs it through the admin credentials)."""
 
+    sqlstate = "08006"
+
+
+# --- the tenant catalog (router/catalog/) --------------------------------------------------------
+
 
 class CatalogUnavailable(RouterError):
+    """The catalog database cannot be reached (refused, timed out, credentials rejected); the
+    message names its host:port."""
+
     sqlstate = "08006"
+
+
+class CatalogError(RouterError):
+    """The catalog answered, but not the way we need (not initialised, newer schema, ...)."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+
+class TenantExists(CatalogError):
+    """`tenants add` of a tenant id the catalog has already."""
+
+    sqlstate = "42710"
+
+
+# --- router instances agreeing through the catalog (router/catalog/cluster/) ----------------------
+
+
+class ClusterError(RouterError):
+    """Router instances could not agree on something through the catalog."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+
+class TenantAlreadyHeld(ClusterError):
+    """A hold was requested on a tenant that already has one."""
+
+    sqlstate = "55006"
+
+
+class HoldNotAcknowledged(ClusterError):
+    """Some instance that had to acknowledge a hold did not in time; the hold was removed again."""
+
+    sqlstate = "55P03"
+
+    def __init__(self, message: str, *, tenant_id: str, hold_id: str, missing: tuple[str, ...]) -> None:
+        super().__init__(
+            message,
+            hint="an instance that does not acknowledge is hung, overloaded or cut off from the catalog;"
+            " see `tenant-router instances`",
+        )
+        self.tenant_id = tenant_id
+        self.hold_id = hold_id
+        self.missing = missing
+
+
+# --- operations: `tenant-router reload` (router/ops/reload.py) -----------------------------------
+# Never sent to a client: the command prints them. 58000 (system_error): the failure is the
+# operating system's answer (no such process, not permitted, unreadable pid file).
+
+
+class ReloadSignalError(RouterError):
+    """`tenant-router reload` could not signal a running router; the message says why."""
+
+    sqlstate = "58000"
+
+
+class NoRunningRouter(ReloadSignalError):
+    """No pid file for the configured port, or the process it names is gone."""
+
+    sqlstate = "58000"
 
 
 # --- admin (router/admin/: provisioning, tenant admin, tenant lifecycle) -------------------------
@@ -174,6 +286,8 @@ class ProvisioningError(RouterError):
 
 
 class UnknownShard(ProvisioningError):
+    """A shard named that shards.yaml does not have."""
+
     sqlstate = "42704"
 
 
@@ -199,9 +313,13 @@ class TenantAdminError(RouterError):
 class ProvisioningFailed(TenantAdminError):
     """The tenant's schema or database could not be created (the catalog row was removed again)."""
 
+    sqlstate = "55000"
+
 
 class TenantLifecycleError(TenantAdminError):
     """An export, import or erase could not be carried out; the message says what and where."""
+
+    sqlstate = "55000"
 
 
 class ArchiveInvalid(TenantLifecycleError):
@@ -212,6 +330,8 @@ class ArchiveInvalid(TenantLifecycleError):
 
 class ImportRefused(TenantLifecycleError):
     """The import would mix the archive's rows with rows the tenant already has (and `replace` is off)."""
+
+    sqlstate = "55000"
 
 
 class VerificationFailed(TenantLifecycleError):

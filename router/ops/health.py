@@ -1,17 +1,17 @@
 """Background health checks and replication lag of every PostgreSQL server of the topology.
 
-Owns: one persistent asyncpg connection per server (reopened after a failure), one task per shard
-that every `health.interval` probes the primary and then its replicas (so a replica's lag is
-measured against the primary's WAL position from the same round), the up/down state of each server
-with exponential backoff while it is down (`backoff_delay`), the lag figures the router's read
-routing consults (`HealthMonitor.replica_ok`), and the pure helpers behind them (`parse_lsn`,
-`compute_lag`). Each probe, connecting included, is bounded by `health.timeout`, so a blackholed
-server cannot stall a shard's checks or `stop()`.
+Owns `HealthMonitor`: one task per shard that every `health.interval` probes the primary and then
+its replicas (so a replica's lag is measured against the primary's WAL position from the same
+round), the up/down state of each server (`ServerStatus`) with exponential backoff while it is
+down, and the lag figures the router's read routing consults (`HealthMonitor.replica_ok`). Each
+probe, connecting included, is bounded by `health.timeout`, so a blackholed server cannot stall a
+shard's checks or `stop()`. The probe itself is router/ops/probe.py (asyncpg), the math on what it
+reads router/ops/readings.py (pure); their names the router uses are importable from here.
 
-Must not: know the wire protocol the router speaks to clients, pick servers for sessions (routing
-does, with `is_up`/`replica_ok`), touch the router's pooled connections (the `on_down`/`on_up`
-callbacks let their owner react), or change anything on a server: the probe is one read-only
-SELECT. It uses no threads; times are `loop.time()` of the running event loop.
+Must not: know the wire protocol the router speaks to clients or open connections itself (the
+probe does), pick servers for sessions (routing does, with `is_up`/`replica_ok`), touch the
+router's pooled connections (the `on_down`/`on_up` callbacks let their owner react), or change
+anything on a server. It uses no threads; times are `loop.time()` of the running event loop.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
-
-import asyncpg
+from typing import Any, Final
 
 from router.config import HealthConfig, ServerCredentials
+from router.core.background import BackgroundService
 from router.core.topology import ServerAddress, Topology
-from router.dbconnect import close_connection, open_connection
-from router.protocol.pg.wal import parse_lsn
+from router.ops.probe import PgProbe, Probe, expected_failure, failure_reason
+from router.ops.readings import Reading, Role, ServerKey, backoff_delay, compute_lag
 
 __all__ = [
     "HealthMonitor",
@@ -45,47 +44,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Role = Literal["primary", "replica"]
-
-_APP_NAME: Final = "tenant-router-health"
-# One query for both roles: a primary in recovery (or a replica promoted) is reported, not an error.
-# pg_current_wal_lsn() raises during recovery, hence the CASE. LSNs as text: parsed by parse_lsn.
-_PROBE_SQL: Final = (
-    "SELECT pg_is_in_recovery() AS in_recovery,"
-    " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS current_lsn,"
-    " pg_last_wal_replay_lsn()::text AS replay_lsn,"
-    " pg_last_wal_receive_lsn()::text AS receive_lsn,"
-    " pg_last_xact_replay_timestamp() AS replay_timestamp,"
-    " now() AS now"
-)
 # A server whose next check is this close is due now (timers may fire a hair early).
 _DUE_SLACK: Final = 1e-3
-
-# Errors that mean "this connection is gone or unusable", as opposed to a failing query; asyncpg
-# can raise InternalClientError on a connection the server just terminated (MagicStack/asyncpg#1069).
-_CONNECTION_ERRORS: Final = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-)
-
-
-# --- values --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ServerKey:
-    """One server of the topology, as health and routing name it."""
-
-    shard: str
-    host: str
-    port: int
-    role: Role
-
-    def __str__(self) -> str:
-        return f"{self.shard} {self.role} {self.host}:{self.port}"
 
 
 @dataclass(slots=True)
@@ -102,160 +62,6 @@ class ServerStatus:
     last_error: str | None = None  # why the server is down; None once it is up again
     next_check: float = 0.0  # loop.time() of the next attempt (backoff when down)
     checked_at: float | None = None  # loop.time() the last check (successful or not) finished
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One probe's answer. LSNs are byte positions (see parse_lsn); timestamps are the server's."""
-
-    in_recovery: bool
-    current_lsn: int | None = None  # pg_current_wal_lsn(); None in recovery
-    replay_lsn: int | None = None  # pg_last_wal_replay_lsn()
-    receive_lsn: int | None = None  # pg_last_wal_receive_lsn()
-    replay_timestamp: datetime | None = None  # pg_last_xact_replay_timestamp()
-    now: datetime | None = None  # the server's now()
-
-
-# Probes one server and returns what it found, or raises: any exception means the check failed.
-# The monitor bounds each call by `health.timeout` and never runs two at once for one server.
-Probe = Callable[[ServerKey, ServerAddress], Awaitable[Reading]]
-
-
-# --- pure helpers --------------------------------------------------------------------------------
-
-
-def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
-    """Seconds until the next check of a server after `failures` consecutive failures.
-
-    interval * 2**failures, capped at max_backoff; `interval` itself with no failures.
-    """
-    if failures <= 0:
-        return interval
-    # Cap the exponent first: 2.0**2000 overflows, and any cap is reached long before 2**64.
-    return min(max_backoff, interval * 2.0 ** min(failures, 64))
-
-
-def compute_lag(
-    reading: Reading, primary_lsn: int | None, caught_up_at: datetime | None = None
-) -> tuple[int | None, float | None]:
-    """(lag_bytes, lag_seconds) of a replica from its reading and its primary's current LSN.
-
-    The reference is the newest WAL position known to exist: the primary's LSN from the same round
-    (None when the primary could not be checked) or what the replica has received, whichever is
-    greater. Caught up with it -> (0, 0.0): an idle primary does not make its replicas look behind.
-    Behind -> the byte difference, and the age of the last replayed commit (None when the replica
-    has replayed none), but no more than the time since it was last seen caught up (`caught_up_at`,
-    the replica's clock): after a quiet hour the last commit is an hour old, yet a replica that was
-    caught up a second ago is a second behind at most. None for both when the server is not in
-    recovery or reports no position.
-    """
-    replay = reading.replay_lsn
-    if not reading.in_recovery or replay is None:
-        return None, None
-    known = [lsn for lsn in (primary_lsn, reading.receive_lsn) if lsn is not None]
-    if not known:
-        return None, None
-    reference = max(known)
-    if replay >= reference:
-        return 0, 0.0
-    seconds: float | None = None
-    if reading.replay_timestamp is not None and reading.now is not None:
-        seconds = max(0.0, (reading.now - reading.replay_timestamp).total_seconds())
-    if caught_up_at is not None and reading.now is not None:
-        since = max(0.0, (reading.now - caught_up_at).total_seconds())
-        seconds = since if seconds is None else min(seconds, since)
-    return reference - replay, seconds
-
-
-def _reason(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g}s"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-# --- the asyncpg probe ---------------------------------------------------------------------------
-
-
-class _PgProbe:
-    """The real probe: one persistent connection per server, reopened when it fails or is stale.
-
-    The monitor serialises calls per server and bounds each by its timeout; a call that is
-    cancelled or fails drops the connection, so the next one starts on a fresh one.
-    """
-
-    def __init__(self, credentials: ServerCredentials, timeout: float) -> None:
-        self._credentials = credentials
-        self._timeout = timeout
-        self._conns: dict[ServerKey, Any] = {}
-        self._stale: set[ServerKey] = set()
-
-    async def __call__(self, key: ServerKey, address: ServerAddress) -> Reading:
-        conn = self._conns.get(key)
-        if conn is not None and (key in self._stale or conn.is_closed()):
-            self.terminate(key)
-            conn = None
-        self._stale.discard(key)
-        try:
-            if conn is not None:
-                try:
-                    return await self._query(conn)
-                except _CONNECTION_ERRORS:
-                    # Lost since the last check (terminated backend, server restart, idle timeout):
-                    # only a fresh connection failing too says the server is down.
-                    self.terminate(key)
-            conn = await open_connection(
-                host=address.host,
-                port=address.port,
-                database=address.dbname,
-                user=self._credentials.user,
-                password=self._credentials.password,
-                timeout=self._timeout,
-                application_name=_APP_NAME,
-            )
-            self._conns[key] = conn
-            return await self._query(conn)
-        except BaseException:
-            self.terminate(key)  # cancelled mid-query or broken: never reuse it
-            raise
-
-    async def _query(self, conn: Any) -> Reading:
-        row = await conn.fetchrow(_PROBE_SQL)
-        return Reading(
-            in_recovery=bool(row["in_recovery"]),
-            current_lsn=_lsn_or_none(row["current_lsn"]),
-            replay_lsn=_lsn_or_none(row["replay_lsn"]),
-            receive_lsn=_lsn_or_none(row["receive_lsn"]),
-            replay_timestamp=row["replay_timestamp"],
-            now=row["now"],
-        )
-
-    def invalidate(self, key: ServerKey) -> None:
-        """Reconnect before the next probe of `key` (the router could not open a connection)."""
-        if key in self._conns:
-            self._stale.add(key)
-
-    def terminate(self, key: ServerKey) -> None:
-        self._stale.discard(key)
-        conn = self._conns.pop(key, None)
-        if conn is not None:
-            conn.terminate()
-
-    async def discard(self, key: ServerKey) -> None:
-        self._stale.discard(key)
-        await close_connection(self._conns.pop(key, None), self._timeout)
-
-    async def aclose(self) -> None:
-        conns, self._conns = list(self._conns.values()), {}
-        self._stale.clear()
-        await asyncio.gather(*(close_connection(conn, self._timeout) for conn in conns))
-
-
-def _lsn_or_none(text: str | None) -> int | None:
-    return None if text is None else parse_lsn(text)
 
 
 # --- the monitor ---------------------------------------------------------------------------------
@@ -296,7 +102,7 @@ def _ignore_up(key: ServerKey) -> None:
     pass
 
 
-class HealthMonitor:
+class HealthMonitor(BackgroundService):
     """Checks every server of a topology in the background; routing asks it who is up and current.
 
     Reading (`status`, `is_up`, `replica_ok`, ...) never awaits. `on_down(key, error)` and
@@ -314,23 +120,22 @@ class HealthMonitor:
         probe: Probe | None = None,
     ) -> None:
         """`probe` replaces the asyncpg probe (tests); the monitor then opens no connections."""
+        super().__init__(log)
         self._settings = settings
         self._on_down = on_down
         self._on_up = on_up
-        self._pg: _PgProbe | None = None
+        self._pg: PgProbe | None = None
         self._probe: Probe
         if probe is None:
-            self._pg = self._probe = _PgProbe(credentials, settings.timeout)
+            self._pg = self._probe = PgProbe(credentials, settings.timeout)
         else:
             self._probe = probe
         self._statuses: dict[ServerKey, ServerStatus] = {}
         self._servers: dict[ServerKey, _Server] = {}
         self._shards: dict[str, tuple[ServerKey, ...]] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._shard_tasks: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
-        self._chores: set[asyncio.Task[None]] = set()
         self._all_checked = asyncio.Event()
-        self._running = False
         self.set_topology(topology)
 
     # -- reading (never awaits) --
@@ -421,20 +226,17 @@ class HealthMonitor:
         self._servers = servers
         old_shards = self._shards
         self._shards = {name: tuple(k for k in wanted if k.shard == name) for name in topology.shards}
-        if self._running:
+        if self.running:
             for name in old_shards.keys() - self._shards.keys():
-                task = self._tasks.pop(name)
-                task.cancel()
-                self._chores.add(task)  # so that stop() still waits for it to finish
-                task.add_done_callback(self._chores.discard)
+                self._shard_tasks.pop(name).cancel()  # stop() still waits for it to finish
                 self._wakes.pop(name, None)
             for name, keys in self._shards.items():
-                if name not in self._tasks:
+                if name not in self._shard_tasks:
                     self._start_shard(name)
                 elif keys != old_shards.get(name):
                     self._wakes[name].set()
             if retired and self._pg is not None:
-                self._spawn(self._retire(retired), "health-retire")
+                self._run_task(self._retire(retired), "health-retire")
         elif retired and self._pg is not None:
             for server in retired:
                 self._pg.terminate(server.key)
@@ -442,24 +244,15 @@ class HealthMonitor:
 
     # -- lifecycle --
 
-    async def start(self) -> None:
-        """Start one checking task per shard; returns at once (see wait_checked)."""
-        if self._running:
-            raise RuntimeError("HealthMonitor already started")
-        self._running = True
+    async def _begin(self) -> None:
+        """Start one checking task per shard; `start` returns at once (see wait_checked)."""
         for name in self._shards:
             self._start_shard(name)
 
-    async def stop(self) -> None:
-        """Cancel every task and close every connection; bounded by the probe timeout."""
-        self._running = False
-        tasks = [*self._tasks.values(), *self._chores]
-        self._tasks.clear()
+    async def _end(self) -> None:
+        """Close every connection (stop has cancelled every task; bounded by the probe timeout)."""
+        self._shard_tasks.clear()
         self._wakes.clear()
-        self._chores.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if self._pg is not None:
             await self._pg.aclose()
 
@@ -467,15 +260,13 @@ class HealthMonitor:
 
     def _start_shard(self, name: str) -> None:
         self._wakes[name] = asyncio.Event()
-        task = asyncio.create_task(self._run_shard(name), name=f"health:{name}")
-        task.add_done_callback(self._report_crash)
-        self._tasks[name] = task
+        self._shard_tasks[name] = self._run_task(self._run_shard(name), f"health:{name}")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
-        task.add_done_callback(self._report_crash)
+    def _run_task(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        # Failures are handled inside the tasks; anything escaping one is a bug and must be seen.
+        return self._spawn(
+            coro, name=name, crash_message=f"health: task {name} died; its servers are no longer checked"
+        )
 
     async def _retire(self, servers: Iterable[_Server]) -> None:
         assert self._pg is not None
@@ -524,9 +315,9 @@ class HealthMonitor:
             except Exception as exc:
                 if server.retired:
                     return
-                if not isinstance(exc, (TimeoutError, *_CONNECTION_ERRORS, asyncpg.PostgresError)):
+                if not expected_failure(exc):
                     log.error("health: unexpected error checking %s", server.key, exc_info=exc)
-                self._mark_failed(server.status, _reason(exc, timeout), loop.time())
+                self._mark_failed(server.status, failure_reason(exc, timeout), loop.time())
             else:
                 if server.retired:
                     return
@@ -601,8 +392,3 @@ class HealthMonitor:
             self._all_checked.set()
         else:
             self._all_checked.clear()
-
-    def _report_crash(self, task: asyncio.Task[None]) -> None:
-        # Failures are handled inside the tasks; anything escaping one is a bug and must be seen.
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.critical("health: task %s died; its servers are no longer checked", task.get_name(), exc_info=exc)

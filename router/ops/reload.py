@@ -22,26 +22,19 @@ import os
 import signal
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import asyncpg
-
-from router.catalog.store import (
-    _CONNECTION_ERRORS,
-    _connect,
-    _not_initialised,
-    _unavailable,
-    describe_dsn,
-)
+from router.catalog.access import connect, describe_dsn, translated
 from router.config import RouterConfig
+from router.core.background import BackgroundService
 from router.core.hashing import Ring
 from router.core.routing import place_tenant
 from router.core.topology import Topology, TopologyDiff, diff_topologies
 from router.dbconnect import close_connection
-from router.errors import listing
+from router.errors import NoRunningRouter, ReloadSignalError, listing
 from router.isolation import quote_ident
 
 __all__ = [
@@ -210,9 +203,9 @@ async def pin_moved_tenants(config: RouterConfig, moves: Sequence[TenantMove]) -
         " FROM unnest($1::text[], $2::text[]) AS m(id, old_shard)"
         " WHERE t.id = m.id AND t.shard IS NULL"
     )
-    conn = await _connect(dsn, _CONNECT_TIMEOUT, _APP_NAME)
+    conn = await connect(dsn, _CONNECT_TIMEOUT, _APP_NAME)
     try:
-        with _translated(describe_dsn(dsn), schema):
+        with translated(describe_dsn(dsn), schema, _STATEMENT_TIMEOUT):
             async with conn.transaction():
                 # Several processes reload at once: one at a time, so their row locks cannot deadlock.
                 await conn.execute(
@@ -232,23 +225,12 @@ async def pin_moved_tenants(config: RouterConfig, moves: Sequence[TenantMove]) -
     return pinned
 
 
-@contextlib.contextmanager
-def _translated(where: str, schema: str) -> Iterator[None]:
-    """Driver errors -> CatalogError (tables missing) or CatalogUnavailable (connection lost)."""
-    try:
-        yield
-    except asyncpg.UndefinedTableError as exc:
-        raise _not_initialised(where, schema) from exc
-    except _CONNECTION_ERRORS as exc:
-        raise _unavailable(where, exc, _STATEMENT_TIMEOUT) from exc
-
-
 # --- watching shards.yaml ------------------------------------------------------------------------
 
 _Signature = tuple[int, int, int] | None  # (mtime_ns, size, inode); None: missing or unreadable
 
 
-class FileWatcher:
+class FileWatcher(BackgroundService):
     """Calls `on_change()` (its result is ignored) once per change of any of `paths`, polled every
     `interval` seconds.
 
@@ -261,26 +243,19 @@ class FileWatcher:
     def __init__(self, paths: Sequence[Path], interval: float, on_change: Callable[[], object]) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
+        super().__init__(log)
         self._paths = tuple(Path(p) for p in paths)
         self._interval = interval
         self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
         self._missing: set[Path] = set()
 
-    def start(self) -> None:
-        """Take the files' current state as the baseline and start polling (needs a running loop)."""
-        if self._task is not None:
-            raise RuntimeError("FileWatcher already started")
-        baseline = self._snapshot()
-        self._task = asyncio.get_running_loop().create_task(self._run(baseline), name="file-watcher")
-        self._task.add_done_callback(self._report_crash)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _begin(self) -> None:
+        """Take the files' current state as the baseline and start polling."""
+        self._spawn(
+            self._run(self._snapshot()),
+            name="file-watcher",
+            crash_message=f"file watcher: died; changes to {self._paths} are no longer noticed",
+        )
 
     async def _run(self, reported: tuple[_Signature, ...]) -> None:
         pending: tuple[_Signature, ...] | None = None  # a change seen, waiting to hold still
@@ -314,20 +289,8 @@ class FileWatcher:
             log.info("file watcher: %s is back", path)
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _report_crash(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.critical("file watcher: died; changes to %s are no longer noticed", self._paths, exc_info=exc)
-
 
 # --- pid file and `tenant-router reload` ---------------------------------------------------------
-
-
-class ReloadSignalError(Exception):
-    """`tenant-router reload` could not signal a running router; the message says why."""
-
-
-class NoRunningRouter(ReloadSignalError):
-    """No pid file for the configured port, or the process it names is gone."""
 
 
 def pid_file_path(config: RouterConfig) -> Path:

@@ -32,20 +32,14 @@ from router.admin.tenant_admin import (
     show_tenant,
     suspend_tenant,
 )
-from router.catalog.store import (
-    SCHEMA_VERSION,
-    CatalogCache,
-    CatalogError,
-    CatalogStore,
-    Tenant,
-    TenantExists,
-    channel_name,
-    describe_dsn,
-)
+from router.catalog.access import describe_dsn
+from router.catalog.cache import CatalogCache
+from router.catalog.schema import SCHEMA_VERSION, Tenant, channel_name
+from router.catalog.store import CatalogStore
 from router.config import AdminCredentials, RouterConfig, load_router_config
 from router.core.hashing import Ring
 from router.core.topology import Topology, load_topology
-from router.errors import CatalogUnavailable, UnknownTenant
+from router.errors import CatalogError, CatalogUnavailable, TenantExists, UnknownTenant
 from router.isolation import database_name, quote_literal, schema_name
 from router.testing.deploy import CONTEXT_SECRET
 from router.testing.pgcluster import CATALOG_DB, SHARD_DB, PgEnvironment, free_port

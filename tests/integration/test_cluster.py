@@ -33,8 +33,8 @@ from router.catalog.cluster import (
     default_instance_id,
     list_instances,
 )
-from router.catalog.store import CatalogError
 from router.config import RouterConfig
+from router.errors import CatalogError
 from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import CATALOG_DB, PgEnvironment
 from router.testing.waiting import wait_until_async

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import router.ops.health as health_module
+import router.ops.probe as probe_module
 from router.config import HealthConfig, ServerCredentials
 from router.core.topology import RingConfig, ServerAddress, Shard, Topology
 from router.ops.health import HealthMonitor, ServerKey
@@ -244,7 +244,7 @@ async def test_lost_connection_is_not_a_down_server_and_stop_closes_everything(
     pg_env: PgEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Routers of other tests monitor the same servers: tell this monitor's connection apart.
-    monkeypatch.setattr(health_module, "_APP_NAME", "tenant-router-health-under-test")
+    monkeypatch.setattr(probe_module, "_APP_NAME", "tenant-router-health-under-test")
     events = Events()
     health = monitor(pg_env, topology_with(pg_env), events)
     primary = pg_env.shards["shard_a"]

@@ -14,7 +14,8 @@ from dataclasses import replace
 import pytest
 
 from router.admin.tenant_admin import init_catalog
-from router.catalog.store import CatalogCache, CatalogStore
+from router.catalog.cache import CatalogCache
+from router.catalog.store import CatalogStore
 from router.config import RouterConfig
 from router.core.hashing import Ring
 from router.core.topology import ServerAddress, Shard, Topology

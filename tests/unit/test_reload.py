@@ -237,7 +237,7 @@ def watched(tmp_path: Path) -> Path:
 async def test_watcher_reports_a_modification_once(watched: Path) -> None:
     calls: list[int] = []
     watcher = FileWatcher([watched], INTERVAL, lambda: calls.append(1))
-    watcher.start()
+    await watcher.start()
     try:
         await settle()
         assert calls == []  # the state at start is the baseline
@@ -258,7 +258,7 @@ async def test_watcher_waits_until_the_file_holds_still(watched: Path) -> None:
     calls: list[int] = []
     interval = 0.3
     watcher = FileWatcher([watched], interval, lambda: calls.append(1))
-    watcher.start()
+    await watcher.start()
     try:
         with watched.open("a") as file:
             for i in range(15):  # a slow writer: 0.6 s of appends, each well within one interval
@@ -276,7 +276,7 @@ async def test_watcher_waits_until_the_file_holds_still(watched: Path) -> None:
 async def test_watcher_survives_deletion_and_reports_recreation(watched: Path) -> None:
     calls: list[int] = []
     watcher = FileWatcher([watched], INTERVAL, lambda: calls.append(1))
-    watcher.start()
+    await watcher.start()
     try:
         watched.unlink()
         await settle()
@@ -304,7 +304,7 @@ async def test_watcher_starts_on_a_missing_file_and_survives_a_failing_callback(
         raise RuntimeError("boom")
 
     watcher = FileWatcher([path], INTERVAL, on_change)
-    watcher.start()
+    await watcher.start()
     try:
         await settle()
         path.write_text("x\n")
@@ -324,13 +324,13 @@ async def test_watcher_watches_several_files(tmp_path: Path) -> None:
     second.write_text("b\n")
     calls: list[int] = []
     watcher = FileWatcher([first, second], INTERVAL, lambda: calls.append(1))
-    watcher.start()
+    await watcher.start()
     try:
         second.write_text("bb\n")
         await settle()
         assert len(calls) == 1
         with pytest.raises(RuntimeError):
-            watcher.start()
+            await watcher.start()
     finally:
         await watcher.stop()
 

@@ -13,11 +13,10 @@ import secrets
 
 from scramp import ScramClient, ScramException
 
+# Defined with the router's other errors; raised here, caught by the adapters that import it from here.
+from router.errors import AuthError as AuthError
+
 SCRAM = "SCRAM-SHA-256"
-
-
-class AuthError(Exception):
-    """The peer's credentials or SCRAM exchange were wrong."""
 
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:

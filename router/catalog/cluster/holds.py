@@ -1,0 +1,244 @@
+"""Holds on a tenant, from the side that requests them: put one in the catalog, wait until every
+live router instance acknowledges it, release it.
+
+Owns: the rows of the catalog's `holds` and `hold_acks` tables and their NOTIFY channels
+(`holds_channel`, `acks_channel`), the SQL over them that both sides use (`hold_sql`), the `Hold`
+record, and `HoldCoordinator` (puts a hold on a tenant and waits until every live instance
+acknowledges it, or removes it again and raises `HoldNotAcknowledged`). Which instances must
+acknowledge follows the registry's liveness (router/catalog/cluster/registry.py).
+
+Must not: make tenants wait itself (each instance's `HoldParticipant` runs the router's callbacks),
+decide when a hold is needed (rebalancing and migrations do), or touch shard servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+
+from router.catalog.access import OUTAGES, connection
+from router.catalog.cluster.registry import (
+    APP_NAME,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_STALE_AFTER,
+    fresh,
+    no_cluster_tables,
+)
+from router.catalog.schema import DEFAULT_SCHEMA, validate_schema
+from router.errors import ClusterError, HoldNotAcknowledged, TenantAlreadyHeld
+from router.isolation import quote_ident, quote_literal, validate_tenant_id
+
+log = logging.getLogger(__name__)
+
+# A coordinator re-reads acknowledgements and liveness this often even without a notification.
+DEFAULT_ACK_POLL_INTERVAL: Final = 0.25
+
+
+def holds_channel(schema: str) -> str:
+    """The NOTIFY channel on which holds are announced (payload: the hold id)."""
+    validate_schema(schema)
+    return f"{schema}_holds"
+
+
+def acks_channel(schema: str) -> str:
+    """The NOTIFY channel on which acknowledgements are announced (payload: the hold id)."""
+    validate_schema(schema)
+    return f"{schema}_acks"
+
+
+class HoldSql:
+    """The SQL text over holds and their acknowledgements for one catalog schema, built once."""
+
+    def __init__(self, schema: str) -> None:
+        s = quote_ident(schema)
+        self.schema = schema
+        self.holds_channel = holds_channel(schema)
+        self.acks_channel = acks_channel(schema)
+        self.insert_hold = (
+            f"INSERT INTO {s}.holds (tenant_id, hold_id, reason) VALUES ($1, $2, $3) RETURNING requested_at"
+        )
+        self.live_ids = f"SELECT instance_id FROM {s}.instances WHERE {fresh('', 1)}"
+        self.hold_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.holds WHERE hold_id = $1)"
+        self.ack_status = (
+            f"SELECT i.instance_id, {fresh('i.', 2)} AS live,"
+            f" EXISTS (SELECT 1 FROM {s}.hold_acks a WHERE a.hold_id = $1 AND a.instance_id = i.instance_id) AS acked"
+            f" FROM {s}.instances i"
+        )
+        self.delete_hold = f"DELETE FROM {s}.holds WHERE hold_id = $1 RETURNING tenant_id"
+        self.notify = "SELECT pg_notify($1, $2)"
+        self.current_holds = f"SELECT hold_id, tenant_id FROM {s}.holds"
+        # Idempotent, so it can be repeated on every poll; announced only when the row is new.
+        self.ack = (
+            f"WITH added AS (INSERT INTO {s}.hold_acks (hold_id, instance_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING RETURNING hold_id)"
+            f" SELECT pg_notify({quote_literal(self.acks_channel)}, hold_id) FROM added"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def hold_sql(schema: str) -> HoldSql:
+    return HoldSql(schema)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A hold every required instance acknowledged; release it with `HoldCoordinator.release_hold`."""
+
+    hold_id: str
+    tenant_id: str
+    reason: str
+    requested_at: datetime
+    acknowledged_by: tuple[str, ...]
+
+
+# Tasks that must finish even if whoever started them is cancelled (removing an aborted hold).
+_detached: set[asyncio.Task[None]] = set()
+
+
+class HoldCoordinator:
+    """Requests and releases holds. Stateless between calls: each call uses its own connection, so
+    one coordinator may hold several tenants at once."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str = DEFAULT_SCHEMA,
+        *,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        poll_interval: float = DEFAULT_ACK_POLL_INTERVAL,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self._dsn = dsn
+        self._sql = hold_sql(schema)
+        self.stale_after = stale_after
+        self._poll = poll_interval
+        self._timeout = connect_timeout
+
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return connection(
+            self._dsn, self._sql.schema, self._timeout, f"{APP_NAME}-coordinator", missing=no_cluster_tables
+        )
+
+    async def request_hold(self, tenant_id: str, reason: str, *, timeout: float) -> Hold:
+        """Hold `tenant_id` on every live instance, or raise with no hold left behind.
+
+        The instances that must acknowledge are those live when the hold is created, plus any that
+        turn live while we wait. One that goes stale still has to acknowledge (it may be cut off
+        from the catalog but still serving clients); one that deregisters (clean stop) no longer
+        does. Raises HoldNotAcknowledged after `timeout` seconds, TenantAlreadyHeld if the tenant
+        has a hold already. On any failure, cancellation included, the hold is removed again.
+        """
+        validate_tenant_id(tenant_id)
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        hold_id = uuid.uuid4().hex
+        sql = self._sql
+        wake = asyncio.Event()
+
+        def on_ack(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            if payload == hold_id:
+                wake.set()
+
+        async with self._connection() as conn:
+            # LISTEN before the hold exists, so no acknowledgement can slip by unannounced.
+            await conn.add_listener(sql.acks_channel, on_ack)
+            try:
+                async with conn.transaction():
+                    try:
+                        requested_at = await conn.fetchval(
+                            sql.insert_hold, tenant_id, hold_id, reason, timeout=self._timeout
+                        )
+                    except asyncpg.UniqueViolationError as exc:
+                        raise TenantAlreadyHeld(f"tenant {tenant_id!r} is already held") from exc
+                    live = await conn.fetch(sql.live_ids, self.stale_after, timeout=self._timeout)
+                    await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
+                required = {row["instance_id"] for row in live}
+                log.info("hold %s on tenant %r (%s): waiting for %d instance(s)", hold_id, tenant_id, reason, len(live))
+                acked = await self._await_acks(conn, tenant_id, hold_id, required, deadline, wake, timeout)
+            except TenantAlreadyHeld:
+                raise
+            except BaseException:
+                # Also when the commit itself failed: whether the hold exists is unknown then.
+                await self._abort(hold_id, tenant_id)
+                raise
+        log.info("hold %s on tenant %r: acknowledged by %s", hold_id, tenant_id, ", ".join(acked) or "nobody")
+        return Hold(hold_id, tenant_id, reason, requested_at, acked)
+
+    async def release_hold(self, hold_id: str) -> bool:
+        """Remove the hold; False if it did not exist (any more)."""
+        sql = self._sql
+        async with self._connection() as conn, conn.transaction():
+            tenant_id = await conn.fetchval(sql.delete_hold, hold_id, timeout=self._timeout)
+            if tenant_id is not None:
+                await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
+        if tenant_id is not None:
+            log.info("hold %s on tenant %r released", hold_id, tenant_id)
+        return tenant_id is not None
+
+    async def _await_acks(
+        self,
+        conn: Any,
+        tenant_id: str,
+        hold_id: str,
+        required: set[str],
+        deadline: float,
+        wake: asyncio.Event,
+        timeout: float,
+    ) -> tuple[str, ...]:
+        loop = asyncio.get_running_loop()
+        sql = self._sql
+        while True:
+            wake.clear()
+            if not await conn.fetchval(sql.hold_exists, hold_id, timeout=self._timeout):
+                raise ClusterError(f"hold {hold_id} on tenant {tenant_id!r} was released while being acknowledged")
+            rows = await conn.fetch(sql.ack_status, hold_id, self.stale_after, timeout=self._timeout)
+            registered: dict[str, tuple[bool, bool]] = {r["instance_id"]: (r["live"], r["acked"]) for r in rows}
+            required |= {instance for instance, (live, _) in registered.items() if live}
+            missing = sorted(i for i in required if i in registered and not registered[i][1])
+            if not missing:
+                return tuple(sorted(i for i in required if i in registered))
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                states = ", ".join(f"{i} ({'live' if registered[i][0] else 'stale'})" for i in missing)
+                raise HoldNotAcknowledged(
+                    f"hold on tenant {tenant_id!r} was not acknowledged within {timeout:g}s by {states};"
+                    " the hold was removed",
+                    tenant_id=tenant_id,
+                    hold_id=hold_id,
+                    missing=tuple(missing),
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self._poll, remaining)):
+                    await wake.wait()
+
+    async def _abort(self, hold_id: str, tenant_id: str) -> None:
+        """Remove a hold that did not succeed, on a connection of its own (the waiting one may be
+        broken or busy with a cancelled query), and finish even if our caller is cancelled."""
+
+        async def remove() -> None:
+            try:
+                await self.release_hold(hold_id)
+            except OUTAGES as exc:
+                log.error(
+                    "hold %s on tenant %r could not be removed (%s); the tenant stays held until it is released",
+                    hold_id,
+                    tenant_id,
+                    exc,
+                )
+
+        task = asyncio.create_task(remove(), name=f"abort-hold:{hold_id}")
+        _detached.add(task)
+        task.add_done_callback(_detached.discard)
+        await asyncio.shield(task)
