@@ -1,0 +1,80 @@
+"""The router's errors are one taxonomy (router/errors.py): every exception class the router defines
+lives there, derives from RouterError, and names the SQLSTATE a client receives."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+
+import pytest
+
+import router
+from router import errors
+from router.errors import RouterError
+
+# Exceptions allowed outside router/errors.py, each for a reason.
+ELSEWHERE = {
+    # A private signal inside one statement analysis; it never leaves the function that catches it.
+    "router.sql.statements._Dynamic",
+    # The admin side's errors, which issue 16's admin part moves into errors.py next.
+    "router.admin.provisioning.ProvisioningError",
+    "router.admin.provisioning.UnknownShard",
+    "router.admin.provisioning.AdminRequired",
+    "router.admin.provisioning.UnsafeLayout",
+    "router.admin.tenant_admin.TenantAdminError",
+    "router.admin.tenant_admin.ProvisioningFailed",
+    "router.admin.tenant_lifecycle.TenantLifecycleError",
+    "router.admin.tenant_lifecycle.ArchiveInvalid",
+    "router.admin.tenant_lifecycle.ImportRefused",
+    "router.admin.tenant_lifecycle.VerificationFailed",
+    "router.admin.tenant_lifecycle.ConfirmationMismatch",
+}
+# The test harness's own errors are not the router's (they fail tests and demos, not clients).
+HARNESS = "router.testing."
+
+
+def _router_modules() -> list[str]:
+    return sorted(info.name for info in pkgutil.walk_packages(router.__path__, "router."))
+
+
+def _exceptions_defined_in(module_name: str) -> list[type[BaseException]]:
+    module = importlib.import_module(module_name)
+    return [
+        value
+        for value in vars(module).values()
+        if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == module_name
+    ]
+
+
+def test_every_exception_class_lives_in_errors_py() -> None:
+    outside = {
+        f"{module}.{cls.__qualname__}"
+        for module in _router_modules()
+        if module != "router.errors" and not module.startswith(HARNESS)
+        for cls in _exceptions_defined_in(module)
+    }
+    assert outside <= ELSEWHERE, f"define these in router/errors.py: {sorted(outside - ELSEWHERE)}"
+
+
+def test_the_protocol_errors_are_found_where_their_callers_look() -> None:
+    # Defined in errors.py, re-exported by the sans-IO codecs that raise them.
+    from router.protocol.pg import auth, framing
+
+    assert framing.FramingError is errors.FramingError
+    assert auth.AuthError is errors.AuthError
+    assert issubclass(errors.FramingError, ValueError)  # as before the taxonomy
+
+
+ERRORS = [value for value in vars(errors).values() if inspect.isclass(value) and issubclass(value, BaseException)]
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=lambda cls: cls.__name__)
+def test_each_error_is_a_router_error_naming_its_own_sqlstate(cls: type[BaseException]) -> None:
+    assert issubclass(cls, RouterError)
+    if cls is not RouterError:
+        assert "sqlstate" in vars(cls), f"{cls.__name__} does not say its SQLSTATE"
+        assert cls.__doc__, f"{cls.__name__} does not say when it is raised"
+    assert re.fullmatch(r"[0-9A-Z]{5}", cls.sqlstate)
+    assert cls.severity in ("ERROR", "FATAL")
