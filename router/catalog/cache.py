@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from router.catalog.access import OUTAGES, connect, describe_dsn, not_initialised
+from router.catalog.access import OUTAGES, connect, describe_dsn, is_open, not_initialised
 from router.catalog.schema import DEFAULT_SCHEMA, RELOAD_ALL, Tenant, TenantQueries, tenant_from_row
 from router.core.background import BackgroundService
 from router.dbconnect import close_connection
@@ -98,7 +98,7 @@ class CatalogCache(BackgroundService):
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
+        return is_open(self._conn)
 
     @property
     def channel(self) -> str:

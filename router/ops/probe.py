@@ -55,6 +55,7 @@ def expected_failure(exc: BaseException) -> bool:
 
 
 def failure_reason(exc: BaseException, timeout: float) -> str:
+    """Why a check failed, in a few words for the log and `ServerStatus.last_error`."""
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
     if isinstance(exc, ConnectionRefusedError):
