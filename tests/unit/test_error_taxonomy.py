@@ -18,18 +18,6 @@ from router.errors import RouterError
 ELSEWHERE = {
     # A private signal inside one statement analysis; it never leaves the function that catches it.
     "router.sql.statements._Dynamic",
-    # The admin side's errors, which issue 16's admin part moves into errors.py next.
-    "router.admin.provisioning.ProvisioningError",
-    "router.admin.provisioning.UnknownShard",
-    "router.admin.provisioning.AdminRequired",
-    "router.admin.provisioning.UnsafeLayout",
-    "router.admin.tenant_admin.TenantAdminError",
-    "router.admin.tenant_admin.ProvisioningFailed",
-    "router.admin.tenant_lifecycle.TenantLifecycleError",
-    "router.admin.tenant_lifecycle.ArchiveInvalid",
-    "router.admin.tenant_lifecycle.ImportRefused",
-    "router.admin.tenant_lifecycle.VerificationFailed",
-    "router.admin.tenant_lifecycle.ConfirmationMismatch",
 }
 # The test harness's own errors are not the router's (they fail tests and demos, not clients).
 HARNESS = "router.testing."
