@@ -44,7 +44,6 @@ from router.net.server import ServerConnection, send_cancel, send_cancel_unix
 from router.ops.health import HealthMonitor, ServerKey
 from router.ops.janitor import Janitor
 from router.protocol.pg.auth import ScramVerifier
-from router.sql.inert_statements import LEAVES_NOTHING
 from router.sql.read_statements import ReadClassifier
 
 log = logging.getLogger(__name__)
@@ -522,12 +521,7 @@ async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
     if error is not None:
         pool.discard(server, "reset failed")
         return
-    server.prepared.clear()
-    server.unnamed = None
-    server.applied = {}
-    server.owner = None
-    server.owner_tenant = None
-    server.residue = LEAVES_NOTHING
+    server.session.wiped()
     pool.release(server)
 
 

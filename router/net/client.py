@@ -266,7 +266,7 @@ class ClientSession:
         if server is not self.server or server.tx_status != be.TX_IDLE:
             return
         tracking = self._commit_to_note
-        if self._watched is not None or tracking or server.prepared_unsure:
+        if self._watched is not None or tracking or server.session.prepared_unsure:
             task = asyncio.get_running_loop().create_task(self._after_transaction(server))
             self._acquiring = task
             tenant = self.tenant
@@ -293,7 +293,7 @@ class ClientSession:
         the WAL position a write reached (for read-your-writes)."""
         if self._watched is not None and not await self._read_back_settings(server):
             return
-        if server.prepared_unsure and not await self._read_back_statements(server):
+        if server.session.prepared_unsure and not await self._read_back_statements(server):
             return
         if self._commit_to_note and not await self._note_commit_position(server):
             return
@@ -353,11 +353,11 @@ class ClientSession:
         rows = await self._rows_before_release(server, PREPARED_NAMES_SQL, "read prepared statements back")
         if rows is None:
             return False
-        held = server.prepared
+        held = server.session.prepared
         found = {str(row[0]): held.get(str(row[0]), UNKNOWN_EPOCH) for row in rows}
         held.clear()
         held.update(found)
-        server.prepared_unsure = False
+        server.session.prepared_unsure = False
         return True
 
     async def _read_back_settings(self, server: ServerConnection) -> bool:
@@ -369,8 +369,8 @@ class ClientSession:
         if rows is None:
             return False
         in_force = {str(row[0]): str(row[1]) for row in rows if row[1]}
-        server.applied = in_force
-        server.entered = None  # a RESET ALL or DISCARD ALL may have left the tenant: enter again
+        server.session.applied = in_force
+        server.session.entered = None  # a RESET ALL or DISCARD ALL may have left the tenant: enter again
         context = self._context_keys()
         # What is not set in this session falls back to the startup value, as RESET does on a server.
         self.settings = {**self.startup_settings, **{k: v for k, v in in_force.items() if k not in context}}
@@ -618,13 +618,13 @@ class ClientSession:
         self.pool = pool
         self.last_server = conn
         reset: str | None = None
-        if conn.owner != self.serial:
-            if conn.owner is not None:
+        if conn.session.owner != self.serial:
+            if conn.session.owner is not None:
                 pool.handovers += 1
                 if self._exact_handover:
                     reset = _handover_reset(conn, pool, self.tenant)
-            conn.owner = self.serial
-            conn.owner_tenant = self.tenant
+            conn.session.owner = self.serial
+            conn.session.owner_tenant = self.tenant
         self._sync_session(conn, target, reset)
 
     def _desired_settings(self, target: Target) -> dict[str, str]:
@@ -643,33 +643,33 @@ class ClientSession:
         and cannot make it fail. A failure marks the connection to be dropped on release."""
         desired = self._desired_settings(target)
         entry = target.entry
-        settings_in_sync = reset is None and (conn.applied is desired or conn.applied == desired)
-        if settings_in_sync and (entry is None or conn.entered == entry.tenant):
+        settings_in_sync = reset is None and (conn.session.applied is desired or conn.session.applied == desired)
+        if settings_in_sync and (entry is None or conn.session.entered == entry.tenant):
             return
         out, plan = self._out, conn.plan
-        if entry is not None and conn.entered != entry.tenant and conn.entered != "":
+        if entry is not None and conn.session.entered != entry.tenant and conn.session.entered != "":
             out.append(_LEAVE_TENANT)
             plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
-            conn.entered = ""
-        sql = None if settings_in_sync else session_sync_sql(conn.applied, desired)
+            conn.session.entered = ""
+        sql = None if settings_in_sync else session_sync_sql(conn.session.applied, desired)
         if reset is not None:
             sql = f"{reset}; {sql}" if sql else reset
         if sql is not None:
             out.append(fe.query(sql))
             plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
-            conn.unnamed = None
-        if entry is not None and entry.tenant and conn.entered != entry.tenant:
+            conn.session.unnamed = None
+        if entry is not None and entry.tenant and conn.session.entered != entry.tenant:
             out.append(
                 _ENTER_TENANT_PARSE + fe.bind("", "", (entry.tenant, entry.signature)) + fe.execute("") + fe.SYNC
             )
             plan.expect(r.ENDS_SYNC, swallow=True, setup=True)
-            conn.unnamed = None
-            conn.entered = entry.tenant
-        conn.applied = desired  # shared, never changed in place: replaced when the settings change
-        if conn.residue != LEAVES_ANYTHING and not trusted_search_path(self.settings):
+            conn.session.unnamed = None
+            conn.session.entered = entry.tenant
+        conn.session.applied = desired  # shared, never changed in place: replaced when the settings change
+        if conn.session.residue != LEAVES_ANYTHING and not trusted_search_path(self.settings):
             # The client's search_path may resolve a name in an inert text to a tenant's object,
             # whose code may leave state: as long as it is applied, the session is not clean.
-            conn.residue = LEAVES_ANYTHING
+            conn.session.residue = LEAVES_ANYTHING
 
     def _release_server(self) -> None:
         conn, pool = self.server, self.pool
@@ -727,13 +727,13 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        if self._exact_handover and server.residue != LEAVES_ANYTHING:
+        if self._exact_handover and server.session.residue != LEAVES_ANYTHING:
             left = residue_text(fe.query_bytes(msg))
             if left != LEAVES_ANYTHING:
-                if left > server.residue:
-                    server.residue = left  # what the next hand-over clears
+                if left > server.session.residue:
+                    server.session.residue = left  # what the next hand-over clears
                 return self._send_query(server, msg)  # such a text has no session effects either
-            server.residue = LEAVES_ANYTHING  # so the next hand-over wipes the session
+            server.session.residue = LEAVES_ANYTHING  # so the next hand-over wipes the session
         effects = classify(fe.parse_query(msg))
         if not effects.empty:
             refusal = self._session_effects(effects, server)
@@ -771,14 +771,14 @@ class ClientSession:
             self.statements.forget_all()
             if self._residues is not None:
                 self._residues.clear()
-            server.prepared.clear()
-            server.prepared_unsure = True
+            server.session.prepared.clear()
+            server.session.prepared_unsure = True
         if effects.discard_all:
-            server.unnamed = None
+            server.session.unnamed = None
         if effects.reset_all:
             # Back to the connection-time settings; the context is re-applied before the next use.
             self.settings = dict(self.startup_settings)
-            server.applied = {}
+            server.session.applied = {}
             self._desired = None
             self._follow_read_only()
             # It also emptied the entered tenant (router/admin/rls.py): the read-back at the end of the
@@ -826,11 +826,11 @@ class ClientSession:
             server = self._server()
             if server is None:
                 return False
-            server.synced = False
+            server.session.synced = False
             # An unnamed statement keeps its name: the client's own message goes, unless refused.
             message = msg if as_sent else fe.build_parse("", parse.query, parse.param_types)
             self.statements.last_unnamed = message
-            server.unnamed = message
+            server.session.unnamed = message
             self._out.append(message)
             server.plan.expect(r.ENDS_PARSE)
             return True
@@ -852,10 +852,11 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        server.synced = False
+        server.session.synced = False
         # Parsed now, on this server, whatever copies exist: DDL may have changed what it means.
         statement = self.statements.define(parse.name, parse, next(_PARSES))
-        self._parse_on_server(server, statement.on(server.applied.get("search_path", "")), statement.epoch, False)
+        namespace = server.session.applied.get("search_path", "")
+        self._parse_on_server(server, statement.on(namespace), statement.epoch, False)
         return True
 
     def _known_valid(self, parse: fe.Parse) -> ClientStatement | None:
@@ -874,12 +875,12 @@ class ClientSession:
         """Parse a server statement on `server`, in place of any copy it has (Close first, in the
         same write: PostgreSQL refuses a Parse of a name it has), and record its epoch."""
         name = statement.name
-        before = server.prepared.get(name)
-        if before is not None or server.prepared_unsure:
+        before = server.session.prepared.get(name)
+        if before is not None or server.session.prepared_unsure:
             self._out.append(fe.close(b"S", name))
             server.plan.expect(r.ENDS_CLOSE, swallow=True)
         self._out.append(statement.parse_message)
-        server.prepared[name] = epoch
+        server.session.prepared[name] = epoch
         server.plan.expect(r.ENDS_PARSE, swallow=swallow, statement=name, before=before)
 
     def _names_protocol_statement(self, sql: str) -> bool:
@@ -906,7 +907,7 @@ class ClientSession:
         if server is None:
             self._refuse(exc)
             return False
-        server.synced = False
+        server.session.synced = False
         # The unnamed statement raises when executed: its ParseComplete and BindComplete are
         # swallowed, and the client sees the error in place of its message's response.
         raising = fe.build_parse("", raise_sql(exc.sqlstate, exc.message), b"\x00\x00")
@@ -914,7 +915,7 @@ class ClientSession:
         server.plan.expect(r.ENDS_PARSE, swallow=True)
         server.plan.expect(r.ENDS_BIND, swallow=True)
         server.plan.expect(r.ENDS_EXECUTE)
-        server.unnamed = None
+        server.session.unnamed = None
         self._discarding = True
         return False
 
@@ -934,16 +935,16 @@ class ClientSession:
         server's name for it (None: unknown to us, let the server report the error)."""
         if not client_name:
             last = self.statements.last_unnamed
-            if last is not None and server.unnamed is not last:
+            if last is not None and server.session.unnamed is not last:
                 self._out.append(last)
-                server.unnamed = last
+                server.session.unnamed = last
                 server.plan.expect(r.ENDS_PARSE, swallow=True)
             return ""
         statement = self.statements.get(client_name)
         if statement is None:
             return None
-        target = statement.on(server.applied.get("search_path", ""))
-        if needs_parse(server.prepared, target.name, statement.epoch):
+        target = statement.on(server.session.applied.get("search_path", ""))
+        if needs_parse(server.session.prepared, target.name, statement.epoch):
             # No copy here, or one older than the client's Parse: parse it now (a newer epoch).
             self._parse_on_server(server, target, next(_PARSES), True)
         return target.name
@@ -952,14 +953,14 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        server.synced = False
+        server.session.synced = False
         portal, client_name, rest_at = fe.split_bind(msg)
-        if server.residue != LEAVES_ANYTHING and self._exact_handover:
+        if server.session.residue != LEAVES_ANYTHING and self._exact_handover:
             # A statement not judged, or one this client never defined, may leave anything.
             residues = self._residues
             left = residues.get(client_name, LEAVES_ANYTHING) if residues is not None else LEAVES_ANYTHING
-            if left > server.residue:
-                server.residue = left
+            if left > server.session.residue:
+                server.session.residue = left
         server_name = self._prepare_on_server(server, client_name)
         if self._effects is not None:
             effects = self._effects.get(client_name)
@@ -976,7 +977,7 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        server.synced = False
+        server.session.synced = False
         kind, name = fe.parse_target(msg)
         if kind == ord("S"):
             server_name = self._prepare_on_server(server, name)
@@ -990,7 +991,7 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        server.synced = False
+        server.session.synced = False
         self._out.append(msg)
         server.plan.expect(r.ENDS_EXECUTE)
         return True
@@ -1005,13 +1006,13 @@ class ClientSession:
             if self.server is None:
                 self.write_to_client(be.CLOSE_COMPLETE)
             else:
-                self.server.synced = False
+                self.server.session.synced = False
                 self.server.plan.synthesize(be.CLOSE_COMPLETE)
             return True
         server = self._server()
         if server is None:
             return False
-        server.synced = False
+        server.session.synced = False
         self._out.append(msg)
         server.plan.expect(r.ENDS_CLOSE)
         return True
@@ -1024,7 +1025,7 @@ class ClientSession:
             return True
         self._out.append(fe.SYNC)
         server.plan.expect(r.ENDS_SYNC)
-        server.synced = True
+        server.session.synced = True
         return True
 
     def _on_flush(self, msg: bytes) -> bool:
@@ -1042,14 +1043,14 @@ class ClientSession:
         server = self._server()
         if server is None:
             return False
-        server.residue = LEAVES_ANYTHING  # a function called by its oid: anything may have happened
+        server.session.residue = LEAVES_ANYTHING  # a function called by its oid: anything may have happened
         if self._shares_role():
             # Fast-path calls serve large objects (libpq's lo_*, psql's \lo_import); the function is
             # named by oid, unseen. The server answers a query as it would the call: error, then ready.
             msg = fe.query(raise_sql("0A000", _FUNCTION_CALLS_REFUSED))
         self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
-        server.synced = True
+        server.session.synced = True
         return True
 
     # --- tenant switching ---------------------------------------------------------------------------
@@ -1102,8 +1103,8 @@ class ClientSession:
         """A simple Query to the server: its response ends with ReadyForQuery."""
         self._out.append(msg)
         server.plan.expect(r.ENDS_SYNC)
-        server.synced = True
-        server.unnamed = None  # a simple query replaces the unnamed statement
+        server.session.synced = True
+        server.session.unnamed = None  # a simple query replaces the unnamed statement
         return True
 
     # --- ending -----------------------------------------------------------------------------------
@@ -1171,16 +1172,16 @@ def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> s
     sent. Prepared statements are private to their tenant: they go when the session passes to
     another tenant, and stay (prepared once per server, not per hand-over) within one, whose clients
     name them by content anyway."""
-    left = conn.residue
-    own_statements = bool(conn.prepared or conn.unnamed)
-    deallocate = own_statements and conn.owner_tenant != tenant
+    left = conn.session.residue
+    own_statements = bool(conn.session.prepared or conn.session.unnamed)
+    deallocate = own_statements and conn.session.owner_tenant != tenant
     if left == LEAVES_NOTHING and not deallocate:
         return None  # the common case: an inert session within one tenant passes as it is
-    conn.residue = LEAVES_NOTHING
+    conn.session.residue = LEAVES_NOTHING
     if left == LEAVES_ANYTHING:
         pool.wipes += 1
-        conn.applied = {}
-        conn.entered = None  # the wipe's RESET ALL empties it, if it runs: leave before it
+        conn.session.applied = {}
+        conn.session.entered = None  # the wipe's RESET ALL empties it, if it runs: leave before it
         statements = [HANDOVER_RESET]
         deallocate = own_statements
     elif left == LEAVES_SEQUENCES:
@@ -1190,6 +1191,6 @@ def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> s
         statements = []
     if deallocate:
         statements.append(HANDOVER_DEALLOCATE)
-        conn.prepared.clear()
-        conn.unnamed = None
+        conn.session.prepared.clear()
+        conn.session.unnamed = None
     return "; ".join(statements)

@@ -224,15 +224,15 @@ async def _server_parameters(session: ClientSession, target: Target) -> dict[str
     assert conn is not None
     try:
         reported: dict[str, str] = {}
-        sql = session_sync_sql(conn.applied, desired)
+        sql = session_sync_sql(conn.session.applied, desired)
         if sql is not None:
             reported, error = await conn.run_internal(sql)
             if error is not None:
-                conn.applied = {}
+                conn.session.settings_unknown()
                 pool.discard(conn, "failed to apply client settings")
                 conn = None
                 raise _relay(error)
-            conn.applied = desired
+            conn.session.settings_applied(desired)
         parameters = {**conn.params, **reported}
         pool.remember_login_parameters(key, parameters)
         return parameters

@@ -22,10 +22,8 @@ from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.auth import AuthError, ScramClientExchange, md5_password
-from router.protocol.pg.prepared import ServerStatements
-from router.protocol.pg.responses import ResponsePlan
+from router.protocol.pg.server_session import ServerSession
 from router.protocol.pg.startup import build_cancel_request, build_startup_message
-from router.sql.inert_statements import LEAVES_NOTHING
 
 if TYPE_CHECKING:
     # For the type only (no import at run time): compiled, a call on a field of this concrete class
@@ -61,31 +59,14 @@ class ServerConnection:
         self.secret_key = b""
         self.created_at = time.monotonic()
         self.last_used = self.created_at
-        # Session state the router has put on this connection: its named statements and the epoch
-        # of each one's parse (router.protocol.pg.prepared), changed in place only (the plan holds it).
-        self.prepared: ServerStatements = {}
-        # A client's statement may have dropped some of them (DEALLOCATE, DISCARD ALL) or not (it
-        # failed): `prepared` was emptied of them at once, and the names are read back from the
-        # server when the transaction ends.
-        self.prepared_unsure = False
-        self.unnamed: bytes | None = None
-        self.applied: dict[str, str] = {}
-        # The tenant this session has entered (router/admin/rls.py), "" for none, None when unknown (a new
-        # connection, or after a wipe or a client's own setting changes): the router leaves first.
-        self.entered: str | None = None
-        # Serial number of the client session that last used this connection: a different one
-        # means the session must be wiped (DISCARD ALL) before it is handed over.
-        self.owner: int | None = None
-        self.owner_tenant: str | None = None  # ... and its tenant
-        # What the session may hold since it was last wiped (router.sql.inert_statements): the highest
-        # level of the statements that ran on it, LEAVES_ANYTHING also when a client's search_path
-        # that may reach a tenant's objects was applied. The exact hand-over clears what it says.
-        self.residue = LEAVES_NOTHING
+        # What the router has put on the server session (prepared statements, settings, tenant,
+        # residue, the responses owed): the PostgreSQL session owns it; this connection reads it, and
+        # advances the response plan as responses stream.
+        self.session = ServerSession()
+        self.plan = self.session.plan  # the same object for the connection's life: read per response
         # Forwarding state.
         self.client: ClientSession | None = None
         self.flow = FlowSide()  # linked to the attached client's while output is forwarded to it
-        self.plan = ResponsePlan(self.prepared)
-        self.synced = True
         self.tx_status = be.TX_IDLE
         self._on_closed = on_closed
         self._tail = b""
@@ -210,7 +191,7 @@ class ServerConnection:
             client.write_to_client(data if run_start == 0 and pos == n else memoryview(data)[run_start:pos])
         if pos < n:
             self._tail = data[pos:]
-        if saw_ready and not plan and self.synced:
+        if saw_ready and not plan and self.session.synced:
             client.server_ready(self)
 
     def send(self, data: bytes | bytearray) -> None:
@@ -242,7 +223,7 @@ class ServerConnection:
             self.state in (ServerState.IDLE, ServerState.ACTIVE)
             and not self.plan
             and not self.plan.setup_failed
-            and self.synced
+            and self.session.synced
             and self.tx_status == be.TX_IDLE
             and not self._tail
             and not self._pass_left
@@ -358,7 +339,7 @@ class ServerConnection:
         self.state = ServerState.INTERNAL
         # The answer is the router's, not the client's: a client that reads slowly must not hold it up.
         self.flow.unlink()
-        self.unnamed = None
+        self.session.simple_query_sent()
         self.send(fe.query(sql))
         reported: dict[str, str] = {}
         error: ServerError | None = None

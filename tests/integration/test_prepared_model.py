@@ -147,7 +147,7 @@ async def _compare(thread: RouterThread) -> tuple[set[str], set[str]] | None:
         for conn in pool.connections():
             if conn.state is not ServerState.IDLE or conn.plan:
                 return None
-            believed = set(conn.prepared)
+            believed = set(conn.session.prepared)
             _reported, error, rows = await conn.query_internal(SERVER_NAMES_SQL)
             assert error is None
             return believed, {str(row[0]) for row in rows}
