@@ -16,13 +16,14 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Final, cast
 
+from router.core.handover import Handover
+from router.core.lease import Lease
 from router.errors import (
     BackendUnavailable,
     ClientProtocolError,
     DuplicatePreparedStatement,
     InvalidAuthorization,
     NoTenant,
-    PoolRetired,
     ProtocolStatementFromSql,
     RouterError,
     TenantSwitchRefused,
@@ -67,11 +68,9 @@ from router.sql.tenant_statements import MARKER as TENANT_MARKER
 from router.sql.tenant_statements import TenantStatement, parse_tenant_statement
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from router.core.pool import Pool, Waiter
+    from router.core.pool import Pool
     from router.core.target import Target
-    from router.net.context import Cancellable, RouterContext
+    from router.net.context import RouterContext
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,6 @@ class ClientSession:
         "_discarding",
         "_effects",
         "_exact_handover",
-        "_granted_callback",
-        "_held_tenants",
         "_last_parse",
         "_login_task",
         "_login_waiter",
@@ -125,21 +122,16 @@ class ClientSession:
         "_pending",
         "_plain_next",
         "_read_next",
-        "_refused_callback",
         "_residues",
         "_targets",
-        "_track_writes",
         "_transaction_pooling",
-        "_waiting_for",
         "_watched",
         "flow",
         "key",
-        "last_server",
+        "lease",
         "login_tenant",
-        "min_lsn",
         "peer",
         "pins",
-        "pool",
         "read_policy",
         "reported",
         "role",
@@ -163,10 +155,8 @@ class ClientSession:
         self._exact_handover = router.exact_handover
         self._transaction_pooling = router.transaction_pooling
         self._targets = router.targets
-        self._held_tenants = router.held
-        # The pool's callbacks, made once: a bound method made per wait costs an allocation each.
-        self._granted_callback: Callable[[ServerConnection], None] = self._granted
-        self._refused_callback: Callable[[RouterError], None] = self._refused
+        # The server connection this session holds, and taking and giving it back (router.core.lease).
+        self.lease = Lease(router, self._lease_granted, self._lease_resume, self._lease_refused)
         self.state = SessionState.LOGIN
         self.transport: asyncio.Transport | None = None
         self.flow = FlowSide()  # linked to the attached server's (router.net.flow)
@@ -183,7 +173,6 @@ class ClientSession:
         self.reported: dict[str, str] = {}  # ParameterStatus values the client has been told
         self.pins: set[str] = set()  # session state kinds that keep the server connection
         self._watched: set[str] | None = None  # settings changed in this transaction: re-read them
-        self.last_server: ServerConnection | None = None
         self._effects: dict[str, Effects] | None = None  # session effects of prepared statements
         self._last_parse: tuple[bytes, fe.Parse, Effects | None, int] | None = None  # the last Parse, judged
         # What the prepared statements may leave in a session, by name, when less than anything
@@ -194,21 +183,16 @@ class ClientSession:
         self.key: tuple[int, bytes] = (0, b"")
         # Routing state.
         self.server: ServerConnection | None = None
-        self.pool: Pool | None = None
         self.statements = ClientStatements()
         # Read/write splitting (None: every transaction goes to the primary).
         self.read_policy: ReadPolicy | None = None
         self._read_next = False  # the request about to take a server may run on a replica
         self._plain_next = False  # ... and it only reads, wherever it runs
-        self._track_writes = False  # the attached primary may commit a write: note its WAL position
-        # Read-your-writes: per shard, the WAL position of this session's last write there.
-        self.min_lsn: dict[str, int] | None = None
         self._buf = bytearray()  # pieces of what the client sent, gathered until routed
         self._pending: bytes = b""  # or one whole chunk routing stopped at (waiting for a server, say)
         self._out: list[bytes] = []
-        # What holds the message loop: a place in a pool's line, or reading settings back.
-        self._acquiring: Waiter | Cancellable | asyncio.Task[None] | None = None
-        self._waiting_for: tuple[Target, Pool] | None = None
+        # Reading settings back after a transaction: holds the message loop (as a wait in the lease does).
+        self._acquiring: asyncio.Task[None] | None = None
         self._discarding = False  # after a refused request: drop messages up to the next Sync
         self._login_task: asyncio.Task[None] | None = None
         self._login_waiter: asyncio.Future[None] | None = None
@@ -254,6 +238,11 @@ class ClientSession:
     def resume_writing(self) -> None:
         self.flow.writing_resumed()
 
+    @property
+    def pool(self) -> Pool | None:
+        """The pool of the server connection held (for the router's cancel)."""
+        return self.lease.pool
+
     # --- Attachment (called by the server connection) ---------------------------------------------
 
     def write_to_client(self, data: bytes | bytearray | memoryview) -> None:
@@ -267,14 +256,9 @@ class ClientSession:
             return
         tracking = self._commit_to_note
         if self._watched is not None or tracking or server.session.prepared_unsure:
-            task = asyncio.get_running_loop().create_task(self._after_transaction(server))
-            self._acquiring = task
-            tenant = self.tenant
-            if tracking and tenant is not None:
-                # The client has its answer already: the tenant's other sessions, which may read
-                # before the commit's position is known, must not read from a replica meanwhile.
-                self.router.commit_pending(tenant)
-                task.add_done_callback(lambda _task: self.router.commit_settled(tenant))
+            if tracking:
+                self.lease.commit_pending(self.tenant)
+            self._acquiring = asyncio.get_running_loop().create_task(self._after_transaction(server))
         elif self._transaction_pooling and not self.pins:
             self._release_server()
 
@@ -291,6 +275,12 @@ class ClientSession:
     async def _after_transaction(self, server: ServerConnection) -> None:
         """Bookkeeping on the server before it is let go: settings the transaction changed, and
         the WAL position a write reached (for read-your-writes)."""
+        try:
+            await self._read_back(server)
+        finally:
+            self.lease.commit_settled()
+
+    async def _read_back(self, server: ServerConnection) -> None:
         if self._watched is not None and not await self._read_back_settings(server):
             return
         if server.session.prepared_unsure and not await self._read_back_statements(server):
@@ -307,7 +297,7 @@ class ClientSession:
     @property
     def _commit_to_note(self) -> bool:
         """The transaction ending may have written on a primary whose reads replicas serve."""
-        return self._track_writes and not self._plain_next
+        return self.lease.track_writes and not self._plain_next
 
     async def _rows_before_release(
         self, server: ServerConnection, sql: str, what: str
@@ -329,7 +319,6 @@ class ClientSession:
     async def _note_commit_position(self, server: ServerConnection) -> bool:
         """The end of the primary's WAL now, after the commit: any replica that has replayed
         up to it has the commit, so this session's (or tenant's) next reads go only to those."""
-        self._track_writes = False
         rows = await self._rows_before_release(server, COMMIT_POSITION_SQL, "read the WAL position")
         if rows is None:
             return False
@@ -338,12 +327,7 @@ class ClientSession:
             self.fatal(BackendUnavailable("could not read the WAL position: no row"))
             return False
         lsn = record_end(parse_lsn(str(rows[0][0])), int(str(rows[0][1])), int(str(rows[0][2])))
-        if self.min_lsn is None:
-            self.min_lsn = {}
-        shard = self.pool.key.shard if self.pool is not None else ""
-        self.min_lsn[shard] = max(lsn, self.min_lsn.get(shard, lsn))
-        if self.tenant is not None:
-            self.router.note_commit(self.tenant, lsn)
+        self.lease.commit_noted(self.tenant, lsn)
         return True
 
     async def _read_back_statements(self, server: ServerConnection) -> bool:
@@ -398,8 +382,7 @@ class ClientSession:
         if server is not self.server:
             return
         self.server = None
-        if self.pool is not None:
-            self.pool.discard(server, reason)
+        self.lease.lost(reason)
         if server.fatal_forwarded:
             self.close()  # the client has the server's own FATAL: a second error would replace it
         else:
@@ -441,7 +424,8 @@ class ClientSession:
         pos = 0
         end = len(data)
         try:
-            while self._acquiring is None and self.state is SessionState.READY:
+            lease = self.lease
+            while self._acquiring is None and not lease.waiting and self.state is SessionState.READY:
                 header = f.read_header(data, pos)
                 if header is None:
                     break
@@ -511,86 +495,27 @@ class ClientSession:
                 # errors (on its ROLLBACK, say); the first message after the rollback applies them.
                 self._sync_session(server, self._target())
             return server
-        tenant = self.tenant
-        if tenant is not None and tenant in self._held_tenants:
-            ticket = self.router.wait_for_release(tenant, self._hold_released, self._refused_callback)
-            if ticket is not None:
-                self._acquiring = ticket
-                return None
         try:
-            target = self._target()
-            pool = target.pool
-            read = self._read_next
-            if read and target.replicas:
-                pool = self.router.read_pool(target, self._read_position(target)) or pool
-            try:
-                result = pool.checkout(self._granted_callback, self._refused_callback, self.last_server)
-            except PoolRetired:
-                # A reload removed the server just now: the current topology has the answer.
-                target = self._target()
-                pool = target.pool
-                result = pool.checkout(self._granted_callback, self._refused_callback, self.last_server)
+            conn = self.lease.acquire(self._target(), self._read_next, self.read_policy is not None)
         except RouterError as exc:
             self._refuse(exc)
             return None
-        # Whether a write here would need its WAL position noted; whether it did write is
-        # `_plain_next`, followed until the transaction ends.
-        self._track_writes = bool(target.replicas) and self._tracks_writes()
-        if isinstance(result, ServerConnection):
-            self._attach(result, target, pool)
-            return result
-        self._acquiring = result
-        self._waiting_for = (target, pool)
-        return None
+        if conn is not None:
+            self._attach(conn)
+        return conn
 
-    def _read_position(self, target: Target) -> int | None:
-        """The WAL position a replica must have replayed to serve this session's reads."""
-        mode = self.router.read_your_writes
-        if mode == "tenant":
-            return self.router.tenant_commit_position(target.tenant)
-        if mode == "session" and self.min_lsn is not None:
-            return self.min_lsn.get(target.shard)
-        return None
-
-    def _tracks_writes(self) -> bool:
-        mode = self.router.read_your_writes
-        return mode == "tenant" or (mode == "session" and self.read_policy is not None)
-
-    def _hold_released(self) -> None:
-        self._acquiring = None
+    def _lease_resume(self) -> None:
+        """A wait in the lease ended without a connection: ask again."""
         if self.state is SessionState.READY:
             self._process()
 
-    def _granted(self, conn: ServerConnection) -> None:
-        self._acquiring = None
-        waiting = self._waiting_for
-        self._waiting_for = None
-        if waiting is None:
-            conn.close()
-            return
-        target, pool = waiting
-        if self.state is not SessionState.READY:
-            pool.release(conn)
-            return
-        self._attach(conn, target, pool)
+    def _lease_granted(self) -> None:
+        conn = self.lease.conn
+        assert conn is not None
+        self._attach(conn)
         self._process()
 
-    def _refused(self, exc: RouterError) -> None:
-        self._acquiring = None
-        waiting = self._waiting_for
-        self._waiting_for = None
-        if isinstance(exc, PoolRetired):
-            # The pool was removed by a reload while we waited: ask again under the new topology.
-            if self.state is SessionState.READY:
-                self._process()
-            return
-        if waiting is not None and waiting[1] is not waiting[0].pool and isinstance(exc, BackendUnavailable):
-            # A replica could not be reached before the read started: mark it, and try again,
-            # which sends the read to another replica or to the primary, without an error.
-            self.router.replica_failed(waiting[1], exc)
-            if self.state is SessionState.READY:
-                self._process()
-            return
+    def _lease_refused(self, exc: RouterError) -> None:
         if self.state is SessionState.READY:
             self._refuse(exc)
             self._process()
@@ -612,19 +537,21 @@ class ClientSession:
         target = self._targets.get(tenant)  # the router's own dict: no call while nothing changed
         return target if target is not None else self.router.resolve_target(tenant)
 
-    def _attach(self, conn: ServerConnection, target: Target, pool: Pool) -> None:
+    def _attach(self, conn: ServerConnection) -> None:
+        target = self.lease.target
+        assert target is not None
         conn.attach(self)
         self.server = conn
-        self.pool = pool
-        self.last_server = conn
         reset: str | None = None
+        handover = Handover.KEPT
         if conn.session.owner != self.serial:
             if conn.session.owner is not None:
-                pool.handovers += 1
+                handover = Handover.AS_IS
                 if self._exact_handover:
-                    reset = _handover_reset(conn, pool, self.tenant)
+                    reset, handover = _handover_reset(conn, self.tenant)
             conn.session.owner = self.serial
             conn.session.owner_tenant = self.tenant
+        self.lease.count_handover(handover)
         self._sync_session(conn, target, reset)
 
     def _desired_settings(self, target: Target) -> dict[str, str]:
@@ -672,13 +599,8 @@ class ClientSession:
             conn.session.residue = LEAVES_ANYTHING
 
     def _release_server(self) -> None:
-        conn, pool = self.server, self.pool
         self.server = None
-        if conn is None or pool is None:
-            return
-        pool.transactions += 1
-        self._track_writes = False
-        pool.release(conn)
+        self.lease.release()
 
     def _tx_status(self) -> int:
         return self.server.tx_status if self.server is not None else be.TX_IDLE
@@ -789,8 +711,9 @@ class ClientSession:
             watched = self._watched if self._watched is not None else set()
             watched.update(change.name for change in effects.settings)
             self._watched = watched
-        if effects.database_ddl and self.pool is not None:
-            self.router.close_idle_connections(self.pool.key.host, self.pool.key.port, effects.database_ddl)
+        pool = self.lease.pool
+        if effects.database_ddl and pool is not None:
+            self.router.close_idle_connections(pool.key.host, pool.key.port, effects.database_ddl)
         return None
 
     def _on_parse(self, msg: bytes) -> bool:
@@ -1127,21 +1050,14 @@ class ClientSession:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        holder = self._acquiring
-        if isinstance(holder, asyncio.Task):
-            holder.cancel()
-        elif holder is not None:
-            holder.cancel()  # leave the pool's line
+        if self._acquiring is not None:
+            self._acquiring.cancel()
         if self._login_task is not None and not self._login_task.done():
             self._login_task.cancel()
-        server, pool = self.server, self.pool
+        server = self.server
         self.server = None
-        if server is not None and pool is not None:
-            if server.is_clean and server.state is not ServerState.CLOSED:
-                self.router.end_session(server, pool, reset=bool(self.pins))
-            else:
-                # Mid-transaction or mid-response: never hand this session state to anyone.
-                pool.discard(server, "client disconnected mid-transaction")
+        clean = server is not None and server.is_clean and server.state is not ServerState.CLOSED
+        self.lease.end(clean, reset=bool(self.pins))
         self.router.unregister_client(self)
 
 
@@ -1162,7 +1078,7 @@ def _shared_settings(settings: dict[str, str]) -> dict[str, str]:
     return shared
 
 
-def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> str | None:
+def _handover_reset(conn: ServerConnection, tenant: str | None) -> tuple[str | None, Handover]:
     """What the exact hand-over sends ahead of the new client's first message: what the session's
     residue (router.sql.inert_statements) says may be left. The full wipe when the previous client ran
     anything not judged, or under a search_path the router cannot vouch for: settings changed inside
@@ -1176,21 +1092,22 @@ def _handover_reset(conn: ServerConnection, pool: Pool, tenant: str | None) -> s
     own_statements = bool(conn.session.prepared or conn.session.unnamed)
     deallocate = own_statements and conn.session.owner_tenant != tenant
     if left == LEAVES_NOTHING and not deallocate:
-        return None  # the common case: an inert session within one tenant passes as it is
+        return None, Handover.AS_IS  # the common case: an inert session within one tenant passes as it is
     conn.session.residue = LEAVES_NOTHING
     if left == LEAVES_ANYTHING:
-        pool.wipes += 1
+        handover = Handover.WIPED
         conn.session.applied = {}
         conn.session.entered = None  # the wipe's RESET ALL empties it, if it runs: leave before it
         statements = [HANDOVER_RESET]
         deallocate = own_statements
     elif left == LEAVES_SEQUENCES:
-        pool.sequence_resets += 1
+        handover = Handover.SEQUENCES_RESET
         statements = [HANDOVER_DISCARD_SEQUENCES]
     else:
         statements = []
+        handover = Handover.AS_IS
     if deallocate:
         statements.append(HANDOVER_DEALLOCATE)
         conn.session.prepared.clear()
         conn.session.unnamed = None
-    return "; ".join(statements)
+    return "; ".join(statements), handover

@@ -753,7 +753,7 @@ def test_transactions_that_only_read_need_no_wal_position(split_router: SplitRou
         assert in_recovery(conn) is False
         conn.execute("SELECT count(*) FROM items")
         conn.execute("COMMIT")
-        assert session.min_lsn is None
+        assert session.lease.min_lsn is None
         assert in_recovery(conn) is True
 
     async def prepared_reads() -> None:
@@ -762,10 +762,10 @@ def test_transactions_that_only_read_need_no_wal_position(split_router: SplitRou
             (session,) = _sessions(router)
             for n in range(3):
                 assert await conn.fetchval(f"SELECT $1::int + {n}", n) == 2 * n
-            assert session.min_lsn is None
+            assert session.lease.min_lsn is None
             await conn.execute("CREATE TEMP TABLE rw_scratch (a int)")  # runs on the primary: a write
             # The client has its answer before the router has read the position: wait for it.
-            wait_until(lambda: session.min_lsn is not None, "the write's WAL position noted", within=5)
+            wait_until(lambda: session.lease.min_lsn is not None, "the write's WAL position noted", within=5)
         finally:
             await conn.close()
 

@@ -173,6 +173,7 @@ STILL_TO_UNTANGLE: set[tuple[str, str]] = {
 CIRCLES_TO_UNTANGLE: list[list[str]] = [
     ["router.app", "router.ops.http", "router.ops.janitor", "router.ops.metrics"],
     [
+        "router.core.lease",
         "router.core.pool",
         "router.core.replicas",
         "router.core.target",
