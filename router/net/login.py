@@ -1,6 +1,6 @@
 """Client login: startup packet, protocol negotiation, authentication, tenant resolution.
 
-Drives a `ClientSession` from its first byte until it is ready to route: answers SSL and GSSAPI
+Drives a client connection (router.net.client) from its first byte until it is ready to route: answers SSL and GSSAPI
 requests with 'N', serves CancelRequests, authenticates by SCRAM-SHA-256, md5 or trust, finds the
 tenant (user name `role.tenant` or `options=-c router.tenant=...`, in the configured order), and
 reports the server's parameters as a real server would. It routes nothing itself.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING, Any, Protocol
 
 from router.core.target import Target
 from router.errors import (
@@ -20,13 +21,13 @@ from router.errors import (
     RouterError,
     UnsupportedProtocolVersion,
 )
-from router.net.client import ClientSession
 from router.net.server import ServerConnection
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.auth import SCRAM, AuthError, check_md5, new_md5_salt
 from router.protocol.pg.read_intent import ReadPolicy, read_only_session
+from router.protocol.pg.session import PgSession
 from router.protocol.pg.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -38,7 +39,34 @@ from router.protocol.pg.startup import (
 )
 from router.sql.session_sql import session_sync_sql
 
+if TYPE_CHECKING:
+    from router.net.context import RouterContext
+
 log = logging.getLogger(__name__)
+
+
+class LoginClient(Protocol):
+    """The client connection login drives (router.net.client), as login sees it."""
+
+    router: RouterContext[Any]
+    peer: str
+    key: tuple[int, bytes]
+    session: PgSession  # its PostgreSQL session: login fills in who the client is
+
+    def write_to_client(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def take_buffer(self) -> bytearray: ...
+
+    async def wait_for_data(self) -> None: ...
+
+    def register(self) -> None: ...
+
+    def start_routing(self) -> None: ...
+
+    def fatal(self, exc: RouterError) -> None: ...
+
+    def close(self) -> None: ...
+
 
 TENANT_OPTION = "router.tenant"
 # Startup parameters that describe the connection, not session settings to carry to servers.
@@ -47,36 +75,36 @@ _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 
 
-async def login(session: ClientSession) -> None:
+async def login(client: LoginClient) -> None:
     try:
-        async with asyncio.timeout(session.router.login_timeout):
-            await _login(session)
+        async with asyncio.timeout(client.router.login_timeout):
+            await _login(client)
     except TimeoutError:
-        session.fatal(ClientProtocolError("login took too long", detail="the client did not finish logging in"))
+        client.fatal(ClientProtocolError("login took too long", detail="the client did not finish logging in"))
     except f.FramingError as exc:
-        session.fatal(ClientProtocolError(f"invalid startup packet: {exc}"))
+        client.fatal(ClientProtocolError(f"invalid startup packet: {exc}"))
     except RouterError as exc:
-        session.fatal(exc)
+        client.fatal(exc)
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("login of %s failed unexpectedly", session.peer)
-        session.fatal(RouterError("internal router error during login"))
+        log.exception("login of %s failed unexpectedly", client.peer)
+        client.fatal(RouterError("internal router error during login"))
 
 
-async def _read_startup(session: ClientSession) -> bytes:
-    buf = session.take_buffer()
+async def _read_startup(client: LoginClient) -> bytes:
+    buf = client.take_buffer()
     while True:
         length = startup_packet_length(buf)
         if length is not None and len(buf) >= length:
             packet = bytes(buf[:length])
             del buf[:length]
             return packet
-        await session.wait_for_data()
+        await client.wait_for_data()
 
 
-async def _read_message(session: ClientSession, expected: int) -> bytes:
-    buf = session.take_buffer()
+async def _read_message(client: LoginClient, expected: int) -> bytes:
+    buf = client.take_buffer()
     while True:
         header = f.read_header(buf, 0)
         if header is not None and len(buf) >= header[1]:
@@ -86,20 +114,20 @@ async def _read_message(session: ClientSession, expected: int) -> bytes:
             if mtype != expected:
                 raise ClientProtocolError(f"expected message {chr(expected)!r} during login, got {chr(mtype)!r}")
             return msg
-        await session.wait_for_data()
+        await client.wait_for_data()
 
 
-async def _login(session: ClientSession) -> None:
-    router = session.router
+async def _login(client: LoginClient) -> None:
+    router = client.router
     while True:
-        packet = parse_startup_packet(await _read_startup(session))
+        packet = parse_startup_packet(await _read_startup(client))
         if isinstance(packet, SSLRequest | GSSENCRequest):
-            session.write_to_client(b"N")
+            client.write_to_client(b"N")
             continue
         if isinstance(packet, CancelRequest):
             # Shielded: the sender may hang up at once, which must not abort delivering the cancel.
             await asyncio.shield(router.cancel(packet.process_id, packet.secret_key))
-            session.close()
+            client.close()
             return
         break
     assert isinstance(packet, StartupMessage)
@@ -108,7 +136,7 @@ async def _login(session: ClientSession) -> None:
             f"unsupported frontend protocol {packet.major}.{packet.minor}: the router supports 3.0"
         )
     if packet.minor > 0 or packet.extensions:
-        session.write_to_client(be.negotiate_protocol_version(0, packet.extensions))
+        client.write_to_client(be.negotiate_protocol_version(0, packet.extensions))
     params = packet.parameters
     if "replication" in params and params["replication"].lower() not in ("false", "off", "no", "0"):
         raise UnsupportedProtocolVersion("replication connections are not supported by the router")
@@ -122,9 +150,10 @@ async def _login(session: ClientSession) -> None:
     user = router.user(role)
     if user is None:
         raise AuthenticationFailed(f'password authentication failed for user "{role}"')
-    await _authenticate(session, role, user_name, user.password)
-    session.user, session.role = user_name, role
-    session.tenant_switch_allowed = user.tenant_switch
+    await _authenticate(client, role, user_name, user.password)
+    pg = client.session
+    pg.user, pg.role = user_name, role
+    pg.tenant_switch_allowed = user.tenant_switch
     if tenant is None and not user.tenant_switch:
         raise NoTenant(
             f'no tenant given for user "{role}"',
@@ -132,7 +161,7 @@ async def _login(session: ClientSession) -> None:
             " or with options='-c router.tenant=<tenant>'",
         )
     target = router.resolve_target(tenant) if tenant is not None else router.default_target()
-    session.tenant = session.login_tenant = tenant
+    pg.tenant = pg.login_tenant = tenant
     settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS} | options
     refused = sorted(settings.keys() & _IDENTITY_SETTINGS)
     if refused:
@@ -140,25 +169,25 @@ async def _login(session: ClientSession) -> None:
             f"startup option {refused[0]} is not allowed through tenant-router",
             hint="the router chooses the role its server connections act as",
         )
-    session.settings = settings
+    pg.settings = settings
     if user.read_only:
         # Read-only on the primary too, where its transactions go when no replica can serve them.
-        session.settings["default_transaction_read_only"] = "on"
-    session.startup_settings = dict(session.settings)
+        pg.settings["default_transaction_read_only"] = "on"
+    pg.startup_settings = dict(pg.settings)
     mode = user.reads or router.read_mode
     if mode != "off":
-        read_only = read_only_session(user.read_only, session.settings)
-        session.read_policy = ReadPolicy(mode, read_only, router.read_classifier)
-    session.key = router.register_client(session)
-    reported = await _server_parameters(session, target)
+        read_only = read_only_session(user.read_only, pg.settings)
+        pg.read_policy = ReadPolicy(mode, read_only, router.read_classifier)
+    client.register()
+    reported = await _server_parameters(client, target)
     out = bytearray(be.authentication_ok())
     for name, value in reported.items():
         out += be.parameter_status(name, value)
-    session.reported = dict(reported)
-    out += be.backend_key_data(*session.key)
+    pg.reported = dict(reported)
+    out += be.backend_key_data(*client.key)
     out += be.READY_IDLE
-    session.write_to_client(out)
-    session.start_routing()
+    client.write_to_client(out)
+    client.start_routing()
 
 
 def _identify(
@@ -178,8 +207,8 @@ def _identify(
     return role, None
 
 
-async def _authenticate(session: ClientSession, role: str, login_name: str, password: str | None) -> None:
-    router = session.router
+async def _authenticate(client: LoginClient, role: str, login_name: str, password: str | None) -> None:
+    router = client.router
     method = router.auth_method
     failed = AuthenticationFailed(f'password authentication failed for user "{role}"')
     if method == "trust":
@@ -188,8 +217,8 @@ async def _authenticate(session: ClientSession, role: str, login_name: str, pass
         raise failed
     if method == "md5":
         salt = new_md5_salt()
-        session.write_to_client(be.authentication_md5(salt))
-        answer = await _read_message(session, f.PASSWORD)
+        client.write_to_client(be.authentication_md5(salt))
+        answer = await _read_message(client, f.PASSWORD)
         # libpq salts md5 with the user name it logged in with, i.e. `role.tenant`.
         if not check_md5(login_name, password, salt, answer[5:]):
             raise failed
@@ -197,25 +226,25 @@ async def _authenticate(session: ClientSession, role: str, login_name: str, pass
     user = router.user(role)
     assert user is not None
     exchange = router.scram_verifier(user).start()
-    session.write_to_client(be.authentication_sasl([SCRAM]))
-    mechanism, client_first = fe.parse_sasl_initial_response(await _read_message(session, f.PASSWORD))
+    client.write_to_client(be.authentication_sasl([SCRAM]))
+    mechanism, client_first = fe.parse_sasl_initial_response(await _read_message(client, f.PASSWORD))
     if mechanism != SCRAM:
         raise ClientProtocolError(f"unsupported SASL mechanism {mechanism!r}; the router offers {SCRAM}")
     try:
-        session.write_to_client(be.authentication_sasl_continue(exchange.first(client_first)))
-        client_final = (await _read_message(session, f.PASSWORD))[5:]
-        session.write_to_client(be.authentication_sasl_final(exchange.final(client_final)))
+        client.write_to_client(be.authentication_sasl_continue(exchange.first(client_first)))
+        client_final = (await _read_message(client, f.PASSWORD))[5:]
+        client.write_to_client(be.authentication_sasl_final(exchange.final(client_final)))
     except AuthError:
         raise failed from None
 
 
-async def _server_parameters(session: ClientSession, target: Target) -> dict[str, str]:
+async def _server_parameters(client: LoginClient, target: Target) -> dict[str, str]:
     """The ParameterStatus values this client must see: the server's own after applying the
     client's settings (so `utf8` comes back as `UTF8`). Learned once per distinct set of settings
     from a real server connection (which also proves the shard answers), then served from the
     pool's memory, so a busy pool does not hold up logins."""
     pool = target.pool
-    desired = {**target.context, **session.settings}
+    desired = {**target.context, **client.session.settings}
     key = frozenset(desired.items())
     known = pool.login_parameters.get(key)
     if known is not None:

@@ -26,10 +26,6 @@ from router.protocol.pg.server_session import ServerSession
 from router.protocol.pg.startup import build_cancel_request, build_startup_message
 
 if TYPE_CHECKING:
-    # For the type only (no import at run time): compiled, a call on a field of this concrete class
-    # is a direct call, where one on a Protocol-typed field is a method lookup by name, on every
-    # response the server sends.
-    from router.net.client import ClientSession
     from router.protocol.pg.backend import ServerError
 
 log = logging.getLogger(__name__)
@@ -45,6 +41,32 @@ class ServerState(enum.Enum):
     IDLE = "idle"  # clean, in its pool, no client
     ACTIVE = "active"  # attached to a client; output is forwarded to it
     CLOSED = "closed"
+
+
+class ClientLink:
+    """What a server connection forwards to: the client session attached to it (router.net.client
+    implements it). A base class rather than a Protocol: compiled, a call on a field of a native
+    class is a direct call, where one on a Protocol-typed field is a method lookup by name, on every
+    response the server sends."""
+
+    __slots__ = ("flow",)
+
+    def __init__(self) -> None:
+        self.flow = FlowSide()  # linked to the attached server's while output is forwarded
+
+    def write_to_client(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def report_parameters(self, params: dict[str, str]) -> None:
+        """The server reported these parameters: tell the client what it does not know yet."""
+        raise NotImplementedError
+
+    def server_ready(self, server: ServerConnection) -> None:
+        """The server finished everything sent to it and is idle."""
+        raise NotImplementedError
+
+    def server_lost(self, server: ServerConnection, reason: str) -> None:
+        raise NotImplementedError
 
 
 class ServerConnection:
@@ -65,9 +87,8 @@ class ServerConnection:
         self.session = ServerSession()
         self.plan = self.session.plan  # the same object for the connection's life: read per response
         # Forwarding state.
-        self.client: ClientSession | None = None
+        self.client: ClientLink | None = None
         self.flow = FlowSide()  # linked to the attached client's while output is forwarded to it
-        self.tx_status = be.TX_IDLE
         self._on_closed = on_closed
         self._tail = b""
         self._pass_left = 0  # bytes of a forwarded message still to come
@@ -148,7 +169,7 @@ class ServerConnection:
                 # Control messages are small: wait for the rest before deciding.
                 break
             if mtype == _READY:
-                self.tx_status = data[pos + 5]
+                self.session.tx_status = data[pos + 5]
                 saw_ready = True
             elif mtype == _ERROR and be.is_fatal_error(data[pos:end]):
                 # The server is ending the session (shutdown, terminated backend): say which one.
@@ -204,7 +225,7 @@ class ServerConnection:
             self.client.write_to_client(bytes(self.plan.ready))
             self.plan.ready.clear()
 
-    def attach(self, client: ClientSession) -> None:
+    def attach(self, client: ClientLink) -> None:
         self.client = client
         self.state = ServerState.ACTIVE
         self.flow.link(client.flow)
@@ -224,7 +245,7 @@ class ServerConnection:
             and not self.plan
             and not self.plan.setup_failed
             and self.session.synced
-            and self.tx_status == be.TX_IDLE
+            and self.session.tx_status == be.TX_IDLE
             and not self._tail
             and not self._pass_left
         )
@@ -355,7 +376,7 @@ class ServerConnection:
             elif mtype == f.ERROR_RESPONSE and error is None:
                 error = be.parse_error_fields(body)
             elif mtype == f.READY_FOR_QUERY:
-                self.tx_status = body[0]
+                self.session.tx_status = body[0]
                 self.state = previous
                 if previous is ServerState.ACTIVE and self.client is not None:
                     self.flow.link(self.client.flow)

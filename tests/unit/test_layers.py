@@ -172,16 +172,6 @@ STILL_TO_UNTANGLE: set[tuple[str, str]] = {
 }
 CIRCLES_TO_UNTANGLE: list[list[str]] = [
     ["router.app", "router.ops.http", "router.ops.janitor", "router.ops.metrics"],
-    [
-        "router.core.lease",
-        "router.core.pool",
-        "router.core.replicas",
-        "router.core.target",
-        "router.net.client",
-        "router.net.context",
-        "router.net.login",
-        "router.net.server",
-    ],
 ]
 
 

@@ -3,7 +3,8 @@
 Owns the record of a server session as the router believes it to be: the named statements it holds
 (and the epoch of each one's parse), the unnamed statement, the settings applied, the tenant entered,
 the client that last used it, what that client's statements may have left (the residue the exact
-hand-over clears), whether the extended protocol is synced, and the plan of responses still owed.
+hand-over clears), whether the extended protocol is synced, the transaction status, and the plan of
+responses still owed.
 
 Only the PostgreSQL session (router.protocol.pg.session) changes these fields while a client uses the
 connection; the few moments outside a client's use (a login's settings, a wipe before the connection
@@ -14,6 +15,7 @@ never writes the rest. Sans-IO: no sockets, no asyncio, no pool.
 
 from __future__ import annotations
 
+from router.protocol.pg import backend as be
 from router.protocol.pg.prepared import ServerStatements
 from router.protocol.pg.responses import ResponsePlan
 from router.sql.inert_statements import LEAVES_NOTHING
@@ -32,6 +34,7 @@ class ServerSession:
         "prepared_unsure",
         "residue",
         "synced",
+        "tx_status",
         "unnamed",
     )
 
@@ -61,6 +64,9 @@ class ServerSession:
         self.plan = ResponsePlan(self.prepared)
         # No extended-protocol message is waiting for its Sync.
         self.synced = True
+        # The transaction status of the last ReadyForQuery (the server connection writes it as
+        # responses stream).
+        self.tx_status = be.TX_IDLE
 
     def simple_query_sent(self) -> None:
         """A simple query of the router's own went: it replaced the unnamed statement."""
