@@ -24,9 +24,17 @@ from pathlib import Path
 
 # The forwarding path: framing and messages, the client and server connections, their flow control
 # (linked and unlinked on every transaction), the pools, and the check of each Query's text for the
-# exact hand-over (cached verdicts, asked per transaction).
+# exact hand-over (cached verdicts, asked per transaction); the client's PostgreSQL session, its
+# model of each server session and its settings sync, and the lease that takes and gives back
+# server connections (every message and every transaction pass through them).
 MODULES = (
     "router.net.client",
+    "router.protocol.pg.session",
+    "router.protocol.pg.session_core",
+    "router.protocol.pg.extended",
+    "router.protocol.pg.handover",
+    "router.protocol.pg.server_session",
+    "router.core.lease",
     "router.sql.inert_statements",
     "router.net.server",
     "router.net.flow",

@@ -94,7 +94,13 @@ class Client:
         return self.session.run()
 
     def attach(self, conn: ServerSession) -> Handover:
-        handover = self.session.attach(conn, self.session.target(), Address())
+        return self.session.attach(conn, self.session.target(), Address())
+
+    def run_on(self, conn: ServerSession, *messages: bytes) -> Handover:
+        """Send messages that need a server, and give them `conn`."""
+        assert self.send(*messages) is Need.SERVER
+        handover = self.attach(conn)
+        self.send()
         return handover
 
     def to_server(self) -> bytes:
@@ -273,9 +279,7 @@ def test_a_refused_request_is_answered_and_its_messages_discarded_up_to_the_sync
 def test_statements_on_who_the_session_acts_as_are_raised_by_the_server_instead(sql: str, sqlstate: str) -> None:
     client = Client()
     conn = ServerSession()
-    client.send(fe.query(sql))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query(sql))
     instead = refusal(classify(sql), False, frozenset())
     assert instead is not None and sqlstate in instead
     assert client.to_server() == fresh_sync() + fe.query(instead)
@@ -287,9 +291,7 @@ def test_large_objects_are_refused_to_shared_tenants_only() -> None:
         router.targets["acme"] = target("acme", Entry("acme", "sig") if shared else None)
         client = Client(router)
         conn = ServerSession()
-        client.send(fe.query("SELECT lo_create(0)"))
-        client.attach(conn)
-        client.send()
+        client.run_on(conn, fe.query("SELECT lo_create(0)"))
         assert (b"0A000" in client.to_server()) is shared
 
 
@@ -299,9 +301,7 @@ def test_a_fast_path_function_call_is_refused_to_a_shared_tenant() -> None:
     client = Client(router)
     conn = ServerSession()
     call = b"F\x00\x00\x00\x0e\x00\x00\x03\xe8\x00\x00\x00\x00\x00\x00"
-    client.send(call)
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, call)
     assert b"0A000" in client.to_server()
     assert conn.residue == LEAVES_ANYTHING
 
@@ -351,9 +351,7 @@ def test_switching_tenant_inside_a_transaction_is_raised_by_the_server() -> None
     client = Client()
     client.session.tenant_switch_allowed = True
     conn = ServerSession()
-    client.send(fe.query("BEGIN"))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query("BEGIN"))
     respond(conn, SET_DONE, be.command_complete("BEGIN") + be.ready_for_query(be.TX_IN_TRANSACTION))
     client.to_server()
     client.send(fe.query("SET router.tenant = 'globex'"))
@@ -367,48 +365,39 @@ def test_switching_tenant_inside_a_transaction_is_raised_by_the_server() -> None
 def used_by(client: Client, sql: str = "SELECT 1") -> ServerSession:
     """A server session another client used for one transaction, then let go."""
     conn = ServerSession()
-    client.send(fe.query(sql))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query(sql))
     client.to_server()
     respond(conn, SET_DONE, be.command_complete("X") + be.READY_IDLE)
     assert client.session.transaction_ended(track_writes=False) is Ending.RELEASE
     return conn
 
 
-def test_an_inert_session_passes_to_the_next_client_as_it_is() -> None:
-    conn = used_by(Client(), "SELECT 1")
+@pytest.mark.parametrize(
+    ("sql", "left", "handover", "ahead"),
+    [
+        # An inert session passes as it is: nothing ahead of the next client's message.
+        ("SELECT 1", LEAVES_NOTHING, Handover.AS_IS, b""),
+        # One that wrote rows has its sequences reset (currval() would tell the last key).
+        ("INSERT INTO t VALUES (1)", LEAVES_SEQUENCES, Handover.SEQUENCES_RESET, fe.query(HANDOVER_DISCARD_SEQUENCES)),
+        # One that ran anything not judged is wiped, and the settings applied again.
+        (
+            "SELECT my_function()",
+            LEAVES_ANYTHING,
+            Handover.WIPED,
+            fe.query(f"{HANDOVER_RESET}; {session_sync_sql({}, desired())}"),
+        ),
+    ],
+)
+def test_the_next_client_gets_the_session_cleared_of_what_the_last_one_may_have_left(
+    sql: str, left: int, handover: Handover, ahead: bytes
+) -> None:
+    conn = used_by(Client(), sql)
+    assert conn.residue == left
+    client = Client()
+    query = fe.query("SELECT 2")
+    assert client.run_on(conn, query) is handover
+    assert client.to_server() == ahead + query
     assert conn.residue == LEAVES_NOTHING
-    client = Client()
-    query = fe.query("SELECT 2")
-    client.send(query)
-    assert client.attach(conn) is Handover.AS_IS
-    client.send()
-    assert client.to_server() == query  # in sync: nothing ahead of the client's message
-
-
-def test_a_session_that_wrote_rows_has_its_sequences_reset() -> None:
-    conn = used_by(Client(), "INSERT INTO t VALUES (1)")
-    assert conn.residue == LEAVES_SEQUENCES
-    client = Client()
-    query = fe.query("SELECT 2")
-    client.send(query)
-    assert client.attach(conn) is Handover.SEQUENCES_RESET
-    client.send()
-    assert client.to_server() == fe.query(HANDOVER_DISCARD_SEQUENCES) + query
-    assert conn.residue == LEAVES_NOTHING
-
-
-def test_a_session_that_ran_anything_not_judged_is_wiped() -> None:
-    conn = used_by(Client(), "SELECT my_function()")
-    assert conn.residue == LEAVES_ANYTHING
-    client = Client()
-    query = fe.query("SELECT 2")
-    client.send(query)
-    assert client.attach(conn) is Handover.WIPED
-    client.send()
-    sync = session_sync_sql({}, desired())
-    assert client.to_server() == fe.query(f"{HANDOVER_RESET}; {sync}") + query
 
 
 def test_an_untrusted_search_path_makes_every_session_wiped() -> None:
@@ -419,23 +408,17 @@ def test_an_untrusted_search_path_makes_every_session_wiped() -> None:
 def test_the_router_statements_are_deallocated_when_the_session_passes_to_another_tenant() -> None:
     owner = Client()
     conn = ServerSession()
-    owner.send(fe.build_parse("s1", "SELECT 1", b"\x00\x00"), fe.SYNC)
-    owner.attach(conn)
-    owner.send()
+    owner.run_on(conn, fe.build_parse("s1", "SELECT 1", b"\x00\x00"), fe.SYNC)
     respond(conn, SET_DONE, be.PARSE_COMPLETE, be.READY_IDLE)
     owner.session.transaction_ended(track_writes=False)
     assert conn.prepared
     same_tenant = Client()
-    same_tenant.send(fe.query("SELECT 1"))
-    assert same_tenant.attach(conn) is Handover.AS_IS
-    same_tenant.send()
+    assert same_tenant.run_on(conn, fe.query("SELECT 1")) is Handover.AS_IS
     assert same_tenant.to_server() == fe.query("SELECT 1")  # kept: clients of one tenant share them
     respond(conn, OK_SELECT)
     same_tenant.session.transaction_ended(track_writes=False)
     other = Client(tenant="globex")
-    other.send(fe.query("SELECT 1"))
-    other.attach(conn)
-    other.send()
+    other.run_on(conn, fe.query("SELECT 1"))
     sync = session_sync_sql(desired(), desired("globex"))
     assert other.to_server() == fe.query(f"{HANDOVER_DEALLOCATE}; {sync}") + fe.query("SELECT 1")
     assert not conn.prepared
@@ -444,9 +427,7 @@ def test_the_router_statements_are_deallocated_when_the_session_passes_to_anothe
 def test_changed_settings_are_read_back_and_follow_the_client_to_its_next_server() -> None:
     client = Client()
     conn = ServerSession()
-    client.send(fe.query("SET work_mem = '8MB'"))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query("SET work_mem = '8MB'"))
     client.to_server()
     respond(conn, SET_DONE, be.command_complete("SET") + be.READY_IDLE)
     assert client.session.transaction_ended(track_writes=False) is Ending.READ_BACK
@@ -457,9 +438,7 @@ def test_changed_settings_are_read_back_and_follow_the_client_to_its_next_server
     assert client.session.settings == {"work_mem": "8MB"}
     assert conn.applied == {"work_mem": "8MB", TENANT_SETTING: "acme"}
     nxt = ServerSession()
-    client.send(fe.query("SELECT 1"))
-    client.attach(nxt)
-    client.send()
+    client.run_on(nxt, fe.query("SELECT 1"))
     assert client.to_server() == fresh_sync(work_mem="8MB") + fe.query("SELECT 1")
 
 
@@ -470,9 +449,7 @@ def test_discard_all_reads_back_settings_and_statements_and_enters_again() -> No
     client.session.statements.define("s1", fe.parse_parse(fe.build_parse("s1", "SELECT 1", b"\x00\x00")), 1)
     conn = ServerSession()
     conn.prepared["trs_x"] = 5
-    client.send(fe.query("DISCARD ALL"))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query("DISCARD ALL"))
     assert conn.entered == "acme"
     assert "s1" not in client.session.statements
     assert conn.prepared == {} and conn.prepared_unsure
@@ -492,9 +469,7 @@ def test_entering_a_shared_tenant_leaves_the_one_the_session_had_first() -> None
     client = Client(router)
     conn = ServerSession()
     conn.entered = "globex"
-    client.send(fe.query("SELECT 1"))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query("SELECT 1"))
     enter = _ENTER_TENANT_PARSE + fe.bind("", "", ("acme", "sig")) + fe.execute("") + fe.SYNC
     assert client.to_server() == _LEAVE_TENANT + fresh_sync() + enter + fe.query("SELECT 1")
     assert conn.entered == "acme"
@@ -504,9 +479,7 @@ def test_entering_a_shared_tenant_leaves_the_one_the_session_had_first() -> None
 def test_a_failed_setup_marks_the_connection_to_be_dropped() -> None:
     client = Client()
     conn = ServerSession()
-    client.send(fe.query("SELECT 1"))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query("SELECT 1"))
     answers = respond(conn, be.error_response("22023", "bad setting") + be.READY_IDLE, OK_SELECT)
     assert conn.plan.setup_failed
     assert answers.startswith(be.error_response("22023", "bad setting"))
@@ -515,9 +488,7 @@ def test_a_failed_setup_marks_the_connection_to_be_dropped() -> None:
 def test_a_pinned_session_keeps_its_server_and_a_committed_write_is_read_back() -> None:
     client = Client()
     conn = ServerSession()
-    client.send(fe.query("LISTEN news"))
-    client.attach(conn)
-    client.send()
+    client.run_on(conn, fe.query("LISTEN news"))
     respond(conn, SET_DONE, be.command_complete("LISTEN") + be.READY_IDLE)
     assert client.session.transaction_ended(track_writes=False) is Ending.KEEP
     assert client.session.server is conn

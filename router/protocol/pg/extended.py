@@ -38,6 +38,8 @@ _REMEMBERED_PARSE_LIMIT: Final = 4096  # bytes of the last Parse message a sessi
 class ExtendedProtocol(SessionCore):
     """The extended-protocol handlers of a client's session (router.protocol.pg.session)."""
 
+    __slots__ = ("_last_parse",)
+
     def __init__(self, router: SessionRouter, serial: int) -> None:
         super().__init__(router, serial)
         self._last_parse: tuple[bytes, fe.Parse, Effects | None, int] | None = None  # the last Parse, judged
@@ -190,12 +192,16 @@ class ExtendedProtocol(SessionCore):
         return True
 
     def _on_execute(self, msg: bytes) -> bool:
+        return self._forward(msg, r.ENDS_EXECUTE)
+
+    def _forward(self, msg: bytes, ends: frozenset[int]) -> bool:
+        """An extended-protocol message to the server as the client sent it, answered by `ends`."""
         server = self._server()
         if server is None:
             return False
         server.synced = False
         self.out.append(msg)
-        server.plan.expect(r.ENDS_EXECUTE)
+        server.plan.expect(ends)
         return True
 
     def _on_close(self, msg: bytes) -> bool:
@@ -211,13 +217,7 @@ class ExtendedProtocol(SessionCore):
                 self.server.synced = False
                 self.server.plan.synthesize(be.CLOSE_COMPLETE)
             return True
-        server = self._server()
-        if server is None:
-            return False
-        server.synced = False
-        self.out.append(msg)
-        server.plan.expect(r.ENDS_CLOSE)
-        return True
+        return self._forward(msg, r.ENDS_CLOSE)
 
     def _on_sync(self, msg: bytes) -> bool:
         server = self.server

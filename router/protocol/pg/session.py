@@ -74,6 +74,17 @@ class Ending(enum.Enum):
 class PgSession(ExtendedProtocol):
     """One client's PostgreSQL session. See the module docstring."""
 
+    __slots__ = (
+        "_judged",
+        "_pending",
+        "failure",
+        "login_tenant",
+        "read_backs",
+        "reported",
+        "tenant_switch_allowed",
+        "user",
+    )
+
     def __init__(self, router: SessionRouter) -> None:
         super().__init__(router, next(_SERIALS))
         self.user = ""

@@ -85,6 +85,35 @@ class Phase(enum.Enum):
 class SessionCore:
     """The fields of one client's session and the helpers its handlers share."""
 
+    # Slots: ten thousand idle clients must stay cheap (no per-instance __dict__).
+    __slots__ = (
+        "_address",
+        "_desired",
+        "_desired_for",
+        "_discarding",
+        "_effects",
+        "_exact_handover",
+        "_plain_next",
+        "_residues",
+        "_targets",
+        "_transaction_pooling",
+        "_watched",
+        "out",
+        "phase",
+        "pins",
+        "read_next",
+        "read_policy",
+        "role",
+        "router",
+        "serial",
+        "server",
+        "settings",
+        "startup_settings",
+        "statements",
+        "tenant",
+        "to_client",
+    )
+
     def __init__(self, router: SessionRouter, serial: int) -> None:
         self.router = router
         # Fixed for the router's lifetime, and read on every transaction: kept here (compiled, a
