@@ -165,14 +165,17 @@ class Lease:
             result = pool.checkout(self._granted_callback, self._refused_callback, self.last)
         # Whether a write here would need its WAL position noted; whether it did write is for the
         # protocol to follow until the transaction ends.
-        mode = self._router.read_your_writes
-        self.track_writes = bool(target.replicas) and (mode == "tenant" or (mode == "session" and split))
+        self.track_writes = bool(target.replicas) and self._tracks_writes(split)
         if isinstance(result, Waiter):
             self._waiting = result
             self._waiting_for = (target, pool)
             return None
         self._hold(result, target, pool)
         return result
+
+    def _tracks_writes(self, split: bool) -> bool:
+        mode = self._router.read_your_writes
+        return mode == "tenant" or (mode == "session" and split)
 
     def _read_position(self, target: Target) -> int | None:
         """The WAL position a replica must have replayed to serve this session's reads."""
