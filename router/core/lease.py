@@ -16,6 +16,7 @@ cleared is reported by the protocol layer (router.core.handover); the router is 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,6 +82,13 @@ class LeaseRouter(Protocol):
         ...
 
 
+class LeaseState(enum.Enum):
+    FREE = "free"  # no connection held, none asked for
+    WAITING = "waiting"  # in a pool's line, or in a held tenant's: called back when it ends
+    HOLDING = "holding"  # a connection is held (`conn`) for a transaction or a pinned session
+    ENDED = "ended"  # the client left: nothing is taken any more
+
+
 class Lease:
     """One client's hold on a server connection. See the module docstring.
 
@@ -88,7 +96,6 @@ class Lease:
     (ask again: a hold was released, or the pool or replica asked went away), or `refused`."""
 
     __slots__ = (
-        "_ended",
         "_granted_callback",
         "_held",
         "_on_granted",
@@ -104,6 +111,7 @@ class Lease:
         "last",
         "min_lsn",
         "pool",
+        "state",
         "target",
         "track_writes",
     )
@@ -131,7 +139,7 @@ class Lease:
         # What holds the owner's requests: a place in a pool's line, or in a held tenant's.
         self._waiting: Waiter | Cancellable | None = None
         self._waiting_for: tuple[Target, Pool] | None = None
-        self._ended = False
+        self.state = LeaseState.FREE
         # Read-your-writes: per shard, the WAL position of this session's last write there.
         self.min_lsn: dict[str, int] | None = None
         # Whether a write on the connection held would need its WAL position noted (a primary
@@ -139,9 +147,14 @@ class Lease:
         self.track_writes = False
         self._pending_commit: str | None = None  # the tenant whose commit position is being read
 
+    def _to(self, state: LeaseState) -> None:
+        """The one place the state changes. An ended lease stays ended."""
+        if self.state is not LeaseState.ENDED:
+            self.state = state
+
     @property
     def waiting(self) -> bool:
-        return self._waiting is not None
+        return self.state is LeaseState.WAITING
 
     def acquire(self, target: Target, read: bool, split: bool) -> Connection | None:
         """A connection for the owner's next request on `target`'s shard now, or None: it waits
@@ -152,6 +165,7 @@ class Lease:
             ticket = self._router.wait_for_release(tenant, self._released_callback, self._refused_callback)
             if ticket is not None:
                 self._waiting = ticket
+                self._to(LeaseState.WAITING)
                 return None
         pool = target.pool
         if read and target.replicas:
@@ -169,6 +183,7 @@ class Lease:
         if isinstance(result, Waiter):
             self._waiting = result
             self._waiting_for = (target, pool)
+            self._to(LeaseState.WAITING)
             return None
         self._hold(result, target, pool)
         return result
@@ -187,6 +202,7 @@ class Lease:
         return None
 
     def _hold(self, conn: Connection, target: Target, pool: Pool) -> None:
+        self._to(LeaseState.HOLDING)
         self.conn = conn
         self.pool = pool
         self.target = target
@@ -195,7 +211,8 @@ class Lease:
     def _released(self) -> None:
         """The tenant's hold was released: ask again (its target may have moved)."""
         self._waiting = None
-        if not self._ended:
+        if self.state is LeaseState.WAITING:
+            self._to(LeaseState.FREE)
             self._on_resume()
 
     def _granted(self, conn: Connection) -> None:
@@ -206,7 +223,7 @@ class Lease:
             conn.close()
             return
         target, pool = waiting
-        if self._ended:
+        if self.state is LeaseState.ENDED:
             pool.release(conn)
             return
         self._hold(conn, target, pool)
@@ -216,8 +233,9 @@ class Lease:
         self._waiting = None
         waiting = self._waiting_for
         self._waiting_for = None
-        if self._ended:
+        if self.state is LeaseState.ENDED:
             return
+        self._to(LeaseState.FREE)
         if isinstance(exc, PoolRetired):
             # The pool was removed by a reload while we waited: ask again under the new topology.
             self._on_resume()
@@ -273,6 +291,7 @@ class Lease:
         self.conn = None
         if conn is None or pool is None:
             return
+        self._to(LeaseState.FREE)
         pool.transactions += 1
         self.track_writes = False
         pool.release(conn)
@@ -282,15 +301,16 @@ class Lease:
         conn, pool = self.conn, self.pool
         self.conn = None
         if conn is not None and pool is not None:
+            self._to(LeaseState.FREE)
             pool.discard(conn, reason)
         return conn
 
     def end(self, clean: bool, reset: bool) -> None:
         """The client left: stop waiting, and give the connection back (wiped first when `reset`,
         in session mode too, router.app) if `clean`; otherwise it never serves anyone again."""
-        if self._ended:
+        if self.state is LeaseState.ENDED:
             return
-        self._ended = True
+        self._to(LeaseState.ENDED)
         waiting = self._waiting
         self._waiting = None
         if waiting is not None:

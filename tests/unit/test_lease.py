@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from router.core.handover import Handover
-from router.core.lease import Lease
+from router.core.lease import Lease, LeaseState
 from router.core.pool import Pool, PoolKey, PoolSettings
 from router.core.replicas import ReplicaMember
 from router.core.target import Target
@@ -127,9 +127,11 @@ def test_an_idle_connection_is_held_at_once_and_released_to_its_pool() -> None:
     conn = idle_connection(target.pool)
     assert lease.acquire(target, read=False, split=False) is conn
     assert (lease.conn, lease.pool, lease.target, lease.last) == (conn, target.pool, target, conn)
+    assert lease.state is LeaseState.HOLDING
     assert target.pool.idle_count == 0
     lease.release()
     assert lease.conn is None
+    assert lease.state is LeaseState.FREE
     assert target.pool.transactions == 1
     assert target.pool.idle_count == 1
     assert owner.calls == []
@@ -310,6 +312,7 @@ def test_a_clean_connection_goes_back_through_the_router_when_the_client_leaves(
     lease.end(clean=True, reset=True)
     assert router.ended == [(conn, target.pool, True)]
     assert lease.conn is None
+    assert lease.state is LeaseState.ENDED
 
 
 def test_a_connection_left_mid_transaction_is_discarded() -> None:
