@@ -1526,3 +1526,25 @@ def test_a_cancel_never_interrupts_the_router_entering_the_tenant(hardened: Esca
             await admin.close()
 
     asyncio.run(scenario())
+
+
+def test_a_session_wiped_after_a_pinned_client_enters_the_tenant_again(hardened: EscapeDeployment) -> None:
+    """A client that pinned its server session (LISTEN) leaves: the router wipes the session with
+    DISCARD ALL, whose RESET ALL empties the entered tenant. The next client of the same tenant,
+    on that same server session (pool size 1), must be entered again and see its rows."""
+    a, _b = HARDENED.tenants("shared")
+    table = quote_ident(HARDENED.table)
+
+    async def scenario() -> None:
+        pinned = await asyncpg.connect(hardened.url(a))
+        await pinned.execute("LISTEN esc_wiped")  # pins the server session to this client
+        assert {row[0] for row in await pinned.fetch(f"SELECT tenant_id FROM {table}")} == {a}
+        await pinned.close()  # the router wipes the session, then gives it back to the pool
+        after = await asyncpg.connect(hardened.url(a))
+        try:
+            rows = await after.fetch(f"SELECT tenant_id FROM {table}")
+            assert rows and {row[0] for row in rows} == {a}
+        finally:
+            await after.close()
+
+    asyncio.run(scenario())

@@ -86,5 +86,8 @@ class ServerSession:
         self.unnamed = None
         self.applied = {}
         self.owner = None
+        # Its RESET ALL emptied the setting that carries the entered tenant (router/admin/rls.py):
+        # the next client of any shared tenant, this one's included, enters again.
+        self.entered = None
         self.owner_tenant = None
         self.residue = LEAVES_NOTHING
