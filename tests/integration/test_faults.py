@@ -112,3 +112,38 @@ def test_serve_refuses_an_invalid_config_with_the_check_messages(tmp_path: Path,
         assert f"{bad}: pool.size:" in result.stderr
         assert f"{bad}: tenant.resolution:" in result.stderr
     assert outputs[0] == outputs[1]
+
+
+def test_a_server_that_speaks_garbage_is_unavailable_with_its_name() -> None:
+    """A server whose first answer is not PostgreSQL's (a wrong port, say): the connection fails as
+    BackendUnavailable (08006) naming the server, like one that is down."""
+    import asyncio
+
+    from router.errors import BackendUnavailable
+    from router.net.server import open_server_connection
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(b"R\x00\x00\x00\x02")  # an authentication message shorter than its header
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+
+    async def connect() -> None:
+        await open_server_connection(
+            "127.0.0.1", port, "db", "user", None, label="shard_x/primary", connect_timeout=5, on_closed=lambda c: None
+        )
+
+    try:
+        with pytest.raises(BackendUnavailable, match="shard_x/primary: server sent garbage") as info:
+            asyncio.run(connect())
+        assert info.value.sqlstate == "08006"
+    finally:
+        listener.close()
+        thread.join(timeout=2)
