@@ -16,41 +16,35 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from router.catalog.cache import CatalogCache
-from router.catalog.store import Tenant
 from router.config import RouterConfig, UserConfig
-from router.core.cancel_keys import new_process_id, owner_of
-from router.core.hashing import Ring
-from router.core.pool import Pool, PoolKey, PoolSettings, ShardCapacity
-from router.core.replicas import LagBounds, ReplicaMember, choose_replica
-from router.core.routing import place_tenant
-from router.core.target import Entry, Target
-from router.core.topology import ServerAddress, Shard, Topology, diff_topologies, load_both
-from router.errors import (
-    BackendUnavailable,
-    ConfigError,
-    RouterError,
-    TenantHeld,
-    TenantSuspended,
-    TooManyClients,
-    UnknownTenant,
-)
-from router.isolation import database_name, schema_name, sign_tenant, tenant_role, tenant_role_password
+from router.core.cancel_keys import owner_of
+from router.core.holds import Holds, HoldTicket
+from router.core.limits import ClientLimits, Clients
+from router.core.pool import Pool, PoolSettings
+from router.core.read_your_writes import CommitPositions
+from router.core.registry import PoolRegistry
+from router.core.replicas import LagBounds, ReadRouting
+from router.core.target import Target
+from router.core.targets import TargetRules, Targets
+from router.core.topology import ServerKey, Topology, diff_topologies, load_both
+from router.errors import ConfigError, RouterError
 from router.net.client import ClientSession
 from router.net.role_guard import RoleGuard
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
-from router.ops.health import HealthMonitor, ServerKey
+from router.ops.health import HealthMonitor
 from router.ops.janitor import Janitor
 from router.protocol.pg.auth import ScramVerifier
 from router.sql.read_statements import ReadClassifier
 
+if TYPE_CHECKING:
+    from router.ops.reload import FileWatcher
+
 log = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT = 30.0
-# A WAL position no replica has replayed: reads that must see a commit not located yet.
-_UNKNOWN_POSITION = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -74,15 +68,14 @@ class WorkerIdentity:
 
 
 class Router:
-    """Everything a running router instance holds. Implements router.net.context.RouterContext."""
+    """Everything a running router instance holds, connected. Implements
+    router.net.context.RouterContext by delegating to the parts in router.core."""
 
     def __init__(self, config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:
         self.config = config
         self.worker = worker or WorkerIdentity()
         self.peer_id = config.cluster.peer_id
-        self.max_clients = self.worker.share(config.pool.max_client_connections)
-        self.topology = topology
-        self.ring = Ring.from_topology(topology)
+        # What sessions read of the configuration (RouterContext).
         self.auth_method: str = config.auth.method
         self.tenant_resolution: tuple[str, ...] = tuple(config.tenant.resolution)
         self.tenant_separator = config.tenant.separator
@@ -91,6 +84,9 @@ class Router:
         self.login_timeout = LOGIN_TIMEOUT
         self.refused_state: frozenset[str] = frozenset(config.pool.refuse)
         self.exact_handover = config.pool.handover == "exact"
+        self.read_mode: str = config.reads.mode
+        self.read_classifier = ReadClassifier(config.reads.volatile_functions)
+        self.read_your_writes: str = config.reads.read_your_writes
         self.catalog = CatalogCache(
             config.catalog.dsn,
             config.catalog.schema,
@@ -98,41 +94,68 @@ class Router:
             on_change=self._tenant_changed,
             connect_timeout=config.pool.connect_timeout,
         )
-        self.pools: dict[PoolKey, Pool] = {}
         # Repairs the roles the router logs in as when a tenant's session changed them.
         self.role_guard = RoleGuard(config.admin, config.pool.connect_timeout)
-        self._pool_settings = PoolSettings(
+        settings = PoolSettings(
             size=self.worker.share(config.pool.size),
             wait_timeout=config.pool.wait_timeout,
             connect_timeout=config.pool.connect_timeout,
             idle_timeout=config.pool.idle_timeout,
             lifetime=config.pool.lifetime,
         )
-        self.targets: dict[str, Target] = {}
-        self._capacities: dict[tuple[str, int], ShardCapacity] = {}
-        # Read/write splitting over replicas (router.core.replicas), with lag and health from the monitor.
-        self.read_mode: str = config.reads.mode
-        self.read_classifier = ReadClassifier(config.reads.volatile_functions)
-        self.read_your_writes: str = config.reads.read_your_writes
-        self.read_bounds = LagBounds(config.reads.max_lag_bytes, config.reads.max_lag_seconds)
-        self._tenant_positions: dict[str, int] = {}
-        # Tenants with a write just committed whose WAL position is still being read: their reads
-        # go to the primary meanwhile (read-your-writes per tenant).
-        self._tenant_pending: Counter[str] = Counter()
+        secret = config.tenant.context_secret
+        self.pools: PoolRegistry[ServerConnection] = PoolRegistry(
+            settings, self.role_guard.connector, config.server.user if secret is not None else None
+        )
+        rules = TargetRules(config.tenant.setting, "search_path", secret, config.server.user, config.server.password)
+        self.routing = Targets(rules, self.catalog, self.pools.pool, topology)
+        self.targets: dict[str, Target] = self.routing.targets
         self.health = HealthMonitor(topology, config.server, config.health, on_down=self._server_down)
-        self._clients: dict[int, ClientSession] = {}
+        self.reads = ReadRouting(self.health, LagBounds(config.reads.max_lag_bytes, config.reads.max_lag_seconds))
+        self.commits = CommitPositions(config.reads.read_your_writes)
+        limits = ClientLimits(
+            self.worker.share(config.pool.max_client_connections),
+            config.pool.max_client_connections,
+            self.worker.count,
+            config.tenant.max_connections,
+        )
+        self.clients: Clients[ClientSession] = Clients(limits, self.peer_id, self.worker.index, self._clients_changed)
+        # Tenants held by a coordinator (rebalance cutover, migration): their new transactions wait.
+        self.holds = Holds(config.pool.wait_timeout, self.clients.busy, self.pools.watch_returns)
+        self.held: dict[str, list[HoldTicket]] = self.holds.held
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()  # cancels waiting for a set-up to finish
-        self.connections_total = 0
-        # Per-tenant connection limits: the live router processes the global limit is shared by.
-        self.live_members = 1
-        self.registry: Any = None
-        self._tenant_clients: Counter[str] = Counter()
-        # Tenants held by a coordinator (rebalance cutover, migration): their new transactions wait.
-        self.held: dict[str, list[HoldTicket]] = {}
         self._reload_lock = asyncio.Lock()
         self._reload_task: asyncio.Task[bool] | None = None
+
+    # --- what tests, metrics and the janitor read ------------------------------------------------
+
+    @property
+    def topology(self) -> Topology:
+        return self.routing.topology
+
+    @property
+    def read_bounds(self) -> LagBounds:
+        return self.reads.bounds
+
+    @property
+    def live_members(self) -> int:
+        return self.clients.live_members
+
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
+
+    @property
+    def connections_total(self) -> int:
+        return self.clients.logins
+
+    def iter_pools(self) -> Iterator[Pool[ServerConnection]]:
+        return iter(self.pools)
+
+    async def refresh_membership(self) -> None:
+        await self.clients.refresh_membership()
 
     # --- RouterContext ----------------------------------------------------------------------------
 
@@ -147,115 +170,71 @@ class Router:
         return verifier
 
     def resolve_target(self, tenant: str) -> Target:
-        target = self.targets.get(tenant)
-        if target is not None:
-            return target
-        record = self.catalog.get(tenant)
-        if record is None:
-            raise UnknownTenant(
-                f'unknown tenant "{tenant}"',
-                hint=f"register it with: tenant-router tenants add {tenant}",
-            )
-        if record.status != "active":
-            raise TenantSuspended(f'tenant "{tenant}" is suspended', hint="an operator can resume it")
-        placement = place_tenant(tenant, record.shard, self.topology, self.ring)
-        shard = self.topology.shards.get(placement.shard)
-        if shard is None:
-            raise BackendUnavailable(
-                f'tenant "{tenant}" is pinned to shard "{placement.shard}", which shards.yaml does not define'
-            )
-        target = self._target_for(record, shard)
-        self.targets[tenant] = target
-        return target
-
-    def _target_for(self, record: Tenant, shard: Shard) -> Target:
-        own_database = database_name(record.id) if record.isolation == "database" else None
-        setting, secret = self.config.tenant.setting, self.config.tenant.context_secret
-        context = {setting: record.id}  # what applications read with current_setting()
-        user, password = self.config.server.user, self.config.server.password
-        entry = None
-        if secret is not None:
-            # Unforgeable context: a shared tenant's server sessions enter it with its signature
-            # (router/admin/rls.py); schema/database tenants act as their own role, which can reach
-            # nothing of others.
-            if record.isolation == "shared":
-                entry = Entry(record.id, sign_tenant(secret, record.id))
-                # enter_tenant sets it too: left out of the settings, a switch between tenants
-                # with the same settings sends no settings statement at all.
-                del context[setting]
-            else:
-                user, password = tenant_role(record.id), tenant_role_password(secret, record.id)
-        if record.isolation == "schema":
-            context["search_path"] = schema_name(record.id)
-        replicas = tuple(
-            ReplicaMember(
-                ServerKey(shard.name, replica.host, replica.port, "replica"),
-                replica.weight,
-                self._pool(shard.name, replica, own_database or replica.dbname, user, password),
-            )
-            for replica in shard.replicas
-        )
-        primary = self._pool(shard.name, shard.primary, own_database or shard.primary.dbname, user, password)
-        return Target(record.id, shard.name, primary, context, replicas, entry)
+        return self.routing.resolve(tenant)
 
     def default_target(self) -> Target:
-        shard = next(iter(self.topology.shards.values()))
-        pool = self._pool(
-            shard.name, shard.primary, shard.primary.dbname, self.config.server.user, self.config.server.password
-        )
-        # With a context secret, a session without tenant leaves whatever one its server had entered.
-        entry = Entry("") if self.config.tenant.context_secret is not None else None
-        return Target("", shard.name, pool, {}, entry=entry)
-
-    def _pool(self, shard: str, server: ServerAddress, database: str, user: str, password: str | None) -> Pool:
-        key = PoolKey(shard, server.host, server.port, database, user)
-        pool = self.pools.get(key)
-        if pool is None:
-            # `pool.size` bounds each server, shared by all the databases and roles on it.
-            capacity = self._capacities.get((server.host, server.port))
-            if capacity is None:
-                capacity = self._capacities[(server.host, server.port)] = ShardCapacity(self._pool_settings.size)
-            # With a context secret, the router's own role serves every shared tenant: its session
-            # defaults are checked on every new connection, as a tenant may have set them.
-            hardened = self.config.tenant.context_secret is not None and user == self.config.server.user
-            guard = self.role_guard.guard(password, check_defaults=hardened)
-            pool = self.pools[key] = Pool(key, password, self._pool_settings, capacity, guard=guard)
-        return pool
-
-    # --- replicas ----------------------------------------------------------------------------------
+        return self.routing.default()
 
     def read_pool(self, target: Target, min_lsn: int | None) -> Pool | None:
-        member = choose_replica(target.replicas, self.health, self.read_bounds, min_lsn)
-        return member.pool if member is not None else None
+        return self.reads.read_pool(target.replicas, min_lsn)
 
     def replica_failed(self, pool: Pool, exc: RouterError) -> None:
-        key = ServerKey(pool.key.shard, pool.key.host, pool.key.port, "replica")
-        self.health.report_failure(key, exc.message)
+        self.reads.replica_failed(pool, exc.message)
 
     def note_commit(self, tenant: str, lsn: int) -> None:
-        if self.read_your_writes == "tenant" and lsn > self._tenant_positions.get(tenant, -1):
-            self._tenant_positions[tenant] = lsn
+        self.commits.note_commit(tenant, lsn)
 
     def commit_pending(self, tenant: str) -> None:
-        if self.read_your_writes == "tenant":
-            self._tenant_pending[tenant] += 1
+        self.commits.commit_pending(tenant)
 
     def commit_settled(self, tenant: str) -> None:
-        if self._tenant_pending[tenant] <= 1:
-            del self._tenant_pending[tenant]
-        else:
-            self._tenant_pending[tenant] -= 1
+        self.commits.commit_settled(tenant)
 
     def tenant_commit_position(self, tenant: str) -> int | None:
-        if tenant in self._tenant_pending:
-            return _UNKNOWN_POSITION
-        return self._tenant_positions.get(tenant)
+        return self.commits.position(tenant)
+
+    def register_client(self, session: ClientSession) -> tuple[int, bytes]:
+        return self.clients.register(session)
+
+    def unregister_client(self, session: ClientSession) -> None:
+        self.clients.unregister(session)
+
+    def move_client(self, old: str | None, new: str | None) -> None:
+        self.clients.move(old, new)
+
+    def tenant_share(self) -> int | None:
+        return self.clients.tenant_share()
+
+    def wait_for_release(
+        self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]
+    ) -> HoldTicket | None:
+        return self.holds.wait_for_release(tenant, resume, fail)
+
+    def close_idle_connections(self, host: str, port: int, databases: tuple[str, ...]) -> None:
+        self.pools.close_idle(host, port, databases)
+
+    def count_error(self, sqlstate: str) -> None:
+        self.errors[sqlstate] += 1
+
+    # --- holds (router.core.holds; the catalog's HoldParticipant calls these) -----------------------
+
+    async def hold_tenant(self, tenant: str) -> None:
+        await self.holds.hold(tenant)
+
+    async def release_tenant(self, tenant: str) -> None:
+        await self.holds.release(tenant)
+
+    # --- events ------------------------------------------------------------------------------------
+
+    def _tenant_changed(self, tenant: str) -> None:
+        self.routing.forget(tenant)
+        self.commits.forget(tenant)
 
     def _server_down(self, key: ServerKey, reason: str) -> None:
-        """A server failed its health check: its idle connections are dead weight, drop them."""
-        for pool in self.iter_pools():
-            if pool.key.host == key.host and pool.key.port == key.port:
-                pool.close_idle(f"server down: {reason}")
+        self.pools.server_down(key.host, key.port, reason)
+
+    def _clients_changed(self) -> None:
+        self.holds.changed()
 
     # --- live reload --------------------------------------------------------------------------------
 
@@ -263,19 +242,8 @@ class Router:
         """Switch to a new topology without dropping clients: new servers get pools on first use,
         removed servers' pools drain (transactions in flight finish, then their connections close),
         and weights and replicas take effect for the next transaction."""
-        self.topology = topology
-        self.ring = Ring.from_topology(topology)
-        self.targets.clear()
-        live = {
-            (name, server.host, server.port)
-            for name, shard in topology.shards.items()
-            for server in (shard.primary, *shard.replicas)
-        }
-        for key, pool in list(self.pools.items()):
-            if (key.shard, key.host, key.port) not in live:
-                del self.pools[key]
-                pool.close()
-                log.info("draining %s: no longer in the topology", key.label)
+        self.routing.set_topology(topology)
+        self.pools.retire_absent(topology)
         self.health.set_topology(topology)
 
     def request_reload(self) -> None:
@@ -316,65 +284,7 @@ class Router:
             log.info("%s", summarize(diff_topologies(old, topology), moves, old=old, new=topology))
             return True
 
-    def _tenant_changed(self, tenant: str) -> None:
-        self.targets.pop(tenant, None)
-        self._tenant_positions.pop(tenant, None)
-
-    def register_client(self, session: ClientSession) -> tuple[int, bytes]:
-        if len(self._clients) >= self.max_clients:
-            raise TooManyClients(
-                f"too many client connections (max_client_connections = {self.config.pool.max_client_connections}"
-                f" across {self.worker.count} worker(s))"
-            )
-        self.move_client(None, session.tenant)
-        while True:
-            process_id = new_process_id(self.peer_id, self.worker.index)
-            if process_id not in self._clients:
-                break
-        self._clients[process_id] = session
-        self.connections_total += 1
-        return process_id, secrets.token_bytes(4)
-
-    def unregister_client(self, session: ClientSession) -> None:
-        if self._clients.get(session.key[0]) is session:
-            del self._clients[session.key[0]]
-            self._count_out(session.tenant)
-
-    def tenant_share(self) -> int | None:
-        """This process's share of the per-tenant connection limit, or None without a limit."""
-        limit = self.config.tenant.max_connections
-        return None if limit is None else max(1, limit // max(1, self.live_members))
-
-    def move_client(self, old: str | None, new: str | None) -> None:
-        """Count a client under `new` instead of `old`; TooManyClients if `new` is at its share."""
-        share = self.tenant_share()
-        if new is not None and new != old and share is not None and self._tenant_clients[new] >= share:
-            raise TooManyClients(
-                f'tenant "{new}" has reached its connection limit ({self.config.tenant.max_connections}'
-                f" across {self.live_members} router process(es), {share} here)"
-            )
-        self._count_out(old)
-        if new is not None:
-            self._tenant_clients[new] += 1
-
-    def _count_out(self, tenant: str | None) -> None:
-        if tenant is not None:
-            self._tenant_clients[tenant] -= 1
-            if self._tenant_clients[tenant] <= 0:
-                del self._tenant_clients[tenant]
-
-    async def refresh_membership(self) -> None:
-        """How many router processes are live (from the catalog's registry)."""
-        if self.registry is None:
-            return
-        try:
-            self.live_members = max(1, len(await self.registry.live_instances()))
-        except RouterError as exc:
-            log.warning("could not count live router instances: %s", exc.message)
-
-    @property
-    def client_count(self) -> int:
-        return len(self._clients)
+    # --- sessions ending ---------------------------------------------------------------------------
 
     async def cancel(self, process_id: int, secret_key: bytes) -> None:
         owner = owner_of(process_id)
@@ -393,7 +303,7 @@ class Router:
                 return
             await send_cancel_unix(str(path), process_id, secret_key, timeout)
             return
-        session = self._clients.get(process_id)
+        session = self.clients.get(process_id)
         if session is None or not secrets.compare_digest(session.key[1], secret_key):
             log.info("cancel request for an unknown client key ignored")
             return
@@ -434,81 +344,6 @@ class Router:
         server.detach()
         asyncio.get_running_loop().create_task(_reset_and_release(server, pool))
 
-    def close_idle_connections(self, host: str, port: int, databases: tuple[str, ...]) -> None:
-        for pool in self.iter_pools():
-            key = pool.key
-            if key.host == host and key.port == port and key.database in databases:
-                closed = pool.close_idle()
-                log.info("closed %d idle connections to %s before a database-level command", closed, key.label)
-
-    # --- holds (see router.catalog.cluster) ----------------------------------------------------------------
-
-    async def hold_tenant(self, tenant: str) -> None:
-        """Stop starting transactions for `tenant` and wait until those running have finished: then
-        this worker can acknowledge the hold."""
-        self.held.setdefault(tenant, [])
-        deadline = asyncio.get_running_loop().time() + self.config.pool.wait_timeout
-        while any(s.tenant == tenant and s.server is not None for s in list(self._clients.values())):
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"transactions of tenant {tenant} did not finish in time")
-            await asyncio.sleep(0.01)
-        log.info("tenant %s held: new transactions wait", tenant)
-
-    async def release_tenant(self, tenant: str) -> None:
-        tickets = self.held.pop(tenant, [])
-        log.info("tenant %s released: %d waiting session(s) resume", tenant, len(tickets))
-        for ticket in tickets:
-            ticket.resume()
-
-    def wait_for_release(
-        self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]
-    ) -> HoldTicket | None:
-        """If `tenant` is held, queue `resume` for its release (failing after the wait timeout)."""
-        tickets = self.held.get(tenant)
-        if tickets is None:
-            return None
-        ticket = HoldTicket(resume, fail)
-        ticket.timer = asyncio.get_running_loop().call_later(
-            self.config.pool.wait_timeout,
-            ticket.expire,
-            TenantHeld(f'tenant "{tenant}" is being moved and did not become available in time', hint="retry"),
-        )
-        tickets.append(ticket)
-        return ticket
-
-    def count_error(self, sqlstate: str) -> None:
-        self.errors[sqlstate] += 1
-
-    def iter_pools(self) -> Iterator[Pool]:
-        return iter(list(self.pools.values()))
-
-
-class HoldTicket:
-    """A session waiting for its tenant's hold to be released."""
-
-    __slots__ = ("_fail", "_resume", "done", "timer")
-
-    def __init__(self, resume: Callable[[], None], fail: Callable[[RouterError], None]) -> None:
-        self._resume = resume
-        self._fail = fail
-        self.done = False
-        self.timer: asyncio.TimerHandle | None = None
-
-    def resume(self) -> None:
-        if not self.done:
-            self.cancel()
-            self._resume()
-
-    def expire(self, exc: RouterError) -> None:
-        if not self.done:
-            self.cancel()
-            self._fail(exc)
-
-    def cancel(self) -> None:
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-
 
 async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
     """Session pooling, or a client that pinned its session: wipe the session (DISCARD ALL)
@@ -525,6 +360,10 @@ async def _reset_and_release(server: ServerConnection, pool: Pool) -> None:
     pool.release(server)
 
 
+class _Service(Protocol):
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class RunningRouter:
     """A started router: its bound addresses and how to stop it."""
@@ -534,14 +373,14 @@ class RunningRouter:
     http_port: int
     _servers: list[asyncio.Server] = field(default_factory=list)
     _janitor: Janitor | None = None
-    _cluster: list[Any] = field(default_factory=list)
-    _watcher: Any = None
+    _cluster: list[_Service] = field(default_factory=list)
+    _watcher: FileWatcher | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for session in list(self.router._clients.values()):
+        for session in self.router.clients.sessions():
             session.close()
         for member in self._cluster:  # deregister: from now on this instance need not acknowledge
             with contextlib.suppress(Exception):
@@ -551,8 +390,7 @@ class RunningRouter:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.router.health.stop()
-        for pool in self.router.iter_pools():
-            pool.close_all_now()
+        self.router.pools.close_all_now()
         await self.router.catalog.stop()
         self._stopped.set()
 
@@ -619,7 +457,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     return RunningRouter(router, port, http_port, servers, janitor, cluster, watcher)
 
 
-async def _join_cluster(router: Router, port: int) -> list[Any]:
+async def _join_cluster(router: Router, port: int) -> list[_Service]:
     """Register this worker among the router instances and take part in holds. Each worker is its
     own participant, so a hold is acknowledged only once every process has drained the tenant.
     Without it (catalog not migrated, unreachable) the router still serves, and holds simply cannot
@@ -640,7 +478,7 @@ async def _join_cluster(router: Router, port: int) -> list[Any]:
     except RouterError as exc:
         log.error("not registered among router instances (%s); holds cannot be acknowledged", exc.message)
         return []
-    router.registry = registry
+    router.clients.membership = registry
     await router.refresh_membership()
     return [participant, registry]
 

@@ -5,6 +5,11 @@ idle connection, opens a new one while under the bound, or waits in line (FIFO) 
 timeout, and it survives cancellation: a connection handed to a waiter that has gone away goes
 back to the pool. `release` takes back only clean connections; anything else is closed, never
 pooled. Timers (idle timeout, lifetime) are driven from outside through `reap`.
+
+Generic over its connections: a `Connector` opens one (PostgreSQL server connections today, given
+by the composition root), and the pool asks of it only `PooledConnection`. Must not import any wire
+protocol or network code: compiled with mypyc (router/native.py), so its seams are Protocols used
+as annotations only, never as base classes.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Generic, Protocol
+
+from typing_extensions import TypeVar
 
 from router.errors import BackendUnavailable, PoolRetired, PoolTimeout, RouterError
-from router.net.server import ServerConnection, ServerState, open_server_connection
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,31 @@ class PoolKey:
         return f"shard {self.shard} ({self.database}@{self.host}:{self.port})"
 
 
+class PooledConnection(Protocol):
+    """What a pool needs of a connection, whatever protocol it speaks."""
+
+    # Server parameters reported at login (PostgreSQL's ParameterStatus): the pool keeps the last.
+    params: dict[str, str]
+    created_at: float  # time.monotonic() when opened: the lifetime counts from here
+    last_used: float  # time.monotonic() when last pooled: the idle timeout counts from here
+
+    @property
+    def is_clean(self) -> bool:
+        """Open, with nothing outstanding and no transaction: safe to hand to another client."""
+        ...
+
+    def detach(self) -> None:
+        """No client is attached any more: the pool has it back."""
+        ...
+
+    def close(self, reason: str = ...) -> None: ...
+
+
+# The connection type of a pool. Code that does not care which (replica choice, targets, metrics)
+# writes plain `Pool`, which is `Pool[Any]`.
+C = TypeVar("C", bound=PooledConnection, default=Any)
+
+
 class ShardCapacity:
     """The server connections one shard may have, shared by all its pools (the shard's own
     database and every database-per-tenant database on it): `pool.size` is per shard."""
@@ -48,9 +80,9 @@ class ShardCapacity:
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0  # connections open or being opened, across the shard's pools
-        self.pools: list[Pool] = []
+        self.pools: list[Pool[Any]] = []
 
-    def reserve(self, requester: Pool) -> bool:
+    def reserve(self, requester: Pool[Any]) -> bool:
         """Take a slot for a new connection, closing an idle one of a sibling pool if that makes room."""
         if self.used < self.size:
             self.used += 1
@@ -58,10 +90,10 @@ class ShardCapacity:
         # The evicted connection's slot passes straight to the requester (`used` is unchanged).
         return any(pool is not requester and pool.evict_idle() for pool in self.pools)
 
-    def sibling_waiting(self, pool: Pool) -> bool:
+    def sibling_waiting(self, pool: Pool[Any]) -> bool:
         return self.used >= self.size and any(p is not pool and p.has_waiters for p in self.pools)
 
-    def give_back(self, releaser: Pool) -> None:
+    def give_back(self, releaser: Pool[Any]) -> None:
         self.used -= 1
         # Someone of another pool on this shard may be waiting for exactly this slot.
         for pool in self.pools:
@@ -70,22 +102,20 @@ class ShardCapacity:
                 return
 
 
-class Waiter:
+class Waiter(Generic[C]):
     """A client waiting in line for a server connection: called back with one, or with an error
     when the wait times out (at `deadline`, time.monotonic()). Callbacks, not futures, so a
     hand-over costs no task wake-up; and no timer of its own (the pool keeps one for its line)."""
 
     __slots__ = ("_fail", "_grant", "deadline", "done")
 
-    def __init__(
-        self, grant: Callable[[ServerConnection], None], fail: Callable[[RouterError], None], deadline: float = 0.0
-    ) -> None:
+    def __init__(self, grant: Callable[[C], None], fail: Callable[[RouterError], None], deadline: float = 0.0) -> None:
         self._grant = grant
         self._fail = fail
         self.deadline = deadline
         self.done = False
 
-    def give(self, conn: ServerConnection) -> bool:
+    def give(self, conn: C) -> bool:
         if self.done:
             return False
         self._finish()
@@ -104,11 +134,12 @@ class Waiter:
         self.done = True
 
 
-# How a pool opens a connection: given its key and the plain opening (connect and log in), a
-# connection ready for use, or an exception that refuses it. It may check the connection, repair
-# the server role through other credentials and open again (router/net/role_guard.py); a connection it
-# does not return is its to close.
-ConnectionGuard = Callable[["PoolKey", Callable[[], Awaitable[ServerConnection]]], Awaitable[ServerConnection]]
+class Connector(Protocol[C]):
+    """How a pool opens a connection: connected, logged in and ready for use, or an exception that
+    refuses it. `pool.connection_closed` must be called when the connection closes, whoever closes
+    it. A connection it does not return is its to close."""
+
+    def __call__(self, pool: Pool[C]) -> Awaitable[C]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,20 +151,14 @@ class PoolSettings:
     lifetime: float
 
 
-class Pool:
+class Pool(Generic[C]):
     """A bounded pool of server connections for one PoolKey."""
 
     def __init__(
-        self,
-        key: PoolKey,
-        password: str | None,
-        settings: PoolSettings,
-        capacity: ShardCapacity | None = None,
-        *,
-        guard: ConnectionGuard | None = None,
+        self, key: PoolKey, connect: Connector[C], settings: PoolSettings, capacity: ShardCapacity | None = None
     ) -> None:
         self.key = key
-        self._guard = guard
+        self._connect = connect
         self.capacity = capacity if capacity is not None else ShardCapacity(settings.size)
         self.capacity.pools.append(self)
         self.settings = settings
@@ -141,11 +166,10 @@ class Pool:
         # field read) rather than looked up on the settings each time.
         self._wait_timeout: float = settings.wait_timeout
         self._lifetime: float = settings.lifetime
-        self._password = password
-        self._idle: deque[ServerConnection] = deque()
-        self._all: set[ServerConnection] = set()
+        self._idle: deque[C] = deque()
+        self._all: set[C] = set()
         self._opening = 0
-        self._waiters: deque[Waiter] = deque()
+        self._waiters: deque[Waiter[C]] = deque()
         self._line_timer: asyncio.TimerHandle | None = None  # expires the head of the line
         self.closed = False
         # Server parameters (server_version, ...) as last reported by one of this pool's connections.
@@ -162,6 +186,9 @@ class Pool:
         self.sequence_resets = 0  # ... of which only DISCARD SEQUENCES first (the session wrote rows)
         self.wait_timeouts = 0
         self.connect_failures = 0
+        # Called (without arguments) whenever a connection comes back or goes, while set: how a
+        # tenant hold learns that transactions have ended (router.core.holds). Normally None.
+        self.on_return: Callable[[], None] | None = None
 
     # --- sizes -----------------------------------------------------------------------------------
 
@@ -181,7 +208,12 @@ class Pool:
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done)
 
-    def connections(self) -> Iterator[ServerConnection]:
+    @property
+    def load(self) -> int:
+        """Connections in use plus clients in line: what replica choice compares (router.core.replicas)."""
+        return self.active_count + self.waiting
+
+    def connections(self) -> Iterator[C]:
         return iter(list(self._all))
 
     def remember_login_parameters(self, key: frozenset[tuple[str, str]], parameters: dict[str, str]) -> None:
@@ -191,11 +223,11 @@ class Pool:
 
     # --- acquire / release ----------------------------------------------------------------------
 
-    def acquire_idle(self, preferred: ServerConnection | None = None) -> ServerConnection | None:
+    def acquire_idle(self, preferred: C | None = None) -> C | None:
         """An idle connection right now, or None: the fast path, without a task or a wait.
         `preferred` (the client's previous connection) is taken if idle: no hand-over, no reset."""
         idle = self._idle
-        if preferred is not None and not self._waiters and preferred.state is ServerState.IDLE:
+        if preferred is not None and not self._waiters and preferred.is_clean:
             try:
                 idle.remove(preferred)
             except ValueError:
@@ -206,17 +238,17 @@ class Pool:
                 self._destroy(preferred)
         while idle and not self._waiters:
             conn = idle.pop()  # the most recently used: its caches are warmest
-            if conn.state is ServerState.IDLE and not self._past_lifetime(conn):
+            if conn.is_clean and not self._past_lifetime(conn):
                 return conn
             self._destroy(conn)
         return None
 
     def checkout(
         self,
-        grant: Callable[[ServerConnection], None],
+        grant: Callable[[C], None],
         fail: Callable[[RouterError], None],
-        preferred: ServerConnection | None = None,
-    ) -> ServerConnection | Waiter:
+        preferred: C | None = None,
+    ) -> C | Waiter[C]:
         """A connection now, or a Waiter in line that will be granted one (an idle connection, or
         a new one while the pool is under its size) or failed with PoolTimeout/BackendUnavailable."""
         if self.closed:
@@ -224,7 +256,7 @@ class Pool:
         conn = self.acquire_idle(preferred)
         if conn is not None:
             return conn
-        waiter = Waiter(grant, fail, time.monotonic() + self._wait_timeout)
+        waiter: Waiter[C] = Waiter(grant, fail, time.monotonic() + self._wait_timeout)
         self._waiters.append(waiter)
         if self._line_timer is None:
             self._arm_line_timer(waiter.deadline)
@@ -257,11 +289,11 @@ class Pool:
         if waiters:
             self._arm_line_timer(waiters[0].deadline)
 
-    async def acquire(self) -> ServerConnection:
+    async def acquire(self) -> C:
         """A clean server connection, or PoolTimeout / BackendUnavailable."""
-        future: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[C] = asyncio.get_running_loop().create_future()
 
-        def grant(conn: ServerConnection) -> None:
+        def grant(conn: C) -> None:
             if future.done():
                 self.release(conn)  # the caller left (cancelled): give it back
             else:
@@ -272,7 +304,7 @@ class Pool:
                 future.set_exception(exc)
 
         result = self.checkout(grant, fail)
-        if isinstance(result, ServerConnection):
+        if not isinstance(result, Waiter):
             return result
         try:
             return await future
@@ -280,21 +312,10 @@ class Pool:
             result.cancel()
             raise
 
-    async def _open(self) -> ServerConnection:
+    async def _open(self) -> C:
         """Open a connection in a slot already reserved (counted in `_opening` and the capacity)."""
-        open_once = functools.partial(
-            open_server_connection,
-            self.key.host,
-            self.key.port,
-            self.key.database,
-            self.key.user,
-            self._password,
-            label=self.key.label,
-            connect_timeout=self.settings.connect_timeout,
-            on_closed=self._on_closed,
-        )
         try:
-            conn = await (open_once() if self._guard is None else self._guard(self.key, open_once))
+            conn = await self._connect(self)
         except BaseException:
             self.connect_failures += 1
             self._opening -= 1
@@ -305,15 +326,16 @@ class Pool:
         self._opening -= 1
         self._all.add(conn)
         self.server_params.update(conn.params)
-        conn.plan.parsed = self.valid_statements
         if self.closed:
             conn.close("pool removed")
             raise PoolRetired(f"{self.key.label} has been removed from the topology")
         return conn
 
-    def release(self, conn: ServerConnection) -> None:
+    def release(self, conn: C) -> None:
         """Take a connection back: pooled if clean, closed otherwise."""
         conn.detach()
+        if self.on_return is not None:
+            self.on_return()
         if self.closed or not conn.is_clean or self._past_lifetime(conn):
             self._destroy(conn)
             self.wake_one_opener()
@@ -329,24 +351,27 @@ class Pool:
         conn.last_used = time.monotonic()  # idle from now: the janitor's idle timeout counts from here
         self._idle.append(conn)
 
-    def discard(self, conn: ServerConnection, reason: str = "discarded") -> None:
+    def discard(self, conn: C, reason: str = "discarded") -> None:
         conn.detach()
         self._destroy(conn, reason)
         self.wake_one_opener()
+        if self.on_return is not None:
+            self.on_return()
 
-    def _destroy(self, conn: ServerConnection, reason: str = "not reusable") -> None:
+    def _destroy(self, conn: C, reason: str = "not reusable") -> None:
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
         self._forget(conn)
         conn.close(reason)
 
-    def _on_closed(self, conn: ServerConnection) -> None:
+    def connection_closed(self, conn: C) -> None:
+        """A connection of this pool closed (its connector calls this, whoever closed it)."""
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
         if self._forget(conn):
             self.wake_one_opener()
 
-    def _forget(self, conn: ServerConnection) -> bool:
+    def _forget(self, conn: C) -> bool:
         """Drop a connection from the pool's members, returning its slot exactly once."""
         if conn not in self._all:
             return False
@@ -383,11 +408,11 @@ class Pool:
             task.add_done_callback(functools.partial(_hand_over, self, waiter))
             return
 
-    def _past_lifetime(self, conn: ServerConnection) -> bool:
+    def _past_lifetime(self, conn: C) -> bool:
         # The clock is read only when connections have a lifetime (on every release otherwise).
         return self._lifetime > 0 and self._expired(conn, time.monotonic())
 
-    def _expired(self, conn: ServerConnection, now: float) -> bool:
+    def _expired(self, conn: C, now: float) -> bool:
         lifetime = self._lifetime
         return lifetime > 0 and now - conn.created_at > lifetime
 
@@ -425,7 +450,7 @@ class Pool:
             self._destroy(conn, "router shutting down")
 
 
-def _hand_over(pool: Pool, waiter: Waiter, task: asyncio.Future[ServerConnection]) -> None:
+def _hand_over(pool: Pool[C], waiter: Waiter[C], task: asyncio.Future[C]) -> None:
     """A connection opened on behalf of a waiter: give it to them, or back to the pool if they left."""
     if task.cancelled():
         waiter.refuse(BackendUnavailable(f"opening a connection to {pool.key.label} was cancelled"))

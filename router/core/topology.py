@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import yaml
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -27,7 +27,9 @@ from router.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "RingConfig",
+    "Role",
     "ServerAddress",
+    "ServerKey",
     "Shard",
     "Topology",
     "TopologyDiff",
@@ -46,6 +48,22 @@ class ServerAddress:
     port: int
     dbname: str
     weight: int = 1
+
+
+Role = Literal["primary", "replica"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKey:
+    """One server of the topology, as health checks and routing name it."""
+
+    shard: str
+    host: str
+    port: int
+    role: Role
+
+    def __str__(self) -> str:
+        return f"{self.shard} {self.role} {self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ Cost: one query (ROLE_DEFAULTS_SQL, well under a millisecond) on each new connec
 router's role in the hardened setup; nothing on the per-transaction path. A repair costs an admin
 connection.
 
+It also makes each pool's `Connector` (router.core.pool): the pool is generic, and this is where
+its connections become PostgreSQL server connections, opened through the guard.
+
 Must not: change anything on a server but the role's password and its user-settable defaults, or
 be used for roles whose password the router does not hold.
 """
@@ -32,13 +35,14 @@ be used for roles whose password the router does not hold.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from router.config import AdminCredentials
-from router.core.pool import ConnectionGuard, PoolKey
+from router.core.pool import Connector, Pool, PoolKey
 from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
 from router.isolation import quote_ident, quote_literal
 from router.net.server import ServerConnection, open_server_connection
@@ -54,6 +58,9 @@ ROLE_DEFAULTS: Final = "role_defaults"
 _HIDDEN: Final = "perhaps hidden in a DO block or a function, where the router cannot see it"
 
 
+OpenOnce = Callable[[], Awaitable[ServerConnection]]
+
+
 class RoleGuard:
     """The repairs of one router process; `repairs` counts them by (shard, kind) for the metrics."""
 
@@ -65,21 +72,33 @@ class RoleGuard:
         # Repairs done per (host, port, role): a login that failed before the count moved retries.
         self._generation: Counter[tuple[str, int, str]] = Counter()
 
-    def guard(self, password: str | None, *, check_defaults: bool) -> ConnectionGuard:
-        """The guard of one pool: its role's `password`, and whether its role is the router's own in
-        the hardened setup (whose session defaults are checked on every new connection)."""
+    def connector(self, password: str | None, check_defaults: bool) -> Connector[ServerConnection]:
+        """How one pool opens its connections: as its role, with `password`, guarded; and whether
+        its role is the router's own in the hardened setup (whose session defaults are checked on
+        every new connection)."""
 
-        async def open_guarded(key: PoolKey, open_once: Callable[[], Awaitable[ServerConnection]]) -> ServerConnection:
-            return await self._open(key, open_once, password, check_defaults)
+        async def connect(pool: Pool[ServerConnection]) -> ServerConnection:
+            key = pool.key
+            open_once = functools.partial(
+                open_server_connection,
+                key.host,
+                key.port,
+                key.database,
+                key.user,
+                password,
+                label=key.label,
+                connect_timeout=self.connect_timeout,
+                on_closed=pool.connection_closed,
+            )
+            conn = await self._open(key, open_once, password, check_defaults)
+            # Statements known to parse on the pool's database (answered without a server).
+            conn.plan.parsed = pool.valid_statements
+            return conn
 
-        return open_guarded
+        return connect
 
     async def _open(
-        self,
-        key: PoolKey,
-        open_once: Callable[[], Awaitable[ServerConnection]],
-        password: str | None,
-        check_defaults: bool,
+        self, key: PoolKey, open_once: OpenOnce, password: str | None, check_defaults: bool
     ) -> ServerConnection:
         role = (key.host, key.port, key.user)
         seen = self._generation[role]

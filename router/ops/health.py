@@ -27,9 +27,9 @@ from typing import Any, Final
 
 from router.config import HealthConfig, ServerCredentials
 from router.core.background import BackgroundService
-from router.core.topology import ServerAddress, Topology
+from router.core.topology import Role, ServerAddress, ServerKey, Topology
 from router.ops.probe import PgProbe, Probe, expected_failure, failure_reason
-from router.ops.readings import Reading, Role, ServerKey, backoff_delay, compute_lag
+from router.ops.readings import Reading, backoff_delay, compute_lag
 
 __all__ = [
     "HealthMonitor",

@@ -1,7 +1,8 @@
 """The HTTP endpoint: `/health` and `/metrics`.
 
 A deliberately small asyncio server (GET only, one response per connection): it must never compete
-with the PostgreSQL listener for attention, and it holds no logic beyond formatting.
+with the PostgreSQL listener for attention, and it holds no logic beyond formatting. It reads the
+router through `Served`, which the composition root satisfies: it must not import router.app.
 """
 
 from __future__ import annotations
@@ -9,14 +10,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.ops.metrics import RouterCollector
+from router.ops.metrics import MetricsSource, RouterCollector
 
-if TYPE_CHECKING:
-    from router.app import Router
+
+class CatalogState(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+
+class Served(MetricsSource, Protocol):
+    """What /health and /metrics read of a running router."""
+
+    @property
+    def catalog(self) -> CatalogState: ...
 
 
 Response = tuple[str, str, bytes]  # status line, content type, body
@@ -58,7 +70,7 @@ def json_response(healthy: bool, payload: dict[str, object]) -> Response:
 
 
 async def start_http(
-    router: Router, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
+    router: Served, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
 ) -> asyncio.Server:
     registry = CollectorRegistry()
     registry.register(RouterCollector(router))

@@ -3,6 +3,7 @@
 Once a second it closes pooled server connections past their idle timeout or lifetime; every
 other second it counts the live router processes (per-tenant limits are shared among them). Anything
 else that must run on a timer belongs here too, so timers never hide inside sessions or pools.
+It sees the router as `Housekept` (the composition root satisfies it): it must not import router.app.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from router.app import Router
+    from router.core.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,14 @@ INTERVAL = 1.0
 MEMBERSHIP_EVERY = 2  # ticks between counts of live router processes
 
 
+class Housekept(Protocol):
+    async def refresh_membership(self) -> None: ...
+
+    def iter_pools(self) -> Iterator[Pool]: ...
+
+
 class Janitor:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Housekept) -> None:
         self._router = router
         self._task: asyncio.Task[None] | None = None
 

@@ -1,24 +1,53 @@
 """Every metric the router exports, defined in one place.
 
 The router keeps plain counters on its objects (no locks or label lookups on the hot path); this
-collector reads them when Prometheus scrapes.
+collector reads them when Prometheus scrapes, through `MetricsSource`, which the composition root
+(router.app.Router) satisfies: this module must not import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sized
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from router.app import Router
+    from router.core.pool import Pool
+
+
+class RoleRepairs(Protocol):
+    @property
+    def repairs(self) -> Mapping[tuple[str, str], int]:
+        """Repairs of the router's server roles by (shard, kind) (router.net.role_guard)."""
+        ...
+
+
+class MetricsSource(Protocol):
+    """What the metrics read of a running router."""
+
+    @property
+    def client_count(self) -> int: ...
+
+    @property
+    def connections_total(self) -> int: ...
+
+    @property
+    def catalog(self) -> Sized: ...
+
+    @property
+    def role_guard(self) -> RoleRepairs: ...
+
+    @property
+    def errors(self) -> Mapping[str, int]: ...
+
+    def iter_pools(self) -> Iterator[Pool]: ...
 
 
 class RouterCollector(Collector):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: MetricsSource) -> None:
         self._router = router
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

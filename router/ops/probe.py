@@ -17,9 +17,9 @@ from typing import Any, Final
 import asyncpg
 
 from router.config import ServerCredentials
-from router.core.topology import ServerAddress
+from router.core.topology import ServerAddress, ServerKey
 from router.dbconnect import close_connection, open_connection
-from router.ops.readings import Reading, ServerKey
+from router.ops.readings import Reading
 from router.protocol.pg.wal import parse_lsn
 
 _APP_NAME: Final = "tenant-router-health"

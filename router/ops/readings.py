@@ -1,7 +1,7 @@
 """What one health check of a server reads, and the pure math on it.
 
-Owns: which server a check is about (`ServerKey`, `Role`), one probe's answer (`Reading`), a
-replica's lag from a reading and its primary's position (`compute_lag`), and the wait before the
+Owns: one probe's answer (`Reading`) about a server (router.core.topology.ServerKey), a replica's
+lag from a reading and its primary's position (`compute_lag`), and the wait before the
 next check of a failing server (`backoff_delay`).
 
 Must not: do any I/O, read a clock or keep state: values in, values out (unit-tested without
@@ -12,22 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
-
-Role = Literal["primary", "replica"]
-
-
-@dataclass(frozen=True, slots=True)
-class ServerKey:
-    """One server of the topology, as health and routing name it."""
-
-    shard: str
-    host: str
-    port: int
-    role: Role
-
-    def __str__(self) -> str:
-        return f"{self.shard} {self.role} {self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -739,7 +739,7 @@ def test_primary_stopped_and_restarted(make_router: RouterFactory, own_primary: 
 
 
 def _sessions(router: RouterThread) -> list[Any]:
-    return list(router.router._clients.values())
+    return router.router.clients.sessions()
 
 
 def test_transactions_that_only_read_need_no_wal_position(split_router: SplitRouter) -> None:
