@@ -334,8 +334,11 @@ class Pool(Generic[C]):
     def release(self, conn: C) -> None:
         """Take a connection back: pooled if clean, closed otherwise."""
         conn.detach()
+        self._take_back(conn)
         if self.on_return is not None:
             self.on_return()
+
+    def _take_back(self, conn: C) -> None:
         if self.closed or not conn.is_clean or self._past_lifetime(conn):
             self._destroy(conn)
             self.wake_one_opener()
