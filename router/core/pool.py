@@ -51,8 +51,8 @@ class PooledConnection(Protocol):
 
     # Server parameters reported at login (PostgreSQL's ParameterStatus): the pool keeps the last.
     params: dict[str, str]
-    created_at: float  # time.monotonic() when opened: the lifetime counts from here
-    last_used: float  # time.monotonic() when last pooled: the idle timeout counts from here
+    created_at: float  # the pool's clock (time.monotonic()) when opened: the lifetime counts from here
+    last_used: float  # ... when last pooled: the idle timeout counts from here
 
     @property
     def is_clean(self) -> bool:
@@ -63,7 +63,7 @@ class PooledConnection(Protocol):
         """No client is attached any more: the pool has it back."""
         ...
 
-    def close(self, reason: str = ...) -> None: ...
+    def close(self, reason: str = "closed") -> None: ...
 
 
 # The connection type of a pool. Code that does not care which (replica choice, targets, metrics)
@@ -104,7 +104,7 @@ class ShardCapacity:
 
 class Waiter(Generic[C]):
     """A client waiting in line for a server connection: called back with one, or with an error
-    when the wait times out (at `deadline`, time.monotonic()). Callbacks, not futures, so a
+    when the wait times out (at `deadline`, on the pool's clock). Callbacks, not futures, so a
     hand-over costs no task wake-up; and no timer of its own (the pool keeps one for its line)."""
 
     __slots__ = ("_fail", "_grant", "deadline", "done")
@@ -155,10 +155,19 @@ class Pool(Generic[C]):
     """A bounded pool of server connections for one PoolKey."""
 
     def __init__(
-        self, key: PoolKey, connect: Connector[C], settings: PoolSettings, capacity: ShardCapacity | None = None
+        self,
+        key: PoolKey,
+        connect: Connector[C],
+        settings: PoolSettings,
+        capacity: ShardCapacity | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
         self._connect = connect
+        # What deadlines and ages are measured on: the connections' own clock (unit tests give
+        # their loop's virtual one). A field, so the compiled pool calls it without a lookup.
+        self._clock = clock
         self.capacity = capacity if capacity is not None else ShardCapacity(settings.size)
         self.capacity.pools.append(self)
         self.settings = settings
@@ -256,7 +265,7 @@ class Pool(Generic[C]):
         conn = self.acquire_idle(preferred)
         if conn is not None:
             return conn
-        waiter: Waiter[C] = Waiter(grant, fail, time.monotonic() + self._wait_timeout)
+        waiter: Waiter[C] = Waiter(grant, fail, self._clock() + self._wait_timeout)
         self._waiters.append(waiter)
         if self._line_timer is None:
             self._arm_line_timer(waiter.deadline)
@@ -267,12 +276,12 @@ class Pool(Generic[C]):
         # One timer for the whole line: waiters join it in deadline order (one wait_timeout for all),
         # so the earliest live one is the next to expire. A timer per waiter would cost every
         # transaction that waits a timer handle and a heap push.
-        delay = max(0.0, deadline - time.monotonic())
+        delay = max(0.0, deadline - self._clock())
         self._line_timer = asyncio.get_running_loop().call_later(delay, self._time_out_waiters)
 
     def _time_out_waiters(self) -> None:
         self._line_timer = None
-        now = time.monotonic()
+        now = self._clock()
         waiters = self._waiters
         while waiters and (waiters[0].done or waiters[0].deadline <= now):
             waiter = waiters.popleft()
@@ -351,7 +360,7 @@ class Pool(Generic[C]):
             # Another database on this shard is waiting for a slot: this connection makes room.
             self._destroy(conn, "making room for another database on the shard")
             return
-        conn.last_used = time.monotonic()  # idle from now: the janitor's idle timeout counts from here
+        conn.last_used = self._clock()  # idle from now: the janitor's idle timeout counts from here
         self._idle.append(conn)
 
     def discard(self, conn: C, reason: str = "discarded") -> None:
@@ -413,7 +422,7 @@ class Pool(Generic[C]):
 
     def _past_lifetime(self, conn: C) -> bool:
         # The clock is read only when connections have a lifetime (on every release otherwise).
-        return self._lifetime > 0 and self._expired(conn, time.monotonic())
+        return self._lifetime > 0 and self._expired(conn, self._clock())
 
     def _expired(self, conn: C, now: float) -> bool:
         lifetime = self._lifetime

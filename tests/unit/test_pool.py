@@ -1,19 +1,16 @@
 """The pool on a fake connector, without sockets: checkout now or in line, the line's timeouts, the
 capacity a server's pools share, release and discard, retiring, and the janitor's reap.
 
-The pool reads `time.monotonic()`; here it reads the virtual clock of the test's loop instead, so
-timeouts fire at their exact times in no wall time.
+The pools are given the virtual clock of the test's loop, so timeouts fire at their exact times in
+no wall time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
-import router.core.pool as pool_module
 from router.core.pool import Pool, PoolKey, PoolSettings, ShardCapacity, Waiter
 from router.errors import BackendUnavailable, PoolRetired, PoolTimeout, RouterError
 from router.testing.virtualtime import in_virtual_time
@@ -82,15 +79,6 @@ class Client:
         self.refused.append(exc)
 
 
-@pytest.fixture(autouse=True)
-def virtual_monotonic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    def now() -> float:
-        return asyncio.get_running_loop().time()
-
-    monkeypatch.setattr(pool_module, "time", SimpleNamespace(monotonic=now))
-    yield
-
-
 def settings(size: int = 2, wait: float = 5.0, idle: float = 0.0, lifetime: float = 0.0) -> PoolSettings:
     return PoolSettings(size=size, wait_timeout=wait, connect_timeout=1.0, idle_timeout=idle, lifetime=lifetime)
 
@@ -105,7 +93,8 @@ def make_pool(
 ) -> tuple[Pool[FakeConnection], FakeConnector]:
     connector = connector or FakeConnector()
     key = PoolKey("shard_a", "10.0.0.1", 5432, database, "router")
-    return Pool(key, connector, settings(size, **kwargs), capacity), connector
+    clock = asyncio.get_running_loop().time
+    return Pool(key, connector, settings(size, **kwargs), capacity, clock=clock), connector
 
 
 async def turns(count: int = 5) -> None:
