@@ -1,8 +1,13 @@
-"""The composition root: builds topology, ring, catalog cache, pools, the listener, the janitor and
-the HTTP endpoint, and implements the `RouterContext` that client sessions consult.
+"""The composition root: builds the topology's parts, the catalog cache, the pools, the listener, the
+janitor and the HTTP endpoint, and connects them.
 
-It decides where a tenant's transactions go (catalog -> placement -> pool) and owns the registry
-of logged-in clients (for cancels and the client limit). It does not speak any wire protocol.
+The decisions live in the parts: tenant -> target (router.core.targets), the pools
+(router.core.registry, each opening PostgreSQL connections through router.net.role_guard), replica
+choice and read-your-writes (router.core.replicas, router.core.read_your_writes), holds
+(router.core.holds) and the client limits (router.core.limits). `Router` holds them and implements
+the `RouterContext` that client sessions consult by delegating to them; what is left here is
+PostgreSQL's share of a session's end (the wipe before a pooled session is reused, cancels) and
+the reload sequence. Only the commands, the demo and the test harness import this module.
 """
 
 from __future__ import annotations
