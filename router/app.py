@@ -6,8 +6,8 @@ The decisions live in the parts: tenant -> target (router.core.targets), the poo
 choice and read-your-writes (router.core.replicas, router.core.read_your_writes), holds
 (router.core.holds) and the client limits (router.core.limits). `Router` holds them and implements
 the `RouterContext` that client sessions consult by delegating to them; what is left here is
-PostgreSQL's share of a session's end (the wipe before a pooled session is reused, cancels) and
-the reload sequence. Only the commands, the demo and the test harness import this module.
+PostgreSQL's share of a session's end (the wipe before a pooled session is reused, cancels); a
+reload is router.ops.live_reload's. Only the commands, the demo and the test harness import this module.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from router.core.registry import PoolRegistry
 from router.core.replicas import LagBounds, ReadRouting
 from router.core.target import Target
 from router.core.targets import TargetRules, Targets
-from router.core.topology import ServerKey, Topology, diff_topologies, load_both
-from router.errors import ConfigError, RouterError
+from router.core.topology import ServerKey, Topology
+from router.errors import RouterError
 from router.net.client import ClientSession
 from router.net.role_guard import RoleGuard
 from router.net.server import ServerConnection, send_cancel, send_cancel_unix
 from router.ops.health import HealthMonitor
 from router.ops.janitor import Janitor
+from router.ops.live_reload import Reloader
 from router.protocol.pg.auth import ScramVerifier
 from router.sql.read_statements import ReadClassifier
 
@@ -131,8 +132,7 @@ class Router:
         self._verifiers: dict[str, ScramVerifier] = {}
         self.errors: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()  # cancels waiting for a set-up to finish
-        self._reload_lock = asyncio.Lock()
-        self._reload_task: asyncio.Task[bool] | None = None
+        self.reloader = Reloader(self)
 
     # --- what tests, metrics and the janitor read ------------------------------------------------
 
@@ -252,42 +252,10 @@ class Router:
         self.health.set_topology(topology)
 
     def request_reload(self) -> None:
-        """Reload in the background (signal handlers and the file watcher cannot wait for it); the
-        task is kept so it is not collected half-way."""
-        self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+        self.reloader.request()
 
     async def reload(self) -> bool:
-        """Re-read shards.yaml and apply it (SIGHUP, `tenant-router reload`, the file watcher).
-
-        An invalid file is rejected with the messages of `tenant-router check`, and so is one that
-        removes a shard still holding tenants; the running topology then stays as it was. Tenants
-        that would hash to another shard are first pinned to their old shard in the catalog (their
-        data has not moved), so a reload never sends a tenant to a shard that lacks its data."""
-        from router.ops.reload import moved_tenants, pin_moved_tenants, reload_problems, summarize
-
-        async with self._reload_lock:
-            try:
-                _config, topology = load_both(self.config.path)
-            except ConfigError as exc:
-                log.error("reload rejected, the running topology is unchanged:\n%s", exc)
-                return False
-            tenants = [(t.id, t.shard) for t in self.catalog.snapshot().values()]
-            problems = reload_problems(self.topology, topology, tenants)
-            if problems:
-                log.error("reload rejected, the running topology is unchanged:\n%s", "\n".join(problems))
-                return False
-            moves = moved_tenants(tenants, self.topology, topology)
-            if moves:
-                try:
-                    await pin_moved_tenants(self.config, moves)
-                except RouterError as exc:
-                    log.error("reload rejected: could not pin the tenants it would move: %s", exc.message)
-                    return False
-                self.catalog.pin_locally({move.tenant: move.old_shard for move in moves})
-            old = self.topology
-            self.apply_topology(topology)
-            log.info("%s", summarize(diff_topologies(old, topology), moves, old=old, new=topology))
-            return True
+        return await self.reloader.reload()
 
     # --- sessions ending ---------------------------------------------------------------------------
 
