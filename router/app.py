@@ -207,9 +207,6 @@ class Router:
     def move_client(self, old: str | None, new: str | None) -> None:
         self.clients.move(old, new)
 
-    def tenant_share(self) -> int | None:
-        return self.clients.tenant_share()
-
     def wait_for_release(
         self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]
     ) -> HoldTicket | None:
@@ -220,14 +217,6 @@ class Router:
 
     def count_error(self, sqlstate: str) -> None:
         self.errors[sqlstate] += 1
-
-    # --- holds (router.core.holds; the catalog's HoldParticipant calls these) -----------------------
-
-    async def hold_tenant(self, tenant: str) -> None:
-        await self.holds.hold(tenant)
-
-    async def release_tenant(self, tenant: str) -> None:
-        await self.holds.release(tenant)
 
     # --- events ------------------------------------------------------------------------------------
 
@@ -443,7 +432,7 @@ async def _join_cluster(router: Router, port: int) -> list[_Service]:
         instance_id += f"/w{identity.index}"
     registry = InstanceRegistry(config.catalog.dsn, config.catalog.schema, instance_id, workers=identity.count)
     participant = HoldParticipant(
-        config.catalog.dsn, config.catalog.schema, instance_id, router.hold_tenant, router.release_tenant
+        config.catalog.dsn, config.catalog.schema, instance_id, router.holds.hold, router.holds.release
     )
     try:
         await registry.start()

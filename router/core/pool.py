@@ -8,8 +8,9 @@ pooled. Timers (idle timeout, lifetime) are driven from outside through `reap`.
 
 Generic over its connections: a `Connector` opens one (PostgreSQL server connections today, given
 by the composition root), and the pool asks of it only `PooledConnection`. Must not import any wire
-protocol or network code: compiled with mypyc (router/native.py), so its seams are Protocols used
-as annotations only, never as base classes.
+protocol or network code. Compiled with mypyc (router/native.py): a Protocol costs the compiled pool
+a lookup by name per access, unless the compiled connection class names it as a base (mypyc then
+calls it directly, as a trait).
 """
 
 from __future__ import annotations
