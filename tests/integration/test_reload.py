@@ -379,7 +379,7 @@ def test_tenants_a_new_shard_would_take_are_pinned_to_their_old_shard(
     shard_c: PgCluster,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="router.app")
+    caplog.set_level(logging.INFO, logger="router.ops.live_reload")
     running = start_router(shards_doc(pg_env))
     old = running.topology
     tenants = [f"rl_t{i:03d}" for i in range(1, 41)]
@@ -466,7 +466,7 @@ def _check_cli(config: RouterConfig) -> subprocess.CompletedProcess[str]:
 def test_an_invalid_reload_changes_nothing(
     start_router: Callable[..., Running], pg_env: PgEnvironment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="router.app")
+    caplog.set_level(logging.INFO, logger="router.ops.live_reload")
     running = start_router(shards_doc(pg_env))
     before = running.topology
     tenants = [f"rl_t{i:03d}" for i in range(1, 11)]
@@ -488,7 +488,7 @@ def test_an_invalid_reload_changes_nothing(
             problems = cli_lines[:-1]
             assert problems and all(word in "\n".join(problems) for word in words), (case, problems)
 
-            errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "router.app"]
+            errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "router.ops.live_reload"]
             assert len(errors) == 1, f"{case}: {caplog.text}"
             header, *logged = errors[0].getMessage().splitlines()
             assert "reload rejected" in header
@@ -505,7 +505,9 @@ def test_an_invalid_reload_changes_nothing(
         assert _check_cli(running.config).returncode == 0  # nothing wrong with the file itself
         assert running.reload() is False
         assert running.topology is before
-        rejected = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "router.app"]
+        rejected = [
+            r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "router.ops.live_reload"
+        ]
         on_b = sorted(t for t, shard in placed.items() if shard == "shard_b")
         assert len(rejected) == 1, caplog.text
         assert f"shard shard_b is removed from shards.yaml but still holds {len(on_b)} tenants" in rejected[0]
@@ -584,7 +586,7 @@ def test_a_removed_replica_drains(
 def test_the_file_watcher_applies_an_edit(
     start_router: Callable[..., Running], pg_env: PgEnvironment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="router.app")
+    caplog.set_level(logging.INFO, logger="router.ops.live_reload")
     running = start_router(shards_doc(pg_env), reload={"watch": True, "watch_interval": 0.2})
     running.add_tenants([f"rl_t{i:03d}" for i in range(1, 11)])
     # The watcher's baseline is the file as written, and the edit keeps its size: it shows only in
