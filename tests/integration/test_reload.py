@@ -733,7 +733,9 @@ def test_tenant_router_reload_signals_a_serving_router(
         assert f"reload signalled to pid {serving.proc.pid}" in reload.stdout, reload.stdout
 
         def reloaded() -> int:
-            return len(re.findall(r"router\.app: shards\.yaml reloaded: .*weights shard_a 1->3", serving.log()))
+            return len(
+                re.findall(r"router\.ops\.live_reload: shards\.yaml reloaded: .*weights shard_a 1->3", serving.log())
+            )
 
         wait_until(
             lambda: reloaded() >= workers, lambda: serving.failure("every worker logs the reload summary"), within=10.0
@@ -779,7 +781,7 @@ def test_a_reload_while_workers_start_kills_no_worker(
         os.kill(serving.proc.pid, signal.SIGHUP)  # what `tenant-router reload` does
         serving.wait_ready()
         wait_until(
-            lambda: len(re.findall(r"router\.app: shards\.yaml reloaded", serving.log())) >= 2,
+            lambda: len(re.findall(r"router\.ops\.live_reload: shards\.yaml reloaded", serving.log())) >= 2,
             lambda: serving.failure("both workers reload once they can"),
             within=10.0,
         )
