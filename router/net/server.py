@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, cast
 
+from router.core.pool import PooledConnection
 from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
 from router.net.flow import FlowSide
 from router.protocol.pg import backend as be
@@ -69,7 +70,7 @@ class ClientLink:
         raise NotImplementedError
 
 
-class ServerConnection:
+class ServerConnection(PooledConnection):
     """A pooled server connection. See the module docstring."""
 
     def __init__(self, label: str, on_closed: Callable[[ServerConnection], None]) -> None:
