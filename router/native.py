@@ -24,11 +24,12 @@ from pathlib import Path
 
 # The forwarding path: framing and messages, the client and server connections, their flow control
 # (linked and unlinked on every transaction), the pools, and the check of each Query's text for the
-# exact hand-over (cached verdicts, asked per transaction); the client's PostgreSQL session, its
-# model of each server session and its settings sync, and the lease that takes and gives back
-# server connections (every message and every transaction pass through them).
+# exact hand-over (the statement analysis's cache, asked per transaction, and its residue view); the
+# client's PostgreSQL session, its model of each server session and its settings sync, and the lease
+# that takes and gives back server connections (every message and every transaction pass through them).
 MODULES = (
     "router.net.client",
+    "router.sql.analysis",
     "router.protocol.pg.session",
     "router.protocol.pg.session_core",
     "router.protocol.pg.extended",

@@ -3,11 +3,14 @@ exact text and by shape) agreeing with the parser; never raising."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.sql import inert_statements
+from router.sql import analysis
+from router.sql.analysis import clear_analysis, judge
 from router.sql.inert_statements import (
     INERT_FUNCTIONS,
     LEAVES_ANYTHING,
@@ -19,7 +22,7 @@ from router.sql.inert_statements import (
     residue_text,
     trusted_search_path,
 )
-from router.sql.read_statements import _LITERAL
+from router.sql.shapes import LITERAL
 
 INERT: list[str] = [
     "select currval('s'), lastval()",  # reads only what this session's own writes left
@@ -193,9 +196,10 @@ NOT_INERT: list[str] = [
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inert_statements, "_cache", {})
-    monkeypatch.setattr(inert_statements, "_by_digits", {})
+def fresh_cache() -> Iterator[None]:
+    clear_analysis()
+    yield
+    clear_analysis()
 
 
 @pytest.mark.parametrize("sql", INERT)
@@ -249,20 +253,20 @@ def test_trusted_search_path(settings: dict[str, str], expected: bool) -> None:
 
 def _with_other_literals(sql: str) -> str:
     """`sql` with every literal statement_shape sees replaced by another value."""
-    return _LITERAL.sub(lambda m: "'other'" if m.group().startswith("'") else "42", sql)
+    return LITERAL.sub(lambda m: "'other'" if m.group().startswith("'") else "42", sql)
 
 
 def test_the_cache_agrees_with_the_parser() -> None:
     """One cache for all texts, each asked twice and with other literals (a shape hit)."""
     texts = INERT + SEQUENCES + NOT_INERT
     for sql in texts + texts + [_with_other_literals(sql) for sql in texts]:
-        assert residue(sql) == inert_statements._classify(sql), sql
+        assert residue(sql) == judge(sql).residue, sql
 
 
 def test_texts_of_one_shape_share_a_verdict() -> None:
     assert is_inert("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
     assert is_inert("SELECT abalance FROM pgbench_accounts WHERE aid = 2;")
-    assert list(inert_statements._cache) == ["SELECT abalance FROM pgbench_accounts WHERE aid = 0;"]
+    assert list(analysis._CACHE.by_text) == ["SELECT abalance FROM pgbench_accounts WHERE aid = 0;"]
     assert not is_inert("SELECT setseed(0.5)")
     assert is_inert("SELECT 'setseed(0.5)'")  # a string, not a call
 
@@ -270,16 +274,16 @@ def test_texts_of_one_shape_share_a_verdict() -> None:
 def test_the_cache_is_bounded() -> None:
     # Every text its own shape (the table names differ): the cache never grows past its bound.
     # (The bound is read, not patched: compiled, the module's constants are not looked up.)
-    for i in range(inert_statements._CACHE_ENTRIES + 10):
+    for i in range(analysis._CACHE.limit + 10):
         assert is_inert(f"select 1 from t{i}") is True
-        assert len(inert_statements._cache) <= inert_statements._CACHE_ENTRIES
+        assert len(analysis._CACHE.by_text) <= analysis._CACHE.limit
     assert is_inert("select nextval('s')") is False
 
 
 def test_long_texts_are_not_cached() -> None:
     sql = "select " + ", ".join(["1"] * 5000)
     assert is_inert(sql) is True
-    assert inert_statements._cache == {}
+    assert analysis._CACHE.by_text == {}
 
 
 def test_deep_nesting_does_not_raise() -> None:
@@ -298,7 +302,7 @@ def test_texts_as_sent_agree_with_the_parser() -> None:
     texts = INERT + SEQUENCES + NOT_INERT
     variants = [_with_other_literals(sql) for sql in texts] + [sql.translate(_OTHER_DIGITS) for sql in texts]
     for sql in texts + texts + variants:
-        assert residue_text(sql.encode()) == inert_statements._classify(sql), sql
+        assert residue_text(sql.encode()) == judge(sql).residue, sql
 
 
 _OTHER_DIGITS = str.maketrans("0123456789", "5678901234")
@@ -308,19 +312,17 @@ def test_only_texts_whose_digits_are_all_literals_share_a_key() -> None:
     assert residue_text(b"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;") == LEAVES_NOTHING
     assert residue_text(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1742;") == LEAVES_NOTHING
     key = b"SELECT abalance FROM pgbench_accounts WHERE aid = 0000;"  # one per number of digits
-    assert list(inert_statements._by_digits) == [key]
+    assert list(analysis._CACHE.by_digits) == [key]
     # A digit in a name: md5 is allowlisted, md0 (the same key) is not; neither is filed by digits.
     assert residue_text(b"SELECT md5('x')") == LEAVES_NOTHING
     assert residue_text(b"SELECT md0('x')") == LEAVES_ANYTHING
     assert residue_text(b"SELECT public.f1(2)") == LEAVES_ANYTHING
     assert residue_text(b"SELECT * FROM t1 WHERE a = 5") == LEAVES_NOTHING
-    assert list(inert_statements._by_digits) == [key]
+    assert list(analysis._CACHE.by_digits) == [key]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet='selctfromwhe md5()01234\'" ,.;_*=-/\n"$'))
 def test_texts_as_sent_agree_with_the_parser_whatever_they_are(sql: str) -> None:
-    assert residue_text(sql.encode()) == inert_statements._classify(sql)
-    assert residue_text(sql.translate(_OTHER_DIGITS).encode()) == inert_statements._classify(
-        sql.translate(_OTHER_DIGITS)
-    )
+    assert residue_text(sql.encode()) == judge(sql).residue
+    assert residue_text(sql.translate(_OTHER_DIGITS).encode()) == judge(sql.translate(_OTHER_DIGITS)).residue

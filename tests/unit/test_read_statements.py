@@ -3,12 +3,26 @@ the cache agreeing with the parser, configured volatile functions, and never rai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.sql import read_statements
+from router.sql import analysis
+from router.sql.analysis import analysis_stats, clear_analysis, judge, set_cache_limit
 from router.sql.read_statements import ReadClassifier, begins_read_only
+from router.sql.shapes import statement_shape
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache() -> Iterator[None]:
+    limit = analysis._CACHE.limit
+    clear_analysis()
+    yield
+    set_cache_limit(limit)
+    clear_analysis()
+
 
 READS: list[str] = [
     "select 1",
@@ -214,12 +228,12 @@ def test_bad_volatile_function_names(name: str) -> None:
         ReadClassifier([name])
 
 
-def test_cache_is_bounded_and_stays_correct(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(read_statements, "_CACHE_ENTRIES", 3)
+def test_cache_is_bounded_and_stays_correct() -> None:
+    set_cache_limit(3)
     classifier = ReadClassifier()
     for i in range(10):
-        assert classifier.is_plain_read(f"select {i}") is True
-        assert len(classifier._cache) <= 3
+        assert classifier.is_plain_read(f"select {i} from t{i}") is True  # every text its own shape
+        assert len(analysis._CACHE.by_text) <= 3
     assert classifier.is_plain_read("select * from t for update") is False
     assert classifier.is_plain_read("select * from t for update") is False
 
@@ -227,14 +241,14 @@ def test_cache_is_bounded_and_stays_correct(monkeypatch: pytest.MonkeyPatch) -> 
 def test_prefilter_answers_without_caching() -> None:
     classifier = ReadClassifier()
     assert classifier.is_plain_read("insert into t values (1)") is False
-    assert classifier._cache == {}
+    assert analysis_stats()["entries"] == 0
 
 
 def test_long_texts_are_not_cached() -> None:
     classifier = ReadClassifier()
     sql = "select " + ", ".join(["1"] * 5000)
     assert classifier.is_plain_read(sql) is True
-    assert classifier._cache == {}
+    assert analysis_stats()["entries"] == 0
 
 
 def test_classifiers_do_not_share_configuration() -> None:
@@ -289,7 +303,7 @@ BEGIN_CASES: list[tuple[str, bool]] = [
 @pytest.mark.parametrize(("sql", "expected"), BEGIN_CASES)
 def test_begins_read_only(sql: str, expected: bool) -> None:
     assert begins_read_only(sql) is expected
-    assert read_statements._begins_read_only(sql) is expected  # without the prefilter and cache
+    assert judge(sql).begins_read_only is expected  # without the prefilter and cache
 
 
 def test_begin_read_only_is_not_a_plain_read() -> None:
@@ -297,8 +311,6 @@ def test_begin_read_only_is_not_a_plain_read() -> None:
 
 
 def test_statement_shape_replaces_literals_only_where_it_can_see_them() -> None:
-    from router.sql.read_statements import statement_shape
-
     assert statement_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;") == (
         "SELECT abalance FROM pgbench_accounts WHERE aid = 0;"
     )

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast import parser as pg_parser
 
-from router.sql import statements
+from router.sql.analysis import analysis_stats, clear_analysis, judge
 from router.sql.statements import (
     ADVISORY_LOCK,
     EMPTY,
@@ -249,9 +249,9 @@ CASES: list[tuple[str, Effects]] = [
 
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
-    statements._analyse_cached.cache_clear()
+    clear_analysis()
     yield
-    statements._analyse_cached.cache_clear()
+    clear_analysis()
 
 
 @pytest.fixture
@@ -326,7 +326,7 @@ def test_cache_returns_the_same_object_and_parses_once(monkeypatch: pytest.Monke
 def test_long_texts_are_classified_but_not_cached() -> None:
     sql = "SET application_name = '" + "x" * 10_000 + "'"
     assert classify(sql).settings[0].name == "application_name"
-    assert statements._analyse_cached.cache_info().currsize == 0
+    assert analysis_stats()["entries"] == 0
 
 
 # --- properties ------------------------------------------------------------------------------------
@@ -419,6 +419,6 @@ def test_classify_never_raises(sql: str) -> None:
 def test_prefilter_has_no_false_negatives(sql: str) -> None:
     """Whatever the parse tree says a text does, the prefiltered path says too (unparseable texts
     aside: the server rejects them as well)."""
-    full = statements._effects(sql)
+    full = judge(sql).effects
     if not full.unparsed:
         assert classify(sql) == full
