@@ -3,14 +3,12 @@ exact text and by shape) agreeing with the parser; never raising."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.sql import analysis
-from router.sql.analysis import clear_analysis, judge
+from router.sql.analysis import judge
 from router.sql.inert_statements import (
     INERT_FUNCTIONS,
     LEAVES_ANYTHING,
@@ -195,11 +193,7 @@ NOT_INERT: list[str] = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
-    clear_analysis()
-    yield
-    clear_analysis()
+pytestmark = pytest.mark.usefixtures("fresh_analysis")
 
 
 @pytest.mark.parametrize("sql", INERT)

@@ -3,25 +3,16 @@ the cache agreeing with the parser, configured volatile functions, and never rai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.sql import analysis
-from router.sql.analysis import analysis_stats, clear_analysis, judge, set_cache_limit
+from router.sql.analysis import analysis_stats, judge, set_cache_limit
 from router.sql.read_statements import ReadClassifier, begins_read_only
 from router.sql.shapes import statement_shape
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
-    limit = analysis._CACHE.limit
-    clear_analysis()
-    yield
-    set_cache_limit(limit)
-    clear_analysis()
+pytestmark = pytest.mark.usefixtures("fresh_analysis")
 
 
 READS: list[str] = [

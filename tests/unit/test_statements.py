@@ -3,14 +3,12 @@ the cache, value round trips and never raising on arbitrary text."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast import parser as pg_parser
 
-from router.sql.analysis import analysis_stats, clear_analysis, judge
+from router.sql.analysis import analysis_stats, judge
 from router.sql.statements import (
     ADVISORY_LOCK,
     EMPTY,
@@ -247,11 +245,7 @@ CASES: list[tuple[str, Effects]] = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
-    clear_analysis()
-    yield
-    clear_analysis()
+pytestmark = pytest.mark.usefixtures("fresh_analysis")
 
 
 @pytest.fixture
