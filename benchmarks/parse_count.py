@@ -12,6 +12,9 @@ directly, and the workloads run against it one at a time, each from a cold cache
 - asyncpg: the same unit of work (named prepared statements, its transaction's BEGIN/COMMIT);
 - SQLAlchemy 2 ORM over psycopg: get, add and flush, a filtered select, update, commit.
 
+With `--reads-auto` the router also splits reads (`reads: {mode: auto}`, no replica: every
+transaction still runs on the primary), so the read classifier asks the same analysis.
+
 For each it prints transactions, parses, misses, hits, the hit rate (hits / (hits + misses)) and
 parses per transaction; the parses are also counted outside the analysis, by wrapping pglast's
 parser, and the two counts must agree. The bar: a hit rate of at least 99% on every workload.
@@ -20,7 +23,7 @@ Must not: measure throughput (the router shares this process with the clients: b
 measures speed with the router in processes of its own), or tune a workload to the cache.
 
     python -m benchmarks.parse_count [--duration 5] [--transactions 2000] [--clients 4] [--quick]
-                                     [--json FILE] [--keep]
+                                     [--reads-auto] [--show-parses] [--json FILE] [--keep]
 """
 
 from __future__ import annotations
@@ -385,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients and asyncpg connections (4)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 s pgbench runs, 300 units of work")
     parser.add_argument("--show-parses", action="store_true", help="list the texts parsed in each workload")
+    parser.add_argument(
+        "--reads-auto",
+        action="store_true",
+        help="the router with `reads: {mode: auto}`: read/write splitting asks the analysis too",
+    )
     add_run_options(parser)
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (2.0 if args.quick else 5.0)
@@ -404,7 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_create_schema(ws))
         ws.init_pgbench(1)  # as the admin; then the router role gets row access to every table
         config_path, _port = write_router_config(
-            ws.dir / "router", env, workers=1, pool={"size": 8}, auth_method="scram-sha-256"
+            ws.dir / "router",
+            env,
+            workers=1,
+            pool={"size": 8},
+            auth_method="scram-sha-256",
+            extra={"reads": {"mode": "auto"}} if args.reads_auto else None,
         )
         asyncio.run(seed_catalog(config_path, env))
         config, topology = deploy.load(config_path)

@@ -5,8 +5,8 @@ judged by its text; an extended-protocol batch only when every message up to its
 and every statement in it qualifies (a batch without Sync is one implicit transaction whose end
 we cannot see yet, so it goes to the primary). Anything unrecognised goes to the primary.
 
-Must not: choose a replica (router.core.replicas), parse SQL itself (router.sql.read_statements), or keep
-state between requests.
+Must not: choose a replica (router.core.replicas), parse SQL itself (the one statement analysis,
+router.sql.analysis, through its read view router.sql.read_statements), or keep state between requests.
 """
 
 from __future__ import annotations
