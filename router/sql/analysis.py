@@ -15,9 +15,9 @@ the core, the network adapter or a protocol (text in, values out). It is on the 
 
 The cache: texts differing only in their literals share one parse (`statement_shape`: literals
 replaced), so pgbench's `WHERE aid = 4711` is parsed once for all aids. A text without literals
-seen before is one dict lookup; one with literals, a shape and a second lookup; a text as the
-client sent it (`analyse_text`), one `bytes.translate` and one lookup once a text equal to it but
-for its digits has been analysed. Effects that read a literal's value (SET's value, set_config's
+seen before is one dict lookup; one with literals, as text or as the client sent it (`analyse_text`),
+one `bytes.translate` and one lookup once a text equal to it but for its digits has been analysed,
+else a shape and one more lookup. Effects that read a literal's value (SET's value, set_config's
 arguments: `Analysis.per_text`) are kept under the exact text instead. On a miss, a text that
 surely has no effects, leaves anything and names no prepared statement (CREATE TABLE, VACUUM...)
 is answered without parsing; the rest goes to PostgreSQL's parser (pglast; tens of µs). Texts
@@ -101,31 +101,20 @@ def analyse(sql: str) -> Analysis:
     if found is not None:
         cache.hits += 1
         return found
-    if len(sql) > _CACHED_TEXT_LIMIT:
-        cache.misses += 1
-        return _analyse(sql)
-    shape = statement_shape(sql)
-    if shape is not sql:
-        found = cache.by_text.get(shape)
-        if found is not None and not found.per_text:
+    key = _digits_key(sql)
+    if key is not None:
+        found = cache.by_digits.get(key)
+        if found is not None:
             cache.hits += 1
             return found
-    cache.misses += 1
-    result = _analyse(sql)
-    if len(cache.by_text) >= cache.limit:
-        cache.by_text.clear()
-    # Texts with literals are found by their shape, not kept; per-text verdicts by their text.
-    cache.by_text[sql if result.per_text else shape] = result
-    return result
+    return _look_further(sql, key)
 
 
 def analyse_text(text: bytes) -> Analysis:
     """`analyse` of a text as the client sent it (UTF-8), found without decoding it once a text equal
     to it but for its digits has been analysed: for pgbench's `WHERE aid = 4711` that is one
     `bytes.translate` and one dict lookup, where finding the shape takes a regular expression several
-    times as long. An analysis is filed under the digits-zeroed text only when every digit of the
-    analysed text is in a literal (`digits_only_in_literals`): texts that then share the key share
-    the shape too, and so the analysis."""
+    times as long."""
     cache = _CACHE
     key = text.translate(_ZERO_DIGITS)
     found = cache.by_digits.get(key)
@@ -133,12 +122,54 @@ def analyse_text(text: bytes) -> Analysis:
         cache.hits += 1
         return found
     sql = text.decode("utf-8", errors="replace")
-    result = analyse(sql)
-    if not result.per_text and len(text) <= _CACHED_TEXT_LIMIT and digits_only_in_literals(sql):
+    found = cache.by_text.get(sql)
+    if found is not None:
+        cache.hits += 1
+        return found
+    return _look_further(sql, key)
+
+
+def _look_further(sql: str, key: bytes | None) -> Analysis:
+    """After the exact text and the digits: the shape, else the analysis itself, filed."""
+    cache = _CACHE
+    if len(sql) > _CACHED_TEXT_LIMIT:
+        cache.misses += 1
+        return _analyse(sql)
+    shape = statement_shape(sql)
+    found = _by_shape(sql, shape, key)
+    if found is not None:
+        return found
+    cache.misses += 1
+    result = _analyse(sql)
+    if len(cache.by_text) >= cache.limit:
+        cache.by_text.clear()
+    # Texts with literals are found by their shape, not kept; per-text verdicts by their text.
+    cache.by_text[sql if result.per_text else shape] = result
+    _file_digits(sql, key, result)
+    return result
+
+
+def _by_shape(sql: str, shape: str, key: bytes | None) -> Analysis | None:
+    """The analysis of a text of the same shape as `sql` whose verdicts hold for every such text (a
+    hit, filed under `sql`'s digits too), else None."""
+    cache = _CACHE
+    found = cache.by_text.get(shape) if shape is not sql else None
+    if found is None or found.per_text:
+        return None
+    cache.hits += 1
+    _file_digits(sql, key, found)
+    return found
+
+
+def _file_digits(sql: str, key: bytes | None, result: Analysis) -> None:
+    """File `result` under the digits-zeroed text `key` only when every digit of `sql` is in a
+    literal (`digits_only_in_literals`): texts that then share the key share the shape too, and so
+    the analysis."""
+    cache = _CACHE
+    if key is not None and not result.per_text and len(key) <= _CACHED_TEXT_LIMIT and digits_only_in_literals(sql):
         if len(cache.by_digits) >= cache.limit:
             cache.by_digits.clear()
         cache.by_digits[key] = result
-    return result
 
 
 def cached(sql: str) -> Analysis | None:
@@ -146,15 +177,24 @@ def cached(sql: str) -> Analysis | None:
     for a caller whose own prefilter answers cheaper than a parse."""
     cache = _CACHE
     found = cache.by_text.get(sql)
-    if found is None and len(sql) <= _CACHED_TEXT_LIMIT:
-        shape = statement_shape(sql)
-        if shape is not sql:
-            found = cache.by_text.get(shape)
-            if found is not None and found.per_text:
-                found = None
+    key = None
+    if found is None:
+        key = _digits_key(sql)
+        found = cache.by_digits.get(key) if key is not None else None
     if found is not None:
         cache.hits += 1
-    return found
+        return found
+    if len(sql) > _CACHED_TEXT_LIMIT:
+        return None
+    return _by_shape(sql, statement_shape(sql), key)
+
+
+def _digits_key(sql: str) -> bytes | None:
+    """The key of `sql` among texts as sent: its UTF-8 with every digit made 0."""
+    try:
+        return sql.encode().translate(_ZERO_DIGITS)
+    except UnicodeEncodeError:  # a lone surrogate: no text a client sends as UTF-8 decodes to it
+        return None
 
 
 def analysis_stats() -> dict[str, int]:
