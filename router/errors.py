@@ -9,7 +9,7 @@ Must not import anything from the router (every layer imports this module, the s
 code included), nor know about sockets, drivers or wire formats.
 
 Not here, on purpose: exceptions of the test harness (router/testing/, not the router's own), and
-`router.sql.statements._Dynamic`, a private signal inside one analysis that never leaves it.
+`router.sql.setting_values.Dynamic`, a signal inside the statement analysis that never leaves it.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from router.errors import RouterError
 
 # Exceptions allowed outside router/errors.py, each for a reason.
 ELSEWHERE = {
-    # A private signal inside one statement analysis; it never leaves the function that catches it.
-    "router.sql.statements._Dynamic",
+    # A signal inside the statement analysis's rules (a value the text alone does not give); it never
+    # leaves router.sql: the effects rules catch it.
+    "router.sql.setting_values.Dynamic",
 }
 # The test harness's own errors are not the router's (they fail tests and demos, not clients).
 HARNESS = "router.testing."
