@@ -84,12 +84,14 @@ class Reads:
     """A text's read verdict by the built-in rules. `calls` are the functions its reads call, as
     (schema or "" when unqualified, name), and `attributes` the names used in attribute notation
     (`rel.f`, `(row).f`), all lower-cased: a configured volatile function among them makes it no
-    read. `per_text`: the verdict read a literal's value, so it holds for this exact text only."""
+    read. `names`: the function names of both, for a quick look that none is configured.
+    `per_text`: the verdict read a literal's value, so it holds for this exact text only."""
 
     reads: bool
     calls: frozenset[tuple[str, str]] = frozenset()
     attributes: frozenset[str] = frozenset()
     per_text: bool = False
+    names: frozenset[str] = frozenset()
 
 
 NOT_READ: Final = Reads(False)
@@ -128,7 +130,8 @@ def reads_of(statements: list[Node] | None) -> Reads:
                 return Reads(False, frozenset(), frozenset(), per_text)
         elif kind != "VariableShowStmt":
             return NOT_READ
-    return Reads(True, frozenset(calls), frozenset(attributes), per_text)
+    names = frozenset(name for _, name in calls) | attributes
+    return Reads(True, frozenset(calls), frozenset(attributes), per_text, names)
 
 
 def begins_read_only_of(statements: list[Node] | None) -> bool:

@@ -9,10 +9,11 @@ out.
 Must not: do I/O, keep per-session state, or decide policy (refuse, pin, reset, re-apply): the
 caller does.
 
-Cost: a prefilter looks for trigger words in the lower-cased text and returns the shared `EMPTY`
-without any analysis when there are none (about 1 µs for a 100-character query); a text analysed
-before (by any view) is a cache hit; on a miss, a second look for the words as whole tokens
-answers EMPTY without parsing, and the rest is analysed (one parse, every verdict). Run
+Cost: a text analysed before by any view (or one equal to it but for its digits) is a cache hit;
+else a prefilter looks for trigger words in the lower-cased text and returns the shared `EMPTY`
+without any analysis when there are none (about 1 µs for a 100-character query), a text of a shape
+analysed before is a hit, a second look for the words as whole tokens answers EMPTY without
+parsing, and the rest is analysed (one parse, every verdict). Run
 `python -m router.sql.statements` for the numbers.
 """
 
@@ -51,6 +52,9 @@ __all__ = [
 
 def classify(sql: str) -> Effects:
     """The session-level effects of `sql` (one or more statements). Never raises."""
+    found = cached(sql, shapes=False)
+    if found is not None:
+        return found.effects
     lowered = sql.lower()
     if not may_have_effects(lowered):
         return EMPTY
