@@ -191,7 +191,7 @@ class Pool(Generic[C]):
         self.login_parameters: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.transactions = 0
-        self.handovers = 0  # connections passed from one client to another (see the client's _attach)
+        self.handovers = 0  # connections passed from one client to another (router.protocol.pg.handover)
         self.wipes = 0  # ... of which wiped first (exact hand-over of a session that may hold state)
         self.sequence_resets = 0  # ... of which only DISCARD SEQUENCES first (the session wrote rows)
         self.wait_timeouts = 0

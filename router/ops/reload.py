@@ -7,7 +7,7 @@ describes a reload (`summarize`), recording moved tenants as catalog pins to the
 `FileWatcher` that notices shards.yaml changing on disk, and the pid file through which
 `tenant-router reload` finds a running router and sends it SIGHUP (`signal_reload`).
 
-Must not: swap anything in the running router, or load files (router/app.py wires a reload:
+Must not: swap anything in the running router, or load files (router/ops/live_reload.py runs one:
 load, check, pin, swap), decide placement itself (routing.place_tenant does), or move tenant data.
 A reload never moves data: a tenant whose placement changes stays on its old shard, pinned there
 in the catalog, until an operator moves its data and clears the pin.

@@ -7,7 +7,7 @@ DISCARD SEQUENCES clears that) or LEAVES_ANYTHING (the full wipe); `is_inert(sql
 router.sql.session_residue, which has the rules and says what they trust, `trusted_search_path`
 and the allowlists. A server connection that ran only inert texts under a trusted search_path can
 pass to another client as it is, one that wrote rows after DISCARD SEQUENCES, any other after the
-full wipe (router/net/client.py). Pure.
+full wipe (router/protocol/pg/handover.py). Pure.
 
 Must not: do I/O, keep per-session state, or decide when to wipe: the caller does.
 

@@ -23,7 +23,7 @@ What it trusts: code that runs without appearing in the text (triggers, views, r
 security policies, column defaults, operators, casts, foreign-key actions) is the operator's as long
 as it lives in `TRUSTED_SCHEMAS`, where only the database's owner creates objects: with
 `tenant.context_secret` set, `tenant-router check` makes sure that the router's role can create
-nothing and owns nothing in the shared database (router/admin/provisioning.py). A schema tenant's own
+nothing and owns nothing in the shared database (router/admin/role_audit.py). A schema tenant's own
 schema is not trusted: its owner, a tenant, can open it to others (GRANT USAGE ... TO PUBLIC), and a
 view there whose function makes a temporary table, selected by a shared tenant, would shadow the
 shared table for the next client of that server session. (A schema or database tenant's own sessions
@@ -111,7 +111,7 @@ INERT_FUNCTIONS: Final = frozenset(
 )
 
 # What a text may leave in the server session, from least to most. A server connection's level is
-# the highest of the texts that ran on it since it was last wiped (router/net/client.py).
+# the highest of the texts that ran on it since it was last wiped (router/protocol/pg/handover.py).
 LEAVES_NOTHING: Final = 0  # inert: nothing to wipe
 LEAVES_SEQUENCES: Final = 1  # the currval()/lastval() of the sequences it advanced: DISCARD SEQUENCES
 LEAVES_ANYTHING: Final = 2  # unknown: the full wipe

@@ -23,7 +23,8 @@ from router.protocol.pg import responses as r
 from router.protocol.pg.prepared import ClientStatement, ServerStatement, needs_parse
 from router.protocol.pg.refusals import FUNCTION_CALL_REFUSAL
 from router.protocol.pg.session_core import SessionCore, SessionRouter
-from router.sql.inert_statements import LEAVES_ANYTHING, residue
+from router.sql.analysis import analyse
+from router.sql.inert_statements import LEAVES_ANYTHING
 from router.sql.statements import Effects, classify
 
 if TYPE_CHECKING:
@@ -52,9 +53,13 @@ class ExtendedProtocol(SessionCore):
             _msg, parse, effects, left = remembered
         else:
             parse = fe.parse_parse(msg)
-            classified = classify(parse.query)
+            if self._exact_handover:
+                # One analysis gives both verdicts (router.sql.analysis).
+                analysis = analyse(parse.query)
+                classified, left = analysis.effects, analysis.residue
+            else:
+                classified, left = classify(parse.query), LEAVES_ANYTHING
             effects = None if classified.empty else classified  # None: nothing to account for
-            left = residue(parse.query) if self._exact_handover else LEAVES_ANYTHING
             # Small ones only: an idle client should not hold on to a megabyte of SQL.
             small = len(msg) <= _REMEMBERED_PARSE_LIMIT
             self._last_parse = (msg, parse, effects, left) if small else None

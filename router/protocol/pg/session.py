@@ -41,7 +41,8 @@ from router.protocol.pg.read_back import ReadBack, Rows, commit_position, settin
 from router.protocol.pg.read_intent import message_reads, request_reads
 from router.protocol.pg.session_core import Phase, ServerAddress, SessionRouter
 from router.protocol.pg.wal import COMMIT_POSITION_SQL
-from router.sql.inert_statements import LEAVES_ANYTHING, residue_text
+from router.sql.analysis import analyse_text
+from router.sql.inert_statements import LEAVES_ANYTHING
 from router.sql.session_sql import PREPARED_NAMES_SQL, raise_sql, settings_in_force_sql
 from router.sql.statements import classify
 from router.sql.tenant_statements import MARKER as TENANT_MARKER
@@ -314,13 +315,17 @@ class PgSession(ExtendedProtocol):
         if server is None:
             return False
         if self._exact_handover and server.residue != LEAVES_ANYTHING:
-            left = residue_text(fe.query_bytes(msg))
+            # One analysis gives both verdicts (router.sql.analysis), from the text as it came.
+            analysis = analyse_text(fe.query_bytes(msg))
+            left = analysis.residue
             if left != LEAVES_ANYTHING:
                 if left > server.residue:
                     server.residue = left  # what the next hand-over clears
                 return self._send_query(server, msg)  # such a text has no session effects either
             server.residue = LEAVES_ANYTHING  # so the next hand-over wipes the session
-        effects = classify(fe.parse_query(msg))
+            effects = analysis.effects
+        else:
+            effects = classify(fe.parse_query(msg))
         if not effects.empty:
             refusal = self._session_effects(effects, server)
             if refusal is not None:
