@@ -42,6 +42,7 @@ from typing import Any, Final
 import asyncpg
 
 from router import native
+from router.admin.rls_enable import enable_rls
 from router.admin.tenant_admin import add_tenant, init_catalog
 from router.isolation import quote_ident, quote_literal
 from router.testing import deploy
@@ -60,6 +61,8 @@ READY_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
 ERROR_LINES: Final = 6
 TENANT: Final = "bench"
+# A table of the tenants', protected by `rls enable` (which installs router.enter_tenant on the shards).
+SAMPLE_TABLE: Final = "bench_items"
 QUIET_LOAD: Final = 1.5  # 1-minute load average under which the machine counts as quiet
 PGBENCH_GRACE: Final = 60.0  # beyond -T: connecting, finishing; past it a run counts as hung
 
@@ -311,10 +314,20 @@ def write_router_config(
 
 
 async def seed_catalog(config_path: Path, env: PgEnvironment) -> None:
-    """The catalog schema and the one `shared` tenant every router target serves."""
+    """The catalog schema and the one `shared` tenant every router target serves; and on the shards
+    what the router needs to enter a shared tenant (router.enter_tenant), which `rls enable`
+    installs, as README's "Running it" deploys it: here on a small table of the tenants', owned by
+    the admin (pgbench's own tables have no tenant column)."""
     config, topology = deploy.load(config_path)
     await init_catalog(config)
     await add_tenant(config, topology, TENANT, "shared", next(iter(env.shards)))
+    for shard in env.shards:
+        conn = await _admin(env, shard)
+        try:
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {SAMPLE_TABLE} (tenant_id text NOT NULL, note text)")
+        finally:
+            await conn.close()
+    await enable_rls(config, topology, SAMPLE_TABLE)
 
 
 async def _admin(env: PgEnvironment, shard: str) -> Any:

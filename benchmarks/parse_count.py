@@ -176,11 +176,11 @@ class _ParserCalls:
             self.texts[" ".join(sql.split())[:100]] += 1
             return self._original(sql)
 
-        pg_parser.parse_sql_json = counting
+        pg_parser.parse_sql_json = counting  # type: ignore[assignment]  # counted, then restored
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pg_parser.parse_sql_json = self._original
+        pg_parser.parse_sql_json = self._original  # type: ignore[assignment]
 
 
 @contextmanager

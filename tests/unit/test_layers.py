@@ -161,20 +161,13 @@ def import_circles() -> list[list[str]]:
 _graph_keys = {_module_name(path) for path in ROOT.rglob("*.py")}
 
 
-# What the redesign of issue 16 is removing: each pair leaves this list with the import it names.
-# Exact, so that a new forbidden import fails as surely as a stale entry.
-STILL_TO_UNTANGLE: set[tuple[str, str]] = set()
-CIRCLES_TO_UNTANGLE: list[list[str]] = []
-
-
 def test_no_layer_imports_what_it_must_not() -> None:
-    found = sorted(forbidden_imports() - STILL_TO_UNTANGLE)
-    assert forbidden_imports() >= STILL_TO_UNTANGLE, f"untangled: {sorted(STILL_TO_UNTANGLE - forbidden_imports())}"
+    found = sorted(forbidden_imports())
     assert found == [], "forbidden imports (module, imported):\n" + "\n".join(f"  {m} -> {n}" for m, n in found)
 
 
 def test_no_import_circles() -> None:
-    circles = [c for c in import_circles() if c not in CIRCLES_TO_UNTANGLE]
+    circles = import_circles()
     assert circles == [], "import circles:\n" + "\n".join("  " + " -> ".join(c) for c in circles)
 
 
