@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from router.core.handover import Handover
 from router.core.pool import Waiter
@@ -89,6 +89,16 @@ class LeaseState(enum.Enum):
     ENDED = "ended"  # the client left: nothing is taken any more
 
 
+# Enum members as C statics: compiled, `Phase.ROUTING` is a lookup through the enum's metaclass.
+_HANDOVER_KEPT: Final = Handover.KEPT
+_HANDOVER_SEQUENCES_RESET: Final = Handover.SEQUENCES_RESET
+_HANDOVER_WIPED: Final = Handover.WIPED
+_LEASE_ENDED: Final = LeaseState.ENDED
+_LEASE_FREE: Final = LeaseState.FREE
+_LEASE_HOLDING: Final = LeaseState.HOLDING
+_LEASE_WAITING: Final = LeaseState.WAITING
+
+
 class Lease:
     """One client's hold on a server connection. See the module docstring.
 
@@ -139,7 +149,7 @@ class Lease:
         # What holds the owner's requests: a place in a pool's line, or in a held tenant's.
         self._waiting: Waiter | Cancellable | None = None
         self._waiting_for: tuple[Target, Pool] | None = None
-        self.state = LeaseState.FREE
+        self.state = _LEASE_FREE
         # Read-your-writes: per shard, the WAL position of this session's last write there.
         self.min_lsn: dict[str, int] | None = None
         # Whether a write on the connection held would need its WAL position noted (a primary
@@ -149,12 +159,12 @@ class Lease:
 
     def _to(self, state: LeaseState) -> None:
         """The one place the state changes. An ended lease stays ended."""
-        if self.state is not LeaseState.ENDED:
+        if self.state is not _LEASE_ENDED:
             self.state = state
 
     @property
     def waiting(self) -> bool:
-        return self.state is LeaseState.WAITING
+        return self.state is _LEASE_WAITING
 
     def acquire(self, target: Target, read: bool, split: bool) -> Connection | None:
         """A connection for the owner's next request on `target`'s shard now, or None: it waits
@@ -165,7 +175,7 @@ class Lease:
             ticket = self._router.wait_for_release(tenant, self._released_callback, self._refused_callback)
             if ticket is not None:
                 self._waiting = ticket
-                self._to(LeaseState.WAITING)
+                self._to(_LEASE_WAITING)
                 return None
         pool = target.pool
         if read and target.replicas:
@@ -183,7 +193,7 @@ class Lease:
         if isinstance(result, Waiter):
             self._waiting = result
             self._waiting_for = (target, pool)
-            self._to(LeaseState.WAITING)
+            self._to(_LEASE_WAITING)
             return None
         self._hold(result, target, pool)
         return result
@@ -202,7 +212,7 @@ class Lease:
         return None
 
     def _hold(self, conn: Connection, target: Target, pool: Pool) -> None:
-        self._to(LeaseState.HOLDING)
+        self._to(_LEASE_HOLDING)
         self.conn = conn
         self.pool = pool
         self.target = target
@@ -211,8 +221,8 @@ class Lease:
     def _released(self) -> None:
         """The tenant's hold was released: ask again (its target may have moved)."""
         self._waiting = None
-        if self.state is LeaseState.WAITING:
-            self._to(LeaseState.FREE)
+        if self.state is _LEASE_WAITING:
+            self._to(_LEASE_FREE)
             self._on_resume()
 
     def _granted(self, conn: Connection) -> None:
@@ -223,7 +233,7 @@ class Lease:
             conn.close()
             return
         target, pool = waiting
-        if self.state is LeaseState.ENDED:
+        if self.state is _LEASE_ENDED:
             pool.release(conn)
             return
         self._hold(conn, target, pool)
@@ -233,9 +243,9 @@ class Lease:
         self._waiting = None
         waiting = self._waiting_for
         self._waiting_for = None
-        if self.state is LeaseState.ENDED:
+        if self.state is _LEASE_ENDED:
             return
-        self._to(LeaseState.FREE)
+        self._to(_LEASE_FREE)
         if isinstance(exc, PoolRetired):
             # The pool was removed by a reload while we waited: ask again under the new topology.
             self._on_resume()
@@ -251,12 +261,12 @@ class Lease:
     def count_handover(self, handover: Handover) -> None:
         """What taking the connection cost, as the protocol's hand-over reports it (pool counters)."""
         pool = self.pool
-        if handover is Handover.KEPT or pool is None:
+        if handover is _HANDOVER_KEPT or pool is None:
             return
         pool.handovers += 1
-        if handover is Handover.WIPED:
+        if handover is _HANDOVER_WIPED:
             pool.wipes += 1
-        elif handover is Handover.SEQUENCES_RESET:
+        elif handover is _HANDOVER_SEQUENCES_RESET:
             pool.sequence_resets += 1
 
     def commit_pending(self, tenant: str | None) -> None:
@@ -291,7 +301,7 @@ class Lease:
         self.conn = None
         if conn is None or pool is None:
             return
-        self._to(LeaseState.FREE)
+        self._to(_LEASE_FREE)
         pool.transactions += 1
         self.track_writes = False
         pool.release(conn)
@@ -301,16 +311,16 @@ class Lease:
         conn, pool = self.conn, self.pool
         self.conn = None
         if conn is not None and pool is not None:
-            self._to(LeaseState.FREE)
+            self._to(_LEASE_FREE)
             pool.discard(conn, reason)
         return conn
 
     def end(self, clean: bool, reset: bool) -> None:
         """The client left: stop waiting, and give the connection back (wiped first when `reset`,
         in session mode too, router.app) if `clean`; otherwise it never serves anyone again."""
-        if self.state is LeaseState.ENDED:
+        if self.state is _LEASE_ENDED:
             return
-        self._to(LeaseState.ENDED)
+        self._to(_LEASE_ENDED)
         waiting = self._waiting
         self._waiting = None
         if waiting is not None:

@@ -7,10 +7,8 @@ back to the pool. `release` takes back only clean connections; anything else is 
 pooled. Timers (idle timeout, lifetime) are driven from outside through `reap`.
 
 Generic over its connections: a `Connector` opens one (PostgreSQL server connections today, given
-by the composition root), and the pool asks of it only `PooledConnection`. Must not import any wire
-protocol or network code. Compiled with mypyc (router/native.py): a Protocol costs the compiled pool
-a lookup by name per access, unless the compiled connection class names it as a base (mypyc then
-calls it directly, as a trait).
+by the composition root), and the pool asks of it only what its base class `PooledConnection`
+declares. Must not import any wire protocol or network code. Compiled with mypyc (router/native.py).
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol
 
+from mypy_extensions import mypyc_attr
 from typing_extensions import TypeVar
 
 from router.errors import BackendUnavailable, PoolRetired, PoolTimeout, RouterError
@@ -47,24 +46,29 @@ class PoolKey:
         return f"shard {self.shard} ({self.database}@{self.host}:{self.port})"
 
 
-class PooledConnection(Protocol):
-    """What a pool needs of a connection, whatever protocol it speaks."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class PooledConnection:
+    """What a pool needs of a connection, whatever protocol it speaks: a base class rather than a
+    Protocol, so that the compiled pool reaches these fields and methods directly (through a
+    Protocol, each is a lookup by name, and each float a new object: measured per transaction)."""
 
-    # Server parameters reported at login (PostgreSQL's ParameterStatus): the pool keeps the last.
-    params: dict[str, str]
-    created_at: float  # the pool's clock (time.monotonic()) when opened: the lifetime counts from here
-    last_used: float  # ... when last pooled: the idle timeout counts from here
+    def __init__(self, created_at: float) -> None:
+        # Server parameters reported at login (PostgreSQL's ParameterStatus): the pool keeps the last.
+        self.params: dict[str, str] = {}
+        self.created_at = created_at  # the pool's clock when opened: the lifetime counts from here
+        self.last_used = created_at  # ... when last pooled: the idle timeout counts from here
 
     @property
     def is_clean(self) -> bool:
         """Open, with nothing outstanding and no transaction: safe to hand to another client."""
-        ...
+        raise NotImplementedError
 
     def detach(self) -> None:
         """No client is attached any more: the pool has it back."""
-        ...
+        raise NotImplementedError
 
-    def close(self, reason: str = "closed") -> None: ...
+    def close(self, reason: str = "closed") -> None:
+        raise NotImplementedError
 
 
 # The connection type of a pool. Code that does not care which (replica choice, targets, metrics)

@@ -1,17 +1,16 @@
-"""One client connection: the asyncio side of a client's session, and where it meets a server connection.
+"""One client connection: the asyncio side of a client's session, where it meets a server connection.
 
-Owns the client's socket and its timing: the asyncio.Protocol callbacks, flow control with the
-attached server (router.net.flow), the login hand-off (router.net.login), the loop that feeds the
-client's bytes to its PostgreSQL session (router.protocol.pg.session) and carries out what it asks
-(a server connection through the lease, router.core.lease; bytes to the server and the client; the
-session's read-backs run on the server), and the end of the connection. It makes no protocol or
-routing decision of its own.
+Owns the client's socket: the asyncio.Protocol callbacks, flow control with the attached server
+(router.net.flow), the login hand-off (router.net.login), and the loop that feeds the client's bytes
+to its PostgreSQL session (router.protocol.pg.session) and does what it asks: take a server
+connection through the lease (router.core.lease), send bytes, run read-backs. It makes no protocol
+or routing decision of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from router.core.lease import Lease
 from router.errors import BackendUnavailable, RouterError
@@ -25,6 +24,17 @@ from router.protocol.pg.session_core import Phase
 if TYPE_CHECKING:
     from router.core.pool import Pool
     from router.net.context import RouterContext
+
+
+# Enum members as C statics: compiled, `Phase.ROUTING` is a lookup through the enum's metaclass.
+_ENDING_READ_BACK: Final = Ending.READ_BACK
+_ENDING_RELEASE: Final = Ending.RELEASE
+_NEED_CLOSE: Final = Need.CLOSE
+_NEED_FAIL: Final = Need.FAIL
+_NEED_SERVER: Final = Need.SERVER
+_PHASE_CLOSED: Final = Phase.CLOSED
+_PHASE_LOGIN: Final = Phase.LOGIN
+_PHASE_ROUTING: Final = Phase.ROUTING
 
 
 class ClientSession(ClientLink):
@@ -65,8 +75,7 @@ class ClientSession(ClientLink):
         return self.session.tenant
 
     @property
-    def pool(self) -> Pool | None:
-        """The pool of the server connection held (for the router's cancel)."""
+    def pool(self) -> Pool | None:  # the held connection's, for the router's cancel
         return self.lease.pool
 
     # --- asyncio.Protocol (implemented, not inherited: a compiled class has no Python base) -------
@@ -82,15 +91,15 @@ class ClientSession(ClientLink):
     def data_received(self, data: bytes) -> None:
         session = self.session
         phase = session.phase
-        if phase is Phase.ROUTING:
+        if phase is _PHASE_ROUTING:
             session.receive(data)
             self._drive()
-        elif phase is Phase.LOGIN:
+        elif phase is _PHASE_LOGIN:
             self._buf += data
             waiter = self._login_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        elif phase is not Phase.CLOSED:
+        elif phase is not _PHASE_CLOSED:
             session.receive(data)  # held until the server connection or the read-back is done
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -122,9 +131,9 @@ class ClientSession(ClientLink):
             return
         session = self.session
         ending = session.transaction_ended(self.lease.track_writes)
-        if ending is Ending.RELEASE:
+        if ending is _ENDING_RELEASE:
             self._release()
-        elif ending is Ending.READ_BACK:
+        elif ending is _ENDING_READ_BACK:
             if ReadBack.COMMIT_POSITION in session.read_backs:
                 self.lease.commit_pending(session.tenant)
             self._reading_back = asyncio.get_running_loop().create_task(self._read_back(server))
@@ -160,7 +169,7 @@ class ClientSession(ClientLink):
         finally:
             self.lease.commit_settled()
         self._reading_back = None
-        if session.read_back_done() is Ending.RELEASE and self.server is server:
+        if session.read_back_done() is _ENDING_RELEASE and self.server is server:
             self._release()
         self._drive()
 
@@ -196,21 +205,18 @@ class ClientSession(ClientLink):
         one, then send what it produced."""
         session = self.session
         need = session.run()
-        while need is Need.SERVER and self._take_server():
+        while need is _NEED_SERVER and self._take_server():
             need = session.run()
-        if need is Need.FAIL:
+        if need is _NEED_FAIL:
             self._write_client_out()
-            failure = session.failure
-            assert failure is not None
-            self.fatal(failure)
+            self.fatal(cast(RouterError, session.failure))  # set with Need.FAIL
             return
         self._flush()
-        if need is Need.CLOSE:
+        if need is _NEED_CLOSE:
             self.close()
 
     def _take_server(self) -> bool:
-        """A server connection for the session, now (True), or a wait for one (False). A refusal
-        is the session's to answer (True: it goes on, discarding up to the Sync)."""
+        """A server connection now (True), a wait for one (False), or a refusal the session answers (True)."""
         session = self.session
         try:
             conn = self.lease.acquire(session.target(), session.read_next, session.read_policy is not None)
@@ -231,9 +237,7 @@ class ClientSession(ClientLink):
         lease.count_handover(self.session.attach(conn.session, target, pool.key))
 
     def _lease_granted(self) -> None:
-        conn = self.lease.conn
-        assert conn is not None
-        self._attach(conn)
+        self._attach(cast(ServerConnection, self.lease.conn))  # set before the lease calls this
         self._drive()
 
     def _lease_resume(self) -> None:
@@ -282,7 +286,7 @@ class ClientSession(ClientLink):
 
     def _shutdown(self) -> None:
         session = self.session
-        if session.phase is Phase.CLOSED:
+        if session.phase is _PHASE_CLOSED:
             return
         session.close()
         if self._reading_back is not None:

@@ -74,14 +74,12 @@ class ServerConnection(PooledConnection):
     """A pooled server connection. See the module docstring."""
 
     def __init__(self, label: str, on_closed: Callable[[ServerConnection], None]) -> None:
+        super().__init__(time.monotonic())
         self.label = label  # "shard_a/app@127.0.0.1:5433", for messages and logs
         self.state = ServerState.CONNECTING
         self.transport: asyncio.Transport | None = None
-        self.params: dict[str, str] = {}
         self.process_id = 0
         self.secret_key = b""
-        self.created_at = time.monotonic()
-        self.last_used = self.created_at
         # What the router has put on the server session (prepared statements, settings, tenant,
         # residue, the responses owed): the PostgreSQL session owns it; this connection reads it, and
         # advances the response plan as responses stream.

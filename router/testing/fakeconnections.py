@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import asyncio
 
-from router.core.pool import Pool, Waiter
+from router.core.pool import Pool, PooledConnection, Waiter
 from router.errors import RouterError
 
 __all__ = ["Client", "FakeConnection", "FakeConnector", "checked_out", "turns"]
 
 
-class FakeConnection:
+class FakeConnection(PooledConnection):
     """What a pool needs of a connection, and a record of what the pool did to it."""
 
     def __init__(self, pool: Pool[FakeConnection], number: int) -> None:
+        super().__init__(asyncio.get_running_loop().time())
         self._pool = pool
         self.number = number
         self.params = {"server_version": f"16.{number}"}
-        self.created_at = asyncio.get_running_loop().time()
-        self.last_used = self.created_at
         self.clean = True
         self.detached = 0
         self.closed: str | None = None

@@ -31,6 +31,12 @@ _SHARED_SETTINGS: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
 _SHARED_SETTINGS_LIMIT: Final = 4096
 
 
+# Enum members as C statics: compiled, `Handover.WIPED` is a lookup through the enum's metaclass.
+_HANDOVER_AS_IS: Final = Handover.AS_IS
+_HANDOVER_SEQUENCES_RESET: Final = Handover.SEQUENCES_RESET
+_HANDOVER_WIPED: Final = Handover.WIPED
+
+
 def shared_settings(settings: dict[str, str]) -> dict[str, str]:
     """One dict for all sessions that want the same settings: a server connection handed from one
     such client to another is then found in sync by identity, not by comparing the dicts on every
@@ -58,18 +64,18 @@ def handover_reset(conn: ServerSession, tenant: str | None) -> tuple[str | None,
     own_statements = bool(conn.prepared or conn.unnamed)
     deallocate = own_statements and conn.owner_tenant != tenant
     if left == LEAVES_NOTHING and not deallocate:
-        return None, Handover.AS_IS  # the common case: an inert session within one tenant passes as it is
+        return None, _HANDOVER_AS_IS  # the common case: an inert session within one tenant passes as it is
     conn.residue = LEAVES_NOTHING
-    handover = Handover.AS_IS
+    handover = _HANDOVER_AS_IS
     statements: list[str] = []
     if left == LEAVES_ANYTHING:
-        handover = Handover.WIPED
+        handover = _HANDOVER_WIPED
         conn.applied = {}
         conn.entered = None  # the wipe's RESET ALL empties it, if it runs: leave before it
         statements.append(HANDOVER_RESET)
         deallocate = own_statements
     elif left == LEAVES_SEQUENCES:
-        handover = Handover.SEQUENCES_RESET
+        handover = _HANDOVER_SEQUENCES_RESET
         statements.append(HANDOVER_DISCARD_SEQUENCES)
     if deallocate:
         statements.append(HANDOVER_DEALLOCATE)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from router.core.handover import Handover
 from router.errors import (
@@ -72,6 +72,25 @@ class Ending(enum.Enum):
     READ_BACK = "read back"  # run the `read_backs` on it first, then ask `read_back_done`
 
 
+# Enum members as C statics: compiled, `Phase.ROUTING` is a lookup through the enum's metaclass.
+_ENDING_KEEP: Final = Ending.KEEP
+_ENDING_READ_BACK: Final = Ending.READ_BACK
+_ENDING_RELEASE: Final = Ending.RELEASE
+_HANDOVER_AS_IS: Final = Handover.AS_IS
+_HANDOVER_KEPT: Final = Handover.KEPT
+_NEED_CLOSE: Final = Need.CLOSE
+_NEED_FAIL: Final = Need.FAIL
+_NEED_NOTHING: Final = Need.NOTHING
+_NEED_SERVER: Final = Need.SERVER
+_PHASE_CLOSED: Final = Phase.CLOSED
+_PHASE_READING_BACK: Final = Phase.READING_BACK
+_PHASE_ROUTING: Final = Phase.ROUTING
+_PHASE_WAITING: Final = Phase.WAITING
+_READ_BACK_COMMIT_POSITION: Final = ReadBack.COMMIT_POSITION
+_READ_BACK_PREPARED: Final = ReadBack.PREPARED
+_READ_BACK_SETTINGS: Final = ReadBack.SETTINGS
+
+
 class PgSession(ExtendedProtocol):
     """One client's PostgreSQL session. See the module docstring."""
 
@@ -92,8 +111,8 @@ class PgSession(ExtendedProtocol):
         self.login_tenant: str | None = None
         self.tenant_switch_allowed = False
         self.reported: dict[str, str] = {}  # ParameterStatus values the client has been told
-        self.failure: RouterError | None = None  # why the session fails (Need.FAIL)
-        self.read_backs: list[ReadBack] = []  # what to read back before the server goes (Ending.READ_BACK)
+        self.failure: RouterError | None = None  # why the session fails (_NEED_FAIL)
+        self.read_backs: list[ReadBack] = []  # what to read back before the server goes (_ENDING_READ_BACK)
         self._pending = b""  # what the client sent that is not handled yet, from its first byte
         self._judged = False  # the read intent of the message at the head of `_pending` is known
 
@@ -101,7 +120,7 @@ class PgSession(ExtendedProtocol):
 
     def start(self) -> None:
         """Login is done: route the client's messages."""
-        self._enter(Phase.ROUTING)
+        self._enter(_PHASE_ROUTING)
 
     def receive(self, data: bytes) -> None:
         """Bytes from the client, handled by the next `run`."""
@@ -112,9 +131,9 @@ class PgSession(ExtendedProtocol):
         data = self._pending
         pos = 0
         end = len(data)
-        need = Need.NOTHING
+        need = _NEED_NOTHING
         try:
-            while self.phase is Phase.ROUTING:
+            while self.phase is _PHASE_ROUTING:
                 header = f.read_header(data, pos)
                 if header is None:
                     break
@@ -127,7 +146,7 @@ class PgSession(ExtendedProtocol):
                     pos += size
                     continue
                 if mtype == f.TERMINATE:
-                    need = Need.CLOSE
+                    need = _NEED_CLOSE
                     pos += size
                     break
                 policy = self.read_policy
@@ -146,15 +165,15 @@ class PgSession(ExtendedProtocol):
                 if not self._handle(mtype, msg):
                     if self._discarding:
                         continue  # refused: the message is discarded on the next pass
-                    need = Need.SERVER
+                    need = _NEED_SERVER
                     break
                 pos += size
         except f.FramingError as framing_error:
             self.failure = ClientProtocolError(f"invalid message from the client: {framing_error}")
-            need = Need.FAIL
+            need = _NEED_FAIL
         except ClientProtocolError as exc:
             self.failure = exc
-            need = Need.FAIL
+            need = _NEED_FAIL
         # What is left stays as it came, without a copy when nothing was handled.
         self._pending = (data[pos:] if pos else data) if pos < end else b""
         return need
@@ -176,12 +195,12 @@ class PgSession(ExtendedProtocol):
         (the exact hand-over's reset first, when another client had it). Returns what that took."""
         self.server = server
         self._address = address
-        self._enter(Phase.ROUTING)
+        self._enter(_PHASE_ROUTING)
         reset: str | None = None
-        handover = Handover.KEPT
+        handover = _HANDOVER_KEPT
         if server.owner != self.serial:
             if server.owner is not None:
-                handover = Handover.AS_IS
+                handover = _HANDOVER_AS_IS
                 if self._exact_handover:
                     reset, handover = handover_reset(server, self.tenant)
             server.owner = self.serial
@@ -191,8 +210,8 @@ class PgSession(ExtendedProtocol):
 
     def resume(self) -> None:
         """The wait for a server connection ended without one (a hold released, a pool gone): ask again."""
-        if self.phase is Phase.WAITING:
-            self._enter(Phase.ROUTING)
+        if self.phase is _PHASE_WAITING:
+            self._enter(_PHASE_ROUTING)
 
     def transaction_ended(self, track_writes: bool) -> Ending:
         """The attached server finished everything sent and is idle. `track_writes`: its commits are
@@ -204,26 +223,26 @@ class PgSession(ExtendedProtocol):
             backs = self.read_backs
             backs.clear()
             if self._watched is not None:
-                backs.append(ReadBack.SETTINGS)
+                backs.append(_READ_BACK_SETTINGS)
             if server.prepared_unsure:
-                backs.append(ReadBack.PREPARED)
+                backs.append(_READ_BACK_PREPARED)
             if commit:
-                backs.append(ReadBack.COMMIT_POSITION)
-            self._enter(Phase.READING_BACK)
-            return Ending.READ_BACK
+                backs.append(_READ_BACK_COMMIT_POSITION)
+            self._enter(_PHASE_READING_BACK)
+            return _ENDING_READ_BACK
         return self._release_or_keep()
 
     def _release_or_keep(self) -> Ending:
         if self._transaction_pooling and not self.pins:
             self.server = None
-            return Ending.RELEASE
-        return Ending.KEEP
+            return _ENDING_RELEASE
+        return _ENDING_KEEP
 
     def read_back_sql(self, kind: ReadBack) -> str:
-        if kind is ReadBack.SETTINGS:
+        if kind is _READ_BACK_SETTINGS:
             watched, self._watched = self._watched or set(), None
             return settings_in_force_sql(watched | set(self.settings))
-        if kind is ReadBack.PREPARED:
+        if kind is _READ_BACK_PREPARED:
             return PREPARED_NAMES_SQL
         return COMMIT_POSITION_SQL
 
@@ -232,7 +251,7 @@ class PgSession(ExtendedProtocol):
         Raises BackendUnavailable when the rows do not answer."""
         server = self.server
         assert server is not None
-        if kind is ReadBack.SETTINGS:
+        if kind is _READ_BACK_SETTINGS:
             in_force = settings_in_force(rows)
             server.applied = in_force
             server.entered = None  # a RESET ALL or DISCARD ALL may have left the tenant: enter again
@@ -241,7 +260,7 @@ class PgSession(ExtendedProtocol):
             self.settings = {**self.startup_settings, **{k: v for k, v in in_force.items() if k not in context}}
             self._desired = None
             self._follow_read_only()
-        elif kind is ReadBack.PREPARED:
+        elif kind is _READ_BACK_PREPARED:
             statements_found(rows, server.prepared)
             server.prepared_unsure = False
         else:
@@ -250,16 +269,16 @@ class PgSession(ExtendedProtocol):
 
     def read_back_done(self) -> Ending:
         """Every read-back is in: the connection may go."""
-        if self.phase is not Phase.READING_BACK:
-            return Ending.KEEP
-        self._enter(Phase.ROUTING)
-        return self._release_or_keep() if self.server is not None else Ending.KEEP
+        if self.phase is not _PHASE_READING_BACK:
+            return _ENDING_KEEP
+        self._enter(_PHASE_ROUTING)
+        return self._release_or_keep() if self.server is not None else _ENDING_KEEP
 
     def server_lost(self) -> None:
         self.server = None
 
     def close(self) -> None:
-        self._enter(Phase.CLOSED)
+        self._enter(_PHASE_CLOSED)
 
     def report_parameters(self, params: dict[str, str]) -> bytes:
         """ParameterStatus messages for what the client has not been told yet (b"" if nothing)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from router.errors import NoTenant, ProtocolStatementFromSql, RouterError
 from router.protocol.pg import backend as be
@@ -82,6 +82,13 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+# Enum members as C statics: compiled, `Phase.ROUTING` is a lookup through the enum's metaclass.
+_PHASE_CLOSED: Final = Phase.CLOSED
+_PHASE_LOGIN: Final = Phase.LOGIN
+_PHASE_ROUTING: Final = Phase.ROUTING
+_PHASE_WAITING: Final = Phase.WAITING
+
+
 class SessionCore:
     """The fields of one client's session and the helpers its handlers share."""
 
@@ -122,7 +129,7 @@ class SessionCore:
         self._transaction_pooling = router.transaction_pooling
         self._targets = router.targets
         self.serial = serial  # the owner of the server sessions it uses (ServerSession.owner)
-        self.phase = Phase.LOGIN
+        self.phase = _PHASE_LOGIN
         # Identity, filled in by login.
         self.role = ""
         self.tenant: str | None = None
@@ -150,7 +157,7 @@ class SessionCore:
 
     def _enter(self, phase: Phase) -> None:
         """The one place the phase changes. A closed session stays closed."""
-        if self.phase is not Phase.CLOSED:
+        if self.phase is not _PHASE_CLOSED:
             self.phase = phase
 
     def target(self) -> Target:
@@ -170,8 +177,8 @@ class SessionCore:
         self.router.count_error(exc.sqlstate)
         self.to_client.append(be.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
         self._discarding = True
-        if self.phase is Phase.WAITING:
-            self._enter(Phase.ROUTING)
+        if self.phase is _PHASE_WAITING:
+            self._enter(_PHASE_ROUTING)
 
     # --- the server connection and its session ---------------------------------------------------
 
@@ -185,7 +192,7 @@ class SessionCore:
                 # errors (on its ROLLBACK, say); the first message after the rollback applies them.
                 self._sync(server, self.target())
             return server
-        self._enter(Phase.WAITING)
+        self._enter(_PHASE_WAITING)
         return None
 
     def _sync(self, server: ServerSession, target: Target, reset: str | None = None) -> None:
