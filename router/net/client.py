@@ -31,7 +31,6 @@ _ENDING_READ_BACK: Final = Ending.READ_BACK
 _ENDING_RELEASE: Final = Ending.RELEASE
 _NEED_CLOSE: Final = Need.CLOSE
 _NEED_FAIL: Final = Need.FAIL
-_NEED_SERVER: Final = Need.SERVER
 _PHASE_CLOSED: Final = Phase.CLOSED
 _PHASE_LOGIN: Final = Phase.LOGIN
 _PHASE_ROUTING: Final = Phase.ROUTING
@@ -62,6 +61,7 @@ class ClientSession(ClientLink):
         # The server connection this session holds, and taking and giving it back.
         self.lease = Lease(router, self._lease_granted, self._lease_resume, self._lease_refused)
         self.server: ServerConnection | None = None
+        self.session.take_server = self._take_server
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.key: tuple[int, bytes] = (0, b"")
@@ -204,9 +204,7 @@ class ClientSession(ClientLink):
         """Let the session handle what the client sent, providing a server connection when it needs
         one, then send what it produced."""
         session = self.session
-        need = session.run()
-        while need is _NEED_SERVER and self._take_server():
-            need = session.run()
+        need = session.run()  # Need.SERVER: in line for one (session.take_server asked); the lease calls back
         if need is _NEED_FAIL:
             self._write_client_out()
             self.fatal(cast(RouterError, session.failure))  # set with Need.FAIL
@@ -216,7 +214,7 @@ class ClientSession(ClientLink):
             self.close()
 
     def _take_server(self) -> bool:
-        """A server connection now (True), a wait for one (False), or a refusal the session answers (True)."""
+        """For the session (take_server): a connection attached now (True), a wait, or a refusal (True)."""
         session = self.session
         try:
             conn = self.lease.acquire(session.target(), session.read_next, session.read_policy is not None)

@@ -174,6 +174,32 @@ def test_a_query_takes_a_server_whose_session_is_made_the_clients_first() -> Non
     assert client.session.server is None
 
 
+def test_a_server_taken_at_once_serves_the_message_that_asked_for_it() -> None:
+    """With the adapter's take_server (an idle connection attached at once), the message that asked
+    is handled once, after the server session is made the client's; a wait stops the run."""
+    client = Client(work_mem="4MB")
+    conn = ServerSession()
+    asked = []
+
+    def take_now() -> bool:
+        asked.append("now")
+        client.attach(conn)
+        return True
+
+    client.session.take_server = take_now
+    query = fe.query("SELECT 1")
+    assert client.send(query) is Need.NOTHING
+    assert asked == ["now"]
+    assert client.to_server() == fresh_sync(work_mem="4MB") + query
+    assert respond(conn, SET_DONE, OK_SELECT) == OK_SELECT
+    assert client.session.transaction_ended(track_writes=False) is Ending.RELEASE
+
+    client.session.take_server = lambda: False  # in the pool's line
+    assert client.send(query) is Need.SERVER
+    assert client.session.phase is Phase.WAITING
+    assert client.to_server() == b""
+
+
 def test_a_pipeline_is_forwarded_in_one_write_and_answered_in_order() -> None:
     client = Client()
     conn = ServerSession()

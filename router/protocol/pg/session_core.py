@@ -30,6 +30,8 @@ from router.sql.session_sql import raise_sql
 from router.sql.statements import PREPARE, Effects
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from router.config import UserConfig
     from router.core.target import Target
     from router.protocol.pg.server_session import ServerSession
@@ -117,6 +119,7 @@ class SessionCore:
         "settings",
         "startup_settings",
         "statements",
+        "take_server",
         "tenant",
         "to_client",
     )
@@ -147,6 +150,10 @@ class SessionCore:
         # The attached server connection's session, and where it leads.
         self.server: ServerSession | None = None
         self._address: ServerAddress | None = None
+        # The adapter's way to attach a server connection at once, when one is idle (True: done,
+        # or refused); without it, or when it must wait, `run` stops with Need.SERVER. Asking here
+        # spares handling the transaction's first message twice.
+        self.take_server: Callable[[], bool] | None = None
         # Read/write splitting (None: every transaction goes to the primary).
         self.read_policy: ReadPolicy | None = None
         self.read_next = False  # the request about to take a server may run on a replica
@@ -192,6 +199,9 @@ class SessionCore:
                 # errors (on its ROLLBACK, say); the first message after the rollback applies them.
                 self._sync(server, self.target())
             return server
+        take = self.take_server
+        if take is not None and take():
+            return self.server  # attached (None: refused, and the request is being discarded)
         self._enter(_PHASE_WAITING)
         return None
 
