@@ -606,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "plan": asdict(plan),
+        "plan": {**asdict(plan), "baseline": str(plan.baseline) if plan.baseline else None},
     }
     started = time.monotonic()
     code = ws.run_alone(lambda: benchmark(plan, ws, report))

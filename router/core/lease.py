@@ -20,6 +20,8 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from router.core.handover import Handover
 from router.core.pool import Waiter
 from router.errors import BackendUnavailable, PoolRetired, RouterError
@@ -89,6 +91,25 @@ class LeaseState(enum.Enum):
     ENDED = "ended"  # the client left: nothing is taken any more
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
+class LeaseOwner:
+    """Who a lease calls back when a wait ends (the client session, router.net.client). A base
+    class rather than callables: compiled, a call on it is direct, where a stored bound method is a
+    call through the interpreter's calling convention, on every transaction that waited in line."""
+
+    def lease_granted(self) -> None:
+        """The connection waited for is held now (`lease.conn`)."""
+        raise NotImplementedError
+
+    def lease_resume(self) -> None:
+        """The wait ended without a connection (a hold released, a pool gone): ask again."""
+        raise NotImplementedError
+
+    def lease_refused(self, exc: RouterError) -> None:
+        """The wait ended in an error, for the owner to answer."""
+        raise NotImplementedError
+
+
 # Enum members as C statics: compiled, `Phase.ROUTING` is a lookup through the enum's metaclass.
 _HANDOVER_KEPT: Final = Handover.KEPT
 _HANDOVER_SEQUENCES_RESET: Final = Handover.SEQUENCES_RESET
@@ -108,9 +129,7 @@ class Lease:
     __slots__ = (
         "_granted_callback",
         "_held",
-        "_on_granted",
-        "_on_refused",
-        "_on_resume",
+        "_owner",
         "_pending_commit",
         "_refused_callback",
         "_released_callback",
@@ -126,18 +145,10 @@ class Lease:
         "track_writes",
     )
 
-    def __init__(
-        self,
-        router: LeaseRouter,
-        granted: Callable[[], None],
-        resume: Callable[[], None],
-        refused: Callable[[RouterError], None],
-    ) -> None:
+    def __init__(self, router: LeaseRouter, owner: LeaseOwner) -> None:
         self._router = router
         self._held = router.held  # the router's own dict: a field read per request, no call
-        self._on_granted = granted
-        self._on_resume = resume
-        self._on_refused = refused
+        self._owner = owner
         # The pool's callbacks, made once: a bound method made per wait costs an allocation each.
         self._granted_callback: Callable[[Connection], None] = self._granted
         self._refused_callback: Callable[[RouterError], None] = self._refused
@@ -223,7 +234,7 @@ class Lease:
         self._waiting = None
         if self.state is _LEASE_WAITING:
             self._to(_LEASE_FREE)
-            self._on_resume()
+            self._owner.lease_resume()
 
     def _granted(self, conn: Connection) -> None:
         self._waiting = None
@@ -237,7 +248,7 @@ class Lease:
             pool.release(conn)
             return
         self._hold(conn, target, pool)
-        self._on_granted()
+        self._owner.lease_granted()
 
     def _refused(self, exc: RouterError) -> None:
         self._waiting = None
@@ -248,15 +259,15 @@ class Lease:
         self._to(_LEASE_FREE)
         if isinstance(exc, PoolRetired):
             # The pool was removed by a reload while we waited: ask again under the new topology.
-            self._on_resume()
+            self._owner.lease_resume()
             return
         if waiting is not None and waiting[1] is not waiting[0].pool and isinstance(exc, BackendUnavailable):
             # A replica could not be reached before the read started: mark it, and ask again,
             # which sends the read to another replica or to the primary, without an error.
             self._router.replica_failed(waiting[1], exc)
-            self._on_resume()
+            self._owner.lease_resume()
             return
-        self._on_refused(exc)
+        self._owner.lease_refused(exc)
 
     def count_handover(self, handover: Handover) -> None:
         """What taking the connection cost, as the protocol's hand-over reports it (pool counters)."""

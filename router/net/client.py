@@ -59,7 +59,7 @@ class ClientSession(ClientLink):
         self.router = router
         self.session = PgSession(router)
         # The server connection this session holds, and taking and giving it back.
-        self.lease = Lease(router, self._lease_granted, self._lease_resume, self._lease_refused)
+        self.lease = Lease(router, self)
         self.server: ServerConnection | None = None
         self.session.take_server = self._take_server
         self.transport: asyncio.Transport | None = None
@@ -234,15 +234,15 @@ class ClientSession(ClientLink):
         self.server = conn
         lease.count_handover(self.session.attach(conn.session, target, pool.key))
 
-    def _lease_granted(self) -> None:
+    def lease_granted(self) -> None:
         self._attach(cast(ServerConnection, self.lease.conn))  # set before the lease calls this
         self._drive()
 
-    def _lease_resume(self) -> None:
+    def lease_resume(self) -> None:
         self.session.resume()
         self._drive()
 
-    def _lease_refused(self, exc: RouterError) -> None:
+    def lease_refused(self, exc: RouterError) -> None:
         self.session.refuse(exc)
         self._drive()
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, cast
 
+from router.core.lease import LeaseOwner
 from router.core.pool import PooledConnection
 from router.errors import BackendAuthFailed, BackendPasswordRejected, BackendUnavailable
 from router.net.flow import FlowSide
@@ -44,7 +45,7 @@ class ServerState(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientLink:
+class ClientLink(LeaseOwner):
     """What a server connection forwards to: the client session attached to it (router.net.client
     implements it). A base class rather than a Protocol: compiled, a call on a field of a native
     class is a direct call, where one on a Protocol-typed field is a method lookup by name, on every
@@ -53,6 +54,7 @@ class ClientLink:
     __slots__ = ("flow",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.flow = FlowSide()  # linked to the attached server's while output is forwarded
 
     def write_to_client(self, data: bytes | bytearray | memoryview) -> None:

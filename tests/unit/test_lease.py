@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from router.core.handover import Handover
-from router.core.lease import Lease, LeaseState
+from router.core.lease import Lease, LeaseOwner, LeaseState
 from router.core.pool import Pool, PoolKey, PoolSettings
 from router.core.replicas import ReplicaMember
 from router.core.target import Target
@@ -88,20 +88,21 @@ class FakeRouter:
         return ticket
 
 
-class Owner:
+class Owner(LeaseOwner):
     """The session side of a lease: what it was called back with."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[str] = []
         self.refusals: list[RouterError] = []
 
-    def granted(self) -> None:
+    def lease_granted(self) -> None:
         self.calls.append("granted")
 
-    def resume(self) -> None:
+    def lease_resume(self) -> None:
         self.calls.append("resume")
 
-    def refused(self, exc: RouterError) -> None:
+    def lease_refused(self, exc: RouterError) -> None:
         self.calls.append("refused")
         self.refusals.append(exc)
 
@@ -119,7 +120,7 @@ def setup(
     router = FakeRouter(target, read_your_writes)
     router.replica = replica_pool
     owner = Owner()
-    return Lease(router, owner.granted, owner.resume, owner.refused), router, owner, target
+    return Lease(router, owner), router, owner, target
 
 
 def test_an_idle_connection_is_held_at_once_and_released_to_its_pool() -> None:
