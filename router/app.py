@@ -435,14 +435,21 @@ async def _join_cluster(router: Router, port: int) -> list[_Service]:
         config.catalog.dsn, config.catalog.schema, instance_id, router.holds.hold, router.holds.release
     )
     try:
-        await registry.start()
+        # The participant first: once registered, this instance is asked to acknowledge holds, so it
+        # must already be listening for them (a registered instance that cannot acknowledge would
+        # make every hold wait out its timeout).
         await participant.start()
+        try:
+            await registry.start()
+        except BaseException:
+            await participant.stop()
+            raise
     except RouterError as exc:
         log.error("not registered among router instances (%s); holds cannot be acknowledged", exc.message)
         return []
     router.clients.membership = registry
     await router.refresh_membership()
-    return [participant, registry]
+    return [registry, participant]  # stopped in this order: deregistered before it stops acknowledging
 
 
 async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:

@@ -118,7 +118,14 @@ def test_instance_stopped_mid_hold_aborts_the_cutover_cleanly(
 def test_two_instances_both_acknowledge(make_router: RouterFactory, deployment: Deployment) -> None:
     first, second = make_router(), make_router()
     coordinator = HoldCoordinator(deployment.env.catalog_dsn(), "tenant_router")
-    hold = asyncio.run(coordinator.request_hold("initech", "cutover", timeout=10))
+    try:
+        hold = asyncio.run(coordinator.request_hold("initech", "cutover", timeout=10))
+    except HoldNotAcknowledged as exc:
+        # A router another test stopped without deregistering (killed) is still asked to
+        # acknowledge until it turns stale; ours must not be among the missing. Then once more.
+        missing = exc.missing  # type: ignore[attr-defined]
+        assert not any(m.endswith((f":{first.port}", f":{second.port}")) for m in missing), missing
+        hold = asyncio.run(coordinator.request_hold("initech", "cutover", timeout=10))
     acked = set(hold.acknowledged_by)
     assert any(a.endswith(f":{first.port}") for a in acked)
     assert any(a.endswith(f":{second.port}") for a in acked)
