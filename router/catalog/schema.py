@@ -138,8 +138,65 @@ def _migration_2(schema: str) -> builtins.list[str]:
     ]
 
 
+# The stages of a tenant move (router/rebalance/), in order; "aborted" ends a move rolled back.
+MOVE_STAGES: Final = (
+    "planned",
+    "copying",
+    "catching_up",
+    "holding",
+    "switched",
+    "verified",
+    "cleaned",
+    "aborted",
+)
+# Stages after which a move is over (the one-open-move-per-tenant index ignores them).
+MOVE_FINISHED: Final = ("cleaned", "aborted")
+
+
+def _migration_3(schema: str) -> builtins.list[str]:
+    """Online rebalancing: holds that expire, which catalog pins a reload made, and tenant moves."""
+    s = quote_ident(schema)
+    stages = ", ".join(quote_literal(stage) for stage in MOVE_STAGES)
+    finished = ", ".join(quote_literal(stage) for stage in MOVE_FINISHED)
+    return [
+        # A hold whose coordinator died must not hold its tenant forever: past expires_at it is
+        # as good as released (NULL: never expires, holds made before this version).
+        f"ALTER TABLE {s}.holds ADD COLUMN expires_at timestamptz NULL",
+        # A catalog pin a reload made (the tenant's data stayed on its old shard), as opposed to an
+        # operator's pin: `rebalance plan` moves the former to where shards.yaml places them.
+        f"""CREATE TABLE {s}.reload_pins (
+            tenant_id text PRIMARY KEY REFERENCES {s}.tenants (id) ON DELETE CASCADE ON UPDATE CASCADE,
+            shard text NOT NULL,
+            pinned_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        # One row per tenant move, its stage recorded as it goes, so a move survives the process
+        # running it (router/rebalance/mover.py).
+        f"""CREATE TABLE {s}.moves (
+            move_id bigserial PRIMARY KEY,
+            tenant_id text NOT NULL,
+            isolation text NOT NULL,
+            source text NOT NULL,
+            target text NOT NULL,
+            pin text NULL,
+            stage text NOT NULL DEFAULT 'planned' CHECK (stage IN ({stages})),
+            attempts integer NOT NULL DEFAULT 0,
+            rows_copied bigint NOT NULL DEFAULT 0,
+            bytes_copied bigint NOT NULL DEFAULT 0,
+            hold_seconds float8 NULL,
+            last_error text NULL,
+            owner text NULL,
+            owner_seen_at timestamptz NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz NULL,
+            CHECK (source <> target)
+        )""",
+        f"CREATE UNIQUE INDEX moves_one_open_per_tenant ON {s}.moves (tenant_id) WHERE stage NOT IN ({finished})",
+    ]
+
+
 # Append only: version N's statements run once, in order, on catalogs below version N.
-MIGRATIONS: Final[tuple[Callable[[str], builtins.list[str]], ...]] = (_migration_1, _migration_2)
+MIGRATIONS: Final[tuple[Callable[[str], builtins.list[str]], ...]] = (_migration_1, _migration_2, _migration_3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -153,7 +153,8 @@ async def test_init_schema_is_idempotent(pg_env: PgEnvironment, config: RouterCo
     versions = pg_env.catalog.execute(f"SELECT version FROM {SCHEMA}.schema_version", CATALOG_DB)
     assert versions.split() == [str(v) for v in range(1, SCHEMA_VERSION + 1)]
     triggers = pg_env.catalog.execute(
-        f"SELECT tgname FROM pg_trigger WHERE tgrelid = '{SCHEMA}.tenants'::regclass ORDER BY 1", CATALOG_DB
+        f"SELECT tgname FROM pg_trigger WHERE tgrelid = '{SCHEMA}.tenants'::regclass AND NOT tgisinternal ORDER BY 1",
+        CATALOG_DB,
     )
     assert triggers.split() == ["tenants_notify", "tenants_notify_truncate"]
 
