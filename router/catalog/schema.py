@@ -183,6 +183,7 @@ def _migration_3(schema: str) -> builtins.list[str]:
             rows_copied bigint NOT NULL DEFAULT 0,
             bytes_copied bigint NOT NULL DEFAULT 0,
             hold_seconds float8 NULL,
+            lag_bytes bigint NULL,
             last_error text NULL,
             owner text NULL,
             owner_seen_at timestamptz NULL,
