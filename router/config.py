@@ -263,6 +263,22 @@ class ReloadConfig:
     watch_interval: Seconds = 1.0
 
 
+@dataclass(frozen=True, kw_only=True, config=_SECTION)
+class RebalanceConfig:
+    """Online tenant moves (router/rebalance/): `tenants move`, `rebalance apply`."""
+
+    # The longest a cutover may hold a tenant's new transactions; past it the move lets go and
+    # tries again later, the tenant served on its source meanwhile.
+    max_hold: Seconds = 2.0
+    # Cutover attempts before a move gives up and is rolled back.
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    retry_interval: Seconds = 5.0
+    # The longest the initial copy and the catch-up after it may take.
+    catchup_timeout: Seconds = 3600.0
+    # A cutover is tried once the target is this close (bytes of WAL) behind the source.
+    cutover_lag_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+
+
 _CUSTOM_SETTING: Final = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
 
 
@@ -330,6 +346,7 @@ class RouterConfig:
     reads: ReadsConfig = field(default_factory=ReadsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
     admin: AdminCredentials | None = None
 
     @property
@@ -355,6 +372,7 @@ class _RouterFile:
     reads: ReadsConfig = field(default_factory=ReadsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
     admin: AdminCredentials | None = None
 
     @field_validator("auth")
@@ -413,6 +431,7 @@ def load_router_config(path: str | Path) -> RouterConfig:
         reads=parsed.reads,
         health=parsed.health,
         reload=parsed.reload,
+        rebalance=parsed.rebalance,
         admin=parsed.admin,
     )
 

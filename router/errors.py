@@ -344,3 +344,33 @@ class ConfirmationMismatch(TenantLifecycleError):
     """`erase_tenant` needs the tenant id typed again; nothing was done."""
 
     sqlstate = "22023"
+
+
+# --- online rebalancing (router/rebalance/) ------------------------------------------------------
+# Never sent to a client: `tenants move` and `rebalance` print them. A client of a tenant being
+# moved sees, at worst, TenantHeld.
+
+
+class MoveError(RouterError):
+    """A tenant move could not be carried out; the message says at which stage and why."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+
+class MoveConflict(MoveError):
+    """Another move of the tenant is open, or another process moved the move on meanwhile."""
+
+    sqlstate = "55006"
+
+
+class HoldExpired(MoveError):
+    """The cutover's hold expired before the tenant's placement was switched; nothing was switched."""
+
+    sqlstate = "55P03"
+
+
+class MoveVerificationFailed(MoveError):
+    """The target's copy differs from the source's; the move was rolled back, the tenant stays put."""
+
+    sqlstate = "XX001"

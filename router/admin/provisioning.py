@@ -117,7 +117,13 @@ def load_schema_files(config: RouterConfig) -> tuple[SchemaFile, ...]:
 
 
 async def provision_tenant(
-    config: RouterConfig, topology: Topology, tenant_id: str, isolation: Isolation, shard: str
+    config: RouterConfig,
+    topology: Topology,
+    tenant_id: str,
+    isolation: Isolation,
+    shard: str,
+    *,
+    schema_files: bool = True,
 ) -> None:
     """Create what a tenant's isolation needs on the primary of `shard`; nothing for `shared`.
 
@@ -132,9 +138,14 @@ async def provision_tenant(
     namespace's owner and in one transaction, only to a namespace this call created; if applying it
     fails, what this call created is dropped again. A schema, database or role that exists but
     belongs to someone else is refused (UnsafeLayout).
+
+    Without `schema_files`, the namespace stays empty: a tenant move fills it with the source's
+    objects (router/rebalance/schema_copy.py).
     """
     level = validate_isolation(isolation)
     files = check_can_provision(config, tenant_id, level)
+    if not schema_files:
+        files = ()
     if level == "shared":
         return
     address = shard_primary(topology, shard, tenant_id)
