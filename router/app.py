@@ -431,9 +431,13 @@ async def _join_cluster(router: Router, port: int) -> list[_Service]:
     if identity.count > 1:
         instance_id += f"/w{identity.index}"
     registry = InstanceRegistry(config.catalog.dsn, config.catalog.schema, instance_id, workers=identity.count)
-    participant = HoldParticipant(
-        config.catalog.dsn, config.catalog.schema, instance_id, router.holds.hold, router.holds.release
-    )
+
+    async def release(tenant: str) -> None:
+        # A move switches the tenant's placement, then releases its hold: resume its sessions only
+        # once this process has read the switch (the catalog's NOTIFY of it may still be on its way).
+        await router.holds.release(tenant, first=lambda: router.catalog.refresh([tenant]))
+
+    participant = HoldParticipant(config.catalog.dsn, config.catalog.schema, instance_id, router.holds.hold, release)
     try:
         # The participant first: once registered, this instance is asked to acknowledge holds, so it
         # must already be listening for them (a registered instance that cannot acknowledge would

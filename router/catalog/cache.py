@@ -3,8 +3,9 @@
 Owns `CatalogCache`: the in-memory map of tenants that routing reads (`get` is a dict lookup and
 never awaits), and the one background task that owns the cache's catalog connection and does all
 of its I/O: LISTEN/NOTIFY re-reads the tenants named, a periodic full refresh replaces the whole
-map and is the fallback that also reconnects. While the catalog is unreachable the cache keeps
-serving the last state it knew.
+map and is the fallback that also reconnects, and `refresh` re-reads tenants on demand (a hold's
+release: the tenant must resume where the catalog places it now, not where a NOTIFY still on its
+way would leave it). While the catalog is unreachable the cache keeps serving the last state it knew.
 
 Must not: edit the catalog (router/catalog/store.py does), decide placement, or block the router's
 hot path.
@@ -18,15 +19,16 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import asyncpg
 
-from router.catalog.access import OUTAGES, connect, describe_dsn, is_open, not_initialised
+from router.catalog.access import OUTAGES, connect, describe_dsn, is_open, not_initialised, unavailable
 from router.catalog.schema import DEFAULT_SCHEMA, RELOAD_ALL, Tenant, TenantQueries, tenant_from_row
 from router.core.background import BackgroundService
 from router.dbconnect import close_connection
+from router.errors import CatalogUnavailable, RouterError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class CatalogCache(BackgroundService):
         self._tenants: dict[str, Tenant] = {}
         self._conn: Any = None
         self._pending: set[str] = set()
+        # `refresh` calls waiting for the background task: the tenants to re-read, and their waiter.
+        self._refreshes: builtins.list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._last_full_refresh: float | None = None
 
@@ -117,12 +121,28 @@ class CatalogCache(BackgroundService):
         )
 
     async def _end(self) -> None:
+        self._settle(self._take_refreshes(), CatalogUnavailable("the catalog cache stopped"))
         await self._drop_connection()
 
     def request_refresh(self) -> None:
         """Ask the background task for a full reload now (returns before it is done)."""
         self._pending.add(RELOAD_ALL)
         self._wake.set()
+
+    async def refresh(self, tenant_ids: Iterable[str]) -> None:
+        """Re-read these tenants from the catalog now; return once the cache holds what the catalog
+        said, and `on_change` was called for each of them (changed or not: whatever was resolved
+        from them is dropped, as their NOTIFY would). The background task does it, in order with
+        everything else it applies, so a full reload already in flight cannot overwrite it with
+        older rows. Raises CatalogUnavailable when the catalog cannot be read now (one attempt,
+        reconnecting first if needed; the cache keeps what it had): retrying is the caller's call.
+        """
+        if not self.running:
+            raise CatalogUnavailable(f"tenant catalog at {self._where}: the catalog cache is not running")
+        done = asyncio.get_running_loop().create_future()
+        self._refreshes.append((frozenset(tenant_ids), done))
+        self._wake.set()
+        await done
 
     # -- the background task --
 
@@ -144,21 +164,25 @@ class CatalogCache(BackgroundService):
             # A connection that was up and is now closed was lost just now (e.g. terminated).
             just_lost = self._conn is not None and self._conn.is_closed()
             reconnecting = not self.connected
+            refreshes = self._take_refreshes()
             try:
                 if reconnecting:
-                    if not (due or retry_now or just_lost):
+                    if not (due or retry_now or just_lost or refreshes):
                         continue
                     retry_now = False
                     next_full = loop.time() + self._interval
                     await self._reconnect(notify=True)
                     log.info("catalog cache: reconnected to %s", self._where)
+                    self._refreshed(refreshes)  # the full load read them afresh
                     continue
                 batch, self._pending = self._pending, set()
-                if due or RELOAD_ALL in batch or len(batch) > _MAX_BATCH:
+                forced = frozenset[str]().union(*(ids for ids, _ in refreshes))
+                if due or RELOAD_ALL in batch or len(batch | forced) > _MAX_BATCH:
                     next_full = loop.time() + self._interval
                     await self._load_all(notify=True)
-                elif batch:
-                    await self._load_some(sorted(batch))
+                elif batch or forced:
+                    await self._load_some(sorted(batch | forced))
+                self._refreshed(refreshes)
             except OUTAGES as exc:
                 # Keep serving the last known map. A connection that worked until now gets one
                 # immediate retry; after that, reconnecting waits for the refresh tick.
@@ -169,7 +193,34 @@ class CatalogCache(BackgroundService):
                     len(self._tenants),
                     "now" if retry_now else f"in {max(0.0, next_full - loop.time()):.1f}s",
                 )
+                failure = exc if isinstance(exc, RouterError) else unavailable(self._where, exc, self._timeout)
+                self._settle(refreshes, failure)
                 await self._drop_connection()
+            except BaseException:
+                self._refreshes[:0] = refreshes  # cancelled (stop): `_end` fails them
+                raise
+
+    def _take_refreshes(self) -> builtins.list[tuple[frozenset[str], asyncio.Future[None]]]:
+        refreshes, self._refreshes = self._refreshes, []
+        return [(ids, done) for ids, done in refreshes if not done.done()]  # done: its caller gave up
+
+    def _refreshed(self, refreshes: builtins.list[tuple[frozenset[str], asyncio.Future[None]]]) -> None:
+        """The tenants of these `refresh` calls were just read: drop what was resolved from them."""
+        for tenant_id in sorted(frozenset[str]().union(*(ids for ids, _ in refreshes))):
+            self._changed(tenant_id)
+        self._settle(refreshes, None)
+
+    @staticmethod
+    def _settle(
+        refreshes: builtins.list[tuple[frozenset[str], asyncio.Future[None]]], failure: RouterError | None
+    ) -> None:
+        for _ids, done in refreshes:
+            if done.done():
+                continue
+            if failure is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failure)
 
     async def _reconnect(self, *, notify: bool) -> None:
         await self._drop_connection()

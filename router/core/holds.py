@@ -5,7 +5,13 @@ Owns: which tenants are held here (`held`, the dict sessions consult before a ch
 tickets of sessions waiting for a release (each failing with TenantHeld after the wait timeout),
 and the drain: `hold` returns once no transaction of the tenant runs. The drain is event-driven:
 whoever can end a transaction (a pool taking a connection back, a client changing tenant or
-leaving) calls `changed`, and the drain re-checks then, never on a timer of its own.
+leaving) calls `changed`, and the drain re-checks then, never on a timer of its own. Also the
+record of holds for metrics and the admin API: which tenants were ever held here and how often
+(`held_ever`), and how long each hold lasted (`hold_seconds`), plain fields read at scrape time.
+
+A release may have to wait for something first (`release(tenant, first=...)`: the composition root
+re-reads the tenant's placement, which a move has just switched): the waiting sessions resume only
+once it succeeded, so they never run where the tenant no longer is.
 
 Must not: know how sessions or connections look (`busy` answers whether a tenant has a
 transaction running), talk to the catalog (router.catalog.cluster does, and calls `hold` and
@@ -15,14 +21,52 @@ transaction running), talk to the catalog (router.catalog.cluster does, and call
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 from router.errors import RouterError, TenantHeld
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HoldTicket", "Holds"]
+__all__ = ["HOLD_SECONDS_BUCKETS", "Durations", "HoldTicket", "Holds"]
+
+# Upper bounds (seconds) of the hold-duration histogram's buckets; a cutover aims at < 0.25 s.
+HOLD_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Retrying what must precede a release: the first wait, and the longest.
+RELEASE_RETRY_FIRST: Final = 0.05
+RELEASE_RETRY_MAX: Final = 1.0
+
+
+class Durations:
+    """A histogram of durations in seconds: counts per bucket (`counts[i]`: at most `bounds[i]` and
+    more than the bound before; the last: above every bound), their sum and number."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError("bucket bounds must be increasing")
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at most that long) per bucket, the last bound infinite."""
+        result: list[tuple[float, int]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            result.append((bound, total))
+        return result
 
 
 class HoldTicket:
@@ -71,11 +115,18 @@ class Holds:
         self.held: dict[str, list[HoldTicket]] = {}
         self._drains: list[tuple[str, asyncio.Future[None]]] = []
         self._check_due = False
+        # Tenant -> how many times it was held by this process (never forgets, never resets).
+        self.held_ever: Counter[str] = Counter()
+        # How long each hold lasted, from `hold` to the end of its `release`.
+        self.hold_seconds = Durations(HOLD_SECONDS_BUCKETS)
+        self._since: dict[str, float] = {}  # held tenant -> loop.time() of its `hold`
 
     async def hold(self, tenant: str) -> None:
         """Stop starting transactions for `tenant` and wait until those running have finished: then
         this process can acknowledge the hold. TimeoutError after the wait timeout."""
         self.held.setdefault(tenant, [])
+        self.held_ever[tenant] += 1
+        self._since.setdefault(tenant, asyncio.get_running_loop().time())
         if self._busy(tenant):
             drain = (tenant, asyncio.get_running_loop().create_future())
             self._drains.append(drain)
@@ -104,11 +155,38 @@ class Holds:
             if not drained.done() and not self._busy(tenant):
                 drained.set_result(None)
 
-    async def release(self, tenant: str) -> None:
+    async def release(self, tenant: str, first: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Let the tenant's transactions start again: the waiting sessions resume at once.
+
+        `first`, if given, must succeed before that (re-reading where the catalog places the tenant
+        now). While it raises a RouterError it is retried with a short backoff and the tenant stays
+        held: its waiting sessions fail by their own wait timeout, never run where it no longer is.
+        """
+        if first is not None:
+            await self._before_release(tenant, first)
         tickets = self.held.pop(tenant, [])
+        since = self._since.pop(tenant, None)
+        if since is not None:
+            self.hold_seconds.observe(asyncio.get_running_loop().time() - since)
         log.info("tenant %s released: %d waiting session(s) resume", tenant, len(tickets))
         for ticket in tickets:
             ticket.resume()
+
+    async def _before_release(self, tenant: str, first: Callable[[], Awaitable[object]]) -> None:
+        pause = RELEASE_RETRY_FIRST
+        while True:
+            try:
+                await first()
+                return
+            except RouterError as exc:
+                log.warning(
+                    "tenant %s stays held: its release cannot proceed yet (%s); retrying in %gs",
+                    tenant,
+                    exc.message,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RELEASE_RETRY_MAX)
 
     def wait_for_release(
         self, tenant: str, resume: Callable[[], None], fail: Callable[[RouterError], None]

@@ -1,4 +1,5 @@
-"""The HTTP endpoint: `/health` and `/metrics`.
+"""The HTTP endpoint: `/health`, `/metrics`, and `/holds` (which tenants this process holds now, and
+how often it held each one since it started: {"held_now": [...], "held_ever": {tenant: times}}).
 
 A deliberately small asyncio server (GET only, one response per connection): it must never compete
 with the PostgreSQL listener for attention, and it holds no logic beyond formatting. It reads the
@@ -61,7 +62,7 @@ def get_only(route: Callable[[str], Awaitable[Response]]) -> Handler:
     return handle
 
 
-NOT_FOUND: Response = ("404 Not Found", "text/plain", b"try /health or /metrics\n")
+NOT_FOUND: Response = ("404 Not Found", "text/plain", b"try /health, /metrics or /holds\n")
 
 
 def json_response(healthy: bool, payload: dict[str, object]) -> Response:
@@ -88,6 +89,11 @@ async def start_http(
                     "tenants": len(router.catalog),
                     "clients": router.client_count,
                 },
+            )
+        if path == "/holds":
+            holds = router.holds
+            return json_response(
+                True, {"held_now": sorted(holds.held), "held_ever": dict(sorted(holds.held_ever.items()))}
             )
         return NOT_FOUND
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sized
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -23,6 +23,28 @@ class RoleRepairs(Protocol):
     def repairs(self) -> Mapping[tuple[str, str], int]:
         """Repairs of the router's server roles by (shard, kind) (router.net.role_guard)."""
         ...
+
+
+class HoldDurations(Protocol):
+    @property
+    def sum(self) -> float: ...
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at most that long), the last bound infinite (router.core.holds)."""
+        ...
+
+
+class HoldRecords(Protocol):
+    """This process's holds (router.core.holds.Holds)."""
+
+    @property
+    def held(self) -> Mapping[str, object]: ...
+
+    @property
+    def held_ever(self) -> Mapping[str, int]: ...
+
+    @property
+    def hold_seconds(self) -> HoldDurations: ...
 
 
 class MetricsSource(Protocol):
@@ -43,6 +65,9 @@ class MetricsSource(Protocol):
     @property
     def errors(self) -> Mapping[str, int]: ...
 
+    @property
+    def holds(self) -> HoldRecords: ...
+
     def iter_pools(self) -> Iterator[Pool]: ...
 
 
@@ -50,7 +75,7 @@ class RouterCollector(Collector):
     def __init__(self, router: MetricsSource) -> None:
         self._router = router
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         router = self._router
         clients = GaugeMetricFamily("tenant_router_clients", "Logged-in client connections")
         clients.add_metric([], router.client_count)
@@ -115,12 +140,34 @@ class RouterCollector(Collector):
         for sqlstate, count in sorted(router.errors.items()):
             errors.add_metric([sqlstate], count)
         yield errors
+        yield from _hold_metrics(router.holds)
+
+
+def _hold_metrics(holds: HoldRecords) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    total = CounterMetricFamily("tenant_router_holds", "Holds on a tenant this process entered (rebalance cutovers)")
+    total.add_metric([], sum(holds.held_ever.values()))
+    yield total
+    held = GaugeMetricFamily("tenant_router_held_tenants", "Tenants held now: their new transactions wait")
+    held.add_metric([], len(holds.held))
+    yield held
+    durations = holds.hold_seconds
+    seconds = HistogramMetricFamily(
+        "tenant_router_hold_seconds", "How long each hold lasted here, from entering it to its release"
+    )
+    buckets = [(_bound(bound), count) for bound, count in durations.cumulative()]
+    seconds.add_metric([], buckets, durations.sum)
+    yield seconds
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 def merge_expositions(texts: list[str]) -> str:
     """Sum the metrics of several workers, sample by sample (same name and labels), into one
-    exposition. Every router metric is a count or a gauge of things each worker owns, so the sum
-    is the instance's exact value."""
+    exposition. Every router metric is a count, a gauge or a histogram of things each worker owns,
+    so the sum is the instance's exact value (a tenant held by every worker counts once per worker
+    in tenant_router_held_tenants)."""
     families: dict[str, tuple[str, str]] = {}
     sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:

@@ -2,8 +2,9 @@
 
 Owns: which catalog tenants a new topology would move (`moved_tenants`) and whether the reload must
 be refused (`reload_problems`: a removed shard still holds tenants), the one log line that
-describes a reload (`summarize`), recording moved tenants as catalog pins to their old shard
-(`pin_moved_tenants`: idempotent, safe when several router processes do it at once), the
+describes a reload (`summarize`), recording moved tenants as catalog pins to their old shard and
+those pins in `reload_pins` (`pin_moved_tenants`: idempotent, safe when several router processes do
+it at once), the
 `FileWatcher` that notices shards.yaml changing on disk, and the pid file through which
 `tenant-router reload` finds a running router and sends it SIGHUP (`signal_reload`).
 
@@ -184,6 +185,8 @@ def _count(n: int, noun: str) -> str:
 async def pin_moved_tenants(config: RouterConfig, moves: Sequence[TenantMove]) -> int:
     """Pin each moved tenant to its old shard in the catalog; return how many rows this call pinned.
 
+    Each tenant this call pins is also recorded in the catalog's `reload_pins` (tenant, shard), in
+    the same statement: those pins are the reload's, not an operator's, and wait for a move.
     Only tenants without a catalog pin are pinned (`... WHERE shard IS NULL`), so a second call, a
     concurrent call from another router process, or an operator's pin made meanwhile are left
     alone: across processes each tenant is pinned exactly once. One transaction, serialised with
@@ -198,10 +201,14 @@ async def pin_moved_tenants(config: RouterConfig, moves: Sequence[TenantMove]) -
         return 0
     dsn, schema = config.catalog.dsn, config.catalog.schema
     s = quote_ident(schema)
+    # The pins this reload makes are recorded as such (reload_pins), in the same statement: an
+    # operator's pin is never there, so `rebalance plan` knows which pins only wait for a move.
     sql = (
-        f"UPDATE {s}.tenants AS t SET shard = m.old_shard"
+        f"WITH pinned AS (UPDATE {s}.tenants AS t SET shard = m.old_shard"
         " FROM unnest($1::text[], $2::text[]) AS m(id, old_shard)"
-        " WHERE t.id = m.id AND t.shard IS NULL"
+        " WHERE t.id = m.id AND t.shard IS NULL RETURNING t.id, t.shard)"
+        f" INSERT INTO {s}.reload_pins (tenant_id, shard) SELECT id, shard FROM pinned"
+        " ON CONFLICT (tenant_id) DO UPDATE SET shard = excluded.shard, pinned_at = now()"
     )
     conn = await connect(dsn, _CONNECT_TIMEOUT, _APP_NAME)
     try:

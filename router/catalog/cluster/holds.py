@@ -7,6 +7,11 @@ record, and `HoldCoordinator` (puts a hold on a tenant and waits until every liv
 acknowledges it, or removes it again and raises `HoldNotAcknowledged`). Which instances must
 acknowledge follows the registry's liveness (router/catalog/cluster/registry.py).
 
+Holds expire: each one has `expires_at` (the catalog's clock), after which it counts as released
+everywhere, so a coordinator that dies holding a tenant holds it for `ttl` seconds at most. Whoever
+acts on a hold's strength (a move switching the tenant's placement) checks, in its own
+transaction, that the hold is still in force: `HoldSql.hold_alive`.
+
 Must not: make tenants wait itself (each instance's `HoldParticipant` runs the router's callbacks),
 decide when a hold is needed (rebalancing and migrations do), or touch shard servers.
 """
@@ -40,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # A coordinator re-reads acknowledgements and liveness this often even without a notification.
 DEFAULT_ACK_POLL_INTERVAL: Final = 0.25
+# How long a hold lasts if its coordinator never releases it (it died, or lost the catalog).
+DEFAULT_HOLD_TTL: Final = 30.0
+# A hold is alive while `expires_at` is NULL (never expires: holds made before catalog version 3)
+# or later than the catalog's clock plus a margin in seconds (the placeholder's number).
+_ALIVE = "(expires_at IS NULL OR expires_at > clock_timestamp() + ${} * interval '1 second')"
 
 
 def holds_channel(schema: str) -> str:
@@ -55,26 +65,53 @@ def acks_channel(schema: str) -> str:
 
 
 class HoldSql:
-    """The SQL text over holds and their acknowledgements for one catalog schema, built once."""
+    """The SQL text over holds and their acknowledgements for one catalog schema, built once.
+
+    `hold_alive` is for whoever acts on a hold's strength: "SELECT EXISTS (SELECT 1 FROM s.holds
+    WHERE hold_id = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp() + $2 * interval
+    '1 second'))", true while hold $1 exists and stays in force for $2 more seconds. A move runs it
+    inside the transaction that switches the tenant's placement, as the last statement before
+    COMMIT, with $2 covering the commit (a second is plenty): routers release an expired hold only
+    once the catalog's clock passes `expires_at`, so a switch committed within the margin is seen
+    by every router's release (which re-reads the tenant's placement first).
+    """
 
     def __init__(self, schema: str) -> None:
         s = quote_ident(schema)
         self.schema = schema
         self.holds_channel = holds_channel(schema)
         self.acks_channel = acks_channel(schema)
+        # A coordinator that died leaves its row behind (tenant_id is the key): once expired it
+        # stands in nobody's way. Returns what was removed, for the log.
+        self.delete_expired = (
+            f"DELETE FROM {s}.holds WHERE tenant_id = $1 AND expires_at <= clock_timestamp()"
+            " RETURNING hold_id, reason, expires_at"
+        )
         self.insert_hold = (
-            f"INSERT INTO {s}.holds (tenant_id, hold_id, reason) VALUES ($1, $2, $3) RETURNING requested_at"
+            f"INSERT INTO {s}.holds (tenant_id, hold_id, reason, expires_at)"
+            " VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 second')"
+            " RETURNING requested_at, expires_at"
         )
         self.live_ids = f"SELECT instance_id FROM {s}.instances WHERE {fresh('', 1)}"
-        self.hold_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.holds WHERE hold_id = $1)"
+        self.hold_alive = f"SELECT EXISTS (SELECT 1 FROM {s}.holds WHERE hold_id = $1 AND {_ALIVE.format(2)})"
         self.ack_status = (
             f"SELECT i.instance_id, {fresh('i.', 2)} AS live,"
             f" EXISTS (SELECT 1 FROM {s}.hold_acks a WHERE a.hold_id = $1 AND a.instance_id = i.instance_id) AS acked"
             f" FROM {s}.instances i"
         )
-        self.delete_hold = f"DELETE FROM {s}.holds WHERE hold_id = $1 RETURNING tenant_id"
+        # Whether the hold was still in force when removed (an expired one was released already).
+        self.delete_hold = (
+            f"DELETE FROM {s}.holds WHERE hold_id = $1"
+            " RETURNING tenant_id, (expires_at IS NULL OR expires_at > clock_timestamp()) AS alive"
+        )
         self.notify = "SELECT pg_notify($1, $2)"
-        self.current_holds = f"SELECT hold_id, tenant_id FROM {s}.holds"
+        # Every hold row, saying which have expired (they count as released) and how many seconds
+        # the others have left (NULL: never expire), so a participant wakes when one expires.
+        self.current_holds = (
+            "SELECT hold_id, tenant_id, reason, coalesce(expires_at <= clock_timestamp(), false) AS expired,"
+            " extract(epoch FROM expires_at - clock_timestamp())::float8 AS remaining"
+            f" FROM {s}.holds"
+        )
         # Idempotent, so it can be repeated on every poll; announced only when the row is new.
         self.ack = (
             f"WITH added AS (INSERT INTO {s}.hold_acks (hold_id, instance_id) VALUES ($1, $2)"
@@ -97,6 +134,9 @@ class Hold:
     reason: str
     requested_at: datetime
     acknowledged_by: tuple[str, ...]
+    # The catalog's time after which the hold counts as released everywhere (routers let the
+    # tenant's transactions run again within their poll interval).
+    expires_at: datetime
 
 
 # Tasks that must finish even if whoever started them is cancelled (removing an aborted hold).
@@ -129,18 +169,25 @@ class HoldCoordinator:
             self._dsn, self._sql.schema, self._timeout, f"{APP_NAME}-coordinator", missing=no_cluster_tables
         )
 
-    async def request_hold(self, tenant_id: str, reason: str, *, timeout: float) -> Hold:
+    async def request_hold(self, tenant_id: str, reason: str, *, timeout: float, ttl: float = DEFAULT_HOLD_TTL) -> Hold:
         """Hold `tenant_id` on every live instance, or raise with no hold left behind.
 
         The instances that must acknowledge are those live when the hold is created, plus any that
         turn live while we wait. One that goes stale still has to acknowledge (it may be cut off
         from the catalog but still serving clients); one that deregisters (clean stop) no longer
         does. Raises HoldNotAcknowledged after `timeout` seconds, TenantAlreadyHeld if the tenant
-        has a hold already. On any failure, cancellation included, the hold is removed again.
+        has a hold in force already. On any failure, cancellation included, the hold is removed again.
+
+        The hold expires `ttl` seconds after it is made (the catalog's clock) unless released
+        before: `ttl` must exceed `timeout`, and bounds how long a coordinator that dies holding
+        the tenant keeps it held. An expired hold of the tenant (a dead coordinator's) is removed
+        first.
         """
         validate_tenant_id(tenant_id)
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if ttl <= timeout:
+            raise ValueError(f"ttl ({ttl:g}s) must be longer than timeout ({timeout:g}s)")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         hold_id = uuid.uuid4().hex
@@ -156,16 +203,31 @@ class HoldCoordinator:
             await conn.add_listener(sql.acks_channel, on_ack)
             try:
                 async with conn.transaction():
+                    for row in await conn.fetch(sql.delete_expired, tenant_id, timeout=self._timeout):
+                        log.warning(
+                            "hold %s on tenant %r (%s) expired at %s without being released; removed",
+                            row["hold_id"],
+                            tenant_id,
+                            row["reason"],
+                            row["expires_at"],
+                        )
                     try:
-                        requested_at = await conn.fetchval(
-                            sql.insert_hold, tenant_id, hold_id, reason, timeout=self._timeout
+                        made = await conn.fetchrow(
+                            sql.insert_hold, tenant_id, hold_id, reason, ttl, timeout=self._timeout
                         )
                     except asyncpg.UniqueViolationError as exc:
                         raise TenantAlreadyHeld(f"tenant {tenant_id!r} is already held") from exc
                     live = await conn.fetch(sql.live_ids, self.stale_after, timeout=self._timeout)
                     await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
                 required = {row["instance_id"] for row in live}
-                log.info("hold %s on tenant %r (%s): waiting for %d instance(s)", hold_id, tenant_id, reason, len(live))
+                log.info(
+                    "hold %s on tenant %r (%s): waiting for %d instance(s); expires in %gs",
+                    hold_id,
+                    tenant_id,
+                    reason,
+                    len(live),
+                    ttl,
+                )
                 acked = await self._await_acks(conn, tenant_id, hold_id, required, deadline, wake, timeout)
             except TenantAlreadyHeld:
                 raise
@@ -174,18 +236,29 @@ class HoldCoordinator:
                 await self._abort(hold_id, tenant_id)
                 raise
         log.info("hold %s on tenant %r: acknowledged by %s", hold_id, tenant_id, ", ".join(acked) or "nobody")
-        return Hold(hold_id, tenant_id, reason, requested_at, acked)
+        return Hold(hold_id, tenant_id, reason, made["requested_at"], acked, made["expires_at"])
+
+    async def hold_alive(self, hold_id: str, margin: float = 0.0) -> bool:
+        """Whether the hold exists and stays in force for `margin` more seconds (`HoldSql.hold_alive`
+        on a connection of its own; a move runs that SQL inside its switch transaction instead)."""
+        async with self._connection() as conn:
+            return bool(await conn.fetchval(self._sql.hold_alive, hold_id, margin, timeout=self._timeout))
 
     async def release_hold(self, hold_id: str) -> bool:
-        """Remove the hold; False if it did not exist (any more)."""
+        """Remove the hold; False if it was not in force any more: gone already, or expired (the
+        routers released it then, on their own)."""
         sql = self._sql
         async with self._connection() as conn, conn.transaction():
-            tenant_id = await conn.fetchval(sql.delete_hold, hold_id, timeout=self._timeout)
-            if tenant_id is not None:
+            row = await conn.fetchrow(sql.delete_hold, hold_id, timeout=self._timeout)
+            if row is not None:
                 await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
-        if tenant_id is not None:
-            log.info("hold %s on tenant %r released", hold_id, tenant_id)
-        return tenant_id is not None
+        if row is None:
+            return False
+        if not row["alive"]:
+            log.warning("hold %s on tenant %r had expired before its release", hold_id, row["tenant_id"])
+            return False
+        log.info("hold %s on tenant %r released", hold_id, row["tenant_id"])
+        return True
 
     async def _await_acks(
         self,
@@ -201,8 +274,10 @@ class HoldCoordinator:
         sql = self._sql
         while True:
             wake.clear()
-            if not await conn.fetchval(sql.hold_exists, hold_id, timeout=self._timeout):
-                raise ClusterError(f"hold {hold_id} on tenant {tenant_id!r} was released while being acknowledged")
+            if not await conn.fetchval(sql.hold_alive, hold_id, 0.0, timeout=self._timeout):
+                raise ClusterError(
+                    f"hold {hold_id} on tenant {tenant_id!r} was released (or expired) while being acknowledged"
+                )
             rows = await conn.fetch(sql.ack_status, hold_id, self.stale_after, timeout=self._timeout)
             registered: dict[str, tuple[bool, bool]] = {r["instance_id"]: (r["live"], r["acked"]) for r in rows}
             required |= {instance for instance, (live, _) in registered.items() if live}

@@ -2,7 +2,10 @@
 write the acknowledgements.
 
 Owns `HoldParticipant` and the stages one hold goes through on this instance (`_Stage`, changed
-only by `_Entry.move`).
+only by `_Entry.move`). A hold past its `expires_at` (router/catalog/cluster/holds.py) is gone as
+far as the participant is concerned: it is released here as if its coordinator had released it,
+with a warning, within a poll interval of its expiry (sooner: the participant also wakes when the
+earliest hold it knows is due to expire).
 
 Must not: decide anything about a hold (the coordinator requests and releases it), make tenants
 wait itself (the router's `on_hold`/`on_release` callbacks do), or touch shard servers.
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # A participant re-reads the holds this often even without a notification (lost NOTIFY, reconnect).
 DEFAULT_HOLD_POLL_INTERVAL: Final = 1.0
+# Past a hold's expiry by the catalog's clock, waking this much later absorbs rounding.
+_EXPIRY_SLACK: Final = 0.01
 
 
 class _Stage(enum.Enum):
@@ -59,6 +64,7 @@ _SETTLED: Final = frozenset({_Stage.HELD, _Stage.FAILED, _Stage.DONE})
 class _Entry:
     hold_id: str
     tenant_id: str
+    reason: str
     stage: _Stage = _Stage.WAITING
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # the hold left the catalog
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # on_hold finished (or was skipped)
@@ -114,6 +120,7 @@ class HoldParticipant(BackgroundService):
         self._conn: Any = None
         self._entries: dict[str, _Entry] = {}
         self._wake = asyncio.Event()
+        self._next_expiry: float | None = None  # seconds from the last sync to the next expiry
 
     @property
     def held_tenants(self) -> frozenset[str]:
@@ -147,8 +154,9 @@ class HoldParticipant(BackgroundService):
 
     async def _run(self) -> None:
         while True:
+            wait = self._poll if self._next_expiry is None else min(self._poll, self._next_expiry + _EXPIRY_SLACK)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             reconnecting = not self.connected
@@ -170,23 +178,41 @@ class HoldParticipant(BackgroundService):
                 await self._drop_connection()
 
     async def _sync(self) -> None:
-        """Compare the catalog's holds with ours: enter new ones, release vanished ones, acknowledge
-        the ones we hold."""
+        """Compare the catalog's holds with ours: enter new ones, release vanished and expired ones,
+        acknowledge the ones we hold."""
         rows = await self._conn.fetch(self._sql.current_holds, timeout=self._timeout)
-        current: dict[str, str] = {row["hold_id"]: row["tenant_id"] for row in rows}
+        current: dict[str, tuple[str, str]] = {}
+        expired: set[str] = set()
+        remaining: list[float] = []
+        for row in rows:
+            if row["expired"]:
+                expired.add(row["hold_id"])
+                continue
+            current[row["hold_id"]] = (row["tenant_id"], row["reason"])
+            if row["remaining"] is not None:
+                remaining.append(max(0.0, row["remaining"]))
+        self._next_expiry = min(remaining, default=None)
         for entry in self._entries.values():
-            if entry.hold_id not in current:
+            if entry.hold_id not in current and not entry.gone.is_set():
+                if entry.hold_id in expired:
+                    log.warning(
+                        "hold participant %s: hold %s on %r (%s) expired without being released; releasing it",
+                        self.instance_id,
+                        entry.hold_id,
+                        entry.tenant_id,
+                        entry.reason,
+                    )
                 entry.gone.set()
-        for hold_id, tenant_id in current.items():
+        for hold_id, (tenant_id, reason) in current.items():
             if hold_id not in self._entries:
-                self._enter(hold_id, tenant_id)
+                self._enter(hold_id, tenant_id, reason)
         for entry in list(self._entries.values()):
             if entry.stage is _Stage.HELD and not entry.gone.is_set():
                 await self._acknowledge(entry)
 
-    def _enter(self, hold_id: str, tenant_id: str) -> None:
+    def _enter(self, hold_id: str, tenant_id: str, reason: str) -> None:
         earlier = [e.task for e in self._entries.values() if e.tenant_id == tenant_id and e.task is not None]
-        entry = _Entry(hold_id, tenant_id)
+        entry = _Entry(hold_id, tenant_id, reason)
         self._entries[hold_id] = entry
         entry.task = self._spawn(
             self._lifecycle(entry, earlier),
