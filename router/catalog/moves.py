@@ -226,15 +226,13 @@ class MoveStore:
                 raise MoveConflict(f"move {move.move_id} left the holding stage while its cutover ran")
         return _move(row)
 
-    async def clear_pin(self, tenant_id: str, shard: str) -> bool:
-        """Forget a reload pin whose shard is where placement puts the tenant anyway (no data moves):
-        the catalog pin goes too, if it still names `shard`."""
+    async def clear_pin(self, tenant_id: str) -> bool:
+        """Forget a reload pin that needs no move (placement puts the tenant on that shard anyway):
+        the catalog pin goes with it, if it still names the reload pin's shard."""
         s = self._s
         async with self._connection() as conn, conn.transaction():
-            status: str = await conn.execute(
-                f"DELETE FROM {s}.reload_pins WHERE tenant_id = $1 AND shard = $2", tenant_id, shard
-            )
-            if status != "DELETE 1":
+            shard = await conn.fetchval(f"DELETE FROM {s}.reload_pins WHERE tenant_id = $1 RETURNING shard", tenant_id)
+            if shard is None:
                 return False
             await conn.execute(f"UPDATE {s}.tenants SET shard = NULL WHERE id = $1 AND shard = $2", tenant_id, shard)
         return True

@@ -219,15 +219,20 @@ class Mover:
                     ttl=self.settings.max_hold + _HOLD_TTL_SLACK,
                 )
                 hold_id = hold.hold_id
+                t_acked = time.monotonic()
                 marker = await replication.bump_marker(src, move.move_id)
                 if not await replication.wait_for_marker(dst, move.move_id, marker, deadline):
-                    raise _TooSlow(f"the target did not catch up within rebalance.max_hold ({self.settings.max_hold:g}s)")
+                    raise _TooSlow(
+                        f"the target did not catch up within rebalance.max_hold ({self.settings.max_hold:g}s)"
+                    )
                 tables = await replication.shared_tables(src) if move.isolation == "shared" else []
                 sequences = await replication.tenant_sequences(src, move.isolation, move.tenant_id, tables)
                 await replication.copy_sequences(src, dst, sequences)
+                t_caught = time.monotonic()
                 if asyncio.get_running_loop().time() > deadline:
                     raise _TooSlow(f"the cutover took longer than rebalance.max_hold ({self.settings.max_hold:g}s)")
                 move = await self.store.switch(move, hold_id, _SWITCH_MARGIN)
+                t_switched = time.monotonic()
         except (ClusterError, HoldExpired, _TooSlow) as exc:
             if hold_id is not None:
                 await _release_quietly(self.holds, hold_id)
@@ -238,6 +243,14 @@ class Mover:
             raise
         await _release_quietly(self.holds, hold_id)
         held = time.monotonic() - started
+        log.debug(
+            "move %d: cutover: acknowledged %.1f ms, caught up %.1f ms, switched %.1f ms, released %.1f ms",
+            move.move_id,
+            (t_acked - started) * 1e3,
+            (t_caught - t_acked) * 1e3,
+            (t_switched - t_caught) * 1e3,
+            (time.monotonic() - t_switched) * 1e3,
+        )
         log.info(
             "move %d: tenant %s now served on %s (held %.0f ms)", move.move_id, move.tenant_id, move.target, held * 1e3
         )
@@ -325,7 +338,9 @@ class Mover:
             return
         async with replication.opened(side, self.admin) as conn:
             for table in await replication.shared_tables(conn):
-                await conn.execute(f"DELETE FROM {table.sql} WHERE {quote_ident(table.tenant_column)} = $1", move.tenant_id)
+                await conn.execute(
+                    f"DELETE FROM {table.sql} WHERE {quote_ident(table.tenant_column)} = $1", move.tenant_id
+                )
 
     # -- helpers --
 
@@ -393,20 +408,22 @@ class Mover:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.catchup_timeout
         recorded = 0.0
-        base = move.bytes_copied
+        copies: dict[int, int] = {}  # table oid -> bytes its initial copy loaded, as last seen
         async with replication.opened(source, self.admin) as src, replication.opened(target, self.admin) as dst:
             while True:
                 state = await replication.sync_state(dst, names)
                 lag = await replication.lag_bytes(src, names)
-                rows, copied = await replication.copy_progress(dst, names)
+                for relid, loaded in (await replication.copy_progress(dst, names)).items():
+                    copies[relid] = max(loaded, copies.get(relid, 0))
+                copied = sum(copies.values())
                 synced = state.synced and lag is not None and lag <= self.settings.cutover_lag_bytes
-                activity = (
-                    "catching up" if state.synced else f"copying ({state.ready} of {state.tables} tables done)"
-                )
-                self._report(move, activity, base + copied, lag)
+                activity = "catching up" if state.synced else f"copying ({state.ready} of {state.tables} tables done)"
+                self._report(move, activity, max(copied, move.bytes_copied), lag)
                 if loop.time() - recorded >= _RECORD_INTERVAL:
                     recorded = loop.time()
-                    move = await self.store.record(move.move_id, lag_bytes=lag)
+                    move = await self.store.record(
+                        move.move_id, lag_bytes=lag, bytes_copied=max(copied, move.bytes_copied)
+                    )
                 if synced:
                     return
                 if loop.time() > deadline:
@@ -414,7 +431,11 @@ class Mover:
                         f"move {move.move_id} of tenant {move.tenant_id!r}: the target did not catch up within"
                         f" rebalance.catchup_timeout ({self.settings.catchup_timeout:g}s);"
                         f" {state.ready} of {state.tables} tables copied, {lag} bytes behind"
-                        + (f", {state.errors} replication errors (see {target.describe()}'s log)" if state.errors else "")
+                        + (
+                            f", {state.errors} replication errors (see {target.describe()}'s log)"
+                            if state.errors
+                            else ""
+                        )
                     )
                 await asyncio.sleep(_PROGRESS_INTERVAL if not state.synced else 0.05)
 
@@ -450,7 +471,8 @@ class Mover:
                 if not await replication.wait_for_marker(dst, move.move_id, marker, deadline):
                     raise MoveRetry(
                         move,
-                        f"verification: the target did not catch up within rebalance.max_hold ({self.settings.max_hold:g}s)",
+                        "verification: the target did not catch up within rebalance.max_hold"
+                        f" ({self.settings.max_hold:g}s)",
                         self.settings.retry_interval,
                     )
                 await source_snapshot.take()

@@ -245,15 +245,15 @@ async def sync_state(conn: Any, names: ReplicationNames) -> SyncState:
     return SyncState(True, row["tables"], row["ready"], row["running"], row["errors"])
 
 
-async def copy_progress(conn: Any, names: ReplicationNames) -> tuple[int, int]:
-    """Rows and bytes the target's running initial-copy workers have loaded so far."""
-    row = await conn.fetchrow(
-        """SELECT coalesce(sum(p.tuples_processed), 0) AS rows, coalesce(sum(p.bytes_processed), 0) AS bytes
-           FROM pg_stat_progress_copy p JOIN pg_stat_subscription a ON a.pid = p.pid
-           JOIN pg_subscription s ON s.oid = a.subid WHERE s.subname = $1""",
+async def copy_progress(conn: Any, names: ReplicationNames) -> dict[int, int]:
+    """Bytes each table's running initial copy (by table oid) has loaded so far on the target."""
+    rows = await conn.fetch(
+        """SELECT p.relid::bigint AS relid, p.bytes_processed FROM pg_stat_progress_copy p
+           JOIN pg_stat_subscription a ON a.pid = p.pid JOIN pg_subscription s ON s.oid = a.subid
+           WHERE s.subname = $1""",
         names.name,
     )
-    return int(row["rows"]), int(row["bytes"])
+    return {int(row["relid"]): int(row["bytes_processed"]) for row in rows}
 
 
 async def lag_bytes(conn: Any, names: ReplicationNames) -> int | None:
@@ -267,8 +267,16 @@ async def lag_bytes(conn: Any, names: ReplicationNames) -> int | None:
 
 
 async def bump_marker(conn: Any, move_id: int) -> int:
-    """Commit a new marker value on the source; the target has caught up once it shows it."""
-    value = await conn.fetchval(f"UPDATE {_MARKERS} SET probe = probe + 1 WHERE move_id = $1 RETURNING probe", move_id)
+    """Commit a new marker value on the source; the target has caught up once it shows it.
+
+    The commit waits for its WAL flush even where synchronous_commit is off: WAL senders only send
+    what is flushed, so otherwise the marker could wait for the WAL writer (up to wal_writer_delay,
+    200 ms by default) while the tenant is held."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = on")
+        value = await conn.fetchval(
+            f"UPDATE {_MARKERS} SET probe = probe + 1 WHERE move_id = $1 RETURNING probe", move_id
+        )
     if value is None:
         raise MoveError(f"the marker row of move {move_id} is missing on the source")
     return int(value)
@@ -321,9 +329,7 @@ async def copy_sequences(source: Any, target: Any, sequences: Sequence[tuple[str
     return moved
 
 
-async def teardown(
-    names: ReplicationNames, source: Side, target: Side, login: Login, *, own_database: bool
-) -> None:
+async def teardown(names: ReplicationNames, source: Side, target: Side, login: Login, *, own_database: bool) -> None:
     """Remove the move's subscription, slot, publication and marker rows from both sides, whatever
     exists of them (idempotent). The subscription goes first, so nothing done to the source
     afterwards (deleting the tenant's rows) can reach the target. `own_database`: the sides are the
@@ -358,7 +364,9 @@ async def _drop_slot(conn: Any, slot: str) -> None:
         with contextlib.suppress(asyncpg.UndefinedObjectError, asyncpg.ObjectInUseError):
             await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
     if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot):
-        raise MoveError(f"replication slot {slot} stays in use; drop it by hand: SELECT pg_drop_replication_slot('{slot}')")
+        raise MoveError(
+            f"replication slot {slot} stays in use; drop it by hand: SELECT pg_drop_replication_slot('{slot}')"
+        )
 
 
 async def _drop_marker(conn: Any, move_id: int, own_database: bool) -> None:
@@ -373,7 +381,9 @@ async def leftovers(conn_source: Any, conn_target: Any, names: ReplicationNames)
     found = []
     if await conn_target.fetchval("SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)", names.name):
         found.append(f"subscription {names.name}")
-    if await conn_source.fetchval("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", names.name):
+    if await conn_source.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", names.name
+    ):
         found.append(f"replication slot {names.name}")
     if await conn_source.fetchval("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", names.name):
         found.append(f"publication {names.name}")
