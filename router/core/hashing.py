@@ -53,8 +53,9 @@ class Ring:
 
     @classmethod
     def from_topology(cls, topology: Topology) -> Ring:
-        """The ring for every shard of `topology` at its weight."""
-        weights = {name: shard.weight for name, shard in topology.shards.items()}
+        """The ring for every shard of `topology` at its weight; a shard of weight 0 (drained) is
+        left out, so no hashed tenant lands on it, just as if it were removed."""
+        weights = {name: shard.weight for name, shard in topology.shards.items() if shard.weight > 0}
         return cls(weights, topology.ring.vnodes)
 
     def shard_for(self, tenant_id: str) -> str:

@@ -68,7 +68,8 @@ class ServerKey:
 
 @dataclass(frozen=True)
 class Shard:
-    """A named shard: its primary, optional replicas, and its relative share of hashed tenants."""
+    """A named shard: its primary, optional replicas, and its relative share of hashed tenants
+    (0: none, the shard is being drained)."""
 
     name: str
     primary: ServerAddress
@@ -115,6 +116,9 @@ ShardName = Annotated[str, AfterValidator(_shard_name)]
 Host = Annotated[str, Field(min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Weight = Annotated[int, Field(ge=1)]
+# A shard of weight 0 gets no hashed tenants (drained: `rebalance plan` moves its tenants off it);
+# its servers still serve the tenants pinned there until they are moved.
+ShardWeight = Annotated[int, Field(ge=0)]
 
 
 @pydantic_dataclasses.dataclass(frozen=True, kw_only=True, config=_FILE)
@@ -134,7 +138,7 @@ class _Replica:
 
 @pydantic_dataclasses.dataclass(frozen=True, kw_only=True, config=_FILE)
 class _Shard:
-    weight: Weight = 1
+    weight: ShardWeight = 1
     primary: _Primary
     replicas: tuple[_Replica, ...] = ()
 
@@ -155,6 +159,9 @@ class _ShardsFile:
     def _distinct_servers(cls, shards: dict[str, _Shard]) -> dict[str, _Shard]:
         if not shards:  # not min_length: pydantic would also report it when every shard is invalid
             raise PydanticCustomError("empty", "must define at least one shard")
+        if all(shard.weight == 0 for shard in shards.values()):
+            reason = "every shard has weight 0; at least one must have weight >= 1 to place tenants"
+            raise PydanticCustomError("all_drained", reason)
         # Two shards on one database would mix their tenants' data: always a mistake.
         errors: list[InitErrorDetails] = []
         owner: dict[tuple[str, int, str], str] = {}

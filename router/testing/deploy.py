@@ -41,12 +41,15 @@ CONTEXT_SECRET: Final = "test-context-secret: known to the router and the shards
 SHARED_TABLE: Final = "items"
 SCHEMA_SQL_FILE: Final = "tenant_schema.sql"
 
-# The shared table, created by the admin (who owns it); `rls enable` then protects it.
+# The shared table, created by the admin (who owns it); `rls enable` then protects it. The key
+# leads with the tenant column: a publication filtering rows on it needs it in the replica identity,
+# and a moved tenant's rows must not collide with the target's keys of other tenants.
 SHARED_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS items (
-    id bigserial PRIMARY KEY,
+    id bigserial,
     tenant_id text NOT NULL DEFAULT current_setting('app.tenant_id'),
-    name text NOT NULL
+    name text NOT NULL,
+    PRIMARY KEY (tenant_id, id)
 )
 """
 

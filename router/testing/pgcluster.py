@@ -1,7 +1,8 @@
 """Throwaway real PostgreSQL servers for the integration tests and the demo.
 
 Owns: finding the PostgreSQL binaries; creating, configuring, starting, stopping and killing clusters
-(one data directory, one TCP port on 127.0.0.1, one unix socket inside the data directory); streaming
+(one data directory, one TCP port on 127.0.0.1, one unix socket inside the data directory), with
+the server settings online tenant moves need (logical WAL, replication slots and workers); streaming
 replicas made with pg_basebackup; and the standard environment (a catalog cluster plus N shard
 clusters, each with the router's unprivileged role and its database).
 
@@ -22,6 +23,7 @@ import stat
 import string
 import subprocess
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,19 @@ _LOG_FILE: Final = "server.log"
 _LOG_TAIL_LINES: Final = 30
 _SOCKET_PATH_MAX: Final = 107  # sun_path holds 108 bytes, NUL included
 _START_ATTEMPTS: Final = 3  # a port picked by free_port() can be taken before the server binds it
+_SETTING_NAME: Final = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+
+# What online tenant moves need (logical replication with row filters, one slot, publication and
+# subscription per move, several moves at once). A hot standby needs max_wal_senders,
+# max_worker_processes (and the rest) at least as high as its primary's: replicas get the same.
+MOVE_SETTINGS: Final[Mapping[str, str]] = {
+    "wal_level": "logical",
+    "max_replication_slots": "40",
+    "max_wal_senders": "40",
+    "max_logical_replication_workers": "40",
+    "max_worker_processes": "64",
+    "max_sync_workers_per_subscription": "4",
+}
 
 _HBA: Final = """\
 # written by router.testing.pgcluster
@@ -202,12 +217,21 @@ def _ident(value: str) -> str:
 class PgCluster:
     """One PostgreSQL server: `base_dir/name` as datadir, a TCP port on 127.0.0.1, its socket inside."""
 
-    def __init__(self, base_dir: Path, name: str, port: int | None = None) -> None:
+    def __init__(
+        self, base_dir: Path, name: str, port: int | None = None, *, settings: Mapping[str, str] | None = None
+    ) -> None:
+        """`settings` override or add to the harness's postgresql.conf settings (e.g.
+        {"wal_level": "replica"} for a server without what tenant moves need); values are written
+        as they are, so quote strings: {"log_statement": "'all'"}."""
         self._base_dir = Path(base_dir).absolute()
         self._name = name
         self._port = port if port is not None else free_port()
         self._port_chosen_here = port is None
         self._bin_dir = find_pg_bin_dir()
+        self._settings = dict(settings or {})
+        for key, value in self._settings.items():
+            if not _SETTING_NAME.fullmatch(key) or "\n" in value:
+                raise ValueError(f"invalid setting {key!r} = {value!r}")
 
     def __repr__(self) -> str:
         return f"PgCluster({self._name!r}, port={self._port}, datadir={str(self.datadir)!r})"
@@ -266,8 +290,16 @@ class PgCluster:
         _write_owned(self.datadir / "pg_hba.conf", _HBA)
         self._write_settings()
 
+    @property
+    def settings(self) -> dict[str, str]:
+        """The settings passed at creation (overrides of the harness's defaults)."""
+        return dict(self._settings)
+
     def _write_settings(self) -> None:
         # In a file of its own so a replica (a copy of this datadir) rewrites it with its own port.
+        # A later line wins in postgresql.conf, so the overrides simply follow the defaults.
+        moves = "".join(f"{key} = {value}\n" for key, value in MOVE_SETTINGS.items())
+        overrides = "".join(f"{key} = {value}\n" for key, value in self._settings.items())
         _write_owned(
             self.datadir / _SETTINGS_FILE,
             f"""\
@@ -280,13 +312,13 @@ shared_buffers = 32MB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-wal_level = replica
-max_wal_senders = 10
 wal_keep_size = 128MB
 hot_standby = on
 password_encryption = 'scram-sha-256'
 logging_collector = off
-""",
+# what online tenant moves need
+{moves}# overrides given to this cluster
+{overrides}""",
         )
 
     def start(self, timeout: float = 30) -> None:
@@ -387,7 +419,7 @@ logging_collector = off
         Only for settings a reload applies (not postmaster-level ones such as `port`); works on
         replicas too (e.g. recovery_min_apply_delay).
         """
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", name):
+        if not _SETTING_NAME.fullmatch(name):
             raise ValueError(f"invalid setting name {name!r}")
         show = f"SELECT current_setting({_literal(name)})"
         before = self.execute(show)
@@ -403,7 +435,7 @@ logging_collector = off
 
     def make_replica(self, name: str) -> PgCluster:
         """A started streaming replica of this (running) cluster, in `base_dir/name` on its own port."""
-        replica = PgCluster(self._base_dir, name)
+        replica = PgCluster(self._base_dir, name, settings=self._settings)
         result = self._tool(
             "pg_basebackup",
             "-h",
@@ -537,12 +569,14 @@ def _bring_up(cluster: PgCluster, dbname: str) -> None:
         cluster.execute(_LOCK_PUBLIC_SQL, dbname)
 
 
-def start_cluster(base_dir: Path, name: str, dbname: str = SHARD_DB) -> PgCluster:
+def start_cluster(
+    base_dir: Path, name: str, dbname: str = SHARD_DB, *, settings: Mapping[str, str] | None = None
+) -> PgCluster:
     """One more cluster `base_dir/name`, set up like a shard of `start_environment` (`dbname`
     owned by the superuser, the router's role a plain login) and started: for a test that must
-    stop a primary without touching the shared environment. The caller stops it
-    (`stop_clusters_under(base_dir)` also does)."""
-    cluster = PgCluster(base_dir, name)
+    stop a primary without touching the shared environment, or that needs other server
+    `settings` (see PgCluster). The caller stops it (`stop_clusters_under(base_dir)` also does)."""
+    cluster = PgCluster(base_dir, name, settings=settings)
     try:
         _bring_up(cluster, dbname)
     except BaseException:

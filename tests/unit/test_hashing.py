@@ -171,6 +171,17 @@ def test_from_topology_uses_weights_and_vnodes() -> None:
     assert (dict(ring.weights), ring.vnodes) == ({"shard_a": 2, "shard_b": 1}, 50)
 
 
+def test_from_topology_leaves_out_drained_shards() -> None:
+    # Weight 0 (draining) places no hashed tenant there: the same ring as without the shard.
+    shards = {
+        name: Shard(name, ServerAddress("h", 5432 + i, "app"), (), weight)
+        for i, (name, weight) in enumerate({"shard_a": 1, "shard_b": 0, "shard_c": 1}.items())
+    }
+    ring = Ring.from_topology(Topology(shards=shards, ring=RingConfig(vnodes=50), pins={}, source=Path("s")))
+    assert ring == Ring({"shard_a": 1, "shard_c": 1}, 50)
+    assert "shard_b" not in {ring.shard_for(t) for t in TENANTS[:2000]}
+
+
 def test_single_shard_takes_everything() -> None:
     ring = Ring({"only": 1}, 1)
     assert {ring.shard_for(t) for t in TENANTS[:500]} == {"only"}

@@ -103,7 +103,7 @@ def test_every_mistake_is_reported_at_once(tmp_path: Path) -> None:
           Shard-A:
             primary: {host: h1, port: 5432, dbname: app}
           shard_b:
-            weight: 0
+            weight: -1
             primary: {host: h2, port: 70000, dbname: app, weight: 2}
           shard_c:
             primary: {host: "", dbname: app}
@@ -118,7 +118,7 @@ def test_every_mistake_is_reported_at_once(tmp_path: Path) -> None:
         "ring.points": "unknown field",
         "shards.Shard-A": "invalid key: a shard name is a lowercase letter, then up to 62 lowercase "
         "letters, digits or _ (got 'Shard-A')",
-        "shards.shard_b.weight": "Input should be greater than or equal to 1 (got 0)",
+        "shards.shard_b.weight": "Input should be greater than or equal to 0 (got -1)",
         "shards.shard_b.primary.port": "Input should be less than or equal to 65535 (got 70000)",
         "shards.shard_b.primary.weight": "unknown field",
         "shards.shard_c.primary.host": "String should have at least 1 character (got '')",
@@ -137,6 +137,21 @@ def test_pins_must_name_a_defined_shard(tmp_path: Path) -> None:
 def test_at_least_one_shard(tmp_path: Path) -> None:
     assert by_field(problems(write(tmp_path, "shards: {}\n"))) == {"shards": "must define at least one shard (got {})"}
     assert by_field(problems(write(tmp_path, "ring: {vnodes: 10}\n"))) == {"shards": "required field is missing"}
+
+
+def test_weight_zero_drains_a_shard_but_not_every_shard(tmp_path: Path) -> None:
+    drained = load_topology(write(tmp_path, TWO_SHARDS.replace("weight: 2", "weight: 0")))
+    assert drained.shards["shard_b"].weight == 0
+    all_zero = TWO_SHARDS.replace("weight: 2", "weight: 0").replace("shard_a:\n", "shard_a:\n    weight: 0\n")
+    (everything_drained,) = problems(write(tmp_path, all_zero))
+    assert everything_drained.field == "shards"
+    assert everything_drained.reason.startswith(
+        "every shard has weight 0; at least one must have weight >= 1 to place tenants"
+    )
+    replica_zero = TWO_SHARDS.replace("dbname: app_ro, weight: 3", "dbname: app_ro, weight: 0")
+    assert by_field(problems(write(tmp_path, replica_zero))) == {
+        "shards.shard_b.replicas[1].weight": "Input should be greater than or equal to 1 (got 0)"
+    }
 
 
 def test_two_shards_on_one_database_is_a_mistake(tmp_path: Path) -> None:
