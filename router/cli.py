@@ -4,6 +4,7 @@ tenant-router [--config FILE] serve | check | reload | catalog init | demo
 tenant-router [--config FILE] tenants add|list|show|suspend|resume|remove ...
 tenant-router [--config FILE] rls enable TABLE [--column COLUMN]
 tenant-router [--config FILE] tenants export ID -o FILE | import ID FILE [--replace] | erase ID --confirm ID
+tenant-router [--config FILE] tenants move ID --to SHARD
 tenant-router [--config FILE] instances [--stale-after SECONDS]
 """
 
@@ -130,7 +131,38 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         print(f"removed tenant {args.id}" + (" and its data" if args.drop_data else ""))
     elif action in ("export", "import", "erase"):
         return _tenants_lifecycle(args, config, topology)
+    elif action == "move":
+        return _move(config, topology, args.id, args.to)
     return 0
+
+
+def _move(config: RouterConfig, topology: Topology, tenant_id: str, shard: str) -> int:
+    import time
+
+    from router.rebalance.apply import move_tenant
+    from router.rebalance.progress import ProgressBoard, TerminalProgress
+
+    printer = TerminalProgress(ProgressBoard(1, None, time.monotonic()))
+    report = _run(move_tenant(config, topology, tenant_id, shard, on_progress=printer.progress, on_event=printer.event))
+    printer.finish()
+    return _moves_outcome(report)
+
+
+def _moves_outcome(report: Any) -> int:
+    """Print what a run of moves did; exit 1 if any failed or was rolled back."""
+    for move in report.finished:
+        held = f", held {move.hold_seconds * 1e3:.0f} ms" if move.hold_seconds is not None else ""
+        print(
+            f"moved tenant {move.tenant_id} ({move.isolation}) from {move.source} to {move.target}:"
+            f" {move.rows_copied} rows, verified{held}"
+        )
+    for move in report.aborted:
+        print(f"move of tenant {move.tenant_id} rolled back, it stays on {move.source}: {move.last_error}")
+    for move, why in report.failed:
+        print(f"move of tenant {move.tenant_id} stopped at {move.stage.replace('_', ' ')}: {why}", file=sys.stderr)
+    for tenant in report.unpinned:
+        print(f"cleared the reload pin of tenant {tenant} (its data is where shards.yaml places it)")
+    return 0 if report.ok else 1
 
 
 def _tenants_lifecycle(args: argparse.Namespace, config: RouterConfig, topology: Topology) -> int:
@@ -227,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     erase = actions.add_parser("erase", help="delete all of a tenant's data and its catalog entry, for good")
     erase.add_argument("id")
     erase.add_argument("--confirm", required=True, metavar="ID", help="the tenant id again")
+    move = actions.add_parser("move", help="move a tenant and its data to another shard, online; it ends pinned there")
+    move.add_argument("id")
+    move.add_argument("--to", required=True, metavar="SHARD", help="the shard to move it to")
 
     rls = commands.add_parser("rls", help="row-level security on shared tables")
     rls.set_defaults(func=cmd_rls)

@@ -175,6 +175,11 @@ async def drop_tenant(
 async def _drop(
     conn: Any, config: RouterConfig, tenant_id: str, level: Isolation, *, namespace: bool, role: bool
 ) -> None:
+    if role or namespace:
+        # Sessions of the tenant's role (a router's idle pooled connections) would outlive the
+        # role: a role created again under the same name (a tenant moved back) is another role,
+        # and such a session could no longer use the tenant's schema.
+        await conn.execute(_TERMINATE_ROLE_SESSIONS_SQL, tenant_role(tenant_id))
     if namespace and level == "schema":
         await conn.execute(rls.drop_schema_sql(schema_name(tenant_id)))
     elif namespace:
@@ -194,6 +199,9 @@ async def _drop(
             await conn.execute(statement)
 
 
+_TERMINATE_ROLE_SESSIONS_SQL: Final = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()"
+)
 _SCHEMA_OWNER_SQL: Final = "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1"
 _DATABASE_OWNER_SQL: Final = "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1"
 _TENANT_ROLE_SQL: Final = """

@@ -60,6 +60,9 @@ MOVE_SETTINGS: Final[Mapping[str, str]] = {
     "max_logical_replication_workers": "40",
     "max_worker_processes": "64",
     "max_sync_workers_per_subscription": "4",
+    # On PostgreSQL 15 the launcher starts a new subscription's worker at most once per this
+    # interval (default 5 s): several moves starting together would each wait for it.
+    "wal_retrieve_retry_interval": "500ms",
 }
 
 _HBA: Final = """\
