@@ -344,3 +344,19 @@ class ConfirmationMismatch(TenantLifecycleError):
     """`erase_tenant` needs the tenant id typed again; nothing was done."""
 
     sqlstate = "22023"
+
+
+# --- rebalancing (router/rebalance/) -------------------------------------------------------------
+# Never sent to a client: admin commands (`tenants move`, `rebalance apply`) print them.
+
+
+class MovePrerequisiteMissing(RouterError):
+    """A shard lacks what an online tenant move needs (a setting, a free slot or WAL sender, a
+    privilege of the admin role); `problems` names each, with its value. Nothing was changed."""
+
+    sqlstate = "55000"
+    severity = "ERROR"
+
+    def __init__(self, message: str, problems: Sequence[str], *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = tuple(problems)
