@@ -6,6 +6,7 @@ tenant-router [--config FILE] rls enable TABLE [--column COLUMN]
 tenant-router [--config FILE] tenants export ID -o FILE | import ID FILE [--replace] | erase ID --confirm ID
 tenant-router [--config FILE] tenants move ID --to SHARD
 tenant-router [--config FILE] instances [--stale-after SECONDS]
+tenant-router [--config FILE] rebalance plan [--json]
 """
 
 from __future__ import annotations
@@ -68,8 +69,22 @@ def _check_server_role(config: RouterConfig, topology: Topology) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _check(args, server_role=True)
+    config, topology = _check(args, server_role=True)
+    _check_moves(config, topology)
     return 0
+
+
+def _check_moves(config: RouterConfig, topology: Topology) -> None:
+    """Per shard, whether tenants can move to and from it; what is missing is a warning, because a
+    router that never moves tenants does not need it."""
+    from router.admin.shard_access import describe
+    from router.rebalance.prereq import all_move_prerequisites
+
+    for shard, problems in _run(all_move_prerequisites(config, topology)).items():
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"shard {shard} ({describe(topology.shards[shard].primary)}): moves: ok")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -205,6 +220,15 @@ def cmd_instances(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebalance_plan(args: argparse.Namespace) -> int:
+    from router.rebalance.sizes import load_plan
+
+    config, topology = load_both(args.config)
+    plan = _run(load_plan(config, topology))
+    print(plan.render_json() if args.json else plan.render_text())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
@@ -279,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without a heartbeat after which an instance counts as stale (default 5)",
     )
     instances.set_defaults(func=cmd_instances)
+
+    # Each rebalance action sets its own func.
+    rebalance = commands.add_parser("rebalance", help="move tenants, with their data, to where shards.yaml places them")
+    rebalance_actions = rebalance.add_subparsers(dest="rebalance_action", required=True)
+    plan = rebalance_actions.add_parser(
+        "plan", help="print every tenant whose data is not where shards.yaml places it, with sizes; changes nothing"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON, for tools")
+    plan.set_defaults(func=cmd_rebalance_plan)
 
     demo = commands.add_parser("demo", help="start local PostgreSQL shards, a catalog and the router")
     demo.add_argument("--dir", default=".demo", help="where the demo keeps its clusters (default .demo)")

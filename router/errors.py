@@ -358,6 +358,15 @@ class MoveError(RouterError):
     severity = "ERROR"
 
 
+class MovePrerequisiteMissing(MoveError):
+    """A shard lacks what an online tenant move needs (a setting, a free slot or WAL sender, a
+    privilege of the admin role); `problems` names each, with its value. Nothing was changed."""
+
+    def __init__(self, message: str, problems: Sequence[str], *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = tuple(problems)
+
+
 class MoveConflict(MoveError):
     """Another move of the tenant is open, or another process moved the move on meanwhile."""
 

@@ -1,5 +1,6 @@
 """The rebalance plan (router/rebalance/plan.py): which tenants move where, what only loses its pin,
-what is skipped or wrong, and how the plan reads as text and as JSON."""
+what is skipped or wrong, and how the plan reads as text and as JSON; and what a shard must have
+for moves (router/rebalance/prereq.py's findings)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from router.rebalance.plan import (
     compute_plan,
     human_bytes,
 )
+from router.rebalance.prereq import move_findings
 
 IDS = [f"t{i:03d}" for i in range(200)]
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
@@ -278,3 +280,83 @@ def test_json_has_stable_keys() -> None:
 )
 def test_human_bytes(size: int, text: str) -> None:
     assert human_bytes(size) == text
+
+
+# --- what moves need of a shard (router/rebalance/prereq.py) -------------------------------------
+
+READY = {
+    "version": 150004,
+    "version_text": "15.4",
+    "wal_level": "logical",
+    "max_replication_slots": 10,
+    "used_replication_slots": 2,
+    "max_wal_senders": 10,
+    "used_wal_senders": 2,
+    "max_logical_replication_workers": 4,
+    "role": "admin",
+    "superuser": True,
+    "replication": False,
+    "creates_subscriptions": False,
+}
+
+
+def test_a_ready_shard_has_no_findings() -> None:
+    assert move_findings(READY) == []
+    assert (
+        move_findings(
+            {**READY, "superuser": False, "replication": True, "version": 160001, "creates_subscriptions": True}
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "finding"),
+    [
+        (
+            {"version": 140009, "version_text": "14.9"},
+            "server version is 14.9; moves need PostgreSQL 15 or later (publications with row filters)",
+        ),
+        (
+            {"wal_level": "replica"},
+            "wal_level is replica; moves need wal_level = logical (set it in postgresql.conf and restart)",
+        ),
+        (
+            {"used_replication_slots": 10},
+            "no free replication slot: max_replication_slots is 10 and 10 in use; each move needs one"
+            " (raise max_replication_slots in postgresql.conf and restart, or drop unused slots)",
+        ),
+        (
+            {"max_wal_senders": 0, "used_wal_senders": 0},
+            "no free WAL sender: max_wal_senders is 0 and 0 in use; each move needs one"
+            " (raise max_wal_senders in postgresql.conf and restart)",
+        ),
+        (
+            {"max_logical_replication_workers": 0},
+            "max_logical_replication_workers is 0; moves need at least 1 (set it in postgresql.conf and restart)",
+        ),
+        (
+            {"superuser": False, "replication": True},
+            "the admin role admin is not a superuser: PostgreSQL 15 lets only superusers create subscriptions,"
+            " so tenants cannot move to this shard (ALTER ROLE admin SUPERUSER)",
+        ),
+        (
+            {"superuser": False, "replication": True, "version": 160001},
+            "the admin role admin is neither a superuser nor a member of pg_create_subscription, so it cannot"
+            " create subscriptions: tenants cannot move to this shard (GRANT pg_create_subscription TO admin,"
+            " or make it a superuser)",
+        ),
+        (
+            {"superuser": False, "version": 160001, "creates_subscriptions": True},
+            "the admin role admin has neither SUPERUSER nor REPLICATION, so it cannot stream a publication:"
+            " tenants cannot move off this shard (ALTER ROLE admin REPLICATION)",
+        ),
+    ],
+)
+def test_each_missing_prerequisite_is_named_with_its_value(changes: dict[str, object], finding: str) -> None:
+    assert move_findings({**READY, **changes}) == [finding]
+
+
+def test_every_missing_prerequisite_is_named_at_once() -> None:
+    found = move_findings({**READY, "wal_level": "minimal", "max_logical_replication_workers": 0, "superuser": False})
+    assert [f.split()[0] for f in found] == ["wal_level", "max_logical_replication_workers", "the", "the"]
