@@ -3,7 +3,8 @@ proceed; a held tenant's new transactions wait and resume on release; an instanc
 acknowledge (stopped mid-hold) makes the cutover abort cleanly, losing nothing. A hold whose
 coordinator died expires and the router lets the tenant's transactions run again; a released hold
 resumes them where the catalog places the tenant now, even before the catalog's notification of
-the new placement has arrived; the router's record of holds (/holds, /metrics) names only the
+the new placement has arrived (the catalog cache's `refresh`, which says when it cannot read the
+catalog); the router's record of holds (/holds, /metrics) names only the
 tenants it held."""
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import asyncpg
 import psycopg
 import pytest
 
+from router.catalog.cache import CatalogCache
 from router.catalog.cluster import Hold, HoldCoordinator, HoldNotAcknowledged, list_instances
 from router.catalog.store import CatalogStore
+from router.errors import CatalogUnavailable
 from router.testing.deploy import write_configs
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
@@ -272,3 +275,84 @@ def _http(router: RouterThread, path: str) -> str:
 
 def _http_json(router: RouterThread, path: str) -> object:
     return json.loads(_http(router, path))
+
+
+class CutOff:
+    """A TCP relay to the catalog that can be cut (every connection dropped, new ones refused) and
+    restored on the same port: the catalog as one process sees it across an outage."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.transport.abort()
+                self._writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.mark.timeout(60)
+async def test_cache_refresh_reads_the_catalog_now_or_says_it_cannot(deployment: Deployment) -> None:
+    env = deployment.env
+    relay = CutOff("127.0.0.1", env.catalog.port)
+    await relay.restore()
+    dsn = env.catalog_dsn().replace(f":{env.catalog.port}/", f":{relay.port}/")
+    tenant = "holds_refresh1"
+    async with CatalogStore(env.catalog_dsn(), "tenant_router") as store:
+        await store.remove(tenant)
+        await store.add(tenant, "shared", shard="shard_a")
+    changed: list[str] = []
+    cache = CatalogCache(dsn, "tenant_router", refresh_interval=600.0, on_change=changed.append, connect_timeout=2.0)
+    try:
+        async with cache:
+            before = cache.get(tenant)
+            assert before is not None and before.shard == "shard_a"
+            # Unchanged, but whatever was resolved from it is dropped all the same.
+            await cache.refresh([tenant])
+            assert changed == [tenant]
+            await _switch_placement_unannounced(deployment, tenant, "shard_b")
+            await asyncio.sleep(0.3)
+            assert cache.get(tenant) == before  # no notification, no change
+            await cache.refresh([tenant])
+            after = cache.get(tenant)
+            assert after is not None and after.shard == "shard_b" and changed.count(tenant) >= 2
+            # The catalog out of reach: refresh says so, and the cache keeps serving what it had.
+            await relay.cut()
+            await _switch_placement_unannounced(deployment, tenant, "shard_a")
+            for _ in range(2):
+                with pytest.raises(CatalogUnavailable, match=f"127.0.0.1:{relay.port} is unavailable"):
+                    await cache.refresh([tenant])
+            assert cache.get(tenant) == after
+            # Back: the next refresh reconnects at once (no waiting for the refresh tick).
+            await relay.restore()
+            await cache.refresh([tenant])
+            again = cache.get(tenant)
+            assert again is not None and again.shard == "shard_a" and cache.connected
+    finally:
+        await relay.cut()
+        async with CatalogStore(env.catalog_dsn(), "tenant_router") as store:
+            await store.remove(tenant)
