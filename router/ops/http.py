@@ -1,5 +1,6 @@
 """The HTTP endpoint: `/health`, `/metrics`, and `/holds` (which tenants this process holds now, and
-how often it held each one since it started: {"held_now": [...], "held_ever": {tenant: times}}).
+how often it held each one since it started: {"held_now": [...], "held_ever": {tenant: times}};
+`merge_holds` sums several workers' answers, for a supervisor).
 
 A deliberately small asyncio server (GET only, one response per connection): it must never compete
 with the PostgreSQL listener for attention, and it holds no logic beyond formatting. It reads the
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.ops.metrics import MetricsSource, RouterCollector
+from router.ops.metrics import HoldRecords, MetricsSource, RouterCollector
 
 
 class CatalogState(Protocol):
@@ -65,6 +67,22 @@ def get_only(route: Callable[[str], Awaitable[Response]]) -> Handler:
 NOT_FOUND: Response = ("404 Not Found", "text/plain", b"try /health, /metrics or /holds\n")
 
 
+def holds_payload(holds: HoldRecords) -> dict[str, object]:
+    """What /holds answers for one process."""
+    return {"held_now": sorted(holds.held), "held_ever": dict(sorted(holds.held_ever.items()))}
+
+
+def merge_holds(payloads: Iterable[Mapping[str, Any]]) -> dict[str, object]:
+    """Several workers' /holds answers as their instance's: held now by any worker, and the times
+    each tenant was held summed over the workers (every worker enters every hold)."""
+    held_now: set[str] = set()
+    held_ever: Counter[str] = Counter()
+    for payload in payloads:
+        held_now.update(payload["held_now"])
+        held_ever.update(payload["held_ever"])
+    return {"held_now": sorted(held_now), "held_ever": dict(sorted(held_ever.items()))}
+
+
 def json_response(healthy: bool, payload: dict[str, object]) -> Response:
     status = "200 OK" if healthy else "503 Service Unavailable"
     return status, "application/json", json.dumps(payload).encode() + b"\n"
@@ -91,10 +109,7 @@ async def start_http(
                 },
             )
         if path == "/holds":
-            holds = router.holds
-            return json_response(
-                True, {"held_now": sorted(holds.held), "held_ever": dict(sorted(holds.held_ever.items()))}
-            )
+            return json_response(True, holds_payload(router.holds))
         return NOT_FOUND
 
     if unix_path is not None:

@@ -5,7 +5,9 @@ stops (by the catalog's clock), and keep beating across a lost connection. Holds
 instance acknowledges before `request_hold` returns; an instance that never acknowledges (its
 participant stopped mid-hold, or its heartbeat gone stale while we wait) makes the request fail
 with HoldNotAcknowledged naming it, and leaves no hold behind; releasing calls on_release
-everywhere. The CLI lists live and stale instances.
+everywhere. Holds expire: one its coordinator never releases is released everywhere once its ttl
+has passed (by the catalog's clock), stands in the way of no later hold, and `hold_alive` says
+whether a hold is still in force. The CLI lists live and stale instances.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from router.catalog.cluster import (
     default_instance_id,
     list_instances,
 )
+from router.catalog.cluster.holds import hold_sql
 from router.config import RouterConfig
 from router.errors import CatalogError
 from router.testing.deploy import load, write_configs
@@ -102,12 +105,12 @@ async def nodes(dsn: str) -> AsyncIterator[Callable[..., Node]]:
     """Make nodes (started with `start`); every one is stopped after the test."""
     made: list[Node] = []
 
-    def make(instance_id: str, *, participant: bool = True, block: bool = False) -> Node:
+    def make(instance_id: str, *, participant: bool = True, block: bool = False, poll: float = POLL) -> Node:
         registry = InstanceRegistry(dsn, SCHEMA, instance_id, heartbeat_interval=HEARTBEAT, stale_after=STALE)
         node = Node(instance_id, registry, block=asyncio.Event() if block else None)
         if participant:
             node.participant = HoldParticipant(
-                dsn, SCHEMA, instance_id, node.on_hold, node.on_release, poll_interval=POLL
+                dsn, SCHEMA, instance_id, node.on_hold, node.on_release, poll_interval=poll
             )
         made.append(node)
         return node
@@ -340,6 +343,67 @@ async def test_participant_reconnects_and_still_acknowledges(
     hold = await coordinator.request_hold("initech", "cutover", timeout=5.0)
     assert hold.acknowledged_by == ("alpha:6432", "beta:6432")
     await coordinator.release_hold(hold.hold_id)
+
+
+async def test_hold_never_released_expires_everywhere_and_a_new_hold_replaces_it(
+    dsn: str, nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A poll far longer than the ttl: the participants wake for the expiry itself.
+    a, b = nodes("alpha:6432", poll=30.0), nodes("beta:6432", poll=30.0)
+    await start(a, b)
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    with pytest.raises(ValueError, match="ttl"):
+        await coordinator.request_hold("acme", "cutover", timeout=2.0, ttl=2.0)
+    began = time.monotonic()
+    dead = await coordinator.request_hold("acme", "cutover by a coordinator that dies", timeout=1.0, ttl=1.5)
+    assert dead.acknowledged_by == ("alpha:6432", "beta:6432")
+    assert (dead.expires_at - dead.requested_at).total_seconds() == pytest.approx(1.5, abs=0.5)
+    assert await coordinator.hold_alive(dead.hold_id)
+    assert not await coordinator.hold_alive(dead.hold_id, margin=60.0)  # not in force a minute from now
+    # Its coordinator is gone: nobody releases it. The participants do, once it has expired.
+    await wait_until_async(
+        lambda: ("release", "acme") in a.events and ("release", "acme") in b.events, "expired", within=5.0
+    )
+    assert time.monotonic() - began >= 1.0  # not before its time (1.5 s by the catalog's clock)
+    assert a.events == [("hold", "acme"), ("release", "acme")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "alpha:6432" in m and "expired" in m and "'acme'" in m and "cutover by a coordinator that dies" in m
+        for m in warnings
+    ), warnings
+    assert not await coordinator.hold_alive(dead.hold_id)
+    assert await hold_rows(dsn, "acme") == 1  # the dead coordinator's row is still there ...
+    # ... and in nobody's way: the next hold on the tenant removes it and is acknowledged.
+    fresh = await coordinator.request_hold("acme", "cutover, second attempt", timeout=2.0)
+    assert fresh.acknowledged_by == ("alpha:6432", "beta:6432")
+    assert a.events[-1] == ("hold", "acme") and await hold_rows(dsn, "acme") == 1
+    assert any(dead.hold_id in r.getMessage() and "removed" in r.getMessage() for r in caplog.records)
+    assert not await coordinator.release_hold(dead.hold_id)  # long gone
+    assert await coordinator.release_hold(fresh.hold_id)
+    await wait_until_async(lambda: a.events.count(("release", "acme")) == 2, "released", within=2.0)
+
+
+async def test_hold_alive_in_a_transaction_and_an_expired_hold_released_late(
+    dsn: str, nodes: Callable[..., Node]
+) -> None:
+    a = nodes("alpha:6432")
+    await start(a)
+    coordinator = HoldCoordinator(dsn, SCHEMA, stale_after=STALE)
+    hold = await coordinator.request_hold("globex", "cutover", timeout=0.5, ttl=1.0)
+    sql = hold_sql(SCHEMA).hold_alive
+    conn = await asyncpg.connect(dsn)
+    try:
+        # As a move's switch transaction uses it: the hold is in force for the next half second.
+        async with conn.transaction():
+            assert await conn.fetchval(sql, hold.hold_id, 0.5) is True
+            assert await conn.fetchval(sql, "no-such-hold", 0.0) is False
+        await wait_until_async(lambda: ("release", "globex") in a.events, "expired", within=5.0)
+        assert await conn.fetchval(sql, hold.hold_id, 0.0) is False
+    finally:
+        await conn.close()
+    # The coordinator comes back too late: its hold had expired, so the release is no release.
+    assert not await coordinator.release_hold(hold.hold_id)
+    assert await hold_rows(dsn, "globex") == 0
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -1,10 +1,17 @@
 """Holds through the catalog: every live router instance must acknowledge before a cutover may
 proceed; a held tenant's new transactions wait and resume on release; an instance that cannot
-acknowledge (stopped mid-hold) makes the cutover abort cleanly, losing nothing."""
+acknowledge (stopped mid-hold) makes the cutover abort cleanly, losing nothing. A hold whose
+coordinator died expires and the router lets the tenant's transactions run again; a released hold
+resumes them where the catalog places the tenant now, even before the catalog's notification of
+the new placement has arrived (the catalog cache's `refresh`, which says when it cannot read the
+catalog); the router's record of holds (/holds, /metrics) names only the
+tenants it held."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -14,10 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
-from router.catalog.cluster import HoldCoordinator, HoldNotAcknowledged, list_instances
+from router.catalog.cache import CatalogCache
+from router.catalog.cluster import Hold, HoldCoordinator, HoldNotAcknowledged, list_instances
+from router.catalog.store import CatalogStore
+from router.errors import CatalogUnavailable
 from router.testing.deploy import write_configs
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
@@ -136,3 +147,212 @@ def test_two_instances_both_acknowledge(make_router: RouterFactory, deployment: 
         "both routers to release initech",
         within=5,
     )
+
+
+def _hold(deployment: Deployment, ours: tuple[RouterThread, ...], tenant: str, reason: str, **kwargs: float) -> Hold:
+    """A hold on `tenant` acknowledged by our routers. A router another test killed without
+    deregistering is still asked to acknowledge until it turns stale: then once more."""
+    coordinator = HoldCoordinator(deployment.env.catalog_dsn(), "tenant_router")
+    try:
+        return asyncio.run(coordinator.request_hold(tenant, reason, **kwargs))
+    except HoldNotAcknowledged as exc:
+        missing = exc.missing  # type: ignore[attr-defined]
+        assert not any(m.endswith(tuple(f":{r.port}" for r in ours)) for m in missing), missing
+        return asyncio.run(coordinator.request_hold(tenant, reason, **kwargs))
+
+
+def test_hold_of_a_coordinator_that_died_expires_and_the_tenant_runs_again(
+    router: RouterThread, deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The coordinator holds globex with a short ttl, then "dies": nobody ever releases the hold.
+    dead = _hold(deployment, (router,), "globex", "cutover by a coordinator that dies", timeout=2.0, ttl=3.0)
+    assert "globex" in router.router.held
+    client = psycopg.connect(url(router, "globex"), autocommit=True)
+    result: dict[str, object] = {}
+
+    def query() -> None:
+        result["row"] = client.execute("SELECT current_setting('app.tenant_id')").fetchone()
+
+    waiter = threading.Thread(target=query)
+    waiter.start()
+    wait_until(lambda: len(router.router.held.get("globex", ())), "globex's transaction to wait", within=5)
+    assert "row" not in result
+    # Within the router's wait timeout (5 s) the hold expires, and the waiting transaction runs.
+    waiter.join(10)
+    assert result.get("row") == ("globex",)
+    assert "globex" not in router.router.held
+    assert any(
+        "expired" in r.getMessage() and "'globex'" in r.getMessage() and "coordinator that dies" in r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    )
+    # The dead coordinator's row is in nobody's way: a new hold on globex succeeds.
+    again = _hold(deployment, (router,), "globex", "cutover, second attempt", timeout=5.0)
+    assert again.hold_id != dead.hold_id and "globex" in router.router.held
+    coordinator = HoldCoordinator(deployment.env.catalog_dsn(), "tenant_router")
+    assert asyncio.run(coordinator.release_hold(again.hold_id))
+    wait_until(lambda: "globex" not in router.router.held, "globex released", within=5)
+    assert client.execute("SELECT current_setting('app.tenant_id')").fetchone() == ("globex",)
+    client.close()
+
+
+MOVED = "holds_moved1"  # a shared tenant of this test's own, moved from shard_a to shard_b
+
+
+async def _switch_placement_unannounced(deployment: Deployment, tenant: str, shard: str) -> None:
+    """Change the tenant's shard in the catalog with the catalog's trigger (its NOTIFY) off for
+    that statement: the notification a running router's cache would act on never comes, which is
+    a notification arriving arbitrarily late taken to its limit."""
+    env = deployment.env
+    conn = await asyncpg.connect(env.catalog_dsn(env.SUPERUSER, env.SUPERUSER_PASSWORD))
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")  # no user triggers
+            await conn.execute("UPDATE tenant_router.tenants SET shard = $2 WHERE id = $1", tenant, shard)
+    finally:
+        await conn.close()
+
+
+def test_released_hold_resumes_on_the_new_placement_before_its_notification(
+    make_router: RouterFactory, deployment: Deployment
+) -> None:
+    env = deployment.env
+    dsn = env.catalog_dsn()
+
+    async def catalog(action: str) -> None:
+        async with CatalogStore(dsn, "tenant_router") as store:
+            await store.remove(MOVED)
+            if action == "add":
+                await store.add(MOVED, "shared", shard="shard_a")
+
+    asyncio.run(catalog("add"))
+    try:
+        # The full catalog reload (the fallback that would notice the change) is far away.
+        ours = make_router(http_port=free_port(), extra={"catalog": {"refresh_interval": 600.0}})
+        client = psycopg.connect(url(ours, MOVED), autocommit=True)
+        port = "SELECT inet_server_port()"
+        assert client.execute(port).fetchone() == (env.shards["shard_a"].port,)
+        hold = _hold(deployment, (ours,), MOVED, "move to shard_b", timeout=5.0)
+        result: dict[str, object] = {}
+
+        def query() -> None:
+            result["row"] = client.execute(port).fetchone()
+
+        waiter = threading.Thread(target=query)
+        waiter.start()
+        wait_until(lambda: len(ours.router.held.get(MOVED, ())), "the transaction to wait for the release", within=5)
+        # The move: the data is on shard_b now; the catalog switches the placement, unannounced.
+        asyncio.run(_switch_placement_unannounced(deployment, MOVED, "shard_b"))
+        time.sleep(0.5)
+        cached = ours.router.catalog.get(MOVED)
+        assert cached is not None and cached.shard == "shard_a"  # the router has not heard of it
+        assert "row" not in result
+        asyncio.run(HoldCoordinator(dsn, "tenant_router").release_hold(hold.hold_id))
+        waiter.join(10)
+        # The waiting transaction ran where the catalog places the tenant now; so does the next.
+        assert result.get("row") == (env.shards["shard_b"].port,)
+        assert client.execute(port).fetchone() == (env.shards["shard_b"].port,)
+        client.close()
+        # The router's record of holds: this tenant, once, and nobody held now.
+        assert _http_json(ours, "/holds") == {"held_now": [], "held_ever": {MOVED: 1}}
+        metrics = _http(ours, "/metrics")
+        assert "tenant_router_holds_total 1.0" in metrics and "tenant_router_held_tenants 0.0" in metrics
+        assert 'tenant_router_hold_seconds_bucket{le="10.0"} 1.0' in metrics
+    finally:
+        asyncio.run(catalog("remove"))
+
+
+def _http(router: RouterThread, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", router.http_port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        conn.close()
+
+
+def _http_json(router: RouterThread, path: str) -> object:
+    return json.loads(_http(router, path))
+
+
+class CutOff:
+    """A TCP relay to the catalog that can be cut (every connection dropped, new ones refused) and
+    restored on the same port: the catalog as one process sees it across an outage."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.transport.abort()
+                self._writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.mark.timeout(60)
+async def test_cache_refresh_reads_the_catalog_now_or_says_it_cannot(deployment: Deployment) -> None:
+    env = deployment.env
+    relay = CutOff("127.0.0.1", env.catalog.port)
+    await relay.restore()
+    dsn = env.catalog_dsn().replace(f":{env.catalog.port}/", f":{relay.port}/")
+    tenant = "holds_refresh1"
+    async with CatalogStore(env.catalog_dsn(), "tenant_router") as store:
+        await store.remove(tenant)
+        await store.add(tenant, "shared", shard="shard_a")
+    changed: list[str] = []
+    cache = CatalogCache(dsn, "tenant_router", refresh_interval=600.0, on_change=changed.append, connect_timeout=2.0)
+    try:
+        async with cache:
+            before = cache.get(tenant)
+            assert before is not None and before.shard == "shard_a"
+            # Unchanged, but whatever was resolved from it is dropped all the same.
+            await cache.refresh([tenant])
+            assert changed == [tenant]
+            await _switch_placement_unannounced(deployment, tenant, "shard_b")
+            await asyncio.sleep(0.3)
+            assert cache.get(tenant) == before  # no notification, no change
+            await cache.refresh([tenant])
+            after = cache.get(tenant)
+            assert after is not None and after.shard == "shard_b" and changed.count(tenant) >= 2
+            # The catalog out of reach: refresh says so, and the cache keeps serving what it had.
+            await relay.cut()
+            await _switch_placement_unannounced(deployment, tenant, "shard_a")
+            for _ in range(2):
+                with pytest.raises(CatalogUnavailable, match=f"127.0.0.1:{relay.port} is unavailable"):
+                    await cache.refresh([tenant])
+            assert cache.get(tenant) == after
+            # Back: the next refresh reconnects at once (no waiting for the refresh tick).
+            await relay.restore()
+            await cache.refresh([tenant])
+            again = cache.get(tenant)
+            assert again is not None and again.shard == "shard_a" and cache.connected
+    finally:
+        await relay.cut()
+        async with CatalogStore(env.catalog_dsn(), "tenant_router") as store:
+            await store.remove(tenant)

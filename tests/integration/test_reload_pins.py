@@ -1,6 +1,7 @@
 """Pinning the tenants a shards.yaml reload moves, against a real catalog.
 
-`pin_moved_tenants` pins exactly the moved tenants to their old shard; calling it again, or from
+`pin_moved_tenants` pins exactly the moved tenants to their old shard and records those pins, and
+only those, in `reload_pins` (an operator's pin is not a reload's); calling it again, or from
 several processes at once, pins each tenant once; a tenant pinned meanwhile keeps its pin; running
 routers hear of every pin through the catalog's notifications.
 """
@@ -11,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import asyncpg
 import pytest
 
 from router.admin.tenant_admin import init_catalog
@@ -79,6 +81,18 @@ async def pins(store: CatalogStore) -> dict[str, str | None]:
     return {t.id: t.shard for t in await store.list() if t.id.startswith("reload_")}
 
 
+async def reload_pins(config: RouterConfig) -> dict[str, str]:
+    """What the catalog records as pins a reload made, for our tenants."""
+    conn = await asyncpg.connect(config.catalog.dsn)
+    try:
+        rows = await conn.fetch(
+            f"SELECT tenant_id, shard FROM {config.catalog.schema}.reload_pins WHERE tenant_id LIKE 'reload\\_%'"
+        )
+    finally:
+        await conn.close()
+    return {row["tenant_id"]: row["shard"] for row in rows}
+
+
 async def current_moves(store: CatalogStore, old: Topology, new: Topology) -> list[TenantMove]:
     return moved_tenants([(t, shard) for t, shard in (await pins(store)).items()], old, new)
 
@@ -107,10 +121,13 @@ async def test_pins_exactly_the_moved_tenants_to_their_old_shard(
     assert after == expected
     assert after[CATALOG_PINNED] == before[CATALOG_PINNED]
     assert sum(shard is None for shard in after.values()) == len(UNPINNED) - len(moves)
+    # The reload's pins are recorded as such; the operator's (tenants add --shard, set-shard) are not.
+    assert await reload_pins(config) == {m.tenant: m.old_shard for m in moves if m.tenant != operator_pinned}
 
     # Again (the same reload in another process, or a retry): nothing left to pin, nothing changes.
     assert await pin_moved_tenants(config, moves) == 0
     assert await pins(store) == expected
+    assert len(await reload_pins(config)) == len(moves) - 1
     # The catalog now pins them: the same reload computed afresh moves no one.
     assert await current_moves(store, old, new) == []
 
@@ -123,6 +140,7 @@ async def test_concurrent_pinning_pins_each_tenant_once(
     assert sum(counts) == len(moves)
     after = await pins(store)
     assert all(after[m.tenant] == m.old_shard for m in moves)
+    assert await reload_pins(config) == {m.tenant: m.old_shard for m in moves}
 
 
 async def test_running_routers_hear_of_every_pin(

@@ -1,10 +1,11 @@
 """The hold metrics as Prometheus scrapes them, from a real `Holds` on the virtual clock: holds
 counted, tenants held now, durations in the histogram's buckets; and several workers' expositions
-summed into one, histogram buckets included."""
+summed into one, histogram buckets included; the /holds answer, one worker's and several summed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.core.holds import Holds
 from router.core.pool import Pool
+from router.ops.http import holds_payload, merge_holds
 from router.ops.metrics import RouterCollector, merge_expositions
 from router.testing.virtualtime import in_virtual_time
 
@@ -107,3 +109,18 @@ async def test_workers_hold_metrics_sum_into_the_instances() -> None:
     assert merged[("tenant_router_hold_seconds_bucket", (("le", "0.05"),))] == 2
     assert merged[("tenant_router_hold_seconds_bucket", (("le", "+Inf"),))] == 3
     assert abs(merged[("tenant_router_hold_seconds_sum", ())] - 7.05) < 1e-9
+
+
+@in_virtual_time
+async def test_holds_answer_names_held_tenants_and_sums_over_workers() -> None:
+    first, second = make_holds(), make_holds()
+    for holds in (first, second):  # every worker enters every hold
+        await held_and_released(holds, "acme", 0.01)
+        await holds.hold("globex")
+    await held_and_released(first, "acme", 0.01)
+    one = holds_payload(first)
+    assert one == {"held_now": ["globex"], "held_ever": {"acme": 2, "globex": 1}}
+    assert json.loads(json.dumps(one)) == one  # what the endpoint sends
+    merged = merge_holds([one, holds_payload(second)])
+    assert merged == {"held_now": ["globex"], "held_ever": {"acme": 3, "globex": 2}}
+    assert merge_holds([]) == {"held_now": [], "held_ever": {}}
