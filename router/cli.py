@@ -6,7 +6,8 @@ tenant-router [--config FILE] rls enable TABLE [--column COLUMN]
 tenant-router [--config FILE] tenants export ID -o FILE | import ID FILE [--replace] | erase ID --confirm ID
 tenant-router [--config FILE] tenants move ID --to SHARD
 tenant-router [--config FILE] instances [--stale-after SECONDS]
-tenant-router [--config FILE] rebalance plan [--json]
+tenant-router [--config FILE] rebalance plan [--json] | apply [--concurrency N] [--tenant ID] [--dry-run]
+tenant-router [--config FILE] rebalance status [--json] | abort MOVE_ID
 """
 
 from __future__ import annotations
@@ -229,6 +230,63 @@ def cmd_rebalance_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebalance_apply(args: argparse.Namespace) -> int:
+    import time
+
+    from router.rebalance.apply import apply_plan
+    from router.rebalance.progress import ProgressBoard, TerminalProgress
+
+    config, topology = load_both(args.config)
+    board = ProgressBoard(0, None, time.monotonic())
+    printer = TerminalProgress(board)
+
+    def planned(plan: Any) -> None:
+        print(plan.render_text())
+        board.total = len(plan.moves)
+        board.total_bytes = sum(m.bytes or 0 for m in plan.moves) or None
+
+    report = _run(
+        apply_plan(
+            config,
+            topology,
+            concurrency=args.concurrency,
+            tenant=args.tenant,
+            dry_run=args.dry_run,
+            on_progress=printer.progress,
+            on_event=printer.event,
+            on_plan=planned,
+        )
+    )
+    if args.dry_run:
+        print("dry run: nothing was changed")
+        return 0
+    printer.finish()
+    outcome = _moves_outcome(report)
+    print(
+        f"{len(report.finished)} moved, {len(report.aborted)} rolled back, {len(report.failed)} stopped"
+        f" in {report.seconds:.1f}s"
+    )
+    return outcome
+
+
+def cmd_rebalance_status(args: argparse.Namespace) -> int:
+    from router.rebalance.status import gather_status
+
+    config, topology = load_both(args.config)
+    report = _run(gather_status(config, topology))
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.render())
+    return 0
+
+
+def cmd_rebalance_abort(args: argparse.Namespace) -> int:
+    from router.rebalance.apply import abort_move
+
+    config, topology = load_both(args.config)
+    move = _run(abort_move(config, topology, args.move_id))
+    print(f"move {move.move_id} of tenant {move.tenant_id} rolled back; it stays on {move.source}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import run_demo
 
@@ -312,6 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON, for tools")
     plan.set_defaults(func=cmd_rebalance_plan)
+    apply = rebalance_actions.add_parser(
+        "apply", help="carry out the plan online, with a progress bar; resumes moves an earlier run left"
+    )
+    apply.add_argument("--concurrency", type=int, default=1, metavar="N", help="moves at once (default 1)")
+    apply.add_argument("--tenant", metavar="ID", help="only this tenant's move")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    apply.set_defaults(func=cmd_rebalance_apply)
+    status = rebalance_actions.add_parser(
+        "status", help="moves in progress, the last ones that ended, and anything left behind on the shards"
+    )
+    status.add_argument("--json", action="store_true", help="as JSON, for tools")
+    status.set_defaults(func=cmd_rebalance_status)
+    abort = rebalance_actions.add_parser("abort", help="roll back a move that has not switched yet")
+    abort.add_argument("move_id", type=int, metavar="MOVE_ID")
+    abort.set_defaults(func=cmd_rebalance_abort)
 
     demo = commands.add_parser("demo", help="start local PostgreSQL shards, a catalog and the router")
     demo.add_argument("--dir", default=".demo", help="where the demo keeps its clusters (default .demo)")

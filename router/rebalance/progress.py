@@ -48,7 +48,9 @@ class ProgressBoard:
         """A mover's report; True if a move's activity changed (worth a line in a log)."""
         current = self.running.get(report.move.move_id)
         changed = current is None or current.activity != report.activity
-        self.running[report.move.move_id] = _Running(report.move, report.activity, report.bytes_copied, report.lag_bytes)
+        self.running[report.move.move_id] = _Running(
+            report.move, report.activity, report.bytes_copied, report.lag_bytes
+        )
         return changed
 
     def event(self, kind: str, move: Move) -> None:
@@ -110,8 +112,8 @@ class ProgressBoard:
         return lines
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+def format_duration(value: float) -> str:
+    seconds = round(value)
     if seconds < 60:
         return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)

@@ -66,8 +66,8 @@ class StatusReport:
 
 def _line(move: Move) -> str:
     text = (
-        f"#{move.move_id} {move.tenant_id} ({move.isolation}) {move.source} -> {move.target}: {move.stage.replace('_', ' ')}"
-        f", {human_bytes(move.bytes_copied)}"
+        f"#{move.move_id} {move.tenant_id} ({move.isolation}) {move.source} -> {move.target}:"
+        f" {move.stage.replace('_', ' ')}, {human_bytes(move.bytes_copied)}"
     )
     if move.attempts:
         text += f", {move.attempts} cutover attempt(s)"
