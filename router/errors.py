@@ -362,6 +362,8 @@ class MovePrerequisiteMissing(MoveError):
     """A shard lacks what an online tenant move needs (a setting, a free slot or WAL sender, a
     privilege of the admin role); `problems` names each, with its value. Nothing was changed."""
 
+    sqlstate = "55000"
+
     def __init__(self, message: str, problems: Sequence[str], *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.problems = tuple(problems)
@@ -375,6 +377,13 @@ class MoveConflict(MoveError):
 
 class HoldExpired(MoveError):
     """The cutover's hold expired before the tenant's placement was switched; nothing was switched."""
+
+    sqlstate = "55P03"
+
+
+class CutoverTooSlow(MoveError):
+    """The target did not apply the source's last commit within `rebalance.max_hold`; the hold was
+    released, the tenant stays on its source, the cutover is tried again later."""
 
     sqlstate = "55P03"
 

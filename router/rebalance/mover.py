@@ -59,7 +59,15 @@ from router.config import RouterConfig
 from router.core.hashing import Ring
 from router.core.routing import place_tenant
 from router.core.topology import Topology
-from router.errors import ClusterError, HoldExpired, MoveConflict, MoveError, MoveVerificationFailed, RouterError
+from router.errors import (
+    ClusterError,
+    CutoverTooSlow,
+    HoldExpired,
+    MoveConflict,
+    MoveError,
+    MoveVerificationFailed,
+    RouterError,
+)
 from router.isolation import database_name, quote_ident
 from router.rebalance import replication, schema_copy, verify
 from router.rebalance.replication import ReplicationNames, Side
@@ -222,7 +230,7 @@ class Mover:
                 t_acked = time.monotonic()
                 marker = await replication.bump_marker(src, move.move_id)
                 if not await replication.wait_for_marker(dst, move.move_id, marker, deadline):
-                    raise _TooSlow(
+                    raise CutoverTooSlow(
                         f"the target did not catch up within rebalance.max_hold ({self.settings.max_hold:g}s)"
                     )
                 tables = await replication.shared_tables(src) if move.isolation == "shared" else []
@@ -230,10 +238,12 @@ class Mover:
                 await replication.copy_sequences(src, dst, sequences)
                 t_caught = time.monotonic()
                 if asyncio.get_running_loop().time() > deadline:
-                    raise _TooSlow(f"the cutover took longer than rebalance.max_hold ({self.settings.max_hold:g}s)")
+                    raise CutoverTooSlow(
+                        f"the cutover took longer than rebalance.max_hold ({self.settings.max_hold:g}s)"
+                    )
                 move = await self.store.switch(move, hold_id, _SWITCH_MARGIN)
                 t_switched = time.monotonic()
-        except (ClusterError, HoldExpired, _TooSlow) as exc:
+        except (ClusterError, HoldExpired, CutoverTooSlow) as exc:
             if hold_id is not None:
                 await _release_quietly(self.holds, hold_id)
             return await self._retry(move, str(exc))
@@ -495,10 +505,6 @@ class Mover:
     def _report(self, move: Move, activity: str, copied: int, lag: int | None = None) -> None:
         if self._on_progress is not None:
             self._on_progress(MoveProgress(move, activity, copied, lag))
-
-
-class _TooSlow(RouterError):
-    sqlstate = "55P03"
 
 
 async def _release_quietly(holds: HoldCoordinator, hold_id: str) -> None:

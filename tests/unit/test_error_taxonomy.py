@@ -19,6 +19,9 @@ ELSEWHERE = {
     # A signal inside the statement analysis's rules (a value the text alone does not give); it never
     # leaves router.sql: the effects rules catch it.
     "router.sql.setting_values.Dynamic",
+    # A move's cutover that must wait (the tenant stays on its source); it never leaves
+    # router.rebalance: the runner catches it and tries the move again later.
+    "router.rebalance.mover.MoveRetry",
 }
 # The test harness's own errors are not the router's (they fail tests and demos, not clients).
 HARNESS = "router.testing."
