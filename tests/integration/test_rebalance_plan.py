@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,7 @@ def scenario() -> Iterator[Scenario]:
         yield Scenario(env, replica_level, config, before, after, rows, expected, staying)
     finally:
         stop_clusters_under(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _cli(config: RouterConfig, *args: str) -> subprocess.CompletedProcess[str]:
