@@ -130,24 +130,24 @@ async def estimate_sizes(
         *(_shard_sizes(topology, shard, shard_moves, login) for shard, shard_moves in sorted(by_shard.items()))
     )
     sizes: Sizes = {}
-    for found, failure in results:
+    for found, failures in results:
         sizes.update(found)
-        if failure is not None and problems is not None:
-            problems.append(failure)
+        if problems is not None:
+            problems.extend(failures)
     return sizes
 
 
 async def _shard_sizes(
     topology: Topology, shard: str, moves: Sequence[PlannedMove], login: Login
-) -> tuple[Sizes, str | None]:
-    """The sizes of `moves` (all on `shard`), and what went wrong if something did."""
+) -> tuple[Sizes, list[str]]:
+    """The sizes of `moves` (all on `shard`), and what went wrong, if anything did."""
     sizes: Sizes = {}
     found: dict[str, int] = {}  # database -> bytes
     address = shard_primary(topology, shard)
     try:
         conn = await connect(address, login)
     except SHARD_ERRORS as exc:
-        return sizes, _failure(shard, describe(address), moves, exc)
+        return sizes, [_failure(shard, describe(address), moves, exc)]
     try:
         ids = {isolation: [m.tenant for m in moves if m.isolation == isolation] for isolation in ("shared", "schema")}
         if ids["shared"]:
@@ -160,10 +160,11 @@ async def _shard_sizes(
         if databases:
             found = {name: size for name, size in await conn.fetch(_DATABASE_SIZES_SQL, list(databases))}
     except SHARD_ERRORS as exc:
-        return sizes, _failure(shard, describe(address), moves, exc)
+        return sizes, [_failure(shard, describe(address), moves, exc)]
     finally:
         await close(conn)
     # A database tenant's tables are only visible from inside its database: one connection each.
+    failures: list[str] = []
     for name, size in sorted(found.items()):
         try:
             db = await connect(address, login, database=name)
@@ -173,9 +174,12 @@ async def _shard_sizes(
                 await close(db)
         except SHARD_ERRORS as exc:
             tenant = databases[name]
-            return sizes, f"size of tenant {tenant} on shard {shard} ({describe(address, name)}) unknown: {reason(exc)}"
+            failures.append(
+                f"size of tenant {tenant} on shard {shard} ({describe(address, name)}) unknown: {reason(exc)}"
+            )
+            continue
         sizes[databases[name]] = (rows, size)
-    return sizes, None
+    return sizes, failures
 
 
 async def _shared_sizes(conn: Any, tenants: list[str]) -> Sizes:

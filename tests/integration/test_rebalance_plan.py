@@ -15,7 +15,9 @@ row counts and sizes read from the shards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +41,14 @@ from router.ops.reload import moved_tenants, pin_moved_tenants
 from router.rebalance.prereq import move_prerequisites, require_move_prerequisites
 from router.rebalance.sizes import load_plan
 from router.testing.deploy import install_shared_table, load, seed, write_configs
-from router.testing.pgcluster import PgCluster, PgEnvironment, start_cluster, start_environment, stop_clusters_under
+from router.testing.pgcluster import (
+    PgCluster,
+    PgEnvironment,
+    free_port,
+    start_cluster,
+    start_environment,
+    stop_clusters_under,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +184,7 @@ def scenario() -> Iterator[Scenario]:
         yield Scenario(env, replica_level, config, before, after, rows, expected, staying)
     finally:
         stop_clusters_under(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _cli(config: RouterConfig, *args: str) -> subprocess.CompletedProcess[str]:
@@ -311,3 +321,18 @@ def test_an_admin_without_the_privileges_moves_need_is_named(scenario: Scenario)
         assert "the admin role rp_weak_admin cannot connect" in unreachable
     finally:
         shard_a.execute("DROP ROLE rp_weak_admin")
+
+
+def test_a_shard_that_cannot_be_read_leaves_its_tenants_unsized_and_says_why(scenario: Scenario) -> None:
+    port = free_port()
+    shard_b = scenario.after.shards["shard_b"]
+    offline = dataclasses.replace(shard_b, primary=dataclasses.replace(shard_b.primary, port=port))
+    topology = dataclasses.replace(scenario.after, shards={**scenario.after.shards, "shard_b": offline})
+    plan = asyncio.run(load_plan(scenario.config, topology))
+    on_b = sorted(t for t, (source, _target, _reason) in scenario.expected.items() if source == "shard_b")
+    assert sorted(m.tenant for m in plan.moves if m.rows is None) == on_b
+    assert all(m.rows == scenario.rows[m.tenant] for m in plan.moves if m.source != "shard_b")
+    assert plan.problems == [
+        f"sizes of {len(on_b)} tenants on shard shard_b (127.0.0.1:{port}/app) unknown: connection refused"
+    ]
+    assert plan.totals().unsized == len(on_b)
