@@ -121,7 +121,9 @@ class CatalogCache(BackgroundService):
         )
 
     async def _end(self) -> None:
-        self._settle(self._take_refreshes(), CatalogUnavailable("the catalog cache stopped"))
+        self._settle(
+            self._take_refreshes(), CatalogUnavailable(f"tenant catalog at {self._where}: the catalog cache stopped")
+        )
         await self._drop_connection()
 
     def request_refresh(self) -> None:
