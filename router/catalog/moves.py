@@ -12,6 +12,7 @@ connection between calls: every call opens its own, so a store is shared freely 
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,8 +84,8 @@ class MoveStore:
         finished = ", ".join(quote_literal(stage) for stage in MOVE_FINISHED)
         self._open = f"stage NOT IN ({finished})"
 
-    def _connection(self) -> Any:
-        return connection(self._dsn, self.schema, _TIMEOUT, _APP_NAME)
+    def _connection(self, conn: Any = None) -> Any:
+        return connection(self._dsn, self.schema, _TIMEOUT, _APP_NAME) if conn is None else contextlib.nullcontext(conn)
 
     async def create(self, tenant_id: str, isolation: Isolation, source: str, target: str, pin: str | None) -> Move:
         """Record a planned move; MoveConflict if the tenant has an open move already."""
@@ -193,7 +194,7 @@ class MoveStore:
             raise MoveConflict(f"move {move_id} is {now}, not at {' or '.join(expect or ())}")
         return _move(row)
 
-    async def switch(self, move: Move, hold_id: str, margin: float) -> Move:
+    async def switch(self, move: Move, hold_id: str, margin: float, *, conn: Any = None) -> Move:
         """The cutover's catalog step, in one transaction: while the hold `hold_id` is in force (and
         will be for `margin` seconds more), place the tenant on the target (its pin set to
         `move.pin`, its reload pin forgotten) and record the move as switched. HoldExpired if the
@@ -201,9 +202,10 @@ class MoveStore:
 
         The catalog's trigger announces the tenant's change at commit; the routers re-read the
         tenant before they resume its transactions anyway (router/catalog/cluster/participant.py).
+        `conn`: a catalog connection to work on (the cutover's own), else one of its own.
         """
         s = self._s
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection(conn) as conn, conn.transaction():
             # FOR UPDATE: the hold cannot be released (deleted) while this transaction switches.
             alive = await conn.fetchval(
                 f"SELECT true FROM {s}.holds WHERE hold_id = $1 AND tenant_id = $2"

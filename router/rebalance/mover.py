@@ -215,16 +215,24 @@ class Mover:
             return await self._to(move, "copying", expect=("verified",), last_error="subscription lost; recopied")
         await self._wait_until_close(move, source, target, names)
         move = await self._to(move, "holding", expect=("verified",), attempts=move.attempts + 1)
-        started = time.monotonic()
-        deadline = asyncio.get_running_loop().time() + self.settings.max_hold
         hold_id: str | None = None
         try:
-            async with replication.opened(source, self.admin) as src, replication.opened(target, self.admin) as dst:
+            async with (
+                replication.opened(source, self.admin) as src,
+                replication.opened(target, self.admin) as dst,
+                self.holds.connection() as catalog,
+            ):
+                # Everything the hold waits for is connected before it starts.
+                tables = await replication.shared_tables(src) if move.isolation == "shared" else []
+                sequences = await replication.tenant_sequences(src, move.isolation, move.tenant_id, tables)
+                started = time.monotonic()
+                deadline = asyncio.get_running_loop().time() + self.settings.max_hold
                 hold = await self.holds.request_hold(
                     move.tenant_id,
                     hold_reason(move),
                     timeout=self.settings.max_hold,
                     ttl=self.settings.max_hold + _HOLD_TTL_SLACK,
+                    conn=catalog,
                 )
                 hold_id = hold.hold_id
                 t_acked = time.monotonic()
@@ -233,16 +241,15 @@ class Mover:
                     raise CutoverTooSlow(
                         f"the target did not catch up within rebalance.max_hold ({self.settings.max_hold:g}s)"
                     )
-                tables = await replication.shared_tables(src) if move.isolation == "shared" else []
-                sequences = await replication.tenant_sequences(src, move.isolation, move.tenant_id, tables)
                 await replication.copy_sequences(src, dst, sequences)
                 t_caught = time.monotonic()
                 if asyncio.get_running_loop().time() > deadline:
                     raise CutoverTooSlow(
                         f"the cutover took longer than rebalance.max_hold ({self.settings.max_hold:g}s)"
                     )
-                move = await self.store.switch(move, hold_id, _SWITCH_MARGIN)
+                move = await self.store.switch(move, hold_id, _SWITCH_MARGIN, conn=catalog)
                 t_switched = time.monotonic()
+                await _release_quietly(self.holds, hold_id, catalog)
         except (ClusterError, HoldExpired, CutoverTooSlow) as exc:
             if hold_id is not None:
                 await _release_quietly(self.holds, hold_id)
@@ -251,7 +258,6 @@ class Mover:
             if hold_id is not None:
                 await asyncio.shield(_release_quietly(self.holds, hold_id))
             raise
-        await _release_quietly(self.holds, hold_id)
         held = time.monotonic() - started
         log.debug(
             "move %d: cutover: acknowledged %.1f ms, caught up %.1f ms, switched %.1f ms, released %.1f ms",
@@ -507,9 +513,9 @@ class Mover:
             self._on_progress(MoveProgress(move, activity, copied, lag))
 
 
-async def _release_quietly(holds: HoldCoordinator, hold_id: str) -> None:
+async def _release_quietly(holds: HoldCoordinator, hold_id: str, conn: Any = None) -> None:
     try:
-        await holds.release_hold(hold_id)
+        await holds.release_hold(hold_id, conn=conn)
     except RouterError as exc:
         # It expires by itself; until then the tenant's new transactions wait.
         log.error("could not release hold %s (%s); it expires by itself", hold_id, exc.message)

@@ -164,12 +164,19 @@ class HoldCoordinator:
         self._poll = poll_interval
         self._timeout = connect_timeout
 
-    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+    def connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A catalog connection of the coordinator's own, for a caller that holds and releases on
+        one connection (`conn=`): a cutover then does not pay for connecting while it holds."""
         return connection(
             self._dsn, self._sql.schema, self._timeout, f"{APP_NAME}-coordinator", missing=no_cluster_tables
         )
 
-    async def request_hold(self, tenant_id: str, reason: str, *, timeout: float, ttl: float = DEFAULT_HOLD_TTL) -> Hold:
+    def _connection(self, conn: Any = None) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self.connection() if conn is None else contextlib.nullcontext(conn)
+
+    async def request_hold(
+        self, tenant_id: str, reason: str, *, timeout: float, ttl: float = DEFAULT_HOLD_TTL, conn: Any = None
+    ) -> Hold:
         """Hold `tenant_id` on every live instance, or raise with no hold left behind.
 
         The instances that must acknowledge are those live when the hold is created, plus any that
@@ -181,7 +188,7 @@ class HoldCoordinator:
         The hold expires `ttl` seconds after it is made (the catalog's clock) unless released
         before: `ttl` must exceed `timeout`, and bounds how long a coordinator that dies holding
         the tenant keeps it held. An expired hold of the tenant (a dead coordinator's) is removed
-        first.
+        first. `conn`: a connection from `connection()` to work on (else one of its own).
         """
         validate_tenant_id(tenant_id)
         if timeout <= 0:
@@ -198,7 +205,7 @@ class HoldCoordinator:
             if payload == hold_id:
                 wake.set()
 
-        async with self._connection() as conn:
+        async with self._connection(conn) as conn:
             # LISTEN before the hold exists, so no acknowledgement can slip by unannounced.
             await conn.add_listener(sql.acks_channel, on_ack)
             try:
@@ -235,6 +242,9 @@ class HoldCoordinator:
                 # Also when the commit itself failed: whether the hold exists is unknown then.
                 await self._abort(hold_id, tenant_id)
                 raise
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener(sql.acks_channel, on_ack)
         log.info("hold %s on tenant %r: acknowledged by %s", hold_id, tenant_id, ", ".join(acked) or "nobody")
         return Hold(hold_id, tenant_id, reason, made["requested_at"], acked, made["expires_at"])
 
@@ -244,11 +254,11 @@ class HoldCoordinator:
         async with self._connection() as conn:
             return bool(await conn.fetchval(self._sql.hold_alive, hold_id, margin, timeout=self._timeout))
 
-    async def release_hold(self, hold_id: str) -> bool:
+    async def release_hold(self, hold_id: str, *, conn: Any = None) -> bool:
         """Remove the hold; False if it was not in force any more: gone already, or expired (the
-        routers released it then, on their own)."""
+        routers released it then, on their own). `conn`: as for `request_hold`."""
         sql = self._sql
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection(conn) as conn, conn.transaction():
             row = await conn.fetchrow(sql.delete_hold, hold_id, timeout=self._timeout)
             if row is not None:
                 await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
