@@ -233,5 +233,9 @@ class TenantQueries:
             f"INSERT INTO {s}.tenants (id, isolation, shard, labels) VALUES ($1, $2, $3, $4::jsonb) RETURNING {cols}"
         )
         self.set_status = f"UPDATE {s}.tenants SET status = $2 WHERE id = $1"
-        self.set_shard = f"UPDATE {s}.tenants SET shard = $2 WHERE id = $1"
+        # An operator's pin replaces whatever a reload pinned: the tenant is where the operator says.
+        self.set_shard = (
+            f"WITH operator_pin AS (DELETE FROM {s}.reload_pins WHERE tenant_id = $1)"
+            f" UPDATE {s}.tenants SET shard = $2 WHERE id = $1"
+        )
         self.delete = f"DELETE FROM {s}.tenants WHERE id = $1"

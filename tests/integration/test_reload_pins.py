@@ -130,6 +130,11 @@ async def test_pins_exactly_the_moved_tenants_to_their_old_shard(
     assert len(await reload_pins(config)) == len(moves) - 1
     # The catalog now pins them: the same reload computed afresh moves no one.
     assert await current_moves(store, old, new) == []
+    # An operator pinning a reload-pinned tenant makes the pin the operator's: no reload pin left.
+    repinned = next(m for m in moves if m.tenant != operator_pinned)
+    await store.set_shard(repinned.tenant, repinned.old_shard)
+    assert repinned.tenant not in await reload_pins(config)
+    assert (await pins(store))[repinned.tenant] == repinned.old_shard
 
 
 async def test_concurrent_pinning_pins_each_tenant_once(
