@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from router.config import RouterConfig
-from router.ops.http import NOT_FOUND, Response, get_only, json_response
+from router.ops.http import NOT_FOUND, Response, get_only, json_response, merge_holds
 from router.ops.metrics import merge_expositions
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,13 @@ class Supervisor:
                 process.kill()
             process.join(1)
 
-    async def _worker_text(self, index: int) -> str | None:
+    async def _worker_text(self, index: int, resource: str = "/metrics") -> str | None:
+        """What worker `index` answers on its private HTTP socket for `resource`; None if it does not."""
         path = self.run_dir / f"worker-{index}.metrics"
         try:
             async with asyncio.timeout(2):
                 reader, writer = await asyncio.open_unix_connection(str(path))
-                writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\n\r\n")
+                writer.write(f"GET {resource} HTTP/1.1\r\nHost: worker\r\n\r\n".encode())
                 await writer.drain()
                 raw = await reader.read()
                 writer.close()
@@ -152,6 +154,9 @@ class Supervisor:
         return body.decode()
 
     async def _route(self, path: str) -> Response:
+        if path == "/holds":
+            bodies = await asyncio.gather(*(self._worker_text(i, "/holds") for i in range(self.count)))
+            return json_response(True, merge_holds(json.loads(b) for b in bodies if b is not None))
         texts = await asyncio.gather(*(self._worker_text(i) for i in range(self.count)))
         answered = [t for t in texts if t is not None]
         if path == "/metrics":

@@ -527,6 +527,9 @@ def test_workers_share_the_port_and_metrics_sum_their_clients(launch: Launch) ->
         assert router.metric("tenant_router_clients") == 40
         assert router.metric("tenant_router_client_logins_total") == 40
         assert router.health() == {"status": "ok", "workers": 2, "workers_answering": 2, "worker_restarts": 0}
+        # /holds answers for the whole instance too (no hold on this deployment's tenants).
+        status, body = router.get("/holds")
+        assert status == 200 and json.loads(body) == {"held_now": [], "held_ever": {}}, body
     finally:
         for conn in conns:
             conn.close()
