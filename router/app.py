@@ -42,6 +42,7 @@ from router.net.server import ServerConnection, send_cancel, send_cancel_unix
 from router.ops.health import HealthMonitor
 from router.ops.janitor import Janitor
 from router.ops.live_reload import Reloader
+from router.ops.move_readings import MoveFigures, MoveReadings
 from router.protocol.pg.auth import ScramVerifier
 from router.sql.read_statements import ReadClassifier
 
@@ -133,6 +134,8 @@ class Router:
         self.errors: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()  # cancels waiting for a set-up to finish
         self.reloader = Reloader(self)
+        # The catalog's tenant moves, for /metrics: read by one process per instance (worker 0).
+        self.move_readings = MoveReadings(config.catalog.dsn, config.catalog.schema)
 
     # --- what tests, metrics and the janitor read ------------------------------------------------
 
@@ -158,6 +161,10 @@ class Router:
 
     def iter_pools(self) -> Iterator[Pool[ServerConnection]]:
         return iter(self.pools)
+
+    @property
+    def move_figures(self) -> MoveFigures | None:
+        return self.move_readings.figures
 
     async def refresh_membership(self) -> None:
         await self.clients.refresh_membership()
@@ -349,6 +356,8 @@ class RunningRouter:
                 await member.stop()
         if self._janitor is not None:
             await self._janitor.stop()
+        if self.router.move_readings.running:
+            await self.router.move_readings.stop()
         if self._watcher is not None:
             await self._watcher.stop()
         await self.router.health.stop()
@@ -398,6 +407,8 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         http_port = http_server.sockets[0].getsockname()[1]
     janitor = Janitor(router)
     janitor.start()
+    if identity.index == 0:
+        await router.move_readings.start()
     await router.health.start()
     watcher = None
     if config.reload.watch:

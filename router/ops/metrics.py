@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from router.core.pool import Pool
+    from router.ops.move_readings import MoveFigures
 
 
 class RoleRepairs(Protocol):
@@ -49,6 +50,11 @@ class HoldRecords(Protocol):
 
 class MetricsSource(Protocol):
     """What the metrics read of a running router."""
+
+    @property
+    def move_figures(self) -> MoveFigures | None:
+        """The catalog's tenant moves (router.ops.move_readings), in the process that reads them."""
+        ...
 
     @property
     def client_count(self) -> int: ...
@@ -141,6 +147,39 @@ class RouterCollector(Collector):
             errors.add_metric([sqlstate], count)
         yield errors
         yield from _hold_metrics(router.holds)
+        figures = router.move_figures
+        if figures is not None:
+            yield from _move_metrics(figures)
+
+
+def _move_metrics(figures: MoveFigures) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    """The catalog's moves: the same figures in every instance (take max() across instances)."""
+    for name, value, text in (
+        ("started", figures.started, "Tenant moves recorded in the catalog"),
+        ("finished", figures.finished, "Tenant moves finished: on the target, the source cleaned up"),
+        ("failed", figures.failed, "Tenant moves rolled back: the tenant stayed on its source"),
+    ):
+        counter = CounterMetricFamily(f"tenant_router_moves_{name}", text)
+        counter.add_metric([], value)
+        yield counter
+    stages = GaugeMetricFamily("tenant_router_moves_in_progress", "Open tenant moves by stage", labels=["stage"])
+    for stage, count in sorted(figures.in_progress.items()):
+        stages.add_metric([stage], count)
+    yield stages
+    copied = CounterMetricFamily("tenant_router_move_bytes_copied", "Bytes of tenant data moves have copied")
+    copied.add_metric([], figures.bytes_copied)
+    yield copied
+    lag = GaugeMetricFamily(
+        "tenant_router_move_lag_bytes", "How far (WAL bytes) an open move's target is behind", labels=["tenant"]
+    )
+    for tenant, behind in sorted(figures.lag_bytes.items()):
+        lag.add_metric([tenant], behind)
+    yield lag
+    holds = HistogramMetricFamily(
+        "tenant_router_move_cutover_hold_seconds", "How long each move's cutover held its tenant (the mover's view)"
+    )
+    holds.add_metric([], [(_bound(b), c) for b, c in figures.cutover_buckets], figures.cutover_sum)
+    yield holds
 
 
 def _hold_metrics(holds: HoldRecords) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:

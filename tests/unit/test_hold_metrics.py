@@ -17,6 +17,7 @@ from router.core.holds import Holds
 from router.core.pool import Pool
 from router.ops.http import holds_payload, merge_holds
 from router.ops.metrics import RouterCollector, merge_expositions
+from router.ops.move_readings import MoveFigures
 from router.testing.virtualtime import in_virtual_time
 
 
@@ -35,6 +36,7 @@ class Source:
     catalog: list[str] = field(default_factory=list)
     role_guard: Repairs = field(default_factory=Repairs)
     errors: Counter[str] = field(default_factory=Counter)
+    move_figures: MoveFigures | None = None
 
     def iter_pools(self) -> Iterator[Pool]:
         return iter(())
@@ -124,3 +126,34 @@ async def test_holds_answer_names_held_tenants_and_sums_over_workers() -> None:
     merged = merge_holds([one, holds_payload(second)])
     assert merged == {"held_now": ["globex"], "held_ever": {"acme": 3, "globex": 2}}
     assert merge_holds([]) == {"held_now": [], "held_ever": {}}
+
+
+def test_the_catalogs_moves_as_metrics() -> None:
+    figures = MoveFigures(
+        started=5,
+        finished=3,
+        failed=1,
+        in_progress={"catching_up": 1},
+        bytes_copied=123456,
+        lag_bytes={"acme": 2048},
+        cutover_buckets=((0.01, 0), (0.025, 2), (0.05, 3), (float("inf"), 3)),
+        cutover_sum=0.07,
+    )
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(
+            scrape(Source(Holds(5.0, lambda _t: False, lambda _c: None), move_figures=figures))
+        )
+        for s in family.samples
+        if s.name.startswith("tenant_router_move")
+    }
+    assert found[("tenant_router_moves_started_total", ())] == 5
+    assert found[("tenant_router_moves_finished_total", ())] == 3
+    assert found[("tenant_router_moves_failed_total", ())] == 1
+    assert found[("tenant_router_moves_in_progress", (("stage", "catching_up"),))] == 1
+    assert found[("tenant_router_move_bytes_copied_total", ())] == 123456
+    assert found[("tenant_router_move_lag_bytes", (("tenant", "acme"),))] == 2048
+    assert found[("tenant_router_move_cutover_hold_seconds_bucket", (("le", "0.025"),))] == 2
+    assert found[("tenant_router_move_cutover_hold_seconds_count", ())] == 3
+    # A process that does not read the catalog's moves (a worker other than 0) exports none.
+    assert "tenant_router_move" not in scrape(Source(Holds(5.0, lambda _t: False, lambda _c: None)))
