@@ -21,6 +21,7 @@ from typing import Any, Final
 import asyncpg
 
 from router.catalog.access import connection
+from router.catalog.cluster.holds import holds_channel
 from router.catalog.schema import DEFAULT_SCHEMA, MOVE_FINISHED, MOVE_STAGES, validate_schema
 from router.errors import HoldExpired, MoveConflict
 from router.isolation import Isolation, quote_ident, quote_literal, validate_isolation
@@ -240,9 +241,14 @@ class MoveStore:
         return True
 
     async def drop_holds(self, tenant_id: str, reason: str) -> int:
-        """Remove the tenant's hold left behind by a dead run of a move (its reason names the move)."""
-        async with self._connection() as conn:
-            status: str = await conn.execute(
-                f"DELETE FROM {self._s}.holds WHERE tenant_id = $1 AND reason = $2", tenant_id, reason
+        """Remove the tenant's hold left behind by a dead run of a move (its reason names the move),
+        announced as a release is, so the routers resume the tenant at once."""
+        async with self._connection() as conn, conn.transaction():
+            dropped = await conn.fetch(
+                f"DELETE FROM {self._s}.holds WHERE tenant_id = $1 AND reason = $2 RETURNING hold_id",
+                tenant_id,
+                reason,
             )
-        return int(status.rsplit(" ", 1)[-1])
+            for row in dropped:
+                await conn.execute("SELECT pg_notify($1, $2)", holds_channel(self.schema), row["hold_id"])
+        return len(dropped)

@@ -76,8 +76,10 @@ log = logging.getLogger(__name__)
 
 # Fault injection for tests: "<stage>=<seconds>" sleeps that long right after <stage> is recorded.
 PAUSE_ENV: Final = "TENANT_ROUTER_MOVE_PAUSE"
-# How long past the cutover's own bound its hold lives if the mover dies holding it.
-_HOLD_TTL_SLACK: Final = 5.0
+# How long past the cutover's own bound its hold lives if the mover dies holding it: the switch
+# needs the hold for _SWITCH_MARGIN after max_hold at most; a dead mover's hold should end before
+# the held clients' own wait (pool.wait_timeout, 5 s by default) fails them.
+_HOLD_TTL_SLACK: Final = 1.0
 # The hold must stay in force at least this long after the placement switch commits.
 _SWITCH_MARGIN: Final = 0.2
 _PROGRESS_INTERVAL: Final = 0.5
@@ -192,6 +194,7 @@ class Mover:
     async def _catch_up(self, move: Move) -> Move:
         source, target = self.sides(move)
         names = ReplicationNames(move.move_id)
+        await self._drop_dead_runs_hold(move)
         if not await self._replicating(move, source, target):
             log.warning("move %d: the subscription is gone or broken; copying again", move.move_id)
             return await self._to(move, "copying", expect=("catching_up",), last_error="subscription lost; recopied")
@@ -211,6 +214,7 @@ class Mover:
     async def _cut_over(self, move: Move) -> Move:
         source, target = self.sides(move)
         names = ReplicationNames(move.move_id)
+        await self._drop_dead_runs_hold(move)
         if not await self._replicating(move, source, target):
             return await self._to(move, "copying", expect=("verified",), last_error="subscription lost; recopied")
         await self._wait_until_close(move, source, target, names)
@@ -298,12 +302,15 @@ class Mover:
         raise MoveRetry(move, reason, self.settings.retry_interval)
 
     async def _recover_hold(self, move: Move) -> Move:
-        """A run died holding the tenant (the placement was not switched: that is one transaction
-        with the stage). Its hold expires by itself; remove it now, and try the cutover again."""
-        dropped = await self.store.drop_holds(move.tenant_id, hold_reason(move))
-        if dropped:
-            log.warning("move %d: removed the hold a dead run left on tenant %s", move.move_id, move.tenant_id)
+        """A run died in the cutover (the placement was not switched: that is one transaction with
+        the stage). Its hold expires by itself; remove it now, and try the cutover again."""
+        await self._drop_dead_runs_hold(move)
         return await self._to(move, "verified", expect=("holding",), last_error="resumed after the mover died holding")
+
+    async def _drop_dead_runs_hold(self, move: Move) -> None:
+        """A hold of this move that a run which died left (this run owns the move now)."""
+        if await self.store.drop_holds(move.tenant_id, hold_reason(move)):
+            log.warning("move %d: removed the hold a dead run left on tenant %s", move.move_id, move.tenant_id)
 
     async def _clean_up(self, move: Move) -> Move:
         source, target = self.sides(move)
