@@ -41,6 +41,28 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def owner_gone(owner: str | None) -> bool:
+    """Whether `owner` was a process on this host that has exited (killed, say): its moves need
+    not wait for its heartbeat to go stale."""
+    if owner is None:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def stale_after(move: Move) -> float:
+    """How old the move's owner's heartbeat must be before another run takes the move over."""
+    return 0.0 if owner_gone(move.owner) else STALE_OWNER
+
+
 @dataclass
 class ApplyReport:
     """What a run did: moves finished, rolled back or failed (with why), pins cleared."""
@@ -123,7 +145,8 @@ class MoveRunner:
                 task.cancel()
 
     async def _run_one(self, move: Move, report: ApplyReport) -> MoveRetry | None:
-        if not await self.store.claim(move.move_id, self.owner, STALE_OWNER):
+        latest = await self.store.get(move.move_id) or move
+        if not await self.store.claim(move.move_id, self.owner, stale_after(latest)):
             report.skipped.append(move.tenant_id)
             self._event("skipped", move, "another live `rebalance apply` runs it")
             return None
@@ -259,7 +282,7 @@ async def abort_move(config: RouterConfig, topology: Topology, move_id: int) -> 
     if move.finished:
         raise MoveConflict(f"move {move_id} is over already ({move.stage})")
     owner = owner_id()
-    if not await store.claim(move_id, owner, STALE_OWNER):
+    if not await store.claim(move_id, owner, stale_after(move)):
         raise MoveConflict(
             f"move {move_id} is being run by {move.owner}",
             hint="stop that `rebalance apply` first, or wait until its heartbeat is stale",
