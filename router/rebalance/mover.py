@@ -175,7 +175,7 @@ class Mover:
         source, target = self.sides(move)
         names = ReplicationNames(move.move_id)
         # Whatever an earlier attempt left on the target goes first: the copy starts afresh.
-        await self._remove_target_copy(move, source, target)
+        await self._discard_copy(move, keep=move.source)
         self._report(move, "preparing the target", 0)
         await provision_tenant(
             self.config, self.topology, move.tenant_id, move.isolation, move.target, schema_files=False
@@ -313,17 +313,8 @@ class Mover:
             log.warning("move %d: removed the hold a dead run left on tenant %s", move.move_id, move.tenant_id)
 
     async def _clean_up(self, move: Move) -> Move:
-        source, target = self.sides(move)
-        names = ReplicationNames(move.move_id)
-        await replication.teardown(names, source, target, self.admin, own_database=move.isolation == "database")
-        if await self.placement(move.tenant_id) != move.target:
-            raise MoveError(
-                f"move {move.move_id}: the catalog does not place tenant {move.tenant_id!r} on {move.target};"
-                f" its data on {move.source} is kept",
-                hint="see `tenant-router tenants show`",
-            )
         self._report(move, "removing the source copy", move.bytes_copied)
-        await self._remove_copy(move, source, move.source)
+        await self._discard_copy(move, keep=move.target)
         return await self._to(move, "cleaned", expect=("switched",))
 
     # -- rolling back --
@@ -338,21 +329,26 @@ class Mover:
                 hint="run `tenant-router rebalance apply`",
             )
         await self.store.drop_holds(move.tenant_id, hold_reason(move))
-        source, target = self.sides(move)
-        await self._remove_target_copy(move, source, target)
+        await self._discard_copy(move, keep=move.source)
         log.warning("move %d of tenant %s rolled back: %s", move.move_id, move.tenant_id, reason)
         expect = ("planned", "copying", "catching_up", "verified", "holding")
         return await self.store.set_stage(move.move_id, "aborted", expect=expect, last_error=reason)
 
-    async def _remove_target_copy(self, move: Move, source: Side, target: Side) -> None:
+    async def _discard_copy(self, move: Move, *, keep: str) -> None:
+        """Take the move's replication down, then remove the tenant's data from the side that is
+        not `keep`, once the catalog is seen to serve the tenant from `keep`."""
+        source, target = self.sides(move)
         names = ReplicationNames(move.move_id)
         await replication.teardown(names, source, target, self.admin, own_database=move.isolation == "database")
-        if await self.placement(move.tenant_id) != move.source:
+        discard = target if keep == move.source else source
+        served = await self.placement(move.tenant_id)
+        if served != keep:
             raise MoveError(
-                f"move {move.move_id}: the catalog no longer places tenant {move.tenant_id!r} on {move.source};"
-                f" nothing on {move.target} is removed",
+                f"move {move.move_id}: the catalog places tenant {move.tenant_id!r} on {served}, not on {keep};"
+                f" its data on {discard.shard} is kept",
+                hint="see `tenant-router tenants show`",
             )
-        await self._remove_copy(move, target, move.target)
+        await self._remove_copy(move, discard, discard.shard)
 
     async def _remove_copy(self, move: Move, side: Side, shard: str) -> None:
         """Remove the tenant's data from `side`, which the caller checked the tenant is not served on."""
