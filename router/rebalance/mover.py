@@ -74,7 +74,8 @@ from router.rebalance.replication import ReplicationNames, Side
 
 log = logging.getLogger(__name__)
 
-# Fault injection for tests: "<stage>=<seconds>" sleeps that long right after <stage> is recorded.
+# Fault injection for tests: "<stage>=<seconds>" sleeps that long right after <stage> is recorded
+# ("held": once the cutover's hold is acknowledged, the tenant held).
 PAUSE_ENV: Final = "TENANT_ROUTER_MOVE_PAUSE"
 # How long past the cutover's own bound its hold lives if the mover dies holding it: the switch
 # needs the hold for _SWITCH_MARGIN after max_hold at most; a dead mover's hold should end before
@@ -240,6 +241,7 @@ class Mover:
                 )
                 hold_id = hold.hold_id
                 t_acked = time.monotonic()
+                await _pause_if_asked("held")  # fault injection: a mover that dies holding the tenant
                 marker = await replication.bump_marker(src, move.move_id)
                 if not await replication.wait_for_marker(dst, move.move_id, marker, deadline):
                     raise CutoverTooSlow(

@@ -162,22 +162,15 @@ async def identity_problems(conn: Any, tables: Sequence[SharedTable], side: Side
 async def ensure_markers(conn: Any, move_id: int, *, row: bool) -> None:
     """The marker table in this database (owned by the admin, reachable by nobody else); with
     `row`, this move's marker row (on the source; replication brings it to the target)."""
-    for statement in (
-        f"CREATE SCHEMA IF NOT EXISTS {MARKER_SCHEMA}",
-        f"REVOKE ALL ON SCHEMA {MARKER_SCHEMA} FROM PUBLIC",
-        f"CREATE TABLE IF NOT EXISTS {_MARKERS} (move_id bigint PRIMARY KEY, probe bigint NOT NULL)",
-    ):
-        # Two moves creating the schema at once: one of them loses the race on the catalog's index.
-        for attempt in range(3):
-            try:
-                await conn.execute(statement)
-                break
-            except (asyncpg.UniqueViolationError, asyncpg.DuplicateObjectError, asyncpg.DuplicateTableError):
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.05)
-    if row:
-        await conn.execute(f"INSERT INTO {_MARKERS} VALUES ($1, 0) ON CONFLICT (move_id) DO NOTHING", move_id)
+    async with conn.transaction():
+        # Moves starting together would race on the schema's catalog rows (a concurrent REVOKE
+        # fails with "tuple concurrently updated"): one at a time, per database.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", MARKER_SCHEMA)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {MARKER_SCHEMA}")
+        await conn.execute(f"REVOKE ALL ON SCHEMA {MARKER_SCHEMA} FROM PUBLIC")
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {_MARKERS} (move_id bigint PRIMARY KEY, probe bigint NOT NULL)")
+        if row:
+            await conn.execute(f"INSERT INTO {_MARKERS} VALUES ($1, 0) ON CONFLICT (move_id) DO NOTHING", move_id)
 
 
 def publication_sql(

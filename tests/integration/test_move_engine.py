@@ -150,3 +150,33 @@ def test_a_move_a_live_run_owns_is_left_to_it(deployment: Deployment, router: Ro
     assert finished.returncode == 0, finished.stderr
     assert stage_of(deployment, tenant) == "cleaned"
     assert rows_on(deployment.env.shards["shard_b"], tenant) == ROWS
+
+
+def test_a_mover_killed_holding_its_tenant_delays_clients_without_failing_them(
+    deployment: Deployment, router: RouterThread, tenant: str
+) -> None:
+    process = cli(deployment, "tenants", "move", tenant, "--to", "shard_b", pause="held=60", wait=False)
+    try:
+        wait_until(
+            lambda: (
+                catalog_sql(deployment, f"SELECT count(*) FROM tenant_router.holds WHERE tenant_id = '{tenant}'") == "1"
+                and tenant in router.router.held
+            ),
+            "the cutover to hold the tenant",
+            within=60,
+        )
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    # The dead mover's hold expires (rebalance.max_hold + 1 s), before the held client's own wait
+    # (pool.wait_timeout) would fail it: the client sees a delay, and its rows on the source.
+    shard_a = deployment.env.shards["shard_a"]
+    with psycopg.connect(url(router, tenant), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), inet_server_port() FROM items").fetchone() == (ROWS, shard_a.port)
+    assert tenant not in router.router.held
+    # The next run finds the move at "holding", tries the cutover again and finishes.
+    finished = cli(deployment, "rebalance", "apply", "--tenant", tenant)
+    assert finished.returncode == 0, finished.stderr
+    assert stage_of(deployment, tenant) == "cleaned"
+    assert rows_on(deployment.env.shards["shard_b"], tenant) == ROWS
+    assert replication_leftovers(deployment) == []
