@@ -322,13 +322,13 @@ class Reader(_Client):
                 port, names = int(row[0]), list(row[1])
                 self.ports.add(port)
                 self.reads += 1
-                for problem in _stale(before, names, port):
+                for problem in stale_reads(before, names, port):
                     self.error(problem)
             self.pause(self.pace)
         self.close()
 
 
-def _stale(before: Mapping[int, int], names: Iterable[str], port: int, limit: int = 5) -> list[str]:
+def stale_reads(before: Mapping[int, int], names: Iterable[str], port: int, limit: int = 5) -> list[str]:
     seen: dict[int, list[int]] = {}
     for name in names:
         parsed = parse_name(name)
