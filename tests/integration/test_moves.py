@@ -644,6 +644,12 @@ def second_instance(base: Site, tmp_path: Path) -> Iterator[ServeProcess]:
         print(f"--- second instance ---\n{serve.log()}")
 
 
+def _failed_attempt(site: Site, tenant: str) -> dict[str, Any] | None:
+    """The tenant's latest move once it has recorded an error."""
+    moves = site.moves(tenant)
+    return moves[-1] if moves and moves[-1]["last_error"] else None
+
+
 def _live_instances(site: Site) -> set[str]:
     with site.catalog() as conn:
         return {
@@ -675,22 +681,28 @@ def test_dead_instance_makes_the_cutover_retry(
                 lambda: f"the move to reach catching_up: {base.moves(tenant)}\n{mover}",
                 within=60,
             )
+            assert mover.proc.poll() is None, f"the mover ended before the cutover:\n{mover}"
             os.kill(second_instance.proc.pid, signal.SIGSTOP)
             try:
-                mover.proc.wait(60)
-                first = base.moves(tenant)[-1]
+                first = wait_until(
+                    lambda: _failed_attempt(base, tenant) or mover.proc.poll() is not None,
+                    lambda: f"the move to record a failed cutover: {base.moves(tenant)}\n{mover}",
+                    within=30,
+                )
                 # Not switched: the tenant is still served on its source, through the live router.
                 names, port = router_rows(base_router.port, tenant)
                 writer.wait_for(10)
             finally:
                 os.kill(second_instance.proc.pid, signal.SIGCONT)
+            # It gives up for now, or retries now that every instance answers: either way it ends.
+            mover.proc.wait(120)
         finally:
             mover.kill()
+        assert isinstance(first, dict), f"the mover ended without recording a failed cutover: {base.moves(tenant)}"
         assert first["stage"] not in ("switched", "verified", "cleaned"), first
+        assert "hold" in first["last_error"].lower(), first
         assert port == source_port, "the tenant left its source although the cutover failed"
         assert names, "no rows of the tenant through the router"
-        assert first["last_error"] and "hold" in first["last_error"].lower(), first
-        assert mover.proc.returncode is not None
         assert "retry" in mover.output().lower(), f"the move does not say it will retry:\n{mover}"
         resumed = base.cli("rebalance", "apply")
         writer.wait_for(20)
