@@ -433,8 +433,6 @@ ROWS_PER_MOVER: Final = 3
 
 @pytest.mark.timeout(420)
 def test_only_moving_tenants_are_held(own_site: Site, routers: list[RouterThread]) -> None:
-    from router.rebalance.mover import move_tenant
-
     site = own_site
     movers = [f"mv-go-{i:03d}" for i in range(MOVERS)]
     bystanders = [f"mv-by-{i:04d}" for i in range(BYSTANDERS)]
@@ -446,6 +444,8 @@ def test_only_moving_tenants_are_held(own_site: Site, routers: list[RouterThread
     clients = [
         Bystander(thread.port, bystanders[i::BYSTANDER_THREADS], name=f"bystander{i}") for i in range(BYSTANDER_THREADS)
     ]
+
+    from router.rebalance.mover import move_tenant  # the engine: imported where the test needs it
 
     async def move_all() -> list[Any]:
         gate = asyncio.Semaphore(MOVE_CONCURRENCY)
