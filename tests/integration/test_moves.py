@@ -481,6 +481,7 @@ def test_only_moving_tenants_are_held(own_site: Site, routers: list[RouterThread
     assert idle == [], f"{len(idle)} bystanders ran no transaction while the moves ran"
 
     held = thread.call(_held_ever(thread))
+    assert held == holds_of(thread.http_port)["held_ever"], "GET /holds disagrees with the router's records"
     assert set(held) == set(movers), (
         f"held but not moving: {sorted(set(held) - set(movers))[:10]}; moving, never held here:"
         f" {sorted(set(movers) - set(held))[:10]}"
@@ -503,6 +504,20 @@ def test_only_moving_tenants_are_held(own_site: Site, routers: list[RouterThread
 
 async def _held_ever(thread: RouterThread) -> dict[str, int]:
     return dict(thread.router.holds.held_ever)
+
+
+def holds_of(http_port: int) -> dict[str, Any]:
+    """GET /holds of a router: {"held_now": [...], "held_ever": {tenant: times}}."""
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+    try:
+        conn.request("GET", "/holds")
+        response = conn.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, body
+        payload: dict[str, Any] = json.loads(body)
+        return payload
+    finally:
+        conn.close()
 
 
 # --- 3. kill and resume ---------------------------------------------------------------------------
@@ -714,6 +729,9 @@ def test_dead_instance_makes_the_cutover_retry(
         MovedTenant(tenant, "shared", base.cluster(source), base.cluster(target)), writer.expected(), base_router.port
     )
     assert problems == []
+    # The instance that was stopped took part in the cutover that succeeded, and held nothing else.
+    holds = holds_of(second_instance.http_port)
+    assert holds["held_now"] == [] and set(holds["held_ever"]) == {tenant}, holds
     assert_no_leftovers(base)
 
 
