@@ -160,6 +160,7 @@ class Writer(_Client):
         self._next_seq = 1
         self._random = random.Random(seed)
         self.transactions = 0  # acknowledged
+        self.slowest = 0.0  # seconds: the longest step (a hold shows up here as a delay)
 
     # what was acknowledged, for the reader and the audit
 
@@ -190,10 +191,12 @@ class Writer(_Client):
         steps = (self._insert_autocommit, self._insert_and_update, self._update_autocommit, self._insert_two)
         step = 0
         while not self.stopping:
+            began = time.monotonic()
             try:
                 steps[step % len(steps)](self.connection())
             except psycopg.Error as exc:
                 self.error(describe_error(exc))
+            self.slowest = max(self.slowest, time.monotonic() - began)
             step += 1
             self.pause(self.pace)
         self.close()

@@ -419,7 +419,10 @@ def test_move_under_load(base: Site, base_router: RouterThread, isolation: Isola
     assert writer.ports.ports() == [source_cluster.port, target_cluster.port], writer.ports.runs
     assert reader.ports.ports() == [source_cluster.port, target_cluster.port], reader.ports.runs
     assert_no_leftovers(base)
-    print(f"{tenant}: {moved.seconds:.1f}s, {writer.transactions} writes, {reader.reads} reads, move {move}")
+    print(
+        f"{tenant}: moved in {moved.seconds:.1f}s; {writer.transactions} write transactions (slowest"
+        f" {writer.slowest * 1000:.0f} ms), {reader.reads} reads; {move}"
+    )
 
 
 # --- 2. others are not held -----------------------------------------------------------------------
