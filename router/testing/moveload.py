@@ -352,10 +352,13 @@ class Bystander(_Client):
     router.tenant`, answered by the router), one short transaction per tenant and turn: a read,
     and every `write_every`-th turn an insert. Counts each tenant's acknowledged transactions."""
 
-    def __init__(self, port: int, tenants: Sequence[str], *, name: str, write_every: int = 5) -> None:
+    def __init__(
+        self, port: int, tenants: Sequence[str], *, name: str, write_every: int = 5, pace: float = 0.005
+    ) -> None:
         super().__init__(tenant_url(port, tenants[0]), name)
         self.tenants = list(tenants)
         self.write_every = write_every
+        self.pace = pace
         self.done: Counter[str] = Counter()
 
     def served(self) -> Counter[str]:
@@ -379,6 +382,7 @@ class Bystander(_Client):
                 with self._lock:
                     self.done[tenant] += 1
             turn += 1
+            self.pause(self.pace)
         self.close()
 
 

@@ -309,7 +309,7 @@ def make_site(env: PgEnvironment, directory: Path, schema: str, clusters: dict[s
     }
     for name, value in extra.items():
         sections[name] = {**sections.get(name, {}), **value}
-    write_configs(directory, env, extra=sections)
+    write_configs(directory, env, http_port=free_port(), extra=sections)
     site = Site(env, directory, schema, clusters)
     site.write_shards(shards_doc(clusters))
     asyncio.run(init_catalog(site.load()[0]))
@@ -464,7 +464,8 @@ def test_only_moving_tenants_are_held(own_site: Site, routers: list[RouterThread
         for client in clients:
             during.update(client.served())
         during.subtract(before)
-    failures = [(t, o) for t, o in zip(movers, outcomes, strict=True) if isinstance(o, BaseException) or not o.ok]
+    failures = [f"{t}: {_failure(o)}" for t, o in zip(movers, outcomes, strict=True) if _failure(o)]
+    print(f"{MOVERS} moves at concurrency {MOVE_CONCURRENCY}: {took:.1f}s; others' transactions {sum(during.values())}")
     assert failures == [], f"{len(failures)} of the moves failed"
     errors = [e for c in clients for e in c.errors]
     assert errors == [], f"{len(errors)} errors of the other tenants' clients"
@@ -488,9 +489,16 @@ def test_only_moving_tenants_are_held(own_site: Site, routers: list[RouterThread
     ]
     assert problems == []
     assert_no_leftovers(site)
-    print(
-        f"{MOVERS} moves at concurrency {MOVE_CONCURRENCY}: {took:.1f}s; bystander transactions {sum(during.values())}"
-    )
+
+
+def _failure(outcome: Any) -> str:
+    """Why a directed move failed ('' if it finished)."""
+    if isinstance(outcome, BaseException):
+        return f"raised {type(outcome).__name__}: {outcome}"
+    if outcome.ok and len(outcome.finished) == 1:
+        return ""
+    stopped = [f"stopped at {m.stage}: {why}" for m, why in outcome.failed]
+    return "; ".join(stopped + [f"rolled back: {m.last_error}" for m in outcome.aborted]) or str(outcome)
 
 
 async def _held_ever(thread: RouterThread) -> dict[str, int]:
