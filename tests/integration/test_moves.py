@@ -221,6 +221,13 @@ class Site:
         moves = self.moves(tenant)
         return moves[-1]["stage"] if moves else None
 
+    def holds(self, tenant: str) -> list[str]:
+        """The reasons of the tenant's holds in the catalog."""
+        with self.catalog() as conn:
+            return [
+                r[0] for r in conn.execute(f"SELECT reason FROM {self.schema}.holds WHERE tenant_id = %s", (tenant,))
+            ]
+
     def pins(self) -> dict[str, str | None]:
         with self.catalog() as conn:
             return {r[0]: r[1] for r in conn.execute(f"SELECT id, shard FROM {self.schema}.tenants")}
@@ -555,6 +562,7 @@ def test_kill_and_resume(base: Site, base_router: RouterThread, stage: str, isol
             assert mover.proc.poll() is None, f"the mover ended before it was killed in {stage}:\n{mover}"
         finally:
             mover.kill()
+        holds_left = base.holds(tenant)  # whether the mover died holding the tenant
         killed_in = base.moves(tenant)[-1]
         assert killed_in["stage"] == stage, killed_in
         resumed = base.cli("rebalance", "apply")
@@ -591,7 +599,8 @@ def test_kill_and_resume(base: Site, base_router: RouterThread, stage: str, isol
     problems += status_problems(json.loads(status.stdout)) if status.returncode == 0 else [str(status)]
     problems += leftover_problems(base)
     print(
-        f"killed in {stage}: resumed in {resumed.seconds:.1f}s, ended {move['stage']}; writer's slowest step"
+        f"killed in {stage} (holds left in the catalog: {holds_left}): resumed in {resumed.seconds:.1f}s,"
+        f" ended {move['stage']}; writer's slowest step"
         f" {writer.slowest * 1000:.0f} ms; {move}"
     )
     assert problems == []
