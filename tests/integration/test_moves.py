@@ -565,6 +565,7 @@ def test_kill_and_resume(base: Site, base_router: RouterThread, stage: str, isol
         holds_left = base.holds(tenant)  # whether the mover died holding the tenant
         killed_in = base.moves(tenant)[-1]
         assert killed_in["stage"] == stage, killed_in
+        writer.wait_for(10, within=60)  # the tenant is served with its mover dead
         resumed = base.cli("rebalance", "apply")
         if finished_move(base, tenant)["stage"] not in FINISHED:
             # The killed run's heartbeat on its move is still fresh: this run left the move alone.
