@@ -414,6 +414,8 @@ def test_move_under_load(base: Site, base_router: RouterThread, isolation: Isola
             problems.append(
                 f"{client.name} ran on ports {client.ports.runs}, not {source_cluster.port} then {target_cluster.port}"
             )
+    if base_router.call(_held_ever(base_router)).get(tenant, 0) < 1:
+        problems.append(f"the router never held {tenant} (its cutover did not go through this router's holds)")
     problems += leftover_problems(base)
     print(
         f"{tenant}: moved in {moved.seconds:.1f}s; {writer.transactions} write transactions (slowest"
