@@ -503,9 +503,10 @@ class Mover:
             self._report(move, "verifying", move.bytes_copied)
             view = TenantView(tenant, move.source, "moving")
             tables = await verify.tenant_tables(src, view)
-            return (
-                await verify.digests(source_snapshot, tables, move.tenant_id),
-                await verify.digests(target_snapshot, tables, move.tenant_id),
+            # Both sides at once: each is read on its own server.
+            return await asyncio.gather(
+                verify.digests(source_snapshot, tables, move.tenant_id),
+                verify.digests(target_snapshot, tables, move.tenant_id),
             )
 
     def _tenant_login(self, tenant: Tenant) -> Login | None:

@@ -265,11 +265,13 @@ async def bump_marker(conn: Any, move_id: int) -> int:
     The commit waits for its WAL flush even where synchronous_commit is off: WAL senders only send
     what is flushed, so otherwise the marker could wait for the WAL writer (up to wal_writer_delay,
     200 ms by default) while the tenant is held."""
-    async with conn.transaction():
-        await conn.execute("SET LOCAL synchronous_commit = on")
-        value = await conn.fetchval(
-            f"UPDATE {_MARKERS} SET probe = probe + 1 WHERE move_id = $1 RETURNING probe", move_id
-        )
+    # One statement, one round trip: set_config(..., true) lasts for the statement's own
+    # transaction, and synchronous_commit is read at its commit.
+    value = await conn.fetchval(
+        f"WITH flushed AS (SELECT set_config('synchronous_commit', 'on', true))"
+        f" UPDATE {_MARKERS} SET probe = probe + 1 FROM flushed WHERE move_id = $1 RETURNING probe",
+        move_id,
+    )
     if value is None:
         raise MoveError(f"the marker row of move {move_id} is missing on the source")
     return int(value)

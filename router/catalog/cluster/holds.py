@@ -100,9 +100,11 @@ class HoldSql:
             f" FROM {s}.instances i"
         )
         # Whether the hold was still in force when removed (an expired one was released already).
+        # One statement (one round trip, its own transaction): the hold goes and is announced.
         self.delete_hold = (
-            f"DELETE FROM {s}.holds WHERE hold_id = $1"
-            " RETURNING tenant_id, (expires_at IS NULL OR expires_at > clock_timestamp()) AS alive"
+            f"WITH released AS (DELETE FROM {s}.holds WHERE hold_id = $1"
+            " RETURNING tenant_id, (expires_at IS NULL OR expires_at > clock_timestamp()) AS alive)"
+            " SELECT tenant_id, alive, pg_notify($2, $1) FROM released"
         )
         self.notify = "SELECT pg_notify($1, $2)"
         # Every hold row, saying which have expired (they count as released) and how many seconds
@@ -258,10 +260,8 @@ class HoldCoordinator:
         """Remove the hold; False if it was not in force any more: gone already, or expired (the
         routers released it then, on their own). `conn`: as for `request_hold`."""
         sql = self._sql
-        async with self._connection(conn) as conn, conn.transaction():
-            row = await conn.fetchrow(sql.delete_hold, hold_id, timeout=self._timeout)
-            if row is not None:
-                await conn.execute(sql.notify, sql.holds_channel, hold_id, timeout=self._timeout)
+        async with self._connection(conn) as conn:
+            row = await conn.fetchrow(sql.delete_hold, hold_id, sql.holds_channel, timeout=self._timeout)
         if row is None:
             return False
         if not row["alive"]:
