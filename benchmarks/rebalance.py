@@ -392,6 +392,7 @@ class MoveTiming:
     catch_up_seconds: float | None  # initial copy done -> switched
     cutover_seconds: float | None  # verified -> switched
     total_seconds: float  # started -> cleaned
+    load: str  # the load average when it ended
     cutover_parts_ms: list[float] = field(default_factory=list)  # acknowledged, caught up, switched, released
 
     @property
@@ -466,6 +467,7 @@ async def run_one_move(config_path: Path, tenant: str, to_shard: str, cutovers: 
         catch_up_seconds=None if clock.copy_done is None or switched is None else switched - clock.copy_done,
         cutover_seconds=None if verified is None or switched is None else switched - verified,
         total_seconds=ended - clock.started,
+        load=load_average(),
         cutover_parts_ms=cutovers.parts.get(move.move_id, []),
     )
 
@@ -523,7 +525,7 @@ def figure_moves(ws: Workspace, args: argparse.Namespace) -> dict[str, Any]:
                 f" {timing.bytes_copied / 1e6:.0f} MB, copy {fmt(timing.copy_mb_per_s)} MB/s,"
                 f" catch-up {fmt(timing.catch_up_seconds, '.1f', 's')}, hold {ms(timing.hold_seconds)}"
                 f" (parts {'/'.join(f'{p:.0f}' for p in timing.cutover_parts_ms)} ms), attempts {timing.attempts},"
-                f" total {timing.total_seconds:.1f}s",
+                f" total {timing.total_seconds:.1f}s, load {timing.load}",
                 flush=True,
             )
             if not router.alive():
@@ -781,7 +783,10 @@ def figure_rebalance(ws: Workspace, args: argparse.Namespace, concurrency: int) 
         "pins": pins,
         "exit_code": applied.returncode,
         "apply_summary": moved_line,
-        "apply_errors": [line for line in applied.stderr.splitlines() if line.strip()][-6:],
+        "apply_errors": []
+        if applied.returncode == 0
+        else [ln for ln in applied.stderr.splitlines() if ln.strip()][-6:],
+        "apply_seconds": _apply_seconds(moved_line),
         "wall_seconds": wall,
         "quiet_tenants": quiet,
         "quiet_tps_before": before,
@@ -794,6 +799,12 @@ def figure_rebalance(ws: Workspace, args: argparse.Namespace, concurrency: int) 
         "misplaced": misplaced,
         "load_average_after": load_average(),
     }
+
+
+def _apply_seconds(summary: str) -> float | None:
+    """The seconds `rebalance apply` reports itself ("... in 12.3s"): without the CLI's start."""
+    match = re.search(r" in ([\d.]+)s$", summary)
+    return float(match.group(1)) if match else None
 
 
 def _spread(staying: list[str], placed: dict[str, str], count: int) -> list[str]:
@@ -844,13 +855,15 @@ def print_rebalance(results: list[dict[str, Any]]) -> list[tuple[bool, str]]:
         f"{first['moving']} tenants move (fresh environment per N) =="
     )
     print(
-        "| N | wall time | moves | quiet tps before | during | during/before | hold p50 | hold p99 | pgbench failed |"
+        "| N | wall time (apply's own) | moves | quiet tps before | during | during/before"
+        " | hold p50 | hold p99 | pgbench failed |"
     )
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     checks: list[tuple[bool, str]] = []
     for r in results:
+        moves = (r["apply_summary"] or f"exit {r['exit_code']}").split(" in ")[0]
         print(
-            f"| {r['concurrency']} | {r['wall_seconds']:.1f}s | {r['apply_summary'] or 'exit ' + str(r['exit_code'])}"
+            f"| {r['concurrency']} | {r['wall_seconds']:.1f}s ({fmt(r['apply_seconds'], '.1f', 's')}) | {moves}"
             f" | {fmt(r['quiet_tps_before'], '.0f')} | {fmt(r['quiet_tps_during'], '.0f')}"
             f" | {fmt(r['ratio'], '.2f', 'x')} | {ms(r['hold_p50_s'])} | {ms(r['hold_p99_s'])}"
             f" | {r['pgbench_failed']} |"
