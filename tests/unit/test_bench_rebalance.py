@@ -7,6 +7,7 @@ import math
 from datetime import UTC, datetime
 
 from benchmarks.rebalance import (
+    Check,
     LoggedTransaction,
     StageClock,
     histogram_delta,
@@ -122,3 +123,10 @@ def test_stage_clock_without_copy_progress_uses_the_second_catching_up() -> None
     assert clock.copy_done is None
     clock.progress(_progress("catching up"))
     assert clock.copy_done is not None
+
+
+def test_check_renders_bars_and_checks() -> None:
+    assert Check(True, "hold p99 90 ms <= 250 ms", bar=True).render() == "HOLDS: hold p99 90 ms <= 250 ms"
+    assert Check(False, "hold p99 300 ms <= 250 ms", bar=True).render().startswith("DOES NOT HOLD: ")
+    assert Check(False, "rows missing: 3").render() == "FAILED: rows missing: 3"
+    assert Check(True, "rows missing: 0").render() == "ok: rows missing: 0"
