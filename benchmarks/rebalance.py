@@ -410,15 +410,24 @@ class MoveTiming:
     seconds_to_verified: float | None  # started -> verified
     catch_up_seconds: float | None  # initial copy done -> switched
     cutover_seconds: float | None  # verified -> switched
+    verify_seconds: float | None  # the comparison after the verification hold: "verifying" -> verified
     total_seconds: float  # started -> cleaned
     load: str  # the load average when it ended
     cutover_parts_ms: list[float] = field(default_factory=list)  # acknowledged, caught up, switched, released
 
     @property
     def copy_mb_per_s(self) -> float | None:
+        """The issue's figure: bytes_copied over the time from the start to verified."""
         if not self.seconds_to_verified:
             return None
         return self.bytes_copied / 1e6 / self.seconds_to_verified
+
+    @property
+    def initial_copy_mb_per_s(self) -> float | None:
+        """bytes_copied over the time from the start to the initial copy's end."""
+        if not self.seconds_to_copied:
+            return None
+        return self.bytes_copied / 1e6 / self.seconds_to_copied
 
 
 class StageClock:
@@ -473,6 +482,7 @@ async def run_one_move(config_path: Path, tenant: str, to_shard: str, cutovers: 
     move: Move = report.finished[0]
     verified = clock.seen.get("verified")
     switched = clock.seen.get("switched")
+    verifying = clock.seen.get("verifying")
     return MoveTiming(
         move_id=move.move_id,
         source=move.source,
@@ -485,6 +495,7 @@ async def run_one_move(config_path: Path, tenant: str, to_shard: str, cutovers: 
         seconds_to_verified=clock.since_start(verified),
         catch_up_seconds=None if clock.copy_done is None or switched is None else switched - clock.copy_done,
         cutover_seconds=None if verified is None or switched is None else switched - verified,
+        verify_seconds=None if verified is None or verifying is None else verified - verifying,
         total_seconds=ended - clock.started,
         load=load_average(),
         cutover_parts_ms=cutovers.parts.get(move.move_id, []),
@@ -594,6 +605,10 @@ def moves_summary(
         },
         "copy_mb_per_s_median": median(t.copy_mb_per_s for t in timings if t.copy_mb_per_s is not None),
         "bytes_copied_median": median(t.bytes_copied for t in timings),
+        "initial_copy_mb_per_s_median": median(
+            t.initial_copy_mb_per_s for t in timings if t.initial_copy_mb_per_s is not None
+        ),
+        "verify_seconds_median": median(t.verify_seconds for t in timings if t.verify_seconds is not None),
         "copy_seconds_median": median(t.seconds_to_copied for t in timings if t.seconds_to_copied is not None),
         "catch_up_seconds_median": median(t.catch_up_seconds for t in timings if t.catch_up_seconds is not None),
         "catch_up_seconds_max": max(
@@ -614,7 +629,10 @@ def moves_summary(
         "rows_missing": missing_rows(committed, present),
         "rows_on_final_shard": sum(len(v) for v in present.values()),
         "rows_left_on_other_shard": sum(len(v) for v in left_behind.values()),
-        "per_move": [asdict(t) | {"copy_mb_per_s": t.copy_mb_per_s} for t in timings],
+        "per_move": [
+            asdict(t) | {"copy_mb_per_s": t.copy_mb_per_s, "initial_copy_mb_per_s": t.initial_copy_mb_per_s}
+            for t in timings
+        ],
     }
 
 
@@ -625,11 +643,13 @@ def print_moves(result: dict[str, Any]) -> list[Check]:
     print(
         f"copy throughput (bytes_copied / start to verified), median: {fmt(result['copy_mb_per_s_median'])} MB/s"
         f" ({fmt(result['bytes_copied_median'] and result['bytes_copied_median'] / 1e6, '.0f')} MB per move;"
-        f" initial copy done after {fmt(result['copy_seconds_median'], '.1f', 's')})"
+        f" initial copy done after {fmt(result['copy_seconds_median'], '.1f', 's')}:"
+        f" {fmt(result['initial_copy_mb_per_s_median'])} MB/s up to there)"
     )
     print(
         f"catch-up (initial copy done to switched), median: {fmt(result['catch_up_seconds_median'], '.1f', 's')},"
-        f" max {fmt(result['catch_up_seconds_max'], '.1f', 's')}; of which verified to switched"
+        f" max {fmt(result['catch_up_seconds_max'], '.1f', 's')}; of which the comparison after the"
+        f" verification hold {fmt(result['verify_seconds_median'], '.1f', 's')}, verified to switched"
         f" {fmt(result['cutover_seconds_median'], '.2f', 's')}"
     )
     print(f"whole move (started to cleaned), median: {fmt(result['move_seconds_median'], '.1f', 's')}")
