@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from router.catalog.cache import CatalogCache
 from router.config import RouterConfig, UserConfig
@@ -47,6 +47,7 @@ from router.protocol.pg.auth import ScramVerifier
 from router.sql.read_statements import ReadClassifier
 
 if TYPE_CHECKING:
+    from router.catalog.cluster import InstanceRegistry
     from router.ops.reload import FileWatcher
 
 log = logging.getLogger(__name__)
@@ -433,8 +434,8 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
 async def _join_cluster(router: Router, port: int) -> list[_Service]:
     """Register this worker among the router instances and take part in holds. Each worker is its
     own participant, so a hold is acknowledged only once every process has drained the tenant.
-    Without it (catalog not migrated, unreachable) the router still serves, and holds simply cannot
-    be acknowledged, which makes cutovers abort: the safe side."""
+    If that fails (catalog unreachable, not migrated) the router still serves, but holds do not
+    know of it and so cannot wait for it: it keeps trying in the background (`_LateJoin`)."""
     from router.catalog.cluster import HoldParticipant, InstanceRegistry, default_instance_id
 
     config, identity = router.config, router.worker
@@ -450,21 +451,64 @@ async def _join_cluster(router: Router, port: int) -> list[_Service]:
 
     participant = HoldParticipant(config.catalog.dsn, config.catalog.schema, instance_id, router.holds.hold, release)
     try:
-        # The participant first: once registered, this instance is asked to acknowledge holds, so it
-        # must already be listening for them (a registered instance that cannot acknowledge would
-        # make every hold wait out its timeout).
-        await participant.start()
-        try:
-            await registry.start()
-        except BaseException:
-            await participant.stop()
-            raise
+        await _join(router, participant, registry)
     except RouterError as exc:
-        log.error("not registered among router instances (%s); holds cannot be acknowledged", exc.message)
-        return []
+        log.error(
+            "not registered among router instances (%s): until it is, a tenant move's cutover does not wait"
+            " for this process; retrying every %gs",
+            exc.message,
+            _JOIN_RETRY,
+        )
+        return [_LateJoin(router, participant, registry)]
+    return [registry, participant]  # stopped in this order: deregistered before it stops acknowledging
+
+
+_JOIN_RETRY: Final = 5.0
+
+
+async def _join(router: Router, participant: _Startable, registry: InstanceRegistry) -> None:
+    # The participant first: once registered, this instance is asked to acknowledge holds, so it
+    # must already be listening for them (a registered instance that cannot acknowledge would
+    # make every hold wait out its timeout).
+    await participant.start()
+    try:
+        await registry.start()
+    except BaseException:
+        await participant.stop()
+        raise
     router.clients.membership = registry
     await router.refresh_membership()
-    return [registry, participant]  # stopped in this order: deregistered before it stops acknowledging
+
+
+class _Startable(_Service, Protocol):
+    async def start(self) -> None: ...
+
+
+class _LateJoin:
+    """Joins the cluster in the background until it succeeds; stops what it joined."""
+
+    def __init__(self, router: Router, participant: _Startable, registry: InstanceRegistry) -> None:
+        self._members: list[_Service] = []
+        self._task = asyncio.get_running_loop().create_task(self._retry(router, participant, registry))
+
+    async def _retry(self, router: Router, participant: _Startable, registry: InstanceRegistry) -> None:
+        while True:
+            await asyncio.sleep(_JOIN_RETRY)
+            try:
+                await _join(router, participant, registry)
+            except RouterError as exc:
+                log.debug("still not registered among router instances: %s", exc.message)
+                continue
+            self._members = [registry, participant]
+            log.info("registered among router instances at last: holds wait for this process from now on")
+            return
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for member in self._members:
+            await member.stop()
 
 
 async def serve(config: RouterConfig, topology: Topology, worker: WorkerIdentity | None = None) -> None:

@@ -25,11 +25,12 @@ import asyncpg
 import psycopg
 import pytest
 
+from router.admin.tenant_admin import add_tenant, init_catalog
 from router.catalog.cache import CatalogCache
 from router.catalog.cluster import Hold, HoldCoordinator, HoldNotAcknowledged, list_instances
 from router.catalog.store import CatalogStore
 from router.errors import CatalogUnavailable
-from router.testing.deploy import write_configs
+from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import free_port
 from router.testing.routerthread import RouterThread
 from router.testing.waiting import wait_until
@@ -356,3 +357,36 @@ async def test_cache_refresh_reads_the_catalog_now_or_says_it_cannot(deployment:
         await relay.cut()
         async with CatalogStore(env.catalog_dsn(), "tenant_router") as store:
             await store.remove(tenant)
+
+
+def test_a_router_that_could_not_join_keeps_trying_and_then_acknowledges(
+    make_router: RouterFactory, deployment: Deployment
+) -> None:
+    """A router that cannot register among the instances when it starts serves anyway, but a
+    hold cannot know of it: it keeps trying, and once registered its holds are acknowledged."""
+    schema = "late_join"
+    config, topology = load(
+        write_configs(deployment.directory / "late", deployment.env, extra={"catalog": {"schema": schema}})
+    )
+    asyncio.run(init_catalog(config))
+    asyncio.run(add_tenant(config, topology, "latecomer", "shared", "shard_a"))
+    catalog = deployment.env.catalog
+    catalog.execute(f"ALTER TABLE {schema}.instances RENAME TO instances_away", "router_catalog")
+    try:
+        router = make_router(extra={"catalog": {"schema": schema}})
+        assert catalog.execute(f"SELECT count(*) FROM {schema}.instances_away", "router_catalog").strip() == "0"
+    finally:
+        catalog.execute(f"ALTER TABLE {schema}.instances_away RENAME TO instances", "router_catalog")
+    wait_until(
+        lambda: any(
+            i.instance_id.endswith(f":{router.port}")
+            for i in asyncio.run(list_instances(deployment.env.catalog_dsn(), schema))
+        ),
+        "the router to register once it can",
+        within=15,
+    )
+    coordinator = HoldCoordinator(deployment.env.catalog_dsn(), schema)
+    hold = asyncio.run(coordinator.request_hold("latecomer", "test", timeout=10))
+    assert any(a.endswith(f":{router.port}") for a in hold.acknowledged_by)
+    assert "latecomer" in router.router.held
+    asyncio.run(coordinator.release_hold(hold.hold_id))
