@@ -143,6 +143,7 @@ def secrets(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     values = env_example()
     for name, value in environment(service("router")).items():
         names = references(value)
+        assert names <= set(values), f"the router's {name} reads {sorted(names - set(values))}, not in .env.example"
         monkeypatch.setenv(name, values[names.pop()] if names else value)
     return values
 
@@ -391,6 +392,15 @@ def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for panel in panels:
         yield panel
         yield from all_panels(panel.get("panels", []))
+
+
+def test_the_router_accepts_router_yaml_and_shards_yaml(secrets: dict[str, str]) -> None:
+    """The router's own loaders, with the environment compose gives it: what `serve` would refuse fails here."""
+    config = load_router_config(router_yaml_on_host())
+    assert config.shards_file == router_yaml_on_host().parent / "shards.yaml"
+    mounted = PurePosixPath(image_config_path()).parent / config.shards_file.name
+    assert host_path(service("router"), str(mounted)) == config.shards_file, "shards.yaml is not beside router.yaml"
+    assert set(load_topology(config.shards_file).shards) == {"shard_a", "shard_b"}
 
 
 def test_router_yaml_is_the_hardened_setup(router_config: RouterConfig, topology: Topology) -> None:
