@@ -277,6 +277,9 @@ class RebalanceConfig:
     catchup_timeout: Seconds = 3600.0
     # A cutover is tried once the target is this close (bytes of WAL) behind the source.
     cutover_lag_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+    # The target's replication failing this long without a break (DDL on the tenant during its
+    # move is not replicated, say) stops the move with the reason, instead of catchup_timeout.
+    failing_for: Seconds = 60.0
 
 
 _CUSTOM_SETTING: Final = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")

@@ -84,6 +84,8 @@ _HOLD_TTL_SLACK: Final = 1.0
 # The hold must stay in force at least this long after the placement switch commits.
 _SWITCH_MARGIN: Final = 0.2
 _PROGRESS_INTERVAL: Final = 0.5
+# Replication errors that stop growing for this long count as over (a transient conflict).
+_RECOVERED_AFTER: Final = 30.0
 _RECORD_INTERVAL: Final = 2.0
 
 
@@ -135,6 +137,8 @@ class Mover:
         self.admin = admin_login(config, "moving tenants")
         self.holds = HoldCoordinator(config.catalog.dsn, config.catalog.schema)
         self._on_progress = on_progress
+        # Per move: the target's replication errors last seen, failing since, last grown (loop time).
+        self._failures: dict[int, tuple[int | None, float | None, float]] = {}
 
     # -- the state machine --
 
@@ -200,7 +204,10 @@ class Mover:
             log.warning("move %d: the subscription is gone or broken; copying again", move.move_id)
             return await self._to(move, "copying", expect=("catching_up",), last_error="subscription lost; recopied")
         await self._wait_until_close(move, source, target, names)
-        digests = await self._held_snapshots(move, source, target)
+        try:
+            digests = await self._held_snapshots(move, source, target)
+        except MoveRetry as retry:
+            return await self._retry(move, retry.reason, verifying=True)
         problems = verify.compare(*digests)
         if problems:
             await self.roll_back(move, reason="verification failed: " + "; ".join(problems))
@@ -281,26 +288,31 @@ class Mover:
         await _pause_if_asked("switched")
         return move
 
-    async def _retry(self, move: Move, reason: str) -> Move:
-        """The cutover did not happen: back to verified (the tenant is on its source), or rolled
-        back once the attempts are used up."""
+    async def _retry(self, move: Move, reason: str, *, verifying: bool = False) -> Move:
+        """A hold (the cutover's, or the verification's with `verifying`) did not do its work: the
+        tenant is on its source; try again later, or roll back once the attempts are used up.
+        The cutover counted its attempt when it began; the verification counts it here."""
+        if verifying:
+            move = await self.store.record(move.move_id, attempts=move.attempts + 1, last_error=reason)
         if move.attempts >= self.settings.max_attempts:
-            await self.roll_back(move, reason=f"gave up after {move.attempts} cutover attempts: {reason}")
+            await self.roll_back(move, reason=f"gave up after {move.attempts} attempts: {reason}")
             raise MoveError(
-                f"move {move.move_id} of tenant {move.tenant_id!r} gave up after {move.attempts} cutover"
-                f" attempts ({reason}); it was rolled back, the tenant stays on {move.source}"
+                f"move {move.move_id} of tenant {move.tenant_id!r} gave up after {move.attempts} attempts"
+                f" ({reason}); it was rolled back, the tenant stays on {move.source}"
             )
         log.warning(
-            "move %d: tenant %s: cutover attempt %d of %d did not happen (%s); the tenant stays on %s, retrying in %gs",
+            "move %d: tenant %s: %s attempt %d of %d did not happen (%s); the tenant stays on %s, retrying in %gs",
             move.move_id,
             move.tenant_id,
+            "verification" if verifying else "cutover",
             move.attempts,
             self.settings.max_attempts,
             reason,
             move.source,
             self.settings.retry_interval,
         )
-        move = await self.store.set_stage(move.move_id, "verified", expect=("holding",), last_error=reason)
+        if not verifying:
+            move = await self.store.set_stage(move.move_id, "verified", expect=("holding",), last_error=reason)
         raise MoveRetry(move, reason, self.settings.retry_interval)
 
     async def _recover_hold(self, move: Move) -> Move:
@@ -430,14 +442,43 @@ class Mover:
         deadline = loop.time() + self.settings.catchup_timeout
         recorded = 0.0
         copies: dict[int, int] = {}  # table oid -> bytes its initial copy loaded, as last seen
+        # The target's replication errors as last seen, since when they keep growing, and when they
+        # last grew: kept across the calls for one move (a verification retried comes back here).
+        errors, failing_since, last_failure = self._failures.get(move.move_id, (None, None, 0.0))
         async with replication.opened(source, self.admin) as src, replication.opened(target, self.admin) as dst:
             while True:
                 state = await replication.sync_state(dst, names)
+                now = loop.time()
+                if errors is not None and state.errors > errors:
+                    failing_since = now if failing_since is None else failing_since
+                    last_failure = now
+                elif failing_since is not None and now - last_failure > _RECOVERED_AFTER:
+                    failing_since = None
+                errors = state.errors
+                self._failures[move.move_id] = (errors, failing_since, last_failure)
+                if failing_since is not None and now - failing_since > self.settings.failing_for:
+                    reason = (
+                        f"replication to {target.describe()} kept failing for {now - failing_since:.0f}s"
+                        f" ({state.errors} errors; the reason is in that server's log), typically DDL on the"
+                        " tenant during its move, which is not replicated"
+                    )
+                    await self.roll_back(move, reason=reason)
+                    raise MoveError(
+                        f"move {move.move_id} of tenant {move.tenant_id!r}: {reason}; the move was rolled back,"
+                        f" the tenant stays on {move.source}",
+                        hint="move it again: the new copy takes the tenant's objects as they are now",
+                    )
                 lag = await replication.lag_bytes(src, names)
                 for relid, loaded in (await replication.copy_progress(dst, names)).items():
                     copies[relid] = max(loaded, copies.get(relid, 0))
                 copied = sum(copies.values())
-                synced = state.synced and lag is not None and lag <= self.settings.cutover_lag_bytes
+                # Not while replication fails: the target stays behind whatever the slot's lag says.
+                synced = (
+                    state.synced
+                    and lag is not None
+                    and lag <= self.settings.cutover_lag_bytes
+                    and failing_since is None
+                )
                 activity = "catching up" if state.synced else f"copying ({state.ready} of {state.tables} tables done)"
                 self._report(move, activity, max(copied, move.bytes_copied), lag)
                 if loop.time() - recorded >= _RECORD_INTERVAL:

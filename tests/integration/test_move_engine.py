@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ import pytest
 
 from router.admin.tenant_admin import add_tenant
 from router.rebalance.mover import PAUSE_ENV
-from router.testing.deploy import load
+from router.testing.deploy import load, write_configs
 from router.testing.pgcluster import PgCluster
 from router.testing.routerthread import RouterThread
 from router.testing.waiting import wait_until
@@ -180,3 +181,41 @@ def test_a_mover_killed_holding_its_tenant_delays_clients_without_failing_them(
     assert stage_of(deployment, tenant) == "cleaned"
     assert rows_on(deployment.env.shards["shard_b"], tenant) == ROWS
     assert replication_leftovers(deployment) == []
+
+
+def test_ddl_during_a_move_rolls_it_back_with_the_reason(
+    deployment: Deployment, router: RouterThread, tmp_path: Path
+) -> None:
+    """DDL is not replicated: a column added on the source while the tenant moves makes the
+    target's replication fail. The move stops after rebalance.failing_for, rolls back, and says why."""
+    path = write_configs(tmp_path / "impatient", deployment.env, extra={"rebalance": {"failing_for": 3.0}})
+    config, topology = load(path)
+    tenant = "eng-ddl"
+    asyncio.run(add_tenant(config, topology, tenant, "schema", "shard_a"))
+    with psycopg.connect(url(router, tenant), autocommit=True) as conn:
+        conn.execute("INSERT INTO items (name) SELECT 'row ' || g FROM generate_series(1, 20) g")
+    env = {**os.environ, PAUSE_ENV: "catching_up=3"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "--config", str(path), "tenants", "move", tenant, "--to", "shard_b"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: stage_of(deployment, tenant) == "catching_up", "the move to reach catching up", within=60)
+    with psycopg.connect(url(router, tenant), autocommit=True) as conn:
+        conn.execute("ALTER TABLE items ADD COLUMN extra int NOT NULL DEFAULT 1")
+        conn.execute("INSERT INTO items (name, extra) VALUES ('after the ddl', 2)")
+    _out, err = process.communicate(timeout=180)
+    assert process.returncode == 1, err
+    assert "kept failing" in err and "rolled back" in err and "DDL" in err, err
+    assert stage_of(deployment, tenant) == "aborted"
+    shard_b = deployment.env.shards["shard_b"]
+    assert shard_b.execute(f"SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_{tenant}'", "app").strip() == "0"
+    assert replication_leftovers(deployment) == []
+    with psycopg.connect(url(router, tenant), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), sum(extra), inet_server_port() FROM items").fetchone() == (
+            21,
+            22,
+            deployment.env.shards["shard_a"].port,
+        )
