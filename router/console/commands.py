@@ -434,9 +434,8 @@ class Console:
             raise ConsoleCommandFailed(f'tenant "{tenant}" was not paused: the catalog is unreachable ({exc})') from exc
         wait = self._router.config.pool.wait_timeout
         result = (
-            f"paused: held by {len(hold.acknowledged_by)} router process(es); its new transactions wait"
-            f" (each up to pool.wait_timeout, {wait:g}s) until RESUME {tenant}; the hold expires at"
-            f" {hold.expires_at.isoformat(timespec='seconds')} if never resumed"
+            f"paused on {len(hold.acknowledged_by)} router process(es): new transactions wait (each up to"
+            f" pool.wait_timeout, {wait:g}s) until RESUME; expires {hold.expires_at.isoformat(timespec='seconds')}"
         )
         columns = [("tenant", TEXT), ("hold_id", TEXT), ("result", TEXT)]
         return table_of("PAUSE", columns, [(tenant, hold.hold_id, result)])

@@ -139,7 +139,7 @@ def test_pause_holds_new_transactions_until_resume(router: RouterThread, own_ten
         app.execute("SELECT 1")
         names, paused = rows(admin, f"PAUSE {tenant}")
         assert names == ["tenant", "hold_id", "result"]
-        assert paused[0][0] == tenant and paused[0][2].startswith("paused: held by"), paused
+        assert paused[0][0] == tenant and paused[0][2].startswith("paused on "), paused
         assert tenant in router.router.held
         _, holds = rows(admin, "SHOW HOLDS")
         assert [(h[0], h[2], h[5]) for h in holds if h[0] == tenant] == [(tenant, "console PAUSE", True)]
@@ -198,3 +198,18 @@ def test_reload_rereads_shards_yaml_and_reports_a_rejected_file(make_router: Rou
         finally:
             shards_file.write_text(good)
         assert rows(admin, "reload")[1] == [(f"reloaded {shards_file}",)]
+
+
+def test_a_paused_tenants_transaction_fails_after_the_wait_timeout(make_router: RouterFactory, own_tenant: str) -> None:
+    tenant = own_tenant
+    router = make_router(pool={"wait_timeout": 1.0})
+    wait_until(lambda: router.router.catalog.get(tenant), f"the router to know {tenant}", within=10)
+    with psycopg.connect(url(router, tenant), autocommit=True) as app, console(router) as admin:
+        rows(admin, f"PAUSE {tenant}")
+        try:
+            with pytest.raises(psycopg.errors.LockNotAvailable, match="PAUSE at the admin console"):
+                app.execute("SELECT 1")
+        finally:
+            rows(admin, f"RESUME {tenant}")
+        wait_until(lambda: tenant not in router.router.held, f"{tenant} to be released", within=10)
+        assert app.execute("SELECT 1").fetchone() == (1,)
