@@ -1,6 +1,6 @@
 """The console's commands, carried out: one method per command, dispatched from a table.
 
-Owns what each command reads and does (see router/console/__init__.py) and the shape of its
+Owns what each command reads (through router/console/source.py) and does, and the shape of its
 answer (columns and their types). SHOW commands read this router process (with several workers,
 the worker the console connection landed on: its `worker` column says which); RELOAD reloads the
 whole instance (a worker of several signals its supervisor, which reloads every worker, as
@@ -14,21 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Sized
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from router.admin.tenant_admin import suspend_tenant, tenant_view
 from router.catalog.access import OUTAGES
 from router.catalog.cluster import HoldCoordinator, hold_sql
+from router.console.source import ClientView, ConsoleSource, ServerView
 from router.core.hashing import Ring
 from router.errors import ConsoleCommandFailed, RouterError
 from router.protocol.pg.console import BOOL, FLOAT8, INT8, TEXT, Command, Kind, Table, Value, table_of
 
 if TYPE_CHECKING:
-    from router.catalog.store import Tenant
-    from router.config import RouterConfig
     from router.core.pool import Pool
-    from router.core.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -38,116 +36,6 @@ PAUSE_REASON: Final = "console PAUSE"
 PAUSE_TTL: Final = 7 * 24 * 3600.0
 # The least time a PAUSE waits for every instance to acknowledge (running transactions to end).
 _PAUSE_MIN_TIMEOUT: Final = 10.0
-
-
-# --- what the console reads of the router -------------------------------------------------------
-
-
-class _State(Protocol):
-    @property
-    def value(self) -> str: ...
-
-
-class ServerView(Protocol):
-    @property
-    def label(self) -> str: ...
-
-    @property
-    def process_id(self) -> int: ...
-
-    @property
-    def state(self) -> _State: ...
-
-    @property
-    def client(self) -> object | None: ...
-
-
-class _SessionView(Protocol):
-    @property
-    def user(self) -> str | None: ...
-
-    @property
-    def phase(self) -> _State: ...
-
-
-class _LeaseView(Protocol):
-    @property
-    def waiting(self) -> bool: ...
-
-
-class ClientView(Protocol):
-    @property
-    def key(self) -> tuple[int, bytes]: ...
-
-    @property
-    def peer(self) -> str: ...
-
-    @property
-    def tenant(self) -> str | None: ...
-
-    @property
-    def server(self) -> ServerView | None: ...
-
-    @property
-    def session(self) -> _SessionView: ...
-
-    @property
-    def lease(self) -> _LeaseView: ...
-
-
-class _Clients(Protocol):
-    def sessions(self) -> Sequence[ClientView]: ...
-
-    def count(self, tenant: str) -> int: ...
-
-
-class _Catalog(Protocol):
-    @property
-    def connected(self) -> bool: ...
-
-    def snapshot(self) -> dict[str, Tenant]: ...
-
-
-class _Holds(Protocol):
-    @property
-    def held(self) -> Mapping[str, Sized]: ...
-
-    @property
-    def held_ever(self) -> Mapping[str, int]: ...
-
-
-class _Worker(Protocol):
-    @property
-    def index(self) -> int: ...
-
-    @property
-    def count(self) -> int: ...
-
-
-class ConsoleSource(Protocol):
-    """What the console reads of a running router (router.app.Router)."""
-
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def worker(self) -> _Worker: ...
-
-    @property
-    def topology(self) -> Topology: ...
-
-    @property
-    def catalog(self) -> _Catalog: ...
-
-    @property
-    def holds(self) -> _Holds: ...
-
-    @property
-    def clients(self) -> _Clients: ...
-
-    def iter_pools(self) -> Iterator[Pool]: ...
-
-    async def reload(self) -> bool: ...
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -187,8 +75,10 @@ class Console:
         return "primary" if (primary.host, primary.port) == (pool.key.host, pool.key.port) else "replica"
 
     def _pools(self) -> list[Pool]:
-        key = lambda pool: (pool.key.shard, self._role(pool), pool.key.host, pool.key.port, pool.key.database)  # noqa: E731
-        return sorted(self._router.iter_pools(), key=key)
+        def order(pool: Pool) -> tuple[str, str, str, int, str]:
+            return (pool.key.shard, self._role(pool), pool.key.host, pool.key.port, pool.key.database)
+
+        return sorted(self._router.iter_pools(), key=order)
 
     async def show_pools(self, _command: Command) -> Table:
         worker = self._router.worker.index
