@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from router.catalog.cache import CatalogCache
 from router.config import RouterConfig, UserConfig
+from router.console import Console
 from router.core.cancel_keys import owner_of
 from router.core.holds import Holds, HoldTicket
 from router.core.limits import ClientLimits, Clients
@@ -44,6 +45,7 @@ from router.ops.janitor import Janitor
 from router.ops.live_reload import Reloader
 from router.ops.move_readings import MoveFigures, MoveReadings
 from router.protocol.pg.auth import ScramVerifier
+from router.protocol.pg.console import Command, Table
 from router.sql.read_statements import ReadClassifier
 
 if TYPE_CHECKING:
@@ -137,6 +139,8 @@ class Router:
         self.reloader = Reloader(self)
         # The catalog's tenant moves, for /metrics: read by one process per instance (worker 0).
         self.move_readings = MoveReadings(config.catalog.dsn, config.catalog.schema)
+        # The admin console's commands (the virtual database `tenant_router`).
+        self.console = Console(self)
 
     # --- what tests, metrics and the janitor read ------------------------------------------------
 
@@ -225,6 +229,9 @@ class Router:
 
     def count_error(self, sqlstate: str) -> None:
         self.errors[sqlstate] += 1
+
+    async def console_command(self, command: Command) -> Table:
+        return await self.console.run(command)
 
     # --- events ------------------------------------------------------------------------------------
 

@@ -131,6 +131,8 @@ class UserConfig:
     reads: ReadMode | None = None
     # Every session of this user is read-only: its transactions go to replicas (in explicit and auto).
     read_only: bool = False
+    # May log in to the admin console: the virtual database `tenant_router` (SHOW POOLS, PAUSE...).
+    console: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, config=_SECTION)

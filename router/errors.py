@@ -392,3 +392,34 @@ class MoveVerificationFailed(MoveError):
     """The target's copy differs from the source's; the move was rolled back, the tenant stays put."""
 
     sqlstate = "XX001"
+
+
+# --- the admin console (the virtual database `tenant_router`) -----------------------------------
+
+
+class ConsoleRefused(RouterError):
+    """A user without `console: true` connected to the admin console's database."""
+
+    sqlstate = "42501"
+
+
+class ConsoleSyntaxError(RouterError):
+    """A console command the router does not know, or one missing its argument."""
+
+    sqlstate = "42601"
+    severity = "ERROR"
+
+
+class ConsoleUnsupported(RouterError):
+    """What the console does not do: the extended query protocol, COPY, function calls."""
+
+    sqlstate = "0A000"
+    severity = "ERROR"
+
+
+class ConsoleCommandFailed(RouterError):
+    """A console command that could not do what it was asked (catalog down, hold not acknowledged);
+    the message says which tenant and why."""
+
+    sqlstate = "55000"
+    severity = "ERROR"

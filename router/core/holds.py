@@ -199,7 +199,11 @@ class Holds:
         ticket.timer = asyncio.get_running_loop().call_later(
             self.wait_timeout,
             ticket.expire,
-            TenantHeld(f'tenant "{tenant}" is being moved and did not become available in time', hint="retry"),
+            TenantHeld(
+                f'tenant "{tenant}" is held (a move\'s cutover, or PAUSE at the admin console)'
+                " and did not become available in time",
+                hint="retry",
+            ),
         )
         tickets.append(ticket)
         return ticket

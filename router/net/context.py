@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from router.config import UserConfig
     from router.core.target import Target
     from router.protocol.pg.auth import ScramVerifier
+    from router.protocol.pg.console import Command, Table
     from router.sql.read_statements import ReadClassifier
 
 Client = TypeVar("Client", contravariant=True)
@@ -45,3 +46,7 @@ class RouterContext(LeaseRouter, SessionRouter, Protocol[Client]):
     def unregister_client(self, session: Client) -> None: ...
 
     async def cancel(self, process_id: int, secret_key: bytes) -> None: ...
+
+    async def console_command(self, command: Command) -> Table:
+        """Carry out an admin console command (router/console/); RouterError if it cannot be done."""
+        ...

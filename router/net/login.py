@@ -4,6 +4,10 @@ Drives a client connection (router.net.client) from its first byte until it is r
 requests with 'N', serves CancelRequests, authenticates by SCRAM-SHA-256, md5 or trust, finds the
 tenant (user name `role.tenant` or `options=-c router.tenant=...`, in the configured order), and
 reports the server's parameters as a real server would. It routes nothing itself.
+
+A client that asks for the virtual database `tenant_router` gets the admin console instead
+(router.net.console) once authenticated, if its user has `console: true` (else 42501): that
+choice is made here, once per connection, so the forwarding path never sees a console.
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ from router.core.target import Target
 from router.errors import (
     AuthenticationFailed,
     ClientProtocolError,
+    ConsoleRefused,
     InvalidAuthorization,
     NoTenant,
     RouterError,
     UnsupportedProtocolVersion,
 )
+from router.net.console import serve_console
 from router.net.server import ServerConnection
 from router.protocol.pg import backend as be
 from router.protocol.pg import framing as f
 from router.protocol.pg import frontend as fe
 from router.protocol.pg.auth import SCRAM, AuthError, check_md5, new_md5_salt
+from router.protocol.pg.console import CONSOLE_DATABASE, greeting
 from router.protocol.pg.read_intent import ReadPolicy, read_only_session
 from router.protocol.pg.session import PgSession
 from router.protocol.pg.startup import (
@@ -77,10 +84,14 @@ _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 
 async def login(client: LoginClient) -> None:
     try:
-        async with asyncio.timeout(client.router.login_timeout):
-            await _login(client)
-    except TimeoutError:
-        client.fatal(ClientProtocolError("login took too long", detail="the client did not finish logging in"))
+        try:
+            async with asyncio.timeout(client.router.login_timeout):
+                console = await _login(client)
+        except TimeoutError:
+            client.fatal(ClientProtocolError("login took too long", detail="the client did not finish logging in"))
+            return
+        if console:
+            await serve_console(client)  # no timeout: an admin may sit at the prompt for hours
     except f.FramingError as exc:
         client.fatal(ClientProtocolError(f"invalid startup packet: {exc}"))
     except RouterError as exc:
@@ -117,7 +128,8 @@ async def _read_message(client: LoginClient, expected: int) -> bytes:
         await client.wait_for_data()
 
 
-async def _login(client: LoginClient) -> None:
+async def _login(client: LoginClient) -> bool:
+    """Log the client in; True if it is an admin console connection (then ready for commands)."""
     router = client.router
     while True:
         packet = parse_startup_packet(await _read_startup(client))
@@ -128,7 +140,7 @@ async def _login(client: LoginClient) -> None:
             # Shielded: the sender may hang up at once, which must not abort delivering the cancel.
             await asyncio.shield(router.cancel(packet.process_id, packet.secret_key))
             client.close()
-            return
+            return False
         break
     assert isinstance(packet, StartupMessage)
     if packet.major != 3:
@@ -153,6 +165,15 @@ async def _login(client: LoginClient) -> None:
     await _authenticate(client, role, user_name, user.password)
     pg = client.session
     pg.user, pg.role = user_name, role
+    if params.get("database") == CONSOLE_DATABASE:
+        if not user.console:
+            raise ConsoleRefused(
+                f'user "{role}" may not use the admin console (database "{CONSOLE_DATABASE}")',
+                hint="give the user console: true under auth.users in router.yaml, or connect to another database",
+            )
+        client.register()
+        client.write_to_client(greeting(user_name, params.get("application_name", ""), client.key))
+        return True
     pg.tenant_switch_allowed = user.tenant_switch
     if tenant is None and not user.tenant_switch:
         raise NoTenant(
@@ -188,6 +209,7 @@ async def _login(client: LoginClient) -> None:
     out += be.READY_IDLE
     client.write_to_client(out)
     client.start_routing()
+    return False
 
 
 def _identify(

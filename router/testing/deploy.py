@@ -34,6 +34,9 @@ APP_USER = "app"
 APP_PASSWORD = "app-secret"
 REPORTING_USER = "reporting"
 REPORTING_PASSWORD = "reporting-secret"
+# A user of the admin console (the virtual database `tenant_router`), and no other.
+CONSOLE_USER = "ops"
+CONSOLE_PASSWORD = "ops-secret"
 # The context secret of test deployments (the demo generates one per run). A shard database holds
 # one key, which every `rls enable` rewrites: every deployment on the same shards must use this one,
 # or the last `rls enable` makes the others' signatures "forged".
@@ -134,6 +137,7 @@ def write_configs(
             "users": [
                 {"name": APP_USER, "password": APP_PASSWORD, "tenant_switch": True},
                 {"name": REPORTING_USER, "password": REPORTING_PASSWORD, "tenant_switch": False},
+                {"name": CONSOLE_USER, "password": CONSOLE_PASSWORD, "console": True},
             ],
         },
         "server": {"user": env.ROUTER_ROLE, "password": env.ROUTER_PASSWORD},

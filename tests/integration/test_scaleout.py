@@ -51,7 +51,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.core.cancel_keys import owner_of
-from router.testing.deploy import APP_PASSWORD, APP_USER, write_configs
+from router.testing.deploy import APP_PASSWORD, APP_USER, CONSOLE_PASSWORD, CONSOLE_USER, write_configs
 from router.testing.pgcluster import free_port
 from router.testing.processes import alive, children, cmdline
 from router.testing.waiting import WaitTimeout, wait_until
@@ -858,3 +858,20 @@ def test_pool_size_caps_the_shard_with_a_database_tenant_on_it(launch: Launch, d
     watch = _peak_connections_to_shard(launch, deployment, tenants)
     assert watch.peak_backends <= 5, watch.report()
     assert watch.peak_sockets <= 5, watch.report()
+
+
+def test_console_reload_of_one_worker_reloads_them_all(launch: Launch) -> None:
+    """RELOAD at the admin console lands on one worker, which signals its supervisor: every worker
+    reloads, as on SIGHUP."""
+    router = launch(workers=2, reload={"watch": False})
+    console_url = f"postgresql://{CONSOLE_USER}:{CONSOLE_PASSWORD}@127.0.0.1:{router.port}/tenant_router"
+    with psycopg.connect(console_url, autocommit=True, connect_timeout=10) as admin:
+        cur = admin.execute("RELOAD")
+        (result,) = cur.fetchone() or ("",)
+    assert f"pid {router.proc.pid}" in result and "reloads all 2 workers" in result, result
+    wait_until(
+        lambda: router.log().count("shards.yaml reloaded: no changes") == 2,
+        lambda: router.failure("both workers to reload"),
+        within=15,
+        interval=0.1,
+    )

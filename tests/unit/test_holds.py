@@ -101,7 +101,9 @@ async def test_a_session_waits_no_longer_than_the_wait_timeout() -> None:
     started = loop.time()
     await asyncio.sleep(WAIT + 0.001)
     assert [type(e) for e in session.failed] == [TenantHeld]
-    assert session.failed[0].message == 'tenant "acme" is being moved and did not become available in time'
+    assert session.failed[0].message == (
+        'tenant "acme" is held (a move\'s cutover, or PAUSE at the admin console) and did not become available in time'
+    )
     assert loop.time() - started == pytest.approx(WAIT, abs=0.01)
     await holds.release("acme")
     assert session.resumed == 0 and gone.resumed == 0 and gone.failed == []

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / "router"
 _DRIVERS = ("asyncpg", "aiomysql", "psycopg", "socket", "ssl")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "router.core": (
+        "router.console",
         "router.protocol",
         "router.net",
         "router.sql",
@@ -32,6 +33,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         *_DRIVERS,
     ),
     "router.protocol": (
+        "router.console",
         "asyncio",
         "uvloop",
         "selectors",
@@ -48,6 +50,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         *_DRIVERS,
     ),
     "router.sql": (
+        "router.console",
         "asyncio",
         "router.core",
         "router.net",
@@ -62,6 +65,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         *_DRIVERS,
     ),
     "router.catalog": (
+        "router.console",
         "router.net",
         "router.protocol",
         "router.admin",
@@ -70,7 +74,15 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "router.app",
         "router.cli",
     ),
-    "router.admin": ("router.net", "router.ops", "router.rebalance", "router.app", "router.cli", "router.supervisor"),
+    "router.admin": (
+        "router.console",
+        "router.net",
+        "router.ops",
+        "router.rebalance",
+        "router.app",
+        "router.cli",
+        "router.supervisor",
+    ),
     # Admin-side like router.admin, one layer above it: moves work on shards and the catalog, never
     # through the serving side.
     "router.rebalance": (
@@ -81,8 +93,35 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "router.cli",
         "router.supervisor",
     ),
-    "router.ops": ("router.net", "router.admin", "router.rebalance", "router.app", "router.cli", "router.supervisor"),
-    "router.net": ("router.app", "router.cli", "router.supervisor", "router.admin", "router.ops", "router.rebalance"),
+    "router.ops": (
+        "router.console",
+        "router.net",
+        "router.admin",
+        "router.rebalance",
+        "router.app",
+        "router.cli",
+        "router.supervisor",
+    ),
+    "router.net": (
+        "router.console",
+        "router.app",
+        "router.cli",
+        "router.supervisor",
+        "router.admin",
+        "router.ops",
+        "router.rebalance",
+    ),
+    # The admin console's commands: they read the running router through a Protocol and act
+    # through the catalog and admin, like router.ops; the connection's loop is router.net.console.
+    "router.console": (
+        "router.net",
+        "router.sql",
+        "router.ops",
+        "router.rebalance",
+        "router.app",
+        "router.cli",
+        "router.supervisor",
+    ),
     "router.errors": ("router.",),
     "router.config": ("router.net", "router.protocol", "router.core.pool", "router.app", "router.cli"),
 }

@@ -7,6 +7,7 @@ pass-through traffic never come here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -68,12 +69,39 @@ def ready_for_query(status: int = TX_IDLE) -> bytes:
     return frame(b"Z", bytes((status,)))
 
 
+# Type OIDs of the columns the router's own result sets use (pg_type).
+BOOL_OID: Final = 16
+INT8_OID: Final = 20
+TEXT_OID: Final = 25
+FLOAT8_OID: Final = 701
+# pg_type.typlen of those types (-1: variable length).
+_TYPE_LENGTHS: Final = {BOOL_OID: 1, INT8_OID: 8, TEXT_OID: -1, FLOAT8_OID: 8}
+
+
+def row_description(columns: Sequence[tuple[str, int]]) -> bytes:
+    """A RowDescription of (name, type oid) columns, all in text format, from no table."""
+    body = bytearray(INT16.pack(len(columns)))
+    for name, oid in columns:
+        body += cstr(name) + bytes(6) + UINT32.pack(oid) + INT16.pack(_TYPE_LENGTHS.get(oid, -1))
+        body += INT32.pack(-1) + INT16.pack(0)
+    return frame(b"T", bytes(body))
+
+
+def data_row(values: Sequence[bytes | None]) -> bytes:
+    """A DataRow of text-format values (None: NULL)."""
+    body = bytearray(INT16.pack(len(values)))
+    for value in values:
+        if value is None:
+            body += INT32.pack(-1)
+        else:
+            body += INT32.pack(len(value)) + value
+    return frame(b"D", bytes(body))
+
+
 def show_result(name: str, value: str) -> bytes:
     """The whole response to a one-value SHOW (a text column named `name`), ending ready and idle."""
-    column = cstr(name) + bytes(6) + UINT32.pack(25) + INT16.pack(-1) + INT32.pack(-1) + INT16.pack(0)
-    encoded = value.encode()
-    row = frame(b"D", INT16.pack(1) + INT32.pack(len(encoded)) + encoded)
-    return frame(b"T", INT16.pack(1) + column) + row + command_complete("SHOW") + READY_IDLE
+    head = row_description([(name, TEXT_OID)]) + data_row([value.encode()])
+    return head + command_complete("SHOW") + READY_IDLE
 
 
 def command_complete(tag: str) -> bytes:
