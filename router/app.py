@@ -50,6 +50,8 @@ from router.sql.read_statements import ReadClassifier
 
 if TYPE_CHECKING:
     from router.catalog.cluster import InstanceRegistry
+    from router.operations import RouterOperations
+    from router.ops.http import HttpServer
     from router.ops.reload import FileWatcher
 
 log = logging.getLogger(__name__)
@@ -352,11 +354,17 @@ class RunningRouter:
     _janitor: Janitor | None = None
     _cluster: list[_Service] = field(default_factory=list)
     _watcher: FileWatcher | None = None
+    _http: HttpServer | None = None
+    _operations: RouterOperations | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self._http is not None:
+            await self._http.close()
+        if self._operations is not None:
+            await self._operations.stop()
         for session in self.router.clients.sessions():
             session.close()
         for member in self._cluster:  # deregister: from now on this instance need not acknowledge
@@ -381,7 +389,8 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     """Start serving: catalog first (a router without its catalog cannot route), then listeners.
     A worker of several shares the listen port (SO_REUSEPORT) and also listens on its private
     sockets: cancels forwarded by its siblings, and metrics for the supervisor."""
-    from router.ops.http import start_http
+    from router.operations import RouterOperations
+    from router.ops.http import build_app, start_http
 
     router = Router(config, topology, worker)
     identity = router.worker
@@ -405,14 +414,18 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
     cancel_path = identity.cancel_socket(identity.index)
     if cancel_path is not None:
         servers.append(await loop.create_unix_server(new_session, str(cancel_path)))
-    http_port = 0
+    # The HTTP endpoint: the API's operations are the CLI's, bound to this router's topology. A
+    # worker of several serves it on its private socket only, for its supervisor (which checks
+    # the tokens); a lone process on http.host:http.port.
+    operations = RouterOperations(config, lambda: router.topology)
+    http = None
     metrics_path = identity.metrics_socket(identity.index)
     if metrics_path is not None:
-        servers.append(await start_http(router, unix_path=str(metrics_path)))
+        app = build_app(router, None, operations, worker=identity.index)
+        http = await start_http(app, unix_path=str(metrics_path))
     elif config.http.enabled:
-        http_server = await start_http(router, config.http.host, config.http.port)
-        servers.append(http_server)
-        http_port = http_server.sockets[0].getsockname()[1]
+        http = await start_http(build_app(router, config.http.tokens, operations), config.http.host, config.http.port)
+    http_port = http.port if http is not None else 0
     janitor = Janitor(router)
     janitor.start()
     if identity.index == 0:
@@ -435,7 +448,7 @@ async def start(config: RouterConfig, topology: Topology, worker: WorkerIdentity
         len(topology.shards),
         len(router.catalog),
     )
-    return RunningRouter(router, port, http_port, servers, janitor, cluster, watcher)
+    return RunningRouter(router, port, http_port, servers, janitor, cluster, watcher, http, operations)
 
 
 async def _join_cluster(router: Router, port: int) -> list[_Service]:

@@ -87,10 +87,13 @@ class ListenConfig:
 
 @dataclass(frozen=True, kw_only=True, config=_SECTION)
 class HttpConfig:
-    """Health, metrics and admin endpoint. Port 0 disables it."""
+    """Health, metrics and the HTTP API (router.ops.http). Port 0 disables it. `tokens`: the bearer
+    tokens the API accepts (write them as ${ENV} references); without one only /health, /ready and
+    /metrics are served, so an empty list leaves the API closed."""
 
     host: NonEmpty = "127.0.0.1"
     port: Port = 9930
+    tokens: tuple[NonEmpty, ...] = field(default=(), repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -447,7 +450,7 @@ T = TypeVar("T")
 Loc = tuple[str | int, ...]
 WHOLE_FILE: Final = "(file)"
 
-_SECRET_FIELDS: Final = frozenset({"password", "dsn", "context_secret"})
+_SECRET_FIELDS: Final = frozenset({"password", "dsn", "context_secret", "tokens"})
 # `$${` escapes a literal `${`; otherwise ${NAME} or ${NAME:-default} (default used if unset or empty).
 _REFERENCE: Final = re.compile(r"\$(\$\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -394,6 +394,12 @@ class MoveVerificationFailed(MoveError):
     sqlstate = "XX001"
 
 
+class UnknownMove(MoveError):
+    """No move of that id is on record in the catalog."""
+
+    sqlstate = "42704"
+
+
 # --- the admin console (the virtual database `tenant_router`) -----------------------------------
 
 
@@ -423,3 +429,36 @@ class ConsoleCommandFailed(RouterError):
 
     sqlstate = "55000"
     severity = "ERROR"
+
+
+# --- the HTTP API (router.ops.http) --------------------------------------------------------------
+
+
+class ApiError(RouterError):
+    """A request to the HTTP API the router cannot carry out as sent."""
+
+    sqlstate = "08P01"
+
+
+class MalformedRequest(ApiError):
+    """The body is not JSON, or not a JSON object (HTTP 400)."""
+
+    sqlstate = "22P02"
+
+
+class InvalidRequest(ApiError):
+    """A field is missing, of the wrong type, or of a value the router refuses (HTTP 422)."""
+
+    sqlstate = "22023"
+
+
+class ApiUnauthorized(ApiError):
+    """No bearer token, or one that is not among `http.tokens` (HTTP 401)."""
+
+    sqlstate = "28000"
+
+
+class ReloadRejected(ApiError):
+    """POST /v1/reload: shards.yaml is invalid or would strand tenants; nothing changed (HTTP 422)."""
+
+    sqlstate = "F0000"

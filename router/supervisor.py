@@ -1,16 +1,16 @@
 """The supervisor: runs the router as N worker processes that share the listen port.
 
 It starts the workers (spawned, so each is a clean interpreter), restarts one that dies, passes
-SIGHUP on, stops them all on SIGINT/SIGTERM, and serves the HTTP endpoint with every worker's
-metrics summed (it asks each worker over a private unix socket: exact, not sampled). It holds no
-routing logic and opens no database connection.
+SIGHUP on, stops them all on SIGINT/SIGTERM, and serves the HTTP endpoint for the instance
+(router/ops/http_workers.py: every worker's metrics summed, asked over its private unix socket,
+exact, not sampled; the API passed on to the workers). It holds no routing logic and opens no
+database connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -21,8 +21,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from router.config import RouterConfig
-from router.ops.http import NOT_FOUND, Response, get_only, json_response, merge_holds
-from router.ops.metrics import merge_expositions
+from router.ops.http import start_http
+from router.ops.http_workers import Workers, build_supervisor_app
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ class Supervisor:
         write_pid_file(pid_file)
         http = None
         if self.config.http.enabled:
-            http = await asyncio.start_server(get_only(self._route), self.config.http.host, self.config.http.port)
+            sockets = [self.run_dir / f"worker-{index}.metrics" for index in range(self.count)]
+            app = build_supervisor_app(Workers(sockets), self.config.http.tokens, lambda: self.restarts)
+            http = await start_http(app, self.config.http.host, self.config.http.port)
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -115,7 +117,7 @@ class Supervisor:
                         self._spawn(index)
         finally:
             if http is not None:
-                http.close()
+                await http.close()
             await self._stop_workers()
             remove_pid_file(pid_file)
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -137,42 +139,6 @@ class Supervisor:
             if process.is_alive():
                 process.kill()
             process.join(1)
-
-    async def _worker_text(self, index: int, resource: str = "/metrics") -> str | None:
-        """What worker `index` answers on its private HTTP socket for `resource`; None if it does not."""
-        path = self.run_dir / f"worker-{index}.metrics"
-        try:
-            async with asyncio.timeout(2):
-                reader, writer = await asyncio.open_unix_connection(str(path))
-                writer.write(f"GET {resource} HTTP/1.1\r\nHost: worker\r\n\r\n".encode())
-                await writer.drain()
-                raw = await reader.read()
-                writer.close()
-        except (OSError, TimeoutError):
-            return None
-        _head, _, body = raw.partition(b"\r\n\r\n")
-        return body.decode()
-
-    async def _route(self, path: str) -> Response:
-        if path == "/holds":
-            bodies = await asyncio.gather(*(self._worker_text(i, "/holds") for i in range(self.count)))
-            return json_response(True, merge_holds(json.loads(b) for b in bodies if b is not None))
-        texts = await asyncio.gather(*(self._worker_text(i) for i in range(self.count)))
-        answered = [t for t in texts if t is not None]
-        if path == "/metrics":
-            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", merge_expositions(answered).encode()
-        if path in ("/health", "/healthz"):
-            healthy = len(answered) == self.count
-            return json_response(
-                healthy,
-                {
-                    "status": "ok" if healthy else "degraded",
-                    "workers": self.count,
-                    "workers_answering": len(answered),
-                    "worker_restarts": self.restarts,
-                },
-            )
-        return NOT_FOUND
 
     @property
     def worker_pids(self) -> dict[int, int | None]:

@@ -1,117 +1,165 @@
-"""The HTTP endpoint: `/health`, `/metrics`, and `/holds` (which tenants this process holds now, and
-how often it held each one since it started: {"held_now": [...], "held_ever": {tenant: times}};
-`merge_holds` sums several workers' answers, for a supervisor).
+"""The HTTP endpoint of one router process, on aiohttp: `/health`, `/ready`, `/metrics`, `/holds`,
+`/openapi.json`, and the API under `/v1/` (router/ops/http_api.py); the document of it all is
+router/ops/openapi.json.
 
-A deliberately small asyncio server (GET only, one response per connection): it must never compete
-with the PostgreSQL listener for attention, and it holds no logic beyond formatting. It reads the
-router through `Served`, which the composition root satisfies: it must not import router.app.
+Why aiohttp: it is an asyncio server, so it runs on the router's own event loop (uvloop included)
+beside the PostgreSQL listener, with no thread and no second loop; its request parsing, keep-alive,
+routing and middlewares replace the hand-written server this module used to be, and the supervisor
+uses its client to ask the workers over their private unix sockets (router/ops/http_workers.py).
+
+Owns: the application of one process (its routes; the token check and JSON errors are
+router/ops/http_common.py's), readiness (`readiness`), and starting and stopping a server
+(`start_http`, the supervisor's too).
+
+Must not: import router.app, router.admin or router.rebalance: it reads the router through
+`Served`, and the API's tenant and move operations reach it as `http_api.Operations`, both
+satisfied by the composition root. Nothing here runs on the PostgreSQL hot path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.ops.metrics import HoldRecords, MetricsSource, RouterCollector
+from router.ops.health import ServerStatus
+from router.ops.http_api import Operations, add_api_routes
+from router.ops.http_common import guarded, holds_payload, merge_holds
+from router.ops.metrics import MetricsSource, RouterCollector
+
+__all__ = ["HttpServer", "Served", "build_app", "holds_payload", "merge_holds", "readiness", "start_http"]
+
+log = logging.getLogger(__name__)
+
+OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
 
 
 class CatalogState(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def last_full_refresh(self) -> float | None: ...
+
     def __len__(self) -> int: ...
 
 
+class ServerStates(Protocol):
+    def statuses(self) -> list[ServerStatus]: ...
+
+
 class Served(MetricsSource, Protocol):
-    """What /health and /metrics read of a running router."""
+    """What the endpoint reads of a running router."""
 
     @property
     def catalog(self) -> CatalogState: ...
 
+    @property
+    def health(self) -> ServerStates: ...
 
-Response = tuple[str, str, bytes]  # status line, content type, body
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def get_only(route: Callable[[str], Awaitable[Response]]) -> Handler:
-    """A connection handler answering one GET with `route(path)`, then closing."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            parts = request.split(b" ", 2)
-            path = parts[1].decode(errors="replace") if len(parts) > 1 else "/"
-            if parts[0] != b"GET":
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            else:
-                status, ctype, body = await route(path)
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return handle
+    async def reload(self) -> bool: ...
 
 
-NOT_FOUND: Response = ("404 Not Found", "text/plain", b"try /health, /metrics or /holds\n")
+def readiness(router: Served) -> list[str]:
+    """Why the router is not ready to serve (empty: it is): the catalog not loaded yet, a shard
+    primary not checked yet or down (the health monitor's last word on it)."""
+    reasons = []
+    if router.catalog.last_full_refresh is None:
+        reasons.append("the tenant catalog is not loaded yet")
+    for status in router.health.statuses():
+        key = status.key
+        if key.role != "primary":
+            continue
+        if status.checked_at is None:
+            reasons.append(f"shard {key.shard}: primary {key.host}:{key.port} not checked yet")
+        elif not status.up:
+            reasons.append(f"shard {key.shard}: primary {key.host}:{key.port} is down: {status.last_error}")
+    return reasons
 
 
-def holds_payload(holds: HoldRecords) -> dict[str, object]:
-    """What /holds answers for one process."""
-    return {"held_now": sorted(holds.held), "held_ever": dict(sorted(holds.held_ever.items()))}
+def openapi_document() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(OPENAPI_PATH.read_text())
+    return document
 
 
-def merge_holds(payloads: Iterable[Mapping[str, Any]]) -> dict[str, object]:
-    """Several workers' /holds answers as their instance's: held now by any worker, and the times
-    each tenant was held summed over the workers (every worker enters every hold)."""
-    held_now: set[str] = set()
-    held_ever: Counter[str] = Counter()
-    for payload in payloads:
-        held_now.update(payload["held_now"])
-        held_ever.update(payload["held_ever"])
-    return {"held_now": sorted(held_now), "held_ever": dict(sorted(held_ever.items()))}
+async def serve_openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
-def json_response(healthy: bool, payload: dict[str, object]) -> Response:
-    status = "200 OK" if healthy else "503 Service Unavailable"
-    return status, "application/json", json.dumps(payload).encode() + b"\n"
-
-
-async def start_http(
-    router: Served, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
-) -> asyncio.Server:
+def build_app(
+    router: Served, tokens: Sequence[str] | None, operations: Operations | None = None, *, worker: int | None = None
+) -> web.Application:
+    """The application of one router process; `operations` adds /v1/, whose answers name `worker`
+    where the process is one worker of several. `tokens` None: no token is asked for (a worker's
+    private socket, which only its supervisor reaches)."""
     registry = CollectorRegistry()
     registry.register(RouterCollector(router))
 
-    async def route(path: str) -> Response:
-        if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
-        if path in ("/health", "/healthz"):
-            healthy = router.catalog.connected
-            return json_response(
-                healthy,
-                {
-                    "status": "ok" if healthy else "degraded",
-                    "catalog_connected": healthy,
-                    "tenants": len(router.catalog),
-                    "clients": router.client_count,
-                },
-            )
-        if path == "/holds":
-            return json_response(True, holds_payload(router.holds))
-        return NOT_FOUND
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def health(_request: web.Request) -> web.Response:
+        healthy = router.catalog.connected
+        payload = {
+            "status": "ok" if healthy else "degraded",
+            "catalog_connected": healthy,
+            "tenants": len(router.catalog),
+            "clients": router.client_count,
+        }
+        return web.json_response(payload, status=200 if healthy else 503)
+
+    async def ready(_request: web.Request) -> web.Response:
+        reasons = readiness(router)
+        return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+
+    async def holds(_request: web.Request) -> web.Response:
+        return web.json_response(holds_payload(router.holds))
+
+    app = web.Application(middlewares=[guarded(tokens)], client_max_size=1 << 20)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/holds", holds)
+    app.router.add_get("/openapi.json", serve_openapi)
+    if operations is not None:
+        add_api_routes(app, router, operations, worker)
+    return app
+
+
+@dataclass
+class HttpServer:
+    """A started endpoint: its TCP port (0 on a unix socket) and how to stop it."""
+
+    runner: web.AppRunner
+    port: int
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_http(
+    app: web.Application, host: str | None = None, port: int | None = None, *, unix_path: str | None = None
+) -> HttpServer:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site: web.BaseSite
     if unix_path is not None:
-        return await asyncio.start_unix_server(get_only(route), unix_path)
-    return await asyncio.start_server(get_only(route), host, port)
+        site = web.UnixSite(runner, unix_path)
+    else:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = 0
+    if unix_path is None:
+        bound = int(runner.addresses[0][1])
+    return HttpServer(runner, bound)

@@ -26,7 +26,7 @@ from router.admin.shard_access import SHARD_ERRORS
 from router.catalog.moves import Move, MoveStore
 from router.config import RouterConfig
 from router.core.topology import Topology
-from router.errors import MoveConflict, MoveError, RouterError
+from router.errors import MoveConflict, MoveError, RouterError, UnknownMove
 from router.rebalance.mover import MoveProgress, Mover, MoveRetry
 
 log = logging.getLogger(__name__)
@@ -232,6 +232,35 @@ async def apply_plan(
     return report
 
 
+async def open_directed_move(
+    config: RouterConfig, topology: Topology, tenant_id: str, to_shard: str, *, pin: bool = True
+) -> Move:
+    """The catalog's move of `tenant_id` to `to_shard`: the open one (if it goes there), else a new
+    one, recorded but not yet run. Refuses an unknown shard or tenant, a tenant on `to_shard`
+    already, and an open move elsewhere (MoveConflict)."""
+    from router.admin.shard_access import shard_primary
+
+    shard_primary(topology, to_shard)  # UnknownShard if shards.yaml lacks it
+    store = MoveStore(config.catalog.dsn, config.catalog.schema)
+    move = await store.open_move(tenant_id)
+    if move is None:
+        mover = Mover(config, topology, store=store)
+        tenant = await mover.tenant(tenant_id)
+        if tenant is None:
+            raise MoveError(f"tenant {tenant_id!r} is not in the catalog")
+        source = await mover.placement(tenant_id)
+        assert source is not None
+        if source == to_shard:
+            raise MoveError(f"tenant {tenant_id!r} is on {to_shard} already")
+        return await store.create(tenant_id, tenant.isolation, source, to_shard, to_shard if pin else None)
+    if move.target != to_shard:
+        raise MoveConflict(
+            f"tenant {tenant_id!r} is being moved to {move.target} already (move {move.move_id})",
+            hint=f"let it finish (`rebalance apply`) or roll it back (`rebalance abort {move.move_id}`)",
+        )
+    return move
+
+
 async def move_tenant(
     config: RouterConfig,
     topology: Topology,
@@ -244,27 +273,8 @@ async def move_tenant(
 ) -> ApplyReport:
     """Move one tenant to `to_shard` (a directed move); it ends pinned there unless `pin` is off.
     An open move of the tenant is resumed instead, if it goes to the same shard."""
-    from router.admin.shard_access import shard_primary
-
-    shard_primary(topology, to_shard)  # UnknownShard if shards.yaml lacks it
-    store = MoveStore(config.catalog.dsn, config.catalog.schema)
     started = time.monotonic()
-    move = await store.open_move(tenant_id)
-    if move is None:
-        mover = Mover(config, topology, store=store)
-        tenant = await mover.tenant(tenant_id)
-        if tenant is None:
-            raise MoveError(f"tenant {tenant_id!r} is not in the catalog")
-        source = await mover.placement(tenant_id)
-        assert source is not None
-        if source == to_shard:
-            raise MoveError(f"tenant {tenant_id!r} is on {to_shard} already")
-        move = await store.create(tenant_id, tenant.isolation, source, to_shard, to_shard if pin else None)
-    elif move.target != to_shard:
-        raise MoveConflict(
-            f"tenant {tenant_id!r} is being moved to {move.target} already (move {move.move_id})",
-            hint=f"let it finish (`rebalance apply`) or roll it back (`rebalance abort {move.move_id}`)",
-        )
+    move = await open_directed_move(config, topology, tenant_id, to_shard, pin=pin)
     report = ApplyReport(planned=1)
     runner = MoveRunner(config, topology, concurrency=1, on_progress=on_progress, on_event=on_event)
     await runner.run([move], report)
@@ -278,7 +288,7 @@ async def abort_move(config: RouterConfig, topology: Topology, move_id: int) -> 
     store = MoveStore(config.catalog.dsn, config.catalog.schema)
     move = await store.get(move_id)
     if move is None:
-        raise MoveError(f"there is no move {move_id}", hint="see `tenant-router rebalance status`")
+        raise UnknownMove(f"there is no move {move_id}", hint="see `tenant-router rebalance status`")
     if move.finished:
         raise MoveConflict(f"move {move_id} is over already ({move.stage})")
     owner = owner_id()
