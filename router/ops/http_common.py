@@ -36,6 +36,9 @@ from router.ops.metrics import HoldRecords
 
 # Served without a token; everything else needs one of `http.tokens`.
 PUBLIC_PATHS: Final = frozenset({"/health", "/healthz", "/ready", "/metrics"})
+# Open as before the API existed while `http.tokens` is empty (which leaves /v1/ closed): a
+# router.yaml without tokens keeps its /holds; once tokens are set, it needs one like the API.
+OPEN_WITHOUT_TOKENS: Final = PUBLIC_PATHS | {"/holds"}
 
 # The HTTP status of a RouterError: the first class in this table it is an instance of.
 ERROR_STATUS: Final[tuple[tuple[type[RouterError], int], ...]] = (
@@ -91,11 +94,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def guarded(tokens: Sequence[str] | None) -> Middleware:
     """The middleware: the bearer-token check (`tokens` None: none, for a worker's private socket,
     which only its supervisor reaches), then RouterErrors and aiohttp's own (404, 405) as JSON."""
+    public = PUBLIC_PATHS if tokens else OPEN_WITHOUT_TOKENS
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if tokens is not None and request.path not in PUBLIC_PATHS:
+            if tokens is not None and request.path not in public:
                 check_token(request, tokens)
             return await handler(request)
         except RouterError as exc:
