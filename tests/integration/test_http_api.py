@@ -342,7 +342,8 @@ def test_a_rejected_reload_is_422_and_changes_nothing(api: Api, api_router: Rout
     finally:
         shards_file.write_text(good)
     assert (status, sqlstate_of(payload)) == (422, "F0000"), payload
-    assert api_router.router.topology is before
+    # Equal, not the same object: the file watcher may reload the restored file meanwhile.
+    assert api_router.router.topology == before
 
 
 def test_wrong_method_and_unknown_path(api: Api) -> None:
