@@ -60,7 +60,9 @@ def rows_on(shard: PgCluster, tenant: str) -> int:
     return int(shard.execute(f"SELECT count(*) FROM items WHERE tenant_id = '{tenant}'", "app").strip())
 
 
-def replication_leftovers(deployment: Deployment) -> list[str]:
+def replication_leftovers(deployment: Deployment, tenant: str) -> list[str]:
+    """The slots, subscriptions and publications of the tenant's moves still on the shards."""
+    ours = {f"tenant_router_move_{move_id}" for move_id in move_ids_of(deployment, tenant)}
     found = []
     for name, shard in deployment.env.shards.items():
         for sql in (
@@ -68,8 +70,13 @@ def replication_leftovers(deployment: Deployment) -> list[str]:
             "SELECT subname FROM pg_subscription WHERE subname LIKE 'tenant_router_move_%'",
             "SELECT pubname FROM pg_publication WHERE pubname LIKE 'tenant_router_move_%'",
         ):
-            found += [f"{name}: {line}" for line in shard.execute(sql, "app").split() if line]
+            found += [f"{name}: {line}" for line in shard.execute(sql, "app").split() if line in ours]
     return found
+
+
+def move_ids_of(deployment: Deployment, tenant: str) -> list[int]:
+    listed = catalog_sql(deployment, f"SELECT move_id FROM tenant_router.moves WHERE tenant_id = '{tenant}'")
+    return [int(line) for line in listed.split()]
 
 
 @pytest.fixture
@@ -100,19 +107,22 @@ def test_abort_before_the_switch_leaves_nothing_behind(
 ) -> None:
     kill_at(deployment, tenant, "catching_up")
     shard_a, shard_b = deployment.env.shards["shard_a"], deployment.env.shards["shard_b"]
-    assert rows_on(shard_b, tenant) == ROWS  # the copy was there, subscribed
-    assert replication_leftovers(deployment)
+    # The initial copy runs on its own once subscribed: the copy is there (or on its way) when killed.
+    wait_until(lambda: rows_on(shard_b, tenant) == ROWS, "the initial copy to reach shard_b", within=30)
+    assert replication_leftovers(deployment, tenant)
 
     aborted = cli(deployment, "rebalance", "abort", str(move_id_of(deployment, tenant)))
     assert aborted.returncode == 0, aborted.stderr
     assert "rolled back; it stays on shard_a" in aborted.stdout
     assert stage_of(deployment, tenant) == "aborted"
     assert rows_on(shard_b, tenant) == 0 and rows_on(shard_a, tenant) == ROWS
-    assert replication_leftovers(deployment) == []
+    assert replication_leftovers(deployment, tenant) == []
     with psycopg.connect(url(router, tenant), autocommit=True) as conn:
         assert conn.execute("SELECT count(*), inet_server_port() FROM items").fetchone() == (ROWS, shard_a.port)
     status = json.loads(cli(deployment, "rebalance", "status", "--json").stdout)
-    assert status["open"] == [] and status["left_behind"] == []
+    assert [m for m in status["open"] if m["tenant_id"] == tenant] == []
+    ours = {f"tenant_router_move_{move_id}" for move_id in move_ids_of(deployment, tenant)}
+    assert [item for item in status["left_behind"] if item.split()[-1] in ours] == []
 
 
 def test_a_switched_move_cannot_be_aborted_only_finished(
@@ -129,7 +139,7 @@ def test_a_switched_move_cannot_be_aborted_only_finished(
     assert finished.returncode == 0, finished.stderr
     assert stage_of(deployment, tenant) == "cleaned"
     assert rows_on(shard_a, tenant) == 0 and rows_on(shard_b, tenant) == ROWS
-    assert replication_leftovers(deployment) == []
+    assert replication_leftovers(deployment, tenant) == []
 
 
 def test_a_move_a_live_run_owns_is_left_to_it(deployment: Deployment, router: RouterThread, tenant: str) -> None:
@@ -180,7 +190,7 @@ def test_a_mover_killed_holding_its_tenant_delays_clients_without_failing_them(
     assert finished.returncode == 0, finished.stderr
     assert stage_of(deployment, tenant) == "cleaned"
     assert rows_on(deployment.env.shards["shard_b"], tenant) == ROWS
-    assert replication_leftovers(deployment) == []
+    assert replication_leftovers(deployment, tenant) == []
 
 
 def test_ddl_during_a_move_rolls_it_back_with_the_reason(
@@ -212,7 +222,7 @@ def test_ddl_during_a_move_rolls_it_back_with_the_reason(
     assert stage_of(deployment, tenant) == "aborted"
     shard_b = deployment.env.shards["shard_b"]
     assert shard_b.execute(f"SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_{tenant}'", "app").strip() == "0"
-    assert replication_leftovers(deployment) == []
+    assert replication_leftovers(deployment, tenant) == []
     with psycopg.connect(url(router, tenant), autocommit=True) as conn:
         assert conn.execute("SELECT count(*), sum(extra), inet_server_port() FROM items").fetchone() == (
             21,

@@ -72,5 +72,7 @@ def test_a_move_shows_in_metrics_and_status(make_router: RouterFactory, deployme
     status = cli(deployment, "rebalance", "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["open"] == [] and report["left_behind"] == []
+    metered = [m for m in report["open"] + report["recent"] if m["tenant_id"] == "metered"]
+    assert [m["stage"] for m in metered] == ["cleaned"]
+    assert [item for item in report["left_behind"] if item.endswith(f"_{metered[0]['move_id']}")] == []
     assert any(m["tenant_id"] == "metered" and m["stage"] == "cleaned" for m in report["recent"])
