@@ -296,6 +296,9 @@ def write_router_config(
     """
     port = free_port()
     hardened = {
+        # The benchmark's clients only (no console user): the router.yaml also starts the router of
+        # an earlier checkout (--baseline), which refuses fields it does not know.
+        "auth": {"users": [{"name": deploy.APP_USER, "password": deploy.APP_PASSWORD, "tenant_switch": True}]},
         "server": {"user": ROUTER_ROLE, "password": ROUTER_PASSWORD},
         "admin": {"user": env.SUPERUSER, "password": env.SUPERUSER_PASSWORD},
         "tenant": {"resolution": ["user", "option"], "setting": SETTING, "context_secret": CONTEXT_SECRET},
