@@ -21,7 +21,7 @@ from typing import Any, Final
 import asyncpg
 
 from router.catalog.access import connection
-from router.catalog.cluster.holds import holds_channel
+from router.catalog.cluster.holds import hold_sql
 from router.catalog.schema import DEFAULT_SCHEMA, MOVE_FINISHED, MOVE_STAGES, validate_schema
 from router.errors import HoldExpired, MoveConflict
 from router.isolation import Isolation, quote_ident, quote_literal, validate_isolation
@@ -207,16 +207,12 @@ class MoveStore:
         """
         s = self._s
         async with self._connection(conn) as conn, conn.transaction():
-            # FOR UPDATE: the hold cannot be released (deleted) while this transaction switches.
-            alive = await conn.fetchval(
-                f"SELECT true FROM {s}.holds WHERE hold_id = $1 AND tenant_id = $2"
-                " AND (expires_at IS NULL OR expires_at > clock_timestamp() + $3::float8 * interval '1 second')"
-                " FOR UPDATE",
-                hold_id,
-                move.tenant_id,
-                margin,
+            # Locked first: the hold cannot be released (deleted) while this transaction switches;
+            # then whether it stays in force, by the holds' own rule (HoldSql.hold_alive).
+            held = await conn.fetchval(
+                f"SELECT true FROM {s}.holds WHERE hold_id = $1 AND tenant_id = $2 FOR UPDATE", hold_id, move.tenant_id
             )
-            if not alive:
+            if not held or not await conn.fetchval(hold_sql(self.schema).hold_alive, hold_id, margin):
                 raise HoldExpired(f"the hold on tenant {move.tenant_id!r} expired before its placement was switched")
             await conn.execute(f"UPDATE {s}.tenants SET shard = $2 WHERE id = $1", move.tenant_id, move.pin)
             await conn.execute(f"DELETE FROM {s}.reload_pins WHERE tenant_id = $1", move.tenant_id)
@@ -250,5 +246,6 @@ class MoveStore:
                 reason,
             )
             for row in dropped:
-                await conn.execute("SELECT pg_notify($1, $2)", holds_channel(self.schema), row["hold_id"])
+                sql = hold_sql(self.schema)
+                await conn.execute(sql.notify, sql.holds_channel, row["hold_id"])
         return len(dropped)

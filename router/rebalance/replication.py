@@ -369,17 +369,3 @@ async def _drop_marker(conn: Any, move_id: int, own_database: bool) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {MARKER_SCHEMA} CASCADE")
     elif await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _MARKERS):
         await conn.execute(f"DELETE FROM {_MARKERS} WHERE move_id = $1", move_id)
-
-
-async def leftovers(conn_source: Any, conn_target: Any, names: ReplicationNames) -> list[str]:
-    """What of the move's replication is still on the shards (for `rebalance status`)."""
-    found = []
-    if await conn_target.fetchval("SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)", names.name):
-        found.append(f"subscription {names.name}")
-    if await conn_source.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", names.name
-    ):
-        found.append(f"replication slot {names.name}")
-    if await conn_source.fetchval("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", names.name):
-        found.append(f"publication {names.name}")
-    return found
